@@ -1,0 +1,1 @@
+"""mfx_cnnspot plugin (work in progress)."""

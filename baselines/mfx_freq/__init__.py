@@ -1,0 +1,1 @@
+"""mfx_freq plugin (work in progress)."""

@@ -1,0 +1,1 @@
+"""mfx_npr plugin (work in progress)."""

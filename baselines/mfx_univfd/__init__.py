@@ -1,0 +1,1 @@
+"""mfx_univfd plugin (work in progress)."""

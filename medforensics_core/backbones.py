@@ -1,0 +1,140 @@
+"""Frozen open_clip backbones shared by every CLIP-based detector (UnivFD, DSKI, ...).
+
+``pretrained`` is one of:
+
+* ``"random"`` — random initialisation from a seed (demos and tests: no CLIP
+  weights can be downloaded on an offline machine); reports say so;
+* a local file path — a checkpoint saved from open_clip (the real-weights path
+  on an air-gapped workstation);
+* an open_clip tag such as ``"openai"`` — used only if it is already in the
+  local Hugging Face cache, or if ``MFX_ALLOW_DOWNLOAD=1`` allows fetching it.
+  Otherwise it fails at once with one line saying how to supply the weights,
+  instead of open_clip's long network retries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import WeightsNotFoundError
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+TINY_CLIP = "mfx-tiny-clip"
+RANDOM = "random"
+
+
+@functools.lru_cache(maxsize=1)
+def _register_configs() -> None:
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+
+
+@dataclasses.dataclass
+class ClipBackbone:
+    """A loaded open_clip model with what a detector needs to use it correctly."""
+
+    model: Any
+    model_name: str
+    pretrained: str
+    weights_info: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    embed_dim: int
+    tokenizer: Any
+
+    @property
+    def is_random(self) -> bool:
+        return self.pretrained == RANDOM
+
+    def key(self) -> str:
+        """Identity of the weights (feature caches and retrieval banks are keyed by it)."""
+        return f"{self.model_name}|{self.weights_info}"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def _hub_weights_available(model_name: str, tag: str) -> bool:
+    """Whether open_clip could load ``tag`` without touching the network."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        return False
+    hub_id = cfg.get("hf_hub")
+    if hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            repo, _, sub = hub_id.rstrip("/").partition("/")
+            repo_id = f"{repo}/{sub.split('/')[0]}" if sub else repo
+            for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+                found = try_to_load_from_cache(repo_id, filename)
+                if isinstance(found, str):
+                    return True
+        except Exception as exc:  # noqa: BLE001 - cache probing is best effort
+            log.debug("hub cache probe failed: %s", exc)
+    return False
+
+
+def load_clip(model_name: str, pretrained: str = RANDOM, *, device: str | torch.device = "cpu",
+              seed: int = 0) -> ClipBackbone:
+    """Create a frozen open_clip model (eval mode, no gradients) from a name and a weights spec."""
+    import open_clip
+
+    _register_configs()
+    if model_name not in open_clip.list_models():
+        raise WeightsNotFoundError(f"unknown open_clip model {model_name!r} (see open_clip.list_models(); "
+                                   f"{TINY_CLIP!r} is mfx's tiny CPU config)")
+    load_from: str | None
+    if pretrained in (RANDOM, "", None):
+        pretrained, load_from = RANDOM, None
+        info = f"{model_name}, random init (seed {seed}), NOT pretrained"
+    elif Path(pretrained).expanduser().is_file():
+        path = Path(pretrained).expanduser().resolve()
+        load_from = str(path)
+        info = f"{model_name}, local weights {path.name} (sha256 {_file_digest(path)})"
+    elif any(sep in pretrained for sep in ("/", "\\")) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise WeightsNotFoundError(f"weights file not found: {pretrained} (give an existing open_clip checkpoint path)")
+    else:
+        if os.environ.get("MFX_ALLOW_DOWNLOAD") != "1" and not _hub_weights_available(model_name, pretrained):
+            raise WeightsNotFoundError(
+                f"open_clip weights {model_name}/{pretrained} are not in the local cache and downloads are off; "
+                f"save them on a connected machine and pass the file path as pretrained=PATH, "
+                f"or set MFX_ALLOW_DOWNLOAD=1 where the hub is reachable")
+        load_from = pretrained
+        info = f"{model_name}, open_clip pretrained '{pretrained}'"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = open_clip.create_model(model_name, pretrained=load_from, device="cpu")
+        except Exception as exc:  # noqa: BLE001 - open_clip raises many types for bad weights
+            raise WeightsNotFoundError(f"cannot load {model_name} weights from {load_from}: {exc}") from None
+    model.eval().requires_grad_(False)
+    model.to(device)
+    visual = model.visual
+    size = visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    mean = tuple(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+    std = tuple(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+    embed_dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None \
+        else int(visual.output_dim)
+    return ClipBackbone(model, model_name, pretrained, info, size, mean, std, embed_dim,
+                        open_clip.get_tokenizer(model_name))

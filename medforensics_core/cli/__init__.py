@@ -1,0 +1,102 @@
+"""The ``mfx`` command line: a click group whose sub-commands live in sibling modules and in plugins.
+
+Every user error (:class:`~medforensics_core.errors.MfxError`) ends the command
+with one red line and a non-zero exit status, never a traceback; ``--debug``
+shows the traceback for bug reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+from rich.console import Console
+
+from ..errors import MfxError
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+class MfxGroup(click.Group):
+    """A click group that turns :class:`MfxError` into one line and lets plugins add commands lazily."""
+
+    def _plugin_commands_loaded(self, ctx: click.Context) -> None:
+        if getattr(self, "_plugins_added", False):
+            return
+        self._plugins_added = True
+        from ..plugins import get_registry
+
+        registry = get_registry()
+        try:
+            registry.manager.hook.register_commands(cli=self)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin command must not break mfx
+            logging.getLogger(__name__).warning("a plugin failed in register_commands: %s", exc)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._plugin_commands_loaded(ctx)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, name: str):
+        command = super().get_command(ctx, name)
+        if command is None:
+            self._plugin_commands_loaded(ctx)
+            command = super().get_command(ctx, name)
+        return command
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MfxError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            err_console.print(f"[bold red]error:[/] {_escape(exc)}", soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: finished work is kept in the run directory (resume with --resume)")
+            sys.exit(130)
+
+
+def _escape(exc: BaseException) -> str:
+    from rich.markup import escape
+
+    return escape(str(exc))
+
+
+@click.group(cls=MfxGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="medforensics", prog_name="mfx")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs (for bug reports).")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
+    """mfx: detect AI-generated medical images, and compare detectors fairly.
+
+    \b
+    Typical session:
+      mfx plugins                        what is installed (detectors, noise extractors, ...)
+      mfx data demo                      build the offline benchmark (MedForensics-mini)
+      mfx compare dski cnnspot univfd    train, evaluate and report on the same data
+      mfx predict dski --checkpoint runs/.../dski.safetensors scan.dcm
+
+    Every command that takes --data uses the offline benchmark when --data is not given.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.DEBUG if (debug or verbose > 1) else logging.INFO if verbose else logging.WARNING
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)],
+                        force=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="mfx")
+
+
+# Built-in commands register themselves on ``cli`` (kept last: they import ``cli`` from here).
+from . import commands  # noqa: E402,F401

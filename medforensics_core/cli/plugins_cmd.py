@@ -1,0 +1,43 @@
+"""``mfx plugins``: what is installed, from which distribution, and what failed to load."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from . import cli, console
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--kind", type=click.Choice(["detector", "noise_extractor", "retriever", "generator", "perturbation"]),
+              help="Only this kind of plugin.")
+def plugins_command(as_json: bool, kind: str | None) -> None:
+    """List registered detectors, noise extractors, retrievers, generators and perturbations.
+
+    Plugins are found through the ``mfx`` entry-point group (``pip install`` a
+    plugin and it appears here). Set MFX_LOAD_PLUGINS=dist1,dist2 to load only
+    those distributions (an empty value loads none). Plugins that failed to load
+    are listed with the reason; the others keep working.
+    """
+    from ..plugins import get_registry, plugin_rows
+
+    registry = get_registry()
+    rows = [r for r in plugin_rows(registry) if kind is None or r["kind"] == kind]
+    problems = [{"plugin": p.plugin, "distribution": p.distribution, "reason": p.reason} for p in registry.problems]
+    if as_json:
+        loaded = [{"plugin": p.name, "distribution": p.distribution, "version": p.version, "hooks": p.hooks}
+                  for p in registry.plugins]
+        click.echo(json.dumps({"registered": rows, "plugins": loaded, "problems": problems}, indent=2))
+        return
+    table = Table(title="mfx plugins", show_lines=False)
+    for column in ("kind", "name", "description", "presets", "distribution"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r["kind"].replace("_", " "), r["name"], r["description"], ", ".join(r["presets"]),
+                      r["distribution"])
+    console.print(table)
+    for p in problems:
+        console.print(f"[yellow]problem[/] {p['plugin']} ({p['distribution']}): {p['reason']}", markup=True)

@@ -1,0 +1,100 @@
+"""Typed configs: dataclasses whose defaults reproduce a paper's recipe, plus named presets.
+
+A plugin class declares ``config_class`` (a dataclass) and ``presets`` (name ->
+overrides). ``full`` is always the dataclass defaults; ``tiny`` is the small
+configuration the tests and the offline benchmark use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+@dataclasses.dataclass
+class EmptyConfig:
+    """Config of a plugin that has no options."""
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-able dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Coerce a value given as a string on the command line (or from JSON) to the field's type."""
+    if isinstance(annotation, str):
+        annotation = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation, Any)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return _coerce(value, args[0], key) if len(args) == 1 else value
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        (item_type, *_rest) = typing.get_args(annotation) or (Any,)
+        items = [_coerce(v, item_type, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if not isinstance(value, str):
+        if annotation is float and isinstance(value, int):
+            return float(value)
+        return value
+    try:
+        if annotation is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation in (int, float):
+            return annotation(value)
+    except ValueError:
+        raise ConfigError(f"config key {key!r}: {value!r} is not a valid {annotation.__name__}") from None
+    return value
+
+
+def build_config(config_class: type, presets: Mapping[str, Mapping[str, Any]], preset: str | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> Any:
+    """Instantiate ``config_class`` from a preset name plus key=value overrides.
+
+    Unknown presets and unknown keys raise :class:`ConfigError` naming the known
+    ones, so a typo never silently falls back to a default.
+    """
+    values: dict[str, Any] = {}
+    if preset not in (None, "full"):
+        if preset not in presets:
+            known = ", ".join(["full", *presets])
+            raise ConfigError(f"unknown preset {preset!r}; known presets: {known}")
+        values.update(presets[preset])
+    values.update(overrides or {})
+    hints = typing.get_type_hints(config_class)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)} for {config_class.__name__}; "
+                          f"known keys: {', '.join(sorted(fields))}")
+    coerced = {k: _coerce(v, hints.get(k, Any), k) for k, v in values.items()}
+    return config_class(**coerced)
+
+
+def config_from_dict(config_class: type, data: Mapping[str, Any]) -> Any:
+    """Rebuild a config saved with :func:`config_to_dict` (e.g. from a checkpoint)."""
+    return build_config(config_class, {}, None, data)
+
+
+def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, str]:
+    """Parse ``key=value`` strings from the command line."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out

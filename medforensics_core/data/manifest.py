@@ -1,0 +1,144 @@
+"""The canonical dataset form: a CSV manifest with one row per image.
+
+Columns: ``path, label, modality, generator, split, source, sha256`` plus an
+optional free-form ``params`` column (JSON: a fake's generator settings, a real
+crop's region). ``label`` is 0 for real and 1 for fake; ``generator`` is
+``"real"`` for real images; ``source`` groups images that must never straddle
+two splits (one source image, volume or region). Relative paths are resolved
+against the manifest's folder, so a dataset folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..checkpoint import atomic_write_bytes
+from ..errors import BadInputError
+
+COLUMNS = ("path", "label", "modality", "generator", "split", "source", "sha256", "params")
+REQUIRED = ("path", "label")
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class ManifestRow:
+    """One image of a dataset."""
+
+    path: str
+    label: int
+    modality: str = "unknown"
+    generator: str = "unknown"
+    split: str = ""
+    source: str = ""
+    sha256: str = ""
+    params: str = ""
+
+    def resolved(self, root: Path) -> Path:
+        p = Path(self.path)
+        return p if p.is_absolute() else root / p
+
+    def params_dict(self) -> dict[str, Any]:
+        return json.loads(self.params) if self.params else {}
+
+
+@dataclasses.dataclass
+class Manifest:
+    """Rows plus the folder that relative paths are resolved against."""
+
+    rows: list[ManifestRow]
+    root: Path
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def split(self, name: str) -> "Manifest":
+        return Manifest([r for r in self.rows if r.split == name], self.root)
+
+    def where(self, **conditions: Any) -> "Manifest":
+        """Rows whose fields equal the given values (a tuple/list/set value means "any of")."""
+        def ok(row: ManifestRow) -> bool:
+            for key, want in conditions.items():
+                have = getattr(row, key)
+                if isinstance(want, (tuple, list, set, frozenset)):
+                    if have not in want:
+                        return False
+                elif have != want:
+                    return False
+            return True
+        return Manifest([r for r in self.rows if ok(r)], self.root)
+
+    def path_of(self, row: ManifestRow) -> Path:
+        return row.resolved(self.root)
+
+    def values(self, field: str) -> list[str]:
+        return sorted({str(getattr(r, field)) for r in self.rows})
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.values("modality")
+
+    @property
+    def generators(self) -> list[str]:
+        return self.values("generator")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:
+    """Write rows as CSV atomically (a half-written manifest is never seen)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(dataclasses.asdict(row))
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+    return Path(path)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read a manifest CSV; a malformed file or row is one :class:`BadInputError` naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "manifest not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(path, f"unreadable manifest ({exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise BadInputError(path, f"manifest lacks column(s) {', '.join(missing)}")
+    rows = []
+    for line_no, raw in enumerate(reader, start=2):
+        try:
+            label = int(raw["label"])
+            if label not in (0, 1):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise BadInputError(path, f"line {line_no}: label must be 0 (real) or 1 (fake), got {raw['label']!r}") from None
+        values = {c: (raw.get(c) or "") for c in COLUMNS if c not in ("label",)}
+        values["modality"] = values["modality"] or "unknown"
+        values["generator"] = values["generator"] or ("real" if label == 0 else "unknown")
+        rows.append(ManifestRow(label=label, **values))
+    return Manifest(rows, path.parent)
+
+
+def count_table(rows: Sequence[ManifestRow]) -> dict[tuple[str, str, str], int]:
+    """Counts per (split, modality, generator) — the table DATASET.md and ``mfx data index`` print."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        key = (r.split, r.modality, r.generator)
+        counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -1,0 +1,98 @@
+"""What the engine hands a detector's ``fit``: device, precision, seed, budget, loaders, progress.
+
+Detectors own their recipe (optimiser, schedule, early stopping); the context
+owns everything that must be the same for every detector of a comparison, so a
+comparison is fair by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+from ..data.dataset import ImageSet, Transform, TransformedSet
+from .device import autocast, resolve_device
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ProgressFn = Callable[[Iterable[T], int, str], Iterator[T]]
+
+
+def no_progress(iterable: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
+    return iter(iterable)
+
+
+@dataclasses.dataclass
+class FitContext:
+    """Shared training conditions. ``epochs``/``batch_size`` override the detector's config when set."""
+
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    amp: bool = True
+    seed: int = 0
+    epochs: int | None = None
+    budget_seconds: float | None = None
+    batch_size: int | None = None
+    num_workers: int = 0
+    cache_dir: Path | None = None
+    work_dir: Path | None = None
+    progress: ProgressFn = no_progress
+    rank: int = 0
+    world_size: int = 1
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    @classmethod
+    def create(cls, device: str = "auto", **kwargs: Any) -> "FitContext":
+        return cls(device=resolve_device(device), **kwargs)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def epochs_for(self, configured: int) -> int:
+        return self.epochs if self.epochs is not None else configured
+
+    def batch_size_for(self, configured: int) -> int:
+        return self.batch_size if self.batch_size is not None else configured
+
+    def out_of_time(self) -> bool:
+        """True once the wall-clock budget is spent (a detector stops at the end of its epoch)."""
+        return self.budget_seconds is not None and time.monotonic() - self.started > self.budget_seconds
+
+    def autocast(self):
+        return autocast(self.device, self.amp)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(self.seed + offset)
+        return g
+
+    def rng(self, offset: int = 0) -> np.random.Generator:
+        return np.random.default_rng(self.seed + offset)
+
+    def loader(self, images: ImageSet, transform: Transform, batch_size: int, *, shuffle: bool,
+               drop_last: bool = False, epoch_offset: int = 0) -> torch.utils.data.DataLoader:
+        """A seeded DataLoader of ``(inputs, labels, indices)``; a DistributedSampler when distributed."""
+        dataset = TransformedSet(images, transform)
+        sampler = None
+        if self.distributed:
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=self.seed,
+                drop_last=drop_last)
+            shuffle = False
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
+            num_workers=self.num_workers, generator=self.generator(epoch_offset) if shuffle else None,
+            pin_memory=self.device.type == "cuda")
+
+    def track(self, iterable: Iterable[T], total: int | None, description: str) -> Iterator[T]:
+        """Wrap a loop in the run's progress display (rich on a terminal, nothing in tests)."""
+        if self.rank != 0:
+            return iter(iterable)
+        return self.progress(iterable, total, description)

@@ -1,0 +1,275 @@
+"""Plugin manager and registry.
+
+Plugins are Python distributions that declare an entry point in the ``mfx``
+group; mfx's own detectors are found exactly the same way. ``MFX_LOAD_PLUGINS``
+restricts loading to a comma-separated list of distribution names (an empty
+string loads none). A plugin that fails to import, implements a hook that does
+not exist, or registers a name that is already taken is recorded as a
+:class:`PluginProblem` (shown by ``mfx plugins``) and the others keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.metadata
+import logging
+import os
+import threading
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .errors import UnknownPluginError
+from .interfaces import (PLUGIN_KINDS, Detector, Generator, NoiseExtractor, Perturbation, Plugin,
+                         Retriever)
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "mfx"
+LOAD_ENV = "MFX_LOAD_PLUGINS"
+
+KIND_BASES: dict[str, type] = {
+    "detector": Detector,
+    "noise_extractor": NoiseExtractor,
+    "retriever": Retriever,
+    "generator": Generator,
+    "perturbation": Perturbation,
+}
+KIND_HOOKS = {
+    "detector": "register_detectors",
+    "noise_extractor": "register_noise_extractors",
+    "retriever": "register_retrievers",
+    "generator": "register_generators",
+    "perturbation": "register_perturbations",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    """One registered class and the distribution that registered it."""
+
+    kind: str
+    name: str
+    cls: type
+    distribution: str
+    plugin: str
+
+    @property
+    def description(self) -> str:
+        return self.cls.description
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginProblem:
+    """A plugin that could not be (fully) loaded, with the reason."""
+
+    plugin: str
+    distribution: str
+    reason: str
+
+
+@dataclasses.dataclass
+class LoadedPlugin:
+    name: str
+    distribution: str
+    version: str
+    hooks: list[str]
+
+
+class Registry:
+    """Everything the loaded plugins registered, by kind and name."""
+
+    def __init__(self, manager: pluggy.PluginManager):
+        self.manager = manager
+        self.entries: dict[str, dict[str, Registration]] = {kind: {} for kind in PLUGIN_KINDS}
+        self.problems: list[PluginProblem] = []
+        self.plugins: list[LoadedPlugin] = []
+
+    # -- lookup
+    def get(self, kind: str, name: str) -> type:
+        """The class registered as ``name``; unknown names list the known ones and a close match."""
+        entries = self.entries[kind]
+        if name in entries:
+            return entries[name].cls
+        known = sorted(entries)
+        label = kind.replace("_", " ")
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        listing = ", ".join(known) if known else "(none registered)"
+        raise UnknownPluginError(f"unknown {label} {name!r}.{hint} Registered: {listing}")
+
+    def detector(self, name: str) -> type[Detector]:
+        return self.get("detector", name)
+
+    def noise_extractor(self, name: str) -> type[NoiseExtractor]:
+        return self.get("noise_extractor", name)
+
+    def retriever(self, name: str) -> type[Retriever]:
+        return self.get("retriever", name)
+
+    def generator(self, name: str) -> type[Generator]:
+        return self.get("generator", name)
+
+    def perturbation(self, name: str) -> type[Perturbation]:
+        return self.get("perturbation", name)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def all(self) -> Iterable[Registration]:
+        for kind in PLUGIN_KINDS:
+            yield from sorted(self.entries[kind].values(), key=lambda r: r.name)
+
+    # -- registration
+    def _register(self, kind: str, cls: type, plugin: str, distribution: str) -> None:
+        base = KIND_BASES[kind]
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"{cls!r} is not a {base.__name__} subclass")
+        name = getattr(cls, "name", "")
+        if not name:
+            raise TypeError(f"{cls.__name__} has no 'name'")
+        existing = self.entries[kind].get(name)
+        if existing is not None and existing.cls is not cls:
+            self.problems.append(PluginProblem(
+                plugin, distribution,
+                f"{kind.replace('_', ' ')} name {name!r} already registered by {existing.distribution}; ignored"))
+            return
+        self.entries[kind][name] = Registration(kind, name, cls, distribution, plugin)
+
+    def collect(self) -> None:
+        """Call every registration hook, one plugin at a time, isolating failures."""
+        for plugin in list(self.manager.get_plugins()):
+            if plugin is hookspecs:
+                continue
+            plugin_name = self.manager.get_name(plugin) or repr(plugin)
+            distribution = _distribution_of(self.manager, plugin)
+            for kind, hook_name in KIND_HOOKS.items():
+                impl = getattr(plugin, hook_name, None)
+                if impl is None:
+                    continue
+
+                def register(cls: type, _kind: str = kind, _p: str = plugin_name, _d: str = distribution) -> None:
+                    self._register(_kind, cls, _p, _d)
+
+                try:
+                    impl(register=register)
+                except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+                    log.warning("plugin %s (%s) failed in %s: %s", plugin_name, distribution, hook_name, exc)
+                    self.problems.append(PluginProblem(plugin_name, distribution, f"{hook_name} raised {exc!r}"))
+
+
+def _distribution_of(manager: pluggy.PluginManager, plugin: object) -> str:
+    for dist_plugin, dist in manager.list_plugin_distinfo():
+        if dist_plugin is plugin:
+            return dist.project_name if hasattr(dist, "project_name") else dist.metadata["Name"]
+    return getattr(plugin, "__mfx_distribution__", "runtime")
+
+
+def _allowed_distributions() -> set[str] | None:
+    raw = os.environ.get(LOAD_ENV)
+    if raw is None:
+        return None
+    return {part.strip().lower() for part in raw.split(",") if part.strip()}
+
+
+def _misspelled_hooks(plugin: object) -> list[str]:
+    """Attributes that look like mfx hooks (``register_*``) but are not a known hook."""
+    known = set(KIND_HOOKS.values()) | {"register_commands"}
+    return sorted(attr for attr in dir(plugin)
+                  if attr.startswith("register_") and attr not in known and callable(getattr(plugin, attr)))
+
+
+def build_manager(extra_plugins: Iterable[tuple[object, str]] = ()) -> tuple[pluggy.PluginManager, list[PluginProblem], list[LoadedPlugin]]:
+    """A plugin manager with the entry-point plugins (gated by ``MFX_LOAD_PLUGINS``) plus ``extra_plugins``."""
+    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    problems: list[PluginProblem] = []
+    loaded: list[LoadedPlugin] = []
+    allowed = _allowed_distributions()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist_name = ep.dist.name if ep.dist is not None else "unknown"
+        version = ep.dist.version if ep.dist is not None else ""
+        if allowed is not None and dist_name.lower() not in allowed:
+            continue
+        try:
+            module = ep.load()
+        except Exception as exc:  # noqa: BLE001 - isolate a plugin that fails to import
+            log.warning("plugin %s from %s failed to import: %s", ep.name, dist_name, exc)
+            problems.append(PluginProblem(ep.name, dist_name, f"failed to import: {type(exc).__name__}: {exc}"))
+            continue
+        _add(manager, module, ep.name, dist_name, version, problems, loaded)
+    for module, name in extra_plugins:
+        _add(manager, module, name, getattr(module, "__mfx_distribution__", "runtime"), "", problems, loaded)
+    return manager, problems, loaded
+
+
+def _add(manager: pluggy.PluginManager, module: object, name: str, dist_name: str, version: str,
+         problems: list[PluginProblem], loaded: list[LoadedPlugin]) -> None:
+    if manager.is_registered(module) or manager.get_plugin(name) is not None:
+        return
+    for bad in _misspelled_hooks(module):
+        problems.append(PluginProblem(name, dist_name, f"unknown hook {bad!r} (misspelled?); ignored"))
+    try:
+        setattr(module, "__mfx_distribution__", dist_name)
+    except (AttributeError, TypeError):
+        pass
+    try:
+        manager.register(module, name=name)
+    except Exception as exc:  # noqa: BLE001 - pluggy validation errors (bad hook signature...)
+        problems.append(PluginProblem(name, dist_name, f"rejected by the plugin manager: {exc}"))
+        return
+    hooks = [h for h in [*KIND_HOOKS.values(), "register_commands"] if hasattr(module, h)]
+    loaded.append(LoadedPlugin(name, dist_name, version, hooks))
+
+
+_lock = threading.Lock()
+_registry: Registry | None = None
+_runtime_plugins: list[tuple[object, str]] = []
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    with _lock:
+        if _registry is None:
+            manager, problems, loaded = build_manager(_runtime_plugins)
+            registry = Registry(manager)
+            registry.problems.extend(problems)
+            registry.plugins = loaded
+            registry.collect()
+            _registry = registry
+        return _registry
+
+
+def register_plugin(module: object, name: str | None = None) -> None:
+    """Register a plugin object at run time (tests, notebooks); the registry is rebuilt."""
+    _runtime_plugins.append((module, name or getattr(module, "__name__", repr(module))))
+    reset_registry()
+
+
+def unregister_plugin(module: object) -> None:
+    _runtime_plugins[:] = [(m, n) for m, n in _runtime_plugins if m is not module]
+    reset_registry()
+
+
+def reset_registry() -> None:
+    """Forget the registry so the next :func:`get_registry` reloads plugins (e.g. after ``pip install``)."""
+    global _registry
+    with _lock:
+        _registry = None
+
+
+def plugin_rows(registry: Registry | None = None) -> list[dict[str, Any]]:
+    """JSON-able rows describing every registered class (used by ``mfx plugins`` and the docs)."""
+    registry = registry or get_registry()
+    rows = []
+    for reg in registry.all():
+        cls: type[Plugin] = reg.cls
+        rows.append({
+            "kind": reg.kind, "name": reg.name, "description": cls.description,
+            "distribution": reg.distribution, "plugin": reg.plugin,
+            "presets": cls.preset_names(), "config": cls.config_class.__name__,
+        })
+    return rows

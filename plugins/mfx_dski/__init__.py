@@ -1,0 +1,1 @@
+"""mfx_dski plugin (work in progress)."""

@@ -1,0 +1,1 @@
+"""mfx_generators plugin (work in progress)."""

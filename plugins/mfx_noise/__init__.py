@@ -1,0 +1,1 @@
+"""mfx_noise plugin (work in progress)."""

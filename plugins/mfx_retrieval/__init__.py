@@ -1,0 +1,1 @@
+"""mfx_retrieval plugin (work in progress)."""

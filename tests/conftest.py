@@ -1,0 +1,20 @@
+"""Shared fixtures. Tests never touch the network: hub access is switched off here as in CI."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MFX_ALLOW_DOWNLOAD", "0")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def fresh_registry():
+    """Rebuild the plugin registry before and after a test that changes plugins or MFX_LOAD_PLUGINS."""
+    from medforensics_core import plugins
+
+    plugins.reset_registry()
+    yield plugins
+    plugins.reset_registry()
