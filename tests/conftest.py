@@ -18,3 +18,14 @@ def fresh_registry():
     plugins.reset_registry()
     yield plugins
     plugins.reset_registry()
+
+
+@pytest.fixture(scope="session")
+def quick_benchmark():
+    """The offline benchmark built with ``--quick`` (cached across the test session and runs).
+
+    Returns the dataset folder (it holds ``manifest.csv``).
+    """
+    from medforensics_core.benchmark import default_dataset
+
+    return default_dataset(quick=True)
