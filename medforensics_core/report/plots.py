@@ -1,0 +1,119 @@
+"""Report figures as PNG bytes: ROC curves per detector and AUC per modality.
+
+Figures are drawn on matplotlib's object API with an Agg canvas, never through ``pyplot``:
+no global backend switch, no open-figure leaks, and it works on headless machines.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from . import views
+
+logger = logging.getLogger(__name__)
+
+SCORES_COLUMNS = ("detector", "perturbation", "path", "label", "modality", "generator", "score")
+
+
+def read_clean_scores(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """``{detector: (labels, scores)}`` of the clean (unperturbed) rows of a ``scores.csv``.
+
+    ``None`` when the file is missing or unreadable: plots are a convenience and must never
+    break a run whose metrics are already computed (the problem is logged).
+    """
+    if not path.is_file():
+        return None
+    grouped: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = set(SCORES_COLUMNS) - set(reader.fieldnames or [])
+            if missing:
+                logger.warning("%s: no ROC plot, missing columns %s", path, sorted(missing))
+                return None
+            for row in reader:
+                if row["perturbation"]:
+                    continue
+                labels, scores = grouped[row["detector"]]
+                labels.append(int(row["label"]))
+                scores.append(float(row["score"]))
+    except (OSError, ValueError, csv.Error) as exc:
+        logger.warning("%s: no ROC plot, unreadable scores (%s)", path, exc)
+        return None
+    return {name: (np.asarray(y), np.asarray(s)) for name, (y, s) in grouped.items()}
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(buffer)
+    return buffer.getvalue()
+
+
+def roc_png(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """ROC curve of every detector with both classes in its scores; AUC in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    figure = Figure(figsize=(5.5, 5), dpi=110)
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
+    for name, (labels, values) in scores.items():
+        if len(set(labels.tolist())) < 2:
+            logger.info("ROC of %s skipped: its scores hold a single class", name)
+            continue
+        fpr, tpr, _ = roc_curve(labels, values)
+        axes.plot(fpr, tpr, linewidth=1.8, label=f"{name} (AUC {roc_auc_score(labels, values):.3f})")
+    axes.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
+             xlim=(0, 1), ylim=(0, 1.01), title="ROC, clean test set")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def by_group_png(report: dict, view: str = "by_modality", metric: str = "auc") -> bytes:
+    """Grouped bars: ``metric`` per group (modality) for every successful detector, bootstrap CIs as error bars."""
+    entries = {n: e for n, e in views.detectors(report).items() if views.is_ok(e)}
+    groups = sorted({g for e in entries.values() for g in (e.get(view) or {})}, key=str)
+    figure = Figure(figsize=(max(5.5, 1.1 * len(groups) * max(len(entries), 1) ** 0.5 + 2), 4), dpi=110)
+    axes = figure.add_subplot()
+    width = 0.8 / max(len(entries), 1)
+    positions = np.arange(len(groups))
+    for i, (name, entry) in enumerate(entries.items()):
+        _bars(axes, positions + (i - (len(entries) - 1) / 2) * width, width, name,
+              [(entry.get(view) or {}).get(g) for g in groups], metric)
+    axes.set_xticks(positions, [str(g) for g in groups], rotation=20 if len(groups) > 4 else 0)
+    axes.set(ylabel=metric.upper(), ylim=(0, 1.05), title=f"{metric.upper()} {view.replace('_', ' ')}")
+    if metric == "auc":
+        axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    if not groups:
+        axes.text(0.5, 0.5, "no groups with metrics", ha="center", va="center", transform=axes.transAxes)
+    elif entries:
+        axes.legend(fontsize=8, loc="best")
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _bars(axes, x: np.ndarray, width: float, name: str, groups: list[dict | None], metric: str) -> None:
+    """One detector's bars; an undefined value gets no bar but an "n/a" label, so it is not read as 0."""
+    heights = np.array([np.nan if g is None or g.get(metric) is None else g[metric] for g in groups], dtype=float)
+    errors = np.full((2, len(groups)), np.nan)  # NaN: no error bar drawn (no CI, or no value)
+    for j, group in enumerate(groups):
+        ci = (group or {}).get(f"{metric}_ci")
+        if ci and ci[0] is not None and not np.isnan(heights[j]):
+            errors[:, j] = [max(heights[j] - ci[0], 0), max(ci[1] - heights[j], 0)]
+    axes.bar(x, np.nan_to_num(heights), width, label=name)
+    shown = ~np.isnan(errors[0])
+    if shown.any():
+        axes.errorbar(x[shown], heights[shown], yerr=errors[:, shown], fmt="none", ecolor="black", capsize=3)
+    for xj, height in zip(x, heights):
+        if np.isnan(height):
+            axes.text(xj, 0.02, views.NOT_DEFINED, ha="center", va="bottom", fontsize=7, rotation=90)

@@ -1,0 +1,277 @@
+"""The tables of a report, built once from the report dict and rendered by rich, Markdown and HTML.
+
+Keeping the table content (which numbers, which is best, what is "n/a") in one place means
+the terminal, ``report.md`` and ``report.html`` can never disagree about a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+NOT_DEFINED = "n/a"
+#: Metrics where a lower value is better; every other metric is better when higher.
+LOWER_IS_BETTER = frozenset({"eer"})
+#: Metrics shown in each cell of a per-group table, in order (one line each).
+GROUP_CELL_METRICS = (("auc", "AUC"), ("ap", "AP"), ("acc", "ACC@.5"))
+#: Columns of the overall table: (metric key, header, shows CI).
+OVERALL_COLUMNS = (
+    ("auc", "AUC", True), ("ap", "AP", True), ("acc", "ACC@.5", False), ("real_acc", "real", False),
+    ("fake_acc", "fake", False), ("eer", "EER", False), ("oracle_acc", "oracle", False),
+)
+VIEWS = (
+    ("by_modality", "mean_over_modalities", "modality"),
+    ("by_generator", "mean_over_generators", "generator"),
+)
+
+
+@dataclass
+class Line:
+    """One number (already formatted) in a cell, and whether it is the best of its column."""
+
+    text: str
+    best: bool = False
+    aside: bool = False  # an annotation of the line above (a CI): under it in tables, in brackets in Markdown
+
+
+@dataclass
+class Row:
+    """A detector's row: one cell (list of lines) per column, or the reason it failed."""
+
+    name: str
+    cells: list[list[Line]] = field(default_factory=list)
+    failed: str | None = None
+
+
+@dataclass
+class TableView:
+    title: str
+    columns: list[str]
+    rows: list[Row]
+    line_labels: list[str] | None = None  # names of the lines inside each cell (e.g. AUC / AP / ACC)
+    note: str = ""
+    mark_meaning: str = "best in column"  # what a highlighted line means in this table
+    lead_header: str = "detector"
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A metric value for a table: ``n/a`` when it is not defined."""
+    if value is None:
+        return NOT_DEFINED
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def fmt_ci(ci: Any, digits: int = 3) -> str:
+    """``[lo, hi]``, or "" when there is no interval."""
+    if not ci or ci[0] is None:
+        return ""
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def fmt_range(ci: Any, digits: int = 3) -> str:
+    """``lo-hi``: the compact form of an interval of non-negative metrics, so the overall table fits 80 columns."""
+    if not ci or ci[0] is None:
+        return ""
+    return f"{ci[0]:.{digits}f}-{ci[1]:.{digits}f}"
+
+
+def detectors(report: dict) -> dict[str, dict]:
+    return report.get("detectors") or {}
+
+
+def is_ok(entry: dict) -> bool:
+    return entry.get("status", "ok") == "ok" and "overall" in entry
+
+
+def failure_reason(entry: dict) -> str:
+    return str(entry.get("error") or "no metrics recorded")
+
+
+def _best_flags(values: list[float | None], metric: str) -> list[bool]:
+    """Which values are the best of a column; nothing is marked with fewer than two values to compare.
+
+    Values are compared as displayed (3 decimals), so two detectors that read the same are both marked.
+    """
+    shown = [None if v is None else round(v, 3) for v in values]
+    present = [v for v in shown if v is not None]
+    if len(present) < 2:
+        return [False] * len(values)
+    target = min(present) if metric in LOWER_IS_BETTER else max(present)
+    return [v == target for v in shown]
+
+
+def _mark_best(rows: list[Row], values: dict[tuple[int, int, int], float | None],
+               metric_of_line: list[str]) -> None:
+    """Set ``best`` on lines: ``values`` maps (row, column, line) to the raw number."""
+    columns = {(c, line) for (_, c, line) in values}
+    for column, line in columns:
+        keys = sorted(k for k in values if k[1] == column and k[2] == line)
+        flags = _best_flags([values[k] for k in keys], metric_of_line[line])
+        for (r, c, ln), flag in zip(keys, flags):
+            rows[r].cells[c][ln].best = flag
+
+
+def overall_table(report: dict) -> TableView:
+    """Detectors x overall metrics, with bootstrap CIs of AUC and AP."""
+    rows, values = [], {}
+    for name, entry in detectors(report).items():
+        if not is_ok(entry):
+            rows.append(Row(name, failed=failure_reason(entry)))
+            continue
+        overall = entry["overall"]
+        r = len(rows)
+        cells = []
+        for c, (key, _, with_ci) in enumerate(OVERALL_COLUMNS):
+            cell = [Line(fmt(overall.get(key)))]
+            interval = fmt_range(overall.get(f"{key}_ci")) if with_ci else ""
+            if interval:
+                cell.append(Line(interval, aside=True))
+            cells.append(cell)
+            values[(r, c, 0)] = overall.get(key)
+        rows.append(Row(name, cells))
+    view = TableView("Overall", [h for _, h, _ in OVERALL_COLUMNS], rows,
+                     note="AUC and AP with their 95% bootstrap CI; ACC@.5 predicts fake when score > 0.5, real/fake "
+                          "= ACC@.5 on real/fake images; oracle = ACC at the best threshold on the test set itself "
+                          "(an upper bound, not comparable with ACC@.5).")
+    for c, (key, _, _) in enumerate(OVERALL_COLUMNS):
+        _mark_best(rows, {k: v for k, v in values.items() if k[1] == c}, [key])
+    return view
+
+
+def group_table(entries: dict[str, dict], view: str, mean_key: str | None, title: str,
+                lead_column: str | None = None) -> TableView:
+    """Detectors x groups (plus a mean column); each cell holds AUC, AP and ACC@0.5 on three lines.
+
+    ``lead_column`` adds the entry's ``overall`` metrics as the first column (used for perturbations).
+    """
+    groups = _union_of_groups(entries, view)
+    columns = ([lead_column] if lead_column else []) + groups + (["mean"] if mean_key else [])
+    rows, values = [], {}
+    for name, entry in entries.items():
+        if not is_ok(entry):
+            rows.append(Row(name, failed=failure_reason(entry)))
+            continue
+        sources = ([entry.get("overall")] if lead_column else []) + [(entry.get(view) or {}).get(g) for g in groups]
+        if mean_key:
+            sources.append(entry.get(mean_key))
+        r = len(rows)
+        cells = []
+        for c, metrics in enumerate(sources):
+            cell = []
+            for ln, (key, _) in enumerate(GROUP_CELL_METRICS):
+                value = None if metrics is None else metrics.get(key)
+                cell.append(Line(fmt(value) if metrics is not None else "-"))
+                values[(r, c, ln)] = value
+            cells.append(cell)
+        rows.append(Row(name, cells))
+    _mark_best(rows, values, [key for key, _ in GROUP_CELL_METRICS])
+    return TableView(title, columns, rows, line_labels=[label for _, label in GROUP_CELL_METRICS],
+                     note="'-' : the detector was not evaluated on this group; n/a : metric not defined "
+                          "(a single-class group has no AUC/AP).")
+
+
+def _union_of_groups(entries: dict[str, dict], view: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for entry in entries.values():
+        if is_ok(entry):
+            for group in entry.get(view) or {}:
+                seen.setdefault(group, None)
+    return sorted(seen, key=str)
+
+
+def view_tables(report: dict) -> list[TableView]:
+    """Overall table, then one table per view (modality, generator) for the clean test set."""
+    tables = [overall_table(report)]
+    for view, mean_key, noun in VIEWS:
+        if any(is_ok(e) and e.get(view) for e in detectors(report).values()):
+            tables.append(group_table(detectors(report), view, mean_key, f"By {noun}"))
+    return tables
+
+
+def perturbation_tables(report: dict) -> list[TableView]:
+    """One table per perturbation (e.g. ``jpeg:50``): overall and per-modality metrics."""
+    tables = []
+    for perturbation, entries in (report.get("perturbations") or {}).items():
+        tables.append(group_table(entries or {}, "by_modality", None,
+                                  f"Perturbation {perturbation}", lead_column="overall"))
+    return tables
+
+
+def paired_table(report: dict) -> TableView | None:
+    """Paired comparisons ("best vs X"): difference, its bootstrap CI and two-sided p-value."""
+    comparisons = report.get("paired") or []
+    if not comparisons:
+        return None
+    rows = []
+    for item in comparisons:
+        delta = item.get("delta")
+        ci = item.get("ci")
+        p_value = item.get("p_value")
+        rows.append(Row(f"{item.get('a')} vs {item.get('b')}", [
+            [Line(str(item.get("metric", "auc")).upper())],
+            [Line(NOT_DEFINED if delta is None else f"{delta:+.3f}")],
+            [Line(fmt_ci(ci) or NOT_DEFINED)],
+            [Line(NOT_DEFINED if p_value is None else _fmt_p(p_value), best=p_value is not None and p_value < 0.05)],
+        ]))
+    return TableView("Paired comparison (same images, paired bootstrap)", ["metric", "delta", "95% CI", "p"], rows,
+                     note="delta = metric(a) - metric(b).", mark_meaning="p < 0.05",
+                     lead_header="comparison")
+
+
+def _fmt_p(p_value: float) -> str:
+    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
+
+
+def detector_summaries(report: dict) -> list[str]:
+    """One line per detector: weights, preset, train time, throughput, peak memory, warnings (or the failure)."""
+    lines = []
+    for name, entry in detectors(report).items():
+        if entry.get("status", "ok") != "ok":
+            lines.append(f"{name}: FAILED - {failure_reason(entry)}")
+            continue
+        parts = [f"weights={entry.get('weights') or 'unknown'}", f"preset={entry.get('preset') or 'default'}"]
+        parts += _optional_parts(entry)
+        warnings = entry.get("warnings") or []
+        text = f"{name}: " + ", ".join(parts)
+        if warnings:
+            text += "; warnings: " + " | ".join(str(w) for w in warnings)
+        lines.append(text)
+    return lines
+
+
+def _optional_parts(entry: dict) -> Iterable[str]:
+    if entry.get("train_seconds") is not None:
+        yield f"train {entry['train_seconds']:.1f} s"
+    if entry.get("infer_images_per_s") is not None:
+        yield f"{entry['infer_images_per_s']:.1f} img/s"
+    if entry.get("peak_memory_mb") is not None:
+        yield f"peak {entry['peak_memory_mb']:.0f} MB"
+    if entry.get("trainable_params") is not None:
+        yield f"{entry['trainable_params']:,} trainable params"
+    if entry.get("checkpoint"):
+        yield f"checkpoint {entry['checkpoint']}"
+
+
+def header_lines(report: dict) -> list[str]:
+    """Who/what/when of a run: command, protocol, preset, seed, data, version and commit."""
+    data = report.get("data") or {}
+    env = report.get("environment") or {}
+    git = env.get("git") or {}
+    commit = git.get("commit")
+    lines = [
+        f"command: {report.get('command', '')}",
+        f"protocol: {report.get('protocol', '')}   preset: {report.get('preset', '')}   seed: {report.get('seed', '')}",
+        (f"data: {data.get('path', '')}   train {data.get('n_train', '?')} / test {data.get('n_test', '?')} images"
+         f"   modalities: {', '.join(map(str, data.get('modalities') or [])) or '-'}"
+         f"   generators: {', '.join(map(str, data.get('generators') or [])) or '-'}"),
+        f"mfx {report.get('mfx_version', '?')}   created {report.get('created', '?')}"
+        + (f"   git {commit[:10]}{' (dirty)' if git.get('dirty') else ''}" if commit else "")
+        + (f"   device {env.get('device')}" if env.get("device") else ""),
+    ]
+    skipped = data.get("skipped") or []
+    if skipped:
+        lines.append(f"skipped files: {len(skipped)} (first: {skipped[0][0]}: {skipped[0][1]})")
+    return lines
