@@ -2,11 +2,116 @@
 
 from __future__ import annotations
 
-import click
+import json
+import sys
+from pathlib import Path
 
-from . import cli
+import click
+from rich.table import Table
+
+from . import cli, console, err_console
 
 
 @cli.group("data")
 def data_group() -> None:
     """Build, index and check datasets (DICOM, NIfTI, PNG/JPEG/TIFF)."""
+
+
+@data_group.command("index")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Manifest to write [default: ROOT/manifest.csv].")
+@click.option("--layout", type=click.Choice(["auto", "medforensics", "cnndetection"]), default="auto",
+              show_default=True, help="Folder layout (auto-detected from where the 0_real/1_fake folders sit).")
+@click.option("--modality", default=None, help="Modality for layouts without a modality level (CNNDetection).")
+@click.option("--val", type=float, default=0.1, show_default=True, help="Validation fraction (layouts without splits).")
+@click.option("--test", type=float, default=0.2, show_default=True, help="Test fraction (layouts without splits).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the group-aware split.")
+@click.option("--frames", is_flag=True,
+              help="One row per frame/slice of multi-frame DICOM, TIFF stacks and NIfTI volumes.")
+@click.option("--frame-step", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --frames: keep every N-th frame/slice.")
+def index_command(root: Path, output: Path | None, layout: str, modality: str | None, val: float, test: float,
+                  seed: int, frames: bool, frame_step: int) -> None:
+    """Index a folder layout into a manifest CSV (path, label, modality, generator, split, source, sha256).
+
+    \b
+    Layouts:
+      ROOT/<split>/<modality>/<generator>/{0_real,1_fake}/...   (MedForensics)
+      ROOT/<modality>/<generator>/{0_real,1_fake}/...           (MedForensics, splits made here)
+      ROOT/<generator>/[<class>/]{0_real,1_fake}/...            (CNNDetection)
+    Splits are made by source (study UID for DICOM, file stem otherwise), so no
+    source image or volume straddles two splits.
+    """
+    from ..data.indexers import index_folder
+    from ..data.manifest import write_manifest
+    from ..data.splits import assign_splits
+    from ..engine.progress import RichProgress
+
+    output = output or root / "manifest.csv"
+    with RichProgress(err_console) as progress:
+        result = index_folder(root, layout=layout, modality=modality, expand_frames=frames, frame_step=frame_step,
+                              relative_to=output.parent, progress=progress)
+    rows = assign_splits(result.rows, val=val, test=test, seed=seed)
+    write_manifest(rows, output)
+    console.print(_counts_table(rows, "images per split, modality, generator and label"))
+    console.print(f"{result.layout} layout{', detected' if layout == 'auto' else ''} "
+                  f"({'use --layout to force another' if layout == 'auto' else 'as asked'})", highlight=False)
+    for path in result.ignored:
+        console.print(f"[yellow]not indexed[/] {path} (not an image, or outside a 0_real/1_fake folder)",
+                      markup=True, highlight=False)
+    console.print(f"wrote {len(rows)} rows to {output}")
+
+
+def _counts_table(rows, title: str) -> Table:
+    counts: dict[tuple[str, str, str, int], int] = {}
+    for row in rows:
+        key = (row.split, row.modality, row.generator, row.label)
+        counts[key] = counts.get(key, 0) + 1
+    table = Table(title=title)
+    for column in ("split", "modality", "generator", "label"):
+        table.add_column(column)
+    table.add_column("images", justify="right")
+    order = {"train": 0, "val": 1, "test": 2}
+    for (split, modality, generator, label), n in sorted(counts.items(),
+                                                         key=lambda kv: (order.get(kv[0][0], 3),) + kv[0]):
+        table.add_row(split, modality, generator, "fake" if label else "real", str(n))
+    return table
+
+
+@data_group.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--on-bad", type=click.Choice(["report", "fail"]), default="report", show_default=True,
+              help="report: read everything and list every bad file; fail: stop at the first bad file.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--no-hash", is_flag=True, help="Do not compare files with the manifest's sha256.")
+def check_command(path: Path, on_bad: str, as_json: bool, no_hash: bool) -> None:
+    """Read every image of a manifest, dataset folder or file; list each bad one with its reason.
+
+    Exits with status 1 when any file is bad, 0 when all read cleanly.
+    """
+    from ..data.check import check_target
+    from ..engine.progress import RichProgress
+
+    with RichProgress(err_console) as progress:
+        report = check_target(path, verify_hash=not no_hash, stop_at_first=on_bad == "fail", progress=progress)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_check(report)
+    sys.exit(0 if report.ok else 1)
+
+
+def _print_check(report) -> None:
+    if report.bad:
+        table = Table(title=f"{len(report.bad)} bad file(s) of {report.checked} in {report.target}")
+        table.add_column("file", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for issue in report.bad:
+            table.add_row(issue.path, issue.reason)
+        console.print(table)
+    else:
+        console.print(f"[green]all {report.checked} image(s) read cleanly[/] in {report.target}", highlight=False)
+    if report.ignored:
+        console.print(f"{len(report.ignored)} non-image file(s) not checked: "
+                      + ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else ""), highlight=False)

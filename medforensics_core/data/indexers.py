@@ -1,0 +1,253 @@
+"""Indexers: turn a folder layout into manifest rows.
+
+Two layouts are understood (``0_real``/``1_fake`` is the label folder both use):
+
+* **MedForensics** — ``ROOT/<split>/<modality>/<generator>/{0_real,1_fake}/...``,
+  or ``ROOT/<modality>/<generator>/{0_real,1_fake}/...`` with no split level
+  (the splitter of :mod:`.splits` then assigns splits by source).
+* **CNNDetection** — ``ROOT/<generator>/[<class>/]{0_real,1_fake}/...``, the
+  layout of the natural-image benchmarks; modality is ``"unknown"`` unless given.
+
+Detection looks at how deep the label folders sit: three levels under a split
+name is MedForensics-with-splits, one level is CNNDetection, two levels is
+MedForensics when the top folders are modality names (CT, MR, X-ray, fundus...)
+or unknown, CNNDetection when they are known natural-image generators (progan,
+stylegan, ...). ``layout=`` forces the choice.
+
+``source`` (the group that must never straddle two splits) is, by default:
+
+* for DICOM, the StudyInstanceUID (else SeriesInstanceUID) read from the
+  header — every slice and series of one study stays together;
+* for every other file, the modality plus the file's path below its label
+  folder without the suffix (``CT:patient7/slice012``), so a real image and
+  the fakes made from it under the same name (``0_real/x.png``,
+  ``1_fake/x.png``, in any generator folder) share one source. Grouping too
+  much is safe (it only coarsens the split); grouping too little would leak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ..errors import BadInputError, MfxError
+from .manifest import ManifestRow, sha256_file
+from .readers import count_frames, is_image_file
+
+log = logging.getLogger(__name__)
+
+LABEL_FOLDERS = {"0_real": 0, "1_fake": 1}
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+LAYOUTS = ("auto", "medforensics", "cnndetection")
+
+# Names that decide a two-level layout: the first level is a modality (MedForensics) or a generator (CNNDetection).
+MODALITY_NAMES = frozenset({
+    "ct", "mr", "mri", "cr", "dx", "xray", "x-ray", "x_ray", "radiograph", "chest_xray", "cxr", "us", "ultrasound",
+    "nm", "pt", "pet", "spect", "mg", "mammography", "xa", "angiography", "oct", "fundus", "retina", "derm",
+    "dermoscopy", "dermatology", "skin", "histology", "histopathology", "pathology", "wsi", "microscopy",
+    "endoscopy", "colonoscopy", "dental", "brain", "chest", "knee", "abdomen", "other",
+})
+NATURAL_GENERATORS = frozenset({
+    "progan", "stylegan", "stylegan2", "stylegan3", "biggan", "cyclegan", "stargan", "gaugan", "deepfake", "crn",
+    "imle", "san", "seeingdark", "whichfaceisreal", "dalle", "dalle2", "glide", "glide_100_10", "glide_100_27",
+    "glide_50_27", "guided", "ldm", "ldm_100", "ldm_200", "ldm_200_cfg", "midjourney", "sdv1_4", "sdv1_5", "adm",
+    "vqdm", "wukong", "dall-e", "stable_diffusion", "sd", "sdxl",
+})
+
+
+@dataclasses.dataclass
+class IndexResult:
+    """What an indexer found: the rows, the layout it used, and the files it passed over (never silently)."""
+
+    rows: list[ManifestRow]
+    layout: str
+    root: Path
+    ignored: list[Path] = dataclasses.field(default_factory=list)  # non-image files, or images outside label folders
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    """``"medforensics"`` or ``"cnndetection"`` for ``root``; an unknown layout is one :class:`BadInputError`."""
+    root = Path(root)
+    label_dirs = list(_label_dirs(root))
+    if not label_dirs:
+        raise BadInputError(root, "unknown folder layout: no 0_real/1_fake folders found (expected "
+                                  "ROOT/[<split>/]<modality>/<generator>/{0_real,1_fake}/... or "
+                                  "ROOT/<generator>/[<class>/]{0_real,1_fake}/...)")
+    parents = [d.relative_to(root).parts[:-1] for d in label_dirs]
+    depths = {len(p) for p in parents}
+    if depths == {3} and all(p[0].lower() in SPLIT_NAMES for p in parents):
+        return "medforensics"
+    if depths <= {1, 2} and 1 in depths:
+        return "cnndetection"
+    if depths == {2}:
+        tops = {p[0].lower() for p in parents}
+        if tops <= set(SPLIT_NAMES):
+            raise BadInputError(root, "split folders need <modality>/<generator> below them: expected "
+                                      "ROOT/<split>/<modality>/<generator>/{0_real,1_fake} (found "
+                                      f"{sorted(tops)[0]}/<one level>/{{0_real,1_fake}})")
+        if tops & NATURAL_GENERATORS and not tops & MODALITY_NAMES:
+            return "cnndetection"
+        return "medforensics"
+    found = ", ".join(sorted({"/".join(p) or "." for p in parents})[:4])
+    raise BadInputError(root, f"unknown folder layout: 0_real/1_fake found under {found} (expected "
+                              "ROOT/[<split>/]<modality>/<generator>/{0_real,1_fake} or "
+                              "ROOT/<generator>/[<class>/]{0_real,1_fake})")
+
+
+def index_folder(root: str | os.PathLike, *, layout: str = "auto", modality: str | None = None,
+                 expand_frames: bool = False, frame_step: int = 1, relative_to: str | os.PathLike | None = None,
+                 hash_files: bool = True, progress: Callable[[Iterable, int, str], Iterable] | None = None
+                 ) -> IndexResult:
+    """Rows for every image of ``root`` (splits only where the layout has them; see :mod:`.splits`).
+
+    ``modality`` fills the modality of CNNDetection layouts (default ``"unknown"``).
+    ``expand_frames`` writes one row per frame/slice (``path#N``, every
+    ``frame_step``-th) for multi-frame DICOM, TIFF stacks and NIfTI volumes,
+    all sharing the file's source. Paths are written relative to
+    ``relative_to`` (the manifest's folder; default ``root``).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise BadInputError(root, "not a folder" if root.exists() else "folder not found")
+    if layout not in LAYOUTS:
+        raise MfxError(f"--layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+    chosen = detect_layout(root) if layout == "auto" else layout
+    base = Path(relative_to) if relative_to is not None else root
+    placed, ignored = _collect(root, chosen, modality)
+    items = list(placed)
+    if progress is not None:
+        items = progress(items, len(items), "indexing")
+    rows: list[ManifestRow] = []
+    for path, fields in items:
+        rows.extend(_rows_for(path, fields, base, expand_frames, frame_step, hash_files))
+    if not rows:
+        raise BadInputError(root, "no images found in the 0_real/1_fake folders "
+                                  f"(images end in .png .jpg .tif .dcm .nii(.gz) ...; {len(ignored)} other file(s))")
+    return IndexResult(rows, chosen, root, ignored)
+
+
+def _label_dirs(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, _files in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:
+            if name.lower() in LABEL_FOLDERS:
+                yield Path(dirpath) / name
+        dirnames[:] = [d for d in dirnames if d.lower() not in LABEL_FOLDERS]
+
+
+def _collect(root: Path, layout: str, modality: str | None) -> tuple[list[tuple[Path, dict]], list[Path]]:
+    """Image files with the fields their folders give, plus the files passed over."""
+    placed: list[tuple[Path, dict]] = []
+    in_label_dirs: set[Path] = set()
+    for label_dir in _label_dirs(root):
+        fields = _fields_from_parents(root, label_dir, layout, modality)
+        for path in _walk_files(label_dir):
+            in_label_dirs.add(path)
+            if is_image_file(path):
+                placed.append((path, dict(fields, below=path.relative_to(label_dir))))
+    ignored = [p for p in _walk_files(root) if p not in in_label_dirs and is_image_file(p)]
+    ignored += [p for p in in_label_dirs if not is_image_file(p)]
+    for path in ignored:
+        log.info("not indexed: %s", path)
+    return placed, sorted(ignored)
+
+
+def _walk_files(folder: Path) -> Iterator[Path]:
+    for dirpath, dirnames, files in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+def _fields_from_parents(root: Path, label_dir: Path, layout: str, modality: str | None) -> dict:
+    """label, split, modality and generator from the folders between ``root`` and a label folder."""
+    parts = label_dir.relative_to(root).parts
+    label = LABEL_FOLDERS[parts[-1].lower()]
+    above = parts[:-1]
+    fields = {"label": label, "split": "", "modality": modality or "unknown"}
+    if layout == "medforensics":
+        if len(above) == 3 and above[0].lower() in SPLIT_NAMES:
+            fields["split"] = SPLIT_NAMES[above[0].lower()]
+            above = above[1:]
+        if len(above) != 2:
+            raise BadInputError(label_dir, "does not fit the MedForensics layout "
+                                           "ROOT/[<split>/]<modality>/<generator>/{0_real,1_fake}")
+        fields["modality"] = modality or above[0]
+        fields["generator"] = above[1]
+    elif layout == "cnndetection":
+        if len(above) not in (1, 2):
+            raise BadInputError(label_dir, "does not fit the CNNDetection layout "
+                                           "ROOT/<generator>/[<class>/]{0_real,1_fake}")
+        fields["generator"] = above[0]
+        if len(above) == 2:
+            fields["object_class"] = above[1]
+    if label == 0:
+        fields["generator"] = "real"  # the manifest's convention; the folder's generator is kept in source_folder
+    fields["source_folder"] = "/".join(above)
+    return fields
+
+
+def _rows_for(path: Path, fields: dict, base: Path, expand_frames: bool, frame_step: int,
+              hash_files: bool) -> list[ManifestRow]:
+    relative = Path(os.path.relpath(path, base)).as_posix()
+    source = default_source(path, fields["modality"], fields["below"])
+    digest = sha256_file(path) if hash_files else ""
+    row = ManifestRow(path=relative, label=fields["label"], modality=fields["modality"],
+                      generator=fields["generator"], split=fields["split"], source=source, sha256=digest,
+                      params=_params(fields))
+    if not expand_frames:
+        return [row]
+    frames = _safe_count_frames(path)
+    if frames <= 1:
+        return [row]
+    return [dataclasses.replace(row, path=f"{relative}#{i}") for i in range(0, frames, max(1, frame_step))]
+
+
+def _params(fields: dict) -> str:
+    import json
+
+    extra = {k: fields[k] for k in ("object_class", "source_folder") if fields.get(k)}
+    return json.dumps(extra, sort_keys=True) if extra else ""
+
+
+def _safe_count_frames(path: Path) -> int:
+    """Frames of a file, or 1 when its header is unreadable (``mfx data check`` names such files)."""
+    try:
+        return count_frames(path)
+    except BadInputError as exc:
+        log.warning("indexed as one image: %s", exc)
+        return 1
+
+
+def default_source(path: Path, modality: str, below: Path) -> str:
+    """The split group of a file (see the module docstring)."""
+    uid = _dicom_group_uid(path)
+    if uid:
+        return f"dicom:{uid}"
+    stem = below.as_posix()
+    for suffix in (".nii.gz", *(s for s in (below.suffix,) if s)):
+        if stem.lower().endswith(suffix.lower()):
+            stem = stem[: -len(suffix)]
+            break
+    return f"{modality}:{stem}"
+
+
+def _dicom_group_uid(path: Path) -> str:
+    """StudyInstanceUID (else SeriesInstanceUID) from a DICOM header; "" for other files or no UID."""
+    name = path.name.lower()
+    if not (name.endswith(".dcm") or not path.suffix):
+        return ""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
+                             force=name.endswith(".dcm"))
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        log.debug("no DICOM UID for %s: %s", path, exc)
+        return ""
+    return str(ds.get("StudyInstanceUID") or ds.get("SeriesInstanceUID") or "")

@@ -1,0 +1,194 @@
+"""Folder indexers, group-aware splits, ``open_dataset`` and ``mfx data index`` on temp folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from nibabel.testing import data_path as NIBABEL_DATA
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from medforensics_core.cli import cli
+from medforensics_core.data import open_dataset, read_image
+from medforensics_core.data.indexers import detect_layout, index_folder
+from medforensics_core.data.manifest import ManifestRow, read_manifest, sha256_file
+from medforensics_core.data.splits import assign_splits, split_summary
+from medforensics_core.errors import BadInputError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def png(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (12, 12), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def medforensics_tree(root: Path, *, with_splits: bool, per_folder: int = 6) -> None:
+    seed = 0
+    splits = ("train", "test") if with_splits else ("",)
+    for split in splits:
+        for modality in ("CT", "fundus"):
+            for generator in ("ddpm", "stylegan"):
+                for label in ("0_real", "1_fake"):
+                    for i in range(per_folder):
+                        seed += 1
+                        png(root / split / modality / generator / label / f"{split}img{i}.png", seed)
+
+
+def test_medforensics_layout_with_split_folders(tmp_path):
+    medforensics_tree(tmp_path, with_splits=True)
+    (tmp_path / "README.txt").write_text("about this dataset")
+    (tmp_path / "train" / "CT" / "ddpm" / "1_fake" / "notes.txt").write_text("not an image")
+    assert detect_layout(tmp_path) == "medforensics"
+    result = index_folder(tmp_path)
+    assert len(result.rows) == 2 * 2 * 2 * 2 * 6
+    row = next(r for r in result.rows if r.path == "train/CT/ddpm/1_fake/trainimg3.png")
+    assert (row.label, row.modality, row.generator, row.split) == (1, "CT", "ddpm", "train")
+    assert row.sha256 == sha256_file(tmp_path / row.path)
+    real = next(r for r in result.rows if r.path == "test/fundus/stylegan/0_real/testimg0.png")
+    assert (real.label, real.generator, real.split) == (0, "real", "test")
+    assert [p.name for p in result.ignored] == ["notes.txt"]
+    assert all(r.label == (0 if "/0_real/" in r.path else 1) for r in result.rows)
+
+
+def test_medforensics_layout_without_splits_gets_group_splits(tmp_path):
+    medforensics_tree(tmp_path, with_splits=False, per_folder=10)
+    result = index_folder(tmp_path)
+    assert result.layout == "medforensics" and {r.split for r in result.rows} == {""}
+    # a real image and its fakes share a name, hence a source: CT:img3 holds 0_real and 1_fake of both generators
+    assert len({r.source for r in result.rows}) == 2 * 10
+    rows = assign_splits(result.rows, val=0.1, test=0.2, seed=0)
+    summary = split_summary(rows)
+    assert set(summary) == {"train", "val", "test"}
+    assert all(counts[0] > 0 and counts[1] > 0 for counts in summary.values())
+    assert sum(summary["test"].values()) == pytest.approx(0.2 * len(rows), abs=8)
+
+
+def test_cnndetection_layout_with_and_without_class(tmp_path):
+    for i in range(3):
+        png(tmp_path / "progan" / "airplane" / "0_real" / f"{i:05d}.png", i)
+        png(tmp_path / "progan" / "airplane" / "1_fake" / f"{i:05d}.png", 10 + i)
+        png(tmp_path / "whichfaceisreal" / "0_real" / f"{i:05d}.png", 20 + i)
+        png(tmp_path / "whichfaceisreal" / "1_fake" / f"{i:05d}.png", 30 + i)
+    assert detect_layout(tmp_path) == "cnndetection"
+    result = index_folder(tmp_path, modality="natural")
+    assert len(result.rows) == 12 and {r.modality for r in result.rows} == {"natural"}
+    fake = next(r for r in result.rows if r.path == "progan/airplane/1_fake/00001.png")
+    assert fake.generator == "progan" and fake.params_dict()["object_class"] == "airplane"
+    assert {r.generator for r in result.rows if r.label == 1} == {"progan", "whichfaceisreal"}
+
+
+def test_two_level_layout_is_told_apart_by_folder_names(tmp_path):
+    png(tmp_path / "gen" / "stylegan" / "bedroom" / "1_fake" / "a.png", 1)
+    png(tmp_path / "gen" / "stylegan" / "bedroom" / "0_real" / "a.png", 2)
+    png(tmp_path / "med" / "MR" / "ldm" / "1_fake" / "a.png", 3)
+    png(tmp_path / "med" / "MR" / "ldm" / "0_real" / "a.png", 4)
+    assert detect_layout(tmp_path / "gen") == "cnndetection"
+    assert detect_layout(tmp_path / "med") == "medforensics"
+    forced = index_folder(tmp_path / "med", layout="cnndetection")
+    assert {r.generator for r in forced.rows} == {"MR", "real"}
+
+
+def test_unknown_layouts_are_one_line_errors(tmp_path):
+    png(tmp_path / "flat" / "a.png", 0)
+    with pytest.raises(BadInputError, match="no 0_real/1_fake folders found.*expected ROOT/") as info:
+        index_folder(tmp_path / "flat")
+    assert "\n" not in str(info.value)
+    png(tmp_path / "deep" / "a" / "b" / "c" / "d" / "0_real" / "x.png", 1)
+    with pytest.raises(BadInputError, match="unknown folder layout: 0_real/1_fake found under a/b/c/d"):
+        detect_layout(tmp_path / "deep")
+    png(tmp_path / "cnn_train" / "train" / "airplane" / "0_real" / "x.png", 2)
+    with pytest.raises(BadInputError, match="split folders need <modality>/<generator> below them"):
+        detect_layout(tmp_path / "cnn_train")
+    with pytest.raises(BadInputError, match="folder not found"):
+        index_folder(tmp_path / "missing")
+
+
+def test_dicom_source_is_the_study_and_volumes_expand_to_slices(tmp_path):
+    ct = get_testdata_file("CT_small.dcm")
+    real = tmp_path / "CT" / "sdedit" / "0_real"
+    fake = tmp_path / "CT" / "sdedit" / "1_fake"
+    real.mkdir(parents=True)
+    fake.mkdir(parents=True)
+    shutil.copy(ct, real / "slice_a.dcm")
+    shutil.copy(ct, real / "IM0002")  # extension-less DICOM, found by its preamble
+    shutil.copy(os.path.join(NIBABEL_DATA, "anatomical.nii"), fake / "vol.nii")
+    result = index_folder(tmp_path, expand_frames=True, frame_step=5)
+    study = pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID
+    dicom_rows = [r for r in result.rows if r.label == 0]
+    assert {r.source for r in dicom_rows} == {f"dicom:{study}"} and len(dicom_rows) == 2
+    volume_rows = [r for r in result.rows if r.label == 1]
+    assert [r.path for r in volume_rows] == [f"CT/sdedit/1_fake/vol.nii#{i}" for i in range(0, 25, 5)]
+    assert {r.source for r in volume_rows} == {"CT:vol"}
+    manifest_root = tmp_path
+    assert read_image(volume_rows[1].resolved(manifest_root)).meta["frame"] == 5
+
+
+def test_split_keeps_every_source_in_one_split_and_is_deterministic():
+    rows = []
+    for source in range(40):
+        for copy in range(1 + source % 4):  # groups of 1..4 rows, reals and fakes mixed in some
+            label = (source + copy) % 2 if source % 3 else source % 2
+            rows.append(ManifestRow(path=f"s{source}_{copy}.png", label=label, modality="CT" if source % 5 else "MR",
+                                    generator="real" if label == 0 else "gan", source=f"src{source}"))
+    first = assign_splits(rows, val=0.15, test=0.25, seed=3)
+    splits_of = defaultdict(set)
+    for row in first:
+        splits_of[row.source].add(row.split)
+    assert all(len(s) == 1 for s in splits_of.values())
+    assert [r.split for r in assign_splits(rows, val=0.15, test=0.25, seed=3)] == [r.split for r in first]
+    assert [r.split for r in assign_splits(rows, val=0.15, test=0.25, seed=4)] != [r.split for r in first]
+    summary = split_summary(first)
+    assert all(summary[s][0] > 0 and summary[s][1] > 0 for s in ("train", "val", "test"))
+    assert all(r.split == "" for r in rows)  # the input is not modified
+
+
+def test_split_keeps_given_splits_and_rejects_bad_fractions():
+    rows = [ManifestRow(path=f"{i}.png", label=i % 2, split="test" if i < 4 else "", source=f"s{i}")
+            for i in range(20)]
+    out = assign_splits(rows, val=0.0, test=0.3, seed=0)
+    assert [r.split for r in out[:4]] == ["test"] * 4
+    assert "val" not in {r.split for r in out}
+    from medforensics_core.errors import MfxError
+
+    with pytest.raises(MfxError, match="must leave images for training"):
+        assign_splits(rows, val=0.5, test=0.5)
+
+
+def test_open_dataset_accepts_csv_folder_and_layout(tmp_path):
+    medforensics_tree(tmp_path / "data", with_splits=False, per_folder=5)
+    on_the_fly = open_dataset(tmp_path / "data")
+    assert len(on_the_fly) == 40 and {r.split for r in on_the_fly.rows} <= {"train", "val", "test"}
+    assert on_the_fly.path_of(on_the_fly.rows[0]).is_file()
+    runner = CliRunner()
+    result = runner.invoke(cli, ["data", "index", str(tmp_path / "data"), "--seed", "1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    written = read_manifest(tmp_path / "data" / "manifest.csv")
+    assert len(written) == 40
+    assert len(open_dataset(tmp_path / "data")) == 40
+    assert len(open_dataset(tmp_path / "data" / "manifest.csv")) == 40
+
+
+def test_cli_index_writes_manifest_and_counts_table(tmp_path):
+    medforensics_tree(tmp_path / "data", with_splits=True, per_folder=2)
+    out = tmp_path / "elsewhere" / "m.csv"
+    result = CliRunner().invoke(cli, ["data", "index", str(tmp_path / "data"), "-o", str(out)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(out)
+    assert len(manifest) == 32 and all(manifest.path_of(r).is_file() for r in manifest.rows)
+    assert manifest.rows[0].path.startswith("../data/")
+    lines = [line for line in result.output.splitlines() if "fundus" in line and "stylegan" in line]
+    assert any("train" in line and "fake" in line and line.rstrip().rstrip("│").strip().endswith("2")
+               for line in lines)
+    assert "medforensics layout, detected" in result.output
+    bad = CliRunner().invoke(cli, ["data", "index", str(tmp_path / "nowhere")])
+    assert bad.exit_code != 0 and "folder not found" in bad.output and "Traceback" not in bad.output
