@@ -1,1 +1,29 @@
-"""mfx_noise plugin (work in progress)."""
+"""Noise extractors for forensic traces: ``srm``, ``bayar``, ``wavelet``, ``npr``.
+
+Each is a :class:`~medforensics_core.interfaces.NoiseExtractor` (a ``torch.nn.Module``)
+mapping ``(N, 3, H, W)`` images in [0, 1] to residual maps
+``(N, out_channels, H / downsample, W / downsample)``. Detectors get them from
+the registry by name (``get_registry().noise_extractor("npr")``) so that the
+NPR baseline and DSKI share one implementation of each residual.
+"""
+
+from __future__ import annotations
+
+from medforensics_core.hookspecs import hookimpl
+
+from .bayar import BayarConfig, BayarExtractor, bayar_project
+from .npr import NprConfig, NprExtractor, npr_residual
+from .srm import SRM_KERNELS, SrmConfig, SrmExtractor
+from .wavelet import WaveletConfig, WaveletExtractor, dwt2, wavelet_kernels
+
+__all__ = ["BayarConfig", "BayarExtractor", "bayar_project", "NprConfig", "NprExtractor", "npr_residual",
+           "SRM_KERNELS", "SrmConfig", "SrmExtractor", "WaveletConfig", "WaveletExtractor", "dwt2",
+           "wavelet_kernels"]
+
+EXTRACTORS = (NprExtractor, SrmExtractor, BayarExtractor, WaveletExtractor)
+
+
+@hookimpl
+def register_noise_extractors(register):
+    for cls in EXTRACTORS:
+        register(cls)

@@ -1,0 +1,165 @@
+"""Noise extractors (plugin mfx_noise): each residual checked against an independent computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medforensics_core.plugins import get_registry
+
+
+def test_npr_matches_hand_computed_residual():
+    # one 4x4 channel: each 2x2 block minus its top-left pixel, times 2/3
+    x = torch.tensor([[1., 2., 3., 4.],
+                      [5., 6., 7., 8.],
+                      [9., 10., 11., 12.],
+                      [13., 14., 15., 16.]]).view(1, 1, 4, 4)
+    expected = torch.tensor([[0., 1., 0., 1.],
+                             [4., 5., 4., 5.],
+                             [0., 1., 0., 1.],
+                             [4., 5., 4., 5.]]).view(1, 1, 4, 4) * 2 / 3
+    extractor = get_registry().noise_extractor("npr")(in_channels=1)
+    torch.testing.assert_close(extractor(x), expected)
+
+
+def test_npr_equals_official_interpolate_pair_on_even_sizes():
+    """The official code's two nearest F.interpolate calls give the same residual on even sizes."""
+    x = torch.rand(2, 3, 16, 12, generator=torch.Generator().manual_seed(0))
+    down = F.interpolate(x, scale_factor=0.5, mode="nearest", recompute_scale_factor=True)
+    official = (x - F.interpolate(down, scale_factor=2, mode="nearest", recompute_scale_factor=True)) * 2.0 / 3.0
+    torch.testing.assert_close(get_registry().noise_extractor("npr")()(x), official)
+
+
+def test_npr_keeps_odd_sizes_and_is_zero_on_blocky_images():
+    blocky = torch.rand(1, 3, 4, 3).repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :7, :5]
+    out = get_registry().noise_extractor("npr")()(blocky)
+    assert out.shape == blocky.shape
+    assert out.abs().max() == 0
+
+
+# --------------------------------------------------------------------------- real images, all extractors
+
+def _real_ct(crop: tuple[int, int] = (96, 80)) -> torch.Tensor:
+    """pydicom's real CT slice (128x128), min-max scaled to [0, 1], as a (1, 3, H, W) batch."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    pixels = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array.astype("float64")
+    pixels = (pixels - pixels.min()) / (pixels.max() - pixels.min())
+    image = torch.from_numpy(pixels[: crop[0], : crop[1]]).float()
+    return image.expand(1, 3, *image.shape).contiguous()
+
+
+def _real_fundus(size: int = 64) -> torch.Tensor:
+    """A colour crop of scikit-image's real retina photograph, (1, 3, size, size) in [0, 1]."""
+    from pathlib import Path
+
+    import skimage
+    from PIL import Image
+
+    with Image.open(Path(skimage.__file__).parent / "data" / "retina.jpg") as img:
+        crop = img.convert("RGB").crop((600, 600, 600 + size, 600 + size))
+        array = torch.from_numpy(np.asarray(crop, dtype="float32") / 255.0)
+    return array.permute(2, 0, 1)[None].contiguous()
+
+
+NAMES = ["npr", "srm", "bayar", "wavelet"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_extractor_runs_by_name_on_a_real_image(name):
+    cls = get_registry().noise_extractor(name)
+    extractor = cls(cls.make_config())
+    image = _real_fundus()
+    out = extractor(image)
+    s = cls.downsample
+    assert out.shape == (1, extractor.out_channels, 64 // s, 64 // s)
+    assert torch.isfinite(out).all() and out.abs().max() > 0
+
+
+@pytest.mark.parametrize("wavelet", ["haar", "db2", "sym4", "bior2.2"])
+@pytest.mark.parametrize("crop", [(96, 80), (95, 77)])
+def test_wavelet_subbands_equal_pywt_dwt2(wavelet, crop):
+    import pywt
+
+    image = _real_ct(crop)
+    cls = get_registry().noise_extractor("wavelet")
+    out = cls(cls.make_config(wavelet=wavelet))(image)
+    _, (c_h, c_v, c_d) = pywt.dwt2(image[0, 0].double().numpy(), wavelet, mode="periodization")
+    assert out.shape == (1, 9, *c_h.shape)
+    for band, expected in enumerate((c_h, c_v, c_d)):
+        for channel in range(3):
+            torch.testing.assert_close(out[0, channel * 3 + band].double(), torch.from_numpy(expected),
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_wavelet_second_level_is_pywt_level_two_on_the_level_one_grid():
+    import pywt
+
+    image = _real_ct((96, 80))
+    cls = get_registry().noise_extractor("wavelet")
+    extractor = cls(cls.make_config(wavelet="db2", levels=2), in_channels=1)
+    out = extractor(image[:, :1])
+    assert extractor.out_channels == 6 and out.shape == (1, 6, 48, 40)
+    coeffs = pywt.wavedec2(image[0, 0].double().numpy(), "db2", mode="periodization", level=2)
+    level_two = torch.from_numpy(np.stack(coeffs[1]))
+    torch.testing.assert_close(out[0, 3:, ::2, ::2].double(), level_two, atol=1e-5, rtol=1e-5)
+
+
+def test_srm_kernels_are_zero_sum_and_flat_images_give_zero():
+    from mfx_noise import SRM_KERNELS
+
+    torch.testing.assert_close(SRM_KERNELS.sum(dim=(1, 2)), torch.zeros(3))
+    cls = get_registry().noise_extractor("srm")
+    flat = torch.full((2, 3, 32, 32), 0.37)
+    assert cls()(flat).abs().max() < 1e-5  # float rounding only; a non-zero-sum kernel would give ~1
+    assert cls(cls.make_config(per_channel=True))(flat).shape == (2, 9, 32, 32)
+
+
+def test_srm_equals_scipy_correlation_with_truncation():
+    from scipy.ndimage import correlate
+
+    from mfx_noise import SRM_KERNELS
+
+    image = _real_fundus()
+    out = get_registry().noise_extractor("srm")()(image)
+    grey = image[0].mean(0).double().numpy() * 255.0
+    for index, kernel in enumerate(SRM_KERNELS.double().numpy()):
+        expected = np.clip(correlate(grey, kernel, mode="mirror"), -3, 3) / 3
+        np.testing.assert_allclose(out[0, index].double().numpy(), expected, atol=1e-4)
+    assert out.abs().max() <= 1.0 and (out.abs() == 1.0).any()  # truncation is active on a real photo
+
+
+def _assert_bayar_constraint(kernel: torch.Tensor) -> None:
+    c = kernel.shape[-1] // 2
+    torch.testing.assert_close(kernel[..., c, c], torch.full(kernel.shape[:2], -1.0))
+    torch.testing.assert_close(kernel.sum(dim=(-2, -1)), torch.zeros(kernel.shape[:2]), atol=1e-5, rtol=0)
+
+
+def test_bayar_constraint_holds_after_an_optimiser_step():
+    torch.manual_seed(0)
+    cls = get_registry().noise_extractor("bayar")
+    extractor = cls(cls.make_config(out_channels=4))
+    image = _real_fundus()
+    optimiser = torch.optim.SGD(extractor.parameters(), lr=0.5)
+    before = extractor.kernel().detach().clone()
+    loss = extractor(image).pow(2).mean() - extractor(image)[:, 0].mean()
+    loss.backward()
+    assert extractor.weight.grad is not None and extractor.weight.grad.abs().sum() > 0
+    optimiser.step()
+    out = extractor(image)
+    kernel = extractor.kernel().detach()
+    assert not torch.allclose(kernel, before)  # it did learn ...
+    _assert_bayar_constraint(kernel)  # ... and the applied kernel still obeys the constraint
+    padded = torch.nn.functional.pad(image, (2, 2, 2, 2), mode="reflect")
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(padded, kernel))
+    assert extractor(torch.full((1, 3, 16, 16), 0.6)).abs().max() < 1e-5  # prediction error of a flat image
+
+
+def test_gradients_flow_through_wavelet_and_bayar_to_the_input():
+    for name in ("wavelet", "bayar"):
+        image = _real_ct().requires_grad_(True)
+        get_registry().noise_extractor(name)()(image).pow(2).sum().backward()
+        assert image.grad is not None and image.grad.abs().sum() > 0, name
