@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -71,6 +72,28 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns "No pretrained weights loaded" on the root logger; our weights line already says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning():
+    root = logging.getLogger()
+    quiet = _DropRandomInitWarning()
+    root.addFilter(quiet)
+    for handler in root.handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+        for handler in root.handlers:
+            handler.removeFilter(quiet)
+
+
 def _hub_weights_available(model_name: str, tag: str) -> bool:
     """Whether open_clip could load ``tag`` without touching the network."""
     import open_clip
@@ -121,7 +144,7 @@ def load_clip(model_name: str, pretrained: str = RANDOM, *, device: str | torch.
                 f"or set MFX_ALLOW_DOWNLOAD=1 where the hub is reachable")
         load_from = pretrained
         info = f"{model_name}, open_clip pretrained '{pretrained}'"
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
         torch.manual_seed(seed)
         try:
             model = open_clip.create_model(model_name, pretrained=load_from, device="cpu")
