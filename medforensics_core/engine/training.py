@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .context import FitContext
+from .distributed import average_gradients
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,6 +34,8 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader, optimizer
             loss = loss_fn(forward(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if ctx.distributed:  # the DistributedDataParallel rule: every rank steps with the mean gradient
+            average_gradients(optimizer, ctx.world_size)
         optimizer.step()
         total += float(loss.detach()) * len(labels)
         count += len(labels)
@@ -40,13 +43,20 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader, optimizer
 
 
 @torch.no_grad()
-def predict_loader(predict: Callable[[torch.Tensor], np.ndarray], loader, ctx: FitContext,
-                   description: str = "score") -> tuple[np.ndarray, np.ndarray]:
-    """Scores and labels over a loader (``predict`` maps a batch on ``ctx.device`` to probabilities)."""
+def predict_loader(predict: Callable[..., np.ndarray], loader, ctx: FitContext,
+                   description: str = "score", *, pass_indices: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels over a loader (``predict`` maps a batch on ``ctx.device`` to probabilities).
+
+    With ``pass_indices`` the batch's dataset indices are handed to ``predict`` as
+    a second argument (the engine uses them to pass per-image modalities and to
+    put scores gathered from several ranks back in order).
+    """
     scores, labels = [], []
-    for inputs, batch_labels, _ in ctx.track(loader, len(loader), description):
+    for inputs, batch_labels, indices in ctx.track(loader, len(loader), description):
+        inputs = inputs.to(ctx.device, non_blocking=True)
         with ctx.autocast():
-            scores.append(np.asarray(predict(inputs.to(ctx.device, non_blocking=True)), dtype=np.float64))
+            batch_scores = predict(inputs, indices) if pass_indices else predict(inputs)
+        scores.append(np.asarray(batch_scores, dtype=np.float64).reshape(-1))
         labels.append(batch_labels.numpy())
     if not scores:
         return np.zeros(0), np.zeros(0, dtype=np.int64)

@@ -1,1 +1,28 @@
-"""mfx_dski plugin (work in progress)."""
+"""DSKI — dual-stage knowledge infusing on a frozen CLIP space — as the ``mfx_dski`` plugin.
+
+Registers the ``dski`` detector and its ablations (``dski-no-noise``,
+``dski-no-cdfa``, ``dski-no-mfrm``), and the ``mfx index`` command group that
+adds references to a trained model's MFRM bank.
+"""
+
+from __future__ import annotations
+
+from medforensics_core.hookspecs import hookimpl
+
+from .config import DSKIConfig
+from .detector import DETECTORS, DSKIBase, DSKIDetector, DSKINoCDFA, DSKINoMFRM, DSKINoNoise
+
+__all__ = ["DSKIBase", "DSKIConfig", "DSKIDetector", "DSKINoCDFA", "DSKINoMFRM", "DSKINoNoise"]
+
+
+@hookimpl
+def register_detectors(register):
+    for cls in DETECTORS:
+        register(cls)
+
+
+@hookimpl
+def register_commands(cli):
+    from .cli import index_group
+
+    cli.add_command(index_group)

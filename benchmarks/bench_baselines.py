@@ -1,0 +1,165 @@
+"""The baselines' cost, measured: training and inference images/s, peak memory; UnivFD vs bare open_clip.
+
+Not a test: run it by hand and paste the tables into an issue or the docs.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_baselines.py                     # tiny presets, quick benchmark
+    HF_HUB_OFFLINE=1 python benchmarks/bench_baselines.py --full --full-images 64
+    HF_HUB_OFFLINE=1 python benchmarks/bench_baselines.py --dataset DIR --clip-models tiny ViT-B-16
+
+* Per detector and preset, one child process each (peak resident memory only
+  grows, so a process per measurement is the only honest per-detector peak):
+  a cold ``fit`` (fresh feature cache) on the train split, then ``score`` on the
+  test split. Training images/s = images seen (epochs x train size) / fit time;
+  the ``full`` preset is timed on ``--full-images`` training images for one
+  epoch, with random weights where the paper's weights are not on the machine.
+* UnivFD inference vs a bare open_clip ``encode_image`` loop over the same
+  preprocessed batches, interleaved so machine load hits both alike; median of
+  ``--repeats``; the ratio's target is within 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from medforensics_core.data.dataset import ImageSet  # noqa: E402
+from medforensics_core.data.manifest import read_manifest  # noqa: E402
+from medforensics_core.engine.context import FitContext  # noqa: E402
+from medforensics_core.engine.device import peak_memory_mb, resolve_device  # noqa: E402
+from medforensics_core.engine.evaluate import score_with_timing  # noqa: E402
+from medforensics_core.plugins import get_registry  # noqa: E402
+
+DETECTORS = ("freq", "cnnspot", "npr", "univfd", "univfd-nn")
+CLIP_MODELS = {"tiny": "mfx-tiny-clip", "ViT-B-32": "ViT-B-32", "ViT-B-16": "ViT-B-16", "ViT-L-14": "ViT-L-14"}
+RATIO_TARGET = 1.10
+OFFLINE_OVERRIDES = {"univfd": {"pretrained": "random"}, "univfd-nn": {"pretrained": "random"}}
+
+
+def dataset_root(folder: str | None) -> Path:
+    if folder:
+        return Path(folder)
+    from medforensics_core.benchmark import default_dataset
+
+    return Path(default_dataset(quick=True))
+
+
+def measure_one(name: str, preset: str, root: Path, device: str, full_images: int) -> dict:
+    """Fit + score one detector in this process; returns the row as a dict."""
+    manifest = read_manifest(root / "manifest.csv")
+    train, test = ImageSet(manifest.split("train")), ImageSet(manifest.split("test"))
+    cls = get_registry().detector(name)
+    overrides = OFFLINE_OVERRIDES.get(name, {}) if preset == "full" else {}
+    detector = cls(cls.make_config(preset, **overrides), preset=preset, device=device)
+    epochs = None
+    if preset == "full":
+        train, test, epochs = train.subset(range(min(full_images, len(train)))), test.subset(range(min(full_images, len(test)))), 1
+    with tempfile.TemporaryDirectory() as cache:
+        ctx = FitContext(device=resolve_device(device), seed=0, epochs=epochs, cache_dir=Path(cache))
+        start = time.perf_counter()
+        detector.fit(train, None, ctx)
+        fit_seconds = time.perf_counter() - start
+        _, inference_rate = score_with_timing(detector, test, ctx)
+    seen = len(train) * max(int(detector.train_info.get("epochs", 1)), 1)
+    return {"detector": name, "preset": preset, "train_images": len(train), "epochs": detector.train_info.get("epochs"),
+            "fit_s": fit_seconds, "train_ips": seen / fit_seconds, "infer_ips": inference_rate,
+            "peak_mb": peak_memory_mb(ctx.device), "weights": detector.weights_info()}
+
+
+def measure_in_child(name: str, preset: str, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--one", name, "--preset", preset, "--device", args.device,
+               "--full-images", str(args.full_images)]
+    if args.dataset:
+        command += ["--dataset", args.dataset]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"detector": name, "preset": preset, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def univfd_overhead(model: str, device: str, batch: int, repeats: int) -> tuple[str, ...]:
+    """Median seconds per batch: UnivFD ``predict_proba`` vs bare ``encode_image`` on the same batch."""
+    cls = get_registry().detector("univfd")
+    detector = cls(cls.make_config("tiny", clip_model=CLIP_MODELS[model]), device=device)
+    size = detector.backbone.image_size
+    inputs = torch.stack([detector.preprocess(im) for im in torch.rand(batch, 3, size, size)]).to(device)
+    encode = detector.backbone.model.encode_image
+    bare, ours = [], []
+    with torch.inference_mode():
+        encode(inputs), detector.predict_proba(inputs)  # warm-up
+        for _ in range(repeats):
+            bare.append(timed(lambda: encode(inputs), device))
+            ours.append(timed(lambda: detector.predict_proba(inputs), device))
+    b, o = statistics.median(bare), statistics.median(ours)
+    return (model, str(batch), f"{batch / b:.1f}", f"{batch / o:.1f}", f"{o / b:.3f}",
+            "yes" if o / b <= RATIO_TARGET else "NO")
+
+
+def timed(fn, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", help="dataset folder with manifest.csv (default: the quick offline benchmark)")
+    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS))
+    parser.add_argument("--full", action="store_true", help="also time the full presets (one epoch on a subset)")
+    parser.add_argument("--full-images", type=int, default=32)
+    parser.add_argument("--clip-models", nargs="+", default=["tiny", "ViT-B-32"], choices=list(CLIP_MODELS))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--preset", default="tiny", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        sys.stdout.write(json.dumps(measure_one(args.one, args.preset, dataset_root(args.dataset), args.device,
+                                                args.full_images)) + "\n")
+        return
+    console = Console()
+    args.dataset = str(dataset_root(args.dataset))
+    table = Table(title=f"baselines on {args.dataset} ({args.device}, torch threads {torch.get_num_threads()})")
+    for column in ("detector", "preset", "train imgs", "epochs", "fit s", "train img/s", "infer img/s", "peak MB"):
+        table.add_column(column)
+    weights = []
+    for preset in ["tiny", "full"] if args.full else ["tiny"]:
+        for name in args.detectors:
+            row = measure_in_child(name, preset, args)
+            if "error" in row:
+                table.add_row(name, preset, *["-"] * 6)
+                weights.append(f"{name} ({preset}): [red]failed: {row['error']}")
+                continue
+            table.add_row(name, preset, str(row["train_images"]), str(row["epochs"]), f"{row['fit_s']:.1f}",
+                          f"{row['train_ips']:.1f}", f"{row['infer_ips']:.1f}", f"{row['peak_mb']:.0f}")
+            weights.append(f"{name} ({preset}): {row['weights']}")
+    console.print(table)
+    for line in weights:
+        console.print(line, markup=True, highlight=False)
+    overhead = Table(title=f"UnivFD inference vs bare open_clip encode_image (median of {args.repeats})")
+    for column in ("CLIP model", "batch", "bare img/s", "univfd img/s", "ratio", f"<= {RATIO_TARGET}"):
+        overhead.add_column(column)
+    for model in args.clip_models:
+        overhead.add_row(*univfd_overhead(model, args.device, args.batch, args.repeats))
+    console.print(overhead)
+
+
+if __name__ == "__main__":
+    main()

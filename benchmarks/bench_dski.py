@@ -1,0 +1,153 @@
+"""DSKI's cost, measured: trainable parameters vs the backbone, CDFA's extra forward time, throughput, memory.
+
+Not a test: run it by hand and paste the table into an issue or the docs.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_dski.py                      # tiny + ViT-B-16 (+ L-14 params)
+    HF_HUB_OFFLINE=1 python benchmarks/bench_dski.py --models tiny --batch 16
+
+Every backbone is built with random weights (no CLIP weights can be had
+offline); cost does not depend on the weights. The CDFA overhead is measured in
+one run, frozen ``encode_image`` and the adapted forward interleaved at the same
+batch and input size, so machine load affects both alike; the median of
+``--repeats`` timings is reported. Peak memory is the process's peak resident
+size on the CPU (it only grows, so read it per run of one model) or
+``torch.cuda.max_memory_allocated`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from medforensics_core.plugins import get_registry  # noqa: E402
+
+MODELS = {"tiny": "mfx-tiny-clip", "ViT-B-16": "ViT-B-16", "ViT-L-14": "ViT-L-14"}
+TRAINABLE_LIMIT = 0.05
+OVERHEAD_TARGET = 0.30
+
+
+def build(model: str, device: str, use_cdfa: bool = True):
+    cls = get_registry().detector("dski")
+    preset = "tiny" if model == "tiny" else None
+    config = cls.make_config(preset, clip_model=MODELS[model], clip_pretrained="random", use_cdfa=use_cdfa)
+    return cls(config, preset=preset or "full", device=device)
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak_kb / 1024 if sys.platform != "darwin" else peak_kb / 2**20
+
+
+def parameter_row(model: str, device: str) -> tuple[str, ...]:
+    detector = build(model, device)
+    trainable = sum(p.numel() for p in detector.trainable_parameters())
+    backbone = sum(p.numel() for p in detector.backbone.model.parameters())
+    visual = sum(p.numel() for p in detector.backbone.model.visual.parameters())
+    blocks = ",".join(map(str, detector.net.cdfa.blocks))
+    ok = "yes" if trainable <= TRAINABLE_LIMIT * backbone else "NO"
+    return (model, blocks, f"{trainable:,}", f"{backbone:,}", f"{100 * trainable / backbone:.2f}%",
+            f"{100 * trainable / visual:.2f}%", ok)
+
+
+def overhead_row(model: str, device: str, batch: int, repeats: int) -> tuple[str, ...]:
+    detector = build(model, device)
+    size = detector.backbone.image_size
+    inputs = torch.stack([detector.preprocess(im) for im in torch.rand(batch, 3, size, size)]).to(device)
+    frozen = detector.backbone.model.encode_image
+    with torch.inference_mode():
+        frozen(inputs), detector.embed(inputs)  # warm-up
+        plain, adapted = [], []
+        for _ in range(repeats):
+            plain.append(timed(lambda: frozen(inputs), device))
+            adapted.append(timed(lambda: detector.embed(inputs), device))
+    p, a = statistics.median(plain), statistics.median(adapted)
+    extra = a / p - 1
+    return (model, f"{batch}x{size}px", f"{1000 * p:.1f}", f"{1000 * a:.1f}", f"{100 * extra:+.1f}%",
+            "yes" if extra <= OVERHEAD_TARGET else "NO")
+
+
+def throughput_row(model: str, device: str, batch: int, repeats: int) -> tuple[str, ...]:
+    detector = build(model, device)
+    size = detector.backbone.image_size
+    images = torch.rand(batch, 3, size, size)
+    train_batch = torch.stack([detector.train_transform(im) for im in images]).to(device)
+    test_batch = torch.stack([detector.preprocess(im) for im in images]).to(device)
+    labels = torch.arange(batch, device=device) % 2
+    modalities = ["ct", "xray"] * (batch // 2) + ["ct"] * (batch % 2)
+    optimizer = torch.optim.Adam(detector.trainable_parameters(), lr=detector.config.lr)
+    detector.net.train()
+
+    def step() -> None:
+        loss = detector.stage1_loss(train_batch, labels, modalities)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    train_s = statistics.median(timed(step, device) for _ in range(repeats))
+    detector.net.eval()
+    with torch.inference_mode():
+        detector.predict_proba(test_batch, modalities)
+        infer_s = statistics.median(timed(lambda: detector.predict_proba(test_batch, modalities), device)
+                                    for _ in range(repeats))
+    return (model, str(batch), f"{batch / train_s:.3g}", f"{batch / infer_s:.3g}", f"{peak_memory_mb(device):.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,ViT-B-16", help="models for timing (tiny, ViT-B-16, ViT-L-14)")
+    parser.add_argument("--param-models", default="tiny,ViT-B-16,ViT-L-14", help="models for the parameter count")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    console = Console(width=160)
+    torch.manual_seed(0)
+
+    params = Table(title=f"DSKI trainable parameters (limit {TRAINABLE_LIMIT:.0%} of the backbone)")
+    for col in ("model", "adapted blocks", "trainable", "backbone (both towers)", "of backbone", "of image tower",
+                "within limit"):
+        params.add_column(col)
+    for model in args.param_models.split(","):
+        params.add_row(*parameter_row(model, args.device))
+    console.print(params)
+
+    overhead = Table(title=f"CDFA forward cost vs frozen encode_image (target <= +{OVERHEAD_TARGET:.0%}), "
+                           f"{args.device}, {torch.get_num_threads()} torch thread(s)")
+    for col in ("model", "input", "frozen ms", "CDFA ms", "extra", "within target"):
+        overhead.add_column(col)
+    throughput = Table(title=f"DSKI throughput and peak memory, {args.device}, {torch.get_num_threads()} thread(s)")
+    for col in ("model", "batch", "train img/s", "inference img/s", "peak MB (process)"):
+        throughput.add_column(col)
+    for model in args.models.split(","):
+        overhead.add_row(*overhead_row(model, args.device, args.batch, args.repeats))
+        throughput.add_row(*throughput_row(model, args.device, args.batch, args.repeats))
+    console.print(overhead)
+    console.print(throughput)
+
+
+if __name__ == "__main__":
+    main()

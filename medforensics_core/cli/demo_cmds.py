@@ -1,0 +1,55 @@
+"""``mfx data demo`` (build the offline benchmark MedForensics-mini) and ``mfx data show`` (a montage)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import console, err_console
+from .data_cmds import data_group
+
+
+@data_group.command("demo")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Dataset folder (default: the mfx cache, where every command finds it).")
+@click.option("--size", type=int, default=None, help="Crop side in pixels (default 128; 64 with --quick).")
+@click.option("--per-modality", type=int, default=None,
+              help="Target real crops per modality (default 300; 56 with --quick).")
+@click.option("--generators", default=None,
+              help="Comma-separated generator settings (default: all, e.g. dcgan,ddpm,sdedit-s0.5,ae-bilinear).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same images (same sha256s).")
+@click.option("--quick", is_flag=True, help="Small and fast (about a minute): for tests and a first look.")
+@click.option("--force", is_flag=True, help="Rebuild even if a build of these parameters exists.")
+@click.option("--allow-missing", is_flag=True, help="Build with the modalities whose source packages are installed.")
+def demo_command(out: Path | None, size: int | None, per_modality: int | None, generators: str | None, seed: int,
+                 quick: bool, force: bool, allow_missing: bool) -> None:
+    """Build MedForensics-mini: real crops from installed packages plus fakes from small generators.
+
+    \b
+    Real images: X-ray, CT, MRI, ultrasound, histopathology, fundus and microscopy
+    sample files of pydicom-data, nilearn, scikit-image and mahotas. Fakes: one
+    model per modality and generator setting (GAN, diffusion, SDEdit, autoencoders,
+    local regeneration), trained here on the CPU. Writes manifest.csv and DATASET.md.
+    """
+    from ..benchmark import build_benchmark
+    from ..engine.progress import RichProgress
+
+    names = [g for g in generators.split(",")] if generators else None
+    with RichProgress(err_console) as progress:
+        folder = build_benchmark(out, quick=quick, size=size, per_modality=per_modality, generators=names, seed=seed,
+                                 force=force, allow_missing=allow_missing, progress=progress)
+    console.print(f"MedForensics-mini ready: [bold]{folder}[/] (manifest.csv, DATASET.md)")
+
+
+@data_group.command("show")
+@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("montage.png"),
+              show_default=True, help="PNG file to write.")
+@click.option("--split", default="test", show_default=True, help="Split to take examples from ('all' for any).")
+def show_command(dataset: Path, output: Path, split: str) -> None:
+    """Draw a montage of DATASET: one row per modality, real + one column per generator setting."""
+    from ..benchmark.montage import draw_montage
+
+    path = draw_montage(dataset, output, split=None if split == "all" else split)
+    console.print(f"montage written to [bold]{path}[/]")

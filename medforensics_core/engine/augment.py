@@ -1,0 +1,114 @@
+"""The blur + JPEG training augmentation of CNNSpot (Wang et al. 2020), shared by the detectors that use it.
+
+Wang et al. showed that training with random Gaussian blur (sigma ~ U(0, 3)) and
+JPEG re-compression (quality ~ U{30..100}), each applied with probability 0.5
+(or 0.1 in their lighter variant), is what makes a detector survive the
+post-processing real images go through. UnivFD (Ojha et al. 2023) trains its
+probe with the same recipe. The draw is separated from its application so a
+test can check the recipe's ranges and rates statistically, and the blur and
+JPEG themselves are the registry's ``blur`` and ``jpeg`` perturbations — the
+same operations robustness protocols apply at test time.
+
+Images stay float tensors ``(3, H, W)`` in [0, 1]; geometry (resize, crop,
+flip, normalisation) uses ``torchvision.transforms.v2`` on tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlurJpegRecipe:
+    """Probabilities and ranges of the augmentation (defaults: Wang et al.'s "Blur+JPEG (0.5)")."""
+
+    blur_prob: float = 0.5
+    blur_sigma: tuple[float, float] = (0.0, 3.0)
+    jpeg_prob: float = 0.5
+    jpeg_quality: tuple[int, int] = (30, 100)
+
+    @property
+    def enabled(self) -> bool:
+        return self.blur_prob > 0 or self.jpeg_prob > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BlurJpegDraw:
+    """What the augmentation does to one image: whether to blur (and sigma), whether to JPEG (and quality)."""
+
+    blur: bool
+    sigma: float
+    jpeg: bool
+    quality: int
+
+
+def draw_blur_jpeg(recipe: BlurJpegRecipe, generator: torch.Generator | None = None) -> BlurJpegDraw:
+    """One random draw of the recipe (torch RNG, so DataLoader workers get distinct streams)."""
+    u = torch.rand(4, generator=generator).tolist()
+    low, high = recipe.blur_sigma
+    q_low, q_high = recipe.jpeg_quality
+    quality = q_low + min(int(u[3] * (q_high - q_low + 1)), q_high - q_low)
+    return BlurJpegDraw(blur=u[0] < recipe.blur_prob, sigma=low + u[1] * (high - low),
+                        jpeg=u[2] < recipe.jpeg_prob, quality=int(quality))
+
+
+def apply_blur_jpeg(image: torch.Tensor, draw: BlurJpegDraw) -> torch.Tensor:
+    """Blur, then JPEG, as drawn; uses the registry's ``blur`` and ``jpeg`` perturbations."""
+    from ..plugins import get_registry
+
+    registry = get_registry()
+    rng = np.random.default_rng(0)  # both perturbations are deterministic; the rng is unused
+    if draw.blur and draw.sigma > 0:
+        image = registry.perturbation("blur")(draw.sigma)(image, rng)
+    if draw.jpeg:
+        image = registry.perturbation("jpeg")(draw.quality)(image, rng)
+    return image
+
+
+class BlurJpegAugment:
+    """A transform applying a fresh draw of ``recipe`` to each image (a class, so loaders can pickle it)."""
+
+    def __init__(self, recipe: BlurJpegRecipe):
+        self.recipe = recipe
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if not self.recipe.enabled:
+            return image
+        return apply_blur_jpeg(image, draw_blur_jpeg(self.recipe))
+
+
+def blur_jpeg_transform(recipe: BlurJpegRecipe) -> Transform:
+    return BlurJpegAugment(recipe)
+
+
+def resize_shorter(size: int) -> Transform:
+    """Resize so the shorter side is ``size`` (bilinear, antialiased), keeping the aspect ratio."""
+    return v2.Resize(size, antialias=True)
+
+
+def train_geometry(crop_size: int, flip: bool = True) -> Transform:
+    """Random crop (padded if the image is smaller) and an optional random horizontal flip."""
+    steps: list[Transform] = [v2.RandomCrop(crop_size, pad_if_needed=True, padding_mode="reflect")]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def test_geometry(resize_to: int, crop_size: int) -> Transform:
+    """Deterministic test-time geometry: shorter side to ``resize_to``, then centre crop."""
+    return v2.Compose([resize_shorter(resize_to), v2.CenterCrop(crop_size)])
+
+
+def normalise(mean: tuple[float, ...], std: tuple[float, ...]) -> Transform:
+    return v2.Normalize(list(mean), list(std))
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,0 +1,100 @@
+"""The epoch loop of detectors trained with a binary objective, with the baselines' learning-rate schedules.
+
+Two schedules from the published code, in one place:
+
+* CNNDetection's (Wang et al. 2020; reused by UnivFD): when validation accuracy
+  has not improved for ``patience`` epochs, divide the learning rate by
+  ``lr_drop`` and carry on; stop once it falls below ``min_lr``;
+* a step decay (NPR, Tan et al. 2024): multiply the learning rate by
+  ``step_gamma`` every ``step_every`` epochs.
+
+Either way the loop stops at ``epochs`` or when the run's budget is spent, and
+the best-validation weights are restored at the end, so the saved model is the
+one the validation set chose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .context import FitContext
+from .training import accuracy, predict_loader, run_epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Epoch budget and learning-rate schedule (``patience=None``: no early stopping)."""
+
+    epochs: int
+    patience: int | None = None
+    lr_drop: float = 10.0
+    min_lr: float = 1e-6
+    step_every: int | None = None
+    step_gamma: float = 1.0
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a ``fit`` from ``seed`` (initialisation, shuffling, augmentation draws) and restore the global RNG.
+
+    Two fits with one seed then train the same model, whatever ran before them.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    """Multiply every group's learning rate by ``factor``; returns the smallest new rate."""
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    return min(group["lr"] for group in optimizer.param_groups)
+
+
+def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                 predict: Callable[[torch.Tensor], np.ndarray], optimizer: torch.optim.Optimizer,
+                 train_loader: Callable[[int], Iterable], val_loader: Iterable | None, ctx: FitContext,
+                 schedule: Schedule, name: str) -> dict[str, Any]:
+    """Train ``module`` (through ``forward``) epoch by epoch; returns the run's ``train_info``.
+
+    ``train_loader(epoch)`` gives that epoch's loader of ``(inputs, labels, indices)``;
+    ``predict`` maps a validation batch to fake probabilities.
+    """
+    best_acc, best_state, stale = -1.0, None, 0
+    info: dict[str, Any] = {"epochs": 0, "lr_drops": 0}
+    for epoch in range(schedule.epochs):
+        module.train()
+        info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx,
+                                       description=f"{name} epoch {epoch + 1}")
+        info["epochs"] = epoch + 1
+        if schedule.step_every and (epoch + 1) % schedule.step_every == 0:
+            scale_lr(optimizer, schedule.step_gamma)
+        if val_loader is not None:
+            module.eval()
+            acc = accuracy(*predict_loader(predict, val_loader, ctx, description="validation"))
+            info["val_acc"] = acc
+            if acc > best_acc + 1e-3:
+                best_acc, stale = acc, 0
+                best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            else:
+                stale += 1
+            if schedule.patience is not None and stale >= schedule.patience:
+                if scale_lr(optimizer, 1.0 / schedule.lr_drop) < schedule.min_lr:
+                    info["stopped"] = "early stopping (lr below min_lr)"
+                    break
+                info["lr_drops"] += 1
+                stale = 0
+        if ctx.out_of_time():
+            info["stopped"] = "budget"
+            break
+    module.eval()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+        info["best_val_acc"] = best_acc
+    return info

@@ -1,0 +1,198 @@
+"""MedForensics-mini: the quick build's content, its splits, its cache, and its failure modes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from medforensics_core import benchmark
+from medforensics_core.benchmark import sources as sources_module
+from medforensics_core.cli import cli
+from medforensics_core.data.manifest import read_manifest, sha256_file
+from medforensics_core.errors import MfxError
+
+
+@pytest.fixture(scope="module")
+def manifest(quick_benchmark):
+    return read_manifest(Path(quick_benchmark) / "manifest.csv")
+
+
+def test_quick_build_has_six_modalities_and_four_families(manifest):
+    assert len(manifest.modalities) >= 6
+    families = {json.loads(r.params)["family"] for r in manifest.rows if r.label == 1}
+    assert len(families) >= 4, families
+    assert {"ae-bilinear", "ae-pixelshuffle"} <= set(manifest.generators)
+
+
+def test_labels_balanced_per_modality_and_enough_test_images(manifest):
+    for modality in manifest.modalities:
+        rows = manifest.where(modality=modality).rows
+        fakes = sum(r.label for r in rows)
+        reals = len(rows) - fakes
+        assert abs(fakes - reals) <= 0.1 * max(fakes, reals), (modality, reals, fakes)
+        assert len(manifest.where(modality=modality, split="test")) >= 40, modality
+
+
+def test_every_file_exists_and_matches_its_sha256(manifest):
+    for row in manifest.rows:
+        path = manifest.path_of(row)
+        assert path.is_file(), row.path
+        assert sha256_file(path) == row.sha256, row.path
+        assert row.path.split("/")[0] == row.split
+        assert row.path.split("/")[3] == ("1_fake" if row.label else "0_real")
+
+
+def _boxes_overlap(a, b) -> bool:
+    return all(lo1 < hi2 and lo2 < hi1 for (lo1, hi1), (lo2, hi2) in zip(a, b))
+
+
+def _extent(params: dict):
+    """Pixel/voxel extent of a real crop: 3-D box for volume slices, 2-D box (any frame) otherwise."""
+    if "box3d" in params:
+        return params["box3d"]
+    y, x, h, w = params["box"]
+    return [[y, y + h], [x, x + w]]
+
+
+def test_no_test_crop_overlaps_a_training_crop(manifest):
+    reals = [r for r in manifest.rows if r.label == 0]
+    train = [r for r in reals if r.split == "train"]
+    test = [r for r in reals if r.split == "test"]
+    assert not {r.source for r in train} & {r.source for r in test}
+    by_file: dict[str, list] = {}
+    for r in train:
+        params = json.loads(r.params)
+        by_file.setdefault(params["file"], []).append(_extent(params))
+    checked = 0
+    for r in test:
+        params = json.loads(r.params)
+        for box in by_file.get(params["file"], []):
+            assert not _boxes_overlap(box, _extent(params)), (r.path, box)
+            checked += 1
+    assert checked > 100  # the single chest X-ray, the fundus photo, the brain volume... all compared
+
+
+def test_fakes_inherit_the_source_and_split_of_their_real(manifest):
+    real_split = {r.source: r.split for r in manifest.rows if r.label == 0}
+    img2img = [r for r in manifest.rows if r.label == 1 and "from_source" in json.loads(r.params)]
+    assert img2img
+    for r in img2img:
+        assert real_split[r.source] == r.split
+    unconditional = [r for r in manifest.rows if r.label == 1 and r not in img2img]
+    assert all(r.source == f"{r.generator}:{r.modality}:{r.split}" for r in unconditional)
+
+
+def test_card_lists_sources_counts_and_training(quick_benchmark):
+    card = (Path(quick_benchmark) / "DATASET.md").read_text(encoding="utf-8")
+    for needle in ("pydicom-data", "nilearn", "scikit-image", "BSD-3-Clause", "## Counts", "## Training", "seed 0"):
+        assert needle in card
+
+
+def test_default_dataset_is_reused_and_keys_follow_parameters(quick_benchmark):
+    started = time.monotonic()
+    assert benchmark.default_dataset(quick=True) == Path(quick_benchmark)
+    assert time.monotonic() - started < 5
+    base = benchmark.make_plan(quick=True)
+    assert base.key() == benchmark.make_plan(quick=True).key()
+    for changed in (dict(seed=1), dict(size=32), dict(per_modality=20), dict(generators=["dcgan"])):
+        assert benchmark.make_plan(quick=True, **changed).key() != base.key(), changed
+
+
+def test_same_seed_same_files_other_seed_other_fakes(tmp_path):
+    def shas(out: Path, seed: int) -> dict[str, str]:
+        folder = benchmark.build_benchmark(out, quick=True, size=32, per_modality=12, generators=["ae-bilinear"],
+                                           seed=seed)
+        return {r.path: r.sha256 for r in read_manifest(folder / "manifest.csv").rows}
+
+    first, second, other = shas(tmp_path / "a", 0), shas(tmp_path / "b", 0), shas(tmp_path / "c", 1)
+    assert first == second
+    fakes = [p for p in first if "/1_fake/" in p]
+    assert fakes and any(first[p] != other.get(p) for p in fakes)
+
+
+def test_missing_package_stops_early_or_is_skipped(monkeypatch):
+    real_dir = sources_module.package_dir
+    monkeypatch.setattr(sources_module, "package_dir", lambda pkg: None if pkg == "mahotas" else real_dir(pkg))
+    with pytest.raises(MfxError, match=r"mahotas.*medforensics\[demo\].*--allow-missing"):
+        sources_module.check_sources(sources_module.SOURCES, allow_missing=False)
+    found, problems = sources_module.check_sources(sources_module.SOURCES, allow_missing=True)
+    assert len(problems) == 1 and "mahotas" in problems[0]
+    assert len(found) == len(sources_module.SOURCES) - 1
+
+
+def _fake_build(calls: list):
+    def build_into(root: Path, plan, *, allow_missing, progress):
+        calls.append(root)
+        time.sleep(0.3)
+        for name in ("manifest.csv", "DATASET.md"):
+            (root / name).write_text("x", encoding="utf-8")
+        (root / "build.json").write_text(json.dumps({"key": plan.key()}), encoding="utf-8")
+        return root
+    return build_into
+
+
+def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    from medforensics_core.benchmark import builder
+
+    def crash(root: Path, plan, **kwargs):
+        (root / "manifest.csv").write_text("half", encoding="utf-8")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builder, "build_into", crash)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.build_benchmark(tmp_path / "ds", quick=True)
+    assert not (tmp_path / "ds").exists()
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_concurrent_builds_of_one_key_build_once(tmp_path, monkeypatch):
+    from medforensics_core.benchmark import builder
+
+    calls: list = []
+    monkeypatch.setattr(builder, "build_into", _fake_build(calls))
+    monkeypatch.setenv("MFX_CACHE_DIR", str(tmp_path))
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(benchmark.default_dataset(quick=True, seed=7)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(results)) == 1 and benchmark.is_complete(results[0])
+
+
+def test_cli_refuses_unknown_generator_and_foreign_folder_in_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["data", "demo", "--out", str(tmp_path / "x"), "--generators", "dcgan,stylegan9"])
+    assert result.exit_code != 0 and "stylegan9" in result.output and "Traceback" not in result.output
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine", encoding="utf-8")
+    result = runner.invoke(cli, ["data", "demo", "--quick", "--out", str(tmp_path / "busy")])
+    assert result.exit_code != 0 and "--force" in result.output
+    assert (tmp_path / "busy" / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_show_draws_a_montage(quick_benchmark, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "montage.png"
+    result = CliRunner().invoke(cli, ["data", "show", str(quick_benchmark), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as img:
+        assert img.width > 600 and img.height > 600
+
+
+@pytest.mark.slow
+def test_leave_one_generator_out_probe_scores_every_setting(quick_benchmark):
+    from medforensics_core.benchmark.difficulty import hard_settings, leave_one_generator_out
+
+    results = leave_one_generator_out(quick_benchmark)
+    manifest = read_manifest(Path(quick_benchmark) / "manifest.csv")
+    assert [r.setting for r in results] == sorted(g for g in manifest.generators if g != "real")
+    assert all(0.0 <= r.auc <= 1.0 and r.test_images > 0 for r in results)
+    assert hard_settings(results, threshold=1.01) == [r.setting for r in results]
