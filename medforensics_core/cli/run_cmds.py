@@ -1,0 +1,309 @@
+"""``mfx compare``, ``mfx train``, ``mfx evaluate`` and ``mfx predict``: thin shells over ``engine.compare``.
+
+The commands parse options and print; the work is in the engine so that the
+four commands share one training function, one scoring loop and one report
+builder. Under ``torchrun`` only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import MfxError
+from . import cli, console
+
+ON_BAD = click.Choice(["skip", "fail"])
+
+
+class DetectorsFailed(MfxError):
+    """Some detectors of a comparison failed (the report still holds the others)."""
+
+    exit_code = 1
+
+
+def _command_line() -> str:
+    return "mfx " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` options (``--checkpoint dski=runs/x/dski.safetensors``)."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise MfxError(f"{option} expects NAME=VALUE, got {value!r}")
+        out[name.strip()] = rest.strip()
+    return out
+
+
+def _detector_overrides(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``--set dski.epochs=2`` -> ``{"dski": {"epochs": "2"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for target, value in _pairs(values, "--set").items():
+        name, dot, key = target.partition(".")
+        if not dot or not name or not key:
+            raise MfxError(f"--set expects DETECTOR.key=value, got {target}={value!r}")
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _progress_and_run(runner):
+    """Run ``runner(progress)`` inside a rich progress display (drawn only on a terminal)."""
+    from ..engine.progress import RichProgress
+
+    with RichProgress(console) as progress:
+        return runner(progress)
+
+
+def _finish_distributed() -> None:
+    from ..engine import distributed
+
+    distributed.shutdown()
+
+
+def _report_outcome(report: dict, run_dir, rank: int) -> None:
+    """Print the report tables (rank 0) and fail with exit code 1 when a detector failed."""
+    if rank != 0:
+        return
+    from ..report import print_report
+
+    print_report(console, report)
+    console.print(f"run directory: [bold]{run_dir.path}[/]")
+    failed = [name for name, entry in report["detectors"].items() if entry.get("status") != "ok"]
+    if failed:
+        raise DetectorsFailed(f"{len(failed)} detector(s) failed: {', '.join(failed)} "
+                              f"(see {run_dir.path / 'mfx.log'}); the others are reported")
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def data_options(function):
+    """Options every run command shares."""
+    options = [
+        click.option("--quick", is_flag=True, help="Without --data: use the quick build of the offline benchmark."),
+        click.option("--on-bad", type=ON_BAD, default="fail", show_default=True,
+                     help="A bad image file: skip it (listed in the report) or stop."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option("--data", type=click.Path(path_type=str),
+                     help="Dataset: folder, folder with manifest.csv, or manifest CSV (default: offline benchmark)."),
+    ]
+    for option in options:
+        function = option(function)
+    return function
+
+
+# --------------------------------------------------------------------------- compare
+
+
+@cli.command("compare")
+@click.argument("detectors", nargs=-1)
+@data_options
+@click.option("--protocol", type=click.Choice(["in-domain", "leave-one-generator-out", "cross-modality", "few-shot"]),
+              default="in-domain", show_default=True, help="How the data is cut into train and test.")
+@click.option("--preset", help="Detector preset (tiny|full); default tiny on the offline benchmark, full otherwise.")
+@click.option("--epochs", type=int, help="Epochs for every detector (overrides their configs).")
+@click.option("--budget-minutes", type=float, help="Wall-clock training budget per detector.")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="NAME=PATH",
+              help="Use this checkpoint for detector NAME instead of training it (repeatable).")
+@click.option("--set", "settings", multiple=True, metavar="NAME.key=value", help="Override a detector config key.")
+@click.option("--perturb", multiple=True, metavar="jpeg:50,blur:1.5,...",
+              help="Also score test images under these perturbations (robustness).")
+@click.option("--out", default="runs", show_default=True, type=click.Path(path_type=str),
+              help="Folder that receives the run directory.")
+@click.option("--resume", type=click.Path(path_type=str), help="Finish an interrupted run (its config.json rules).")
+@click.option("--train-modalities", help="cross-modality: comma-separated modalities to train on.")
+@click.option("--shots", type=int, default=5, show_default=True,
+              help="few-shot: support images of the held-out generator.")
+@click.option("--holdout", help="few-shot: generator to hold out (default: the first in name order).")
+@click.option("--n-boot", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples for CIs and paired tests.")
+def compare_command(detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
+                    checkpoints, settings, perturb, out, resume, train_modalities, shots, holdout, n_boot) -> None:
+    """Train (or load) DETECTORS on the same data, evaluate them on the same images, report.
+
+    \b
+    Examples:
+      mfx compare dski cnnspot univfd                    offline benchmark, tiny presets
+      mfx compare freq npr --protocol leave-one-generator-out
+      mfx compare dski univfd --perturb jpeg:50,blur:1.5
+      mfx compare --resume runs/20261125-180000-compare  finish an interrupted run
+    """
+    from ..engine.compare import CompareOptions, run_compare
+
+    if epochs is not None and budget_minutes is not None:
+        raise MfxError("give --epochs or --budget-minutes, not both")
+    options = CompareOptions(
+        detectors=list(detectors), data=data, protocol=protocol, preset=preset, device=device, seed=seed,
+        epochs=epochs, budget_minutes=budget_minutes, checkpoints=_pairs(checkpoints, "--checkpoint"),
+        overrides=_detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
+        train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, n_boot=n_boot,
+        label="compare-" + "-".join(detectors), command=_command_line())
+    _check_names(detectors)
+    if resume and detectors:
+        _check_resume_detectors(resume, list(detectors))
+    elif not resume and not detectors:
+        raise MfxError("name the detectors to compare (e.g. `mfx compare dski cnnspot univfd`), or --resume RUN_DIR")
+    try:
+        report, run_dir = _progress_and_run(
+            lambda progress: run_compare(options, console=console, progress=progress, resume=resume))
+        _report_outcome(report, run_dir, _rank())
+    finally:
+        _finish_distributed()
+
+
+def _check_names(detectors) -> None:
+    """Unknown detector names fail in one line before anything starts (the registry suggests a close name)."""
+    from ..plugins import get_registry
+
+    for name in detectors:
+        get_registry().detector(name)
+
+
+def _check_resume_detectors(resume: str, detectors: list[str]) -> None:
+    from ..engine.compare import load_resume_options
+
+    recorded, _ = load_resume_options(resume)
+    if recorded.detectors != detectors:
+        raise MfxError(f"{resume}: this run compares {' '.join(recorded.detectors)}; --resume takes them from its "
+                       "config.json (leave the detector names out)")
+
+
+# --------------------------------------------------------------------------- train
+
+
+@cli.command("train")
+@click.argument("detector")
+@data_options
+@click.option("--preset", help="Detector preset (tiny|full); default tiny on the offline benchmark, full otherwise.")
+@click.option("--epochs", type=int, help="Override the config's epochs.")
+@click.option("--budget-minutes", type=float, help="Wall-clock training budget.")
+@click.option("--set", "settings", multiple=True, metavar="key=value", help="Override a config key.")
+@click.option("-o", "--output", type=click.Path(path_type=str),
+              help="Checkpoint to write (default DETECTOR.safetensors).")
+def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, budget_minutes, settings,
+                  output) -> None:
+    """Train DETECTOR on the train split and save a safetensors checkpoint."""
+    from ..config import parse_overrides
+    from ..engine import distributed
+    from ..engine.compare import CompareOptions, make_context, open_manifest, plan_run, train_detector
+    from ..engine.device import resolve_device
+    from ..engine.progress import RichProgress
+    from ..engine.protocols import DataBundle, ProtocolOptions, in_domain
+
+    options = CompareOptions(detectors=[detector], data=data, preset=preset, device=device, seed=seed, epochs=epochs,
+                             budget_minutes=budget_minutes, overrides={detector: parse_overrides(settings)},
+                             on_bad=on_bad, quick=quick, command=_command_line())
+    plan = plan_run(options)
+    target = Path(output or f"{detector}.safetensors")
+    try:
+        rank, world_size, torch_device = distributed.init_from_env(resolve_device(device))
+        with RichProgress(console, enabled=console.is_terminal and rank == 0) as progress:
+            data_bundle = DataBundle(open_manifest(plan.data_path), plan.data_path, on_bad=on_bad,
+                                     progress=progress)
+            fold = in_domain(data_bundle, ProtocolOptions(seed=seed))[0]
+            ctx = make_context(options, torch_device, rank, world_size, progress)
+            trained, seconds = train_detector(plan.specs[0], fold.train, fold.val, ctx)
+        if rank == 0:
+            trained.save(target)
+            console.print(f"trained [bold]{detector}[/] ({plan.preset} preset, {trained.weights_info()}) on "
+                          f"{len(fold.train)} images in {seconds:.1f} s -> [bold]{target}[/]")
+            for key, value in trained.train_info.items():
+                console.print(f"  {key}: {value}")
+    finally:
+        _finish_distributed()
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@cli.command("evaluate")
+@click.argument("detector")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=str),
+              help="Checkpoint written by mfx train/compare.")
+@data_options
+@click.option("--split", default="test", show_default=True, help="Manifest split to evaluate on.")
+@click.option("--perturb", multiple=True, metavar="jpeg:50,...", help="Also score under these perturbations.")
+@click.option("--out", type=click.Path(path_type=str), help="Run directory to write (default: a new one under runs/).")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for CIs.")
+def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, split, perturb, out, n_boot) -> None:
+    """Evaluate a trained DETECTOR checkpoint: metrics per modality and generator, with CIs, and a run directory."""
+    from ..engine.compare import CompareOptions, run_compare
+
+    options = CompareOptions(detectors=[detector], data=data, device=device, seed=seed, on_bad=on_bad, quick=quick,
+                             checkpoints={detector: checkpoint}, perturb=list(perturb), test_split=split,
+                             n_boot=n_boot, label=f"evaluate-{detector}", command=_command_line(),
+                             run_dir=out)
+    try:
+        report, run_dir = _progress_and_run(
+            lambda progress: run_compare(options, console=console, progress=progress))
+        _report_outcome(report, run_dir, _rank())
+    finally:
+        _finish_distributed()
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@cli.command("predict")
+@click.argument("detector")
+@click.argument("inputs", nargs=-1, required=True, metavar="FILES_OR_DIRS...")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=str), help="Checkpoint of DETECTOR.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Fake probability at or above: 'fake'.")
+@click.option("--on-bad", type=ON_BAD, default="skip", show_default=True,
+              help="A bad file: list it and go on, or stop.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--modality", default="unknown", show_default=True,
+              help="Modality of the inputs (used by detectors with per-modality prompts, e.g. dski).")
+def predict_command(detector, inputs, checkpoint, as_json, threshold, on_bad, device, modality) -> None:
+    """Score real-world files (DICOM incl. multi-frame, NIfTI slices, PNG, JPEG, TIFF) with a trained DETECTOR."""
+    from ..engine.compare import check_checkpoint
+    from ..engine.context import FitContext
+    from ..engine.device import resolve_device
+    from ..engine.predict import predict_files
+    from ..engine.progress import RichProgress
+    from ..plugins import get_registry
+
+    cls = get_registry().detector(detector)
+    check_checkpoint(detector, checkpoint)
+    torch_device = resolve_device(device)
+    model = cls.load(checkpoint, device=torch_device)
+    with RichProgress(console, enabled=console.is_terminal and not as_json) as progress:
+        ctx = FitContext(device=torch_device, progress=progress)
+        predictions, bad = predict_files(model, inputs, ctx, threshold=threshold, on_bad=on_bad, modality=modality)
+    if as_json:
+        click.echo(json.dumps({"detector": detector, "checkpoint": checkpoint, "threshold": threshold,
+                               "predictions": [p.__dict__ for p in predictions],
+                               "bad": [{"path": p, "reason": r} for p, r in bad]}, indent=2))
+        return
+    _print_predictions(detector, predictions, bad, threshold)
+
+
+def _print_predictions(detector: str, predictions, bad, threshold: float) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{detector}: fake probability (threshold {threshold:g})")
+    for column in ("file", "frame", "fake probability", "verdict"):
+        table.add_column(column, justify="left" if column in ("file", "verdict") else "right", overflow="fold")
+    for p in predictions:
+        colour = "red" if p.verdict == "fake" else "green"
+        table.add_row(escape(p.path), "" if p.frame is None else str(p.frame), f"{p.score:.3f}",
+                      f"[{colour}]{p.verdict}[/]")
+    console.print(table)
+    for path, reason in bad:
+        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}")

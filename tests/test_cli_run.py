@@ -1,0 +1,165 @@
+"""``mfx train``, ``mfx evaluate``, ``mfx predict`` and the end-to-end ``mfx compare dski cnnspot univfd --quick``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medforensics_core.cli import cli
+from test_compare import build_small_dataset, error_lines, only_run_dir  # shared real-image test dataset
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: intra-op threads only spin; one thread is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_small_dataset(tmp_path_factory.mktemp("cli-run-data"))
+
+
+@pytest.fixture(scope="module")
+def freq_checkpoint(dataset, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "freq.safetensors"
+    result = CliRunner().invoke(cli, ["train", "freq", "--data", str(dataset), "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "trained freq" in result.output
+    return path
+
+
+def real_medical_files(folder: Path) -> dict[str, Path]:
+    """Real DICOM (single- and multi-frame) and NIfTI files shipped with pydicom, pydicom-data and nibabel."""
+    import nibabel.testing
+    from pydicom.data import get_testdata_file
+
+    files = {"ct": Path(get_testdata_file("CT_small.dcm")), "cine": Path(get_testdata_file("emri_small.dcm")),
+             "nifti": Path(nibabel.testing.data_path) / "anatomical.nii"}
+    folder.mkdir(parents=True, exist_ok=True)
+    copied = {}
+    for key, path in files.items():
+        copied[key] = folder / path.name
+        shutil.copy(path, copied[key])
+    return copied
+
+
+def test_evaluate_reproduces_compare_with_the_trained_checkpoint(dataset, freq_checkpoint, tmp_path):
+    """train + evaluate and compare share one training function and one scoring loop: same numbers."""
+    runner = CliRunner()
+    evaluated = runner.invoke(cli, ["evaluate", "freq", "--checkpoint", str(freq_checkpoint), "--data", str(dataset),
+                                    "--out", str(tmp_path / "eval"), "--n-boot", "100"])
+    assert evaluated.exit_code == 0, evaluated.output
+    compared = runner.invoke(cli, ["compare", "freq", "--data", str(dataset), "--out", str(tmp_path / "cmp"),
+                                   "--n-boot", "100"])
+    assert compared.exit_code == 0, compared.output
+    a = json.loads((tmp_path / "eval" / "report.json").read_text())["detectors"]["freq"]
+    b = json.loads((only_run_dir(tmp_path / "cmp") / "report.json").read_text())["detectors"]["freq"]
+    assert a["overall"] == b["overall"] and a["by_generator"] == b["by_generator"]
+    assert a["train_seconds"] == 0 and a["checkpoint"] == str(freq_checkpoint)
+
+
+def test_evaluate_other_split_and_refused_checkpoint(dataset, freq_checkpoint, tmp_path):
+    result = CliRunner().invoke(cli, ["evaluate", "freq", "--checkpoint", str(freq_checkpoint), "--data", str(dataset),
+                                      "--split", "val", "--out", str(tmp_path / "val"), "--n-boot", "0"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "val" / "report.json").read_text())
+    n_val = sum(1 for line in (dataset / "manifest.csv").read_text().splitlines() if ",val," in line)
+    assert report["data"]["n_test"] == n_val
+    wrong = CliRunner().invoke(cli, ["evaluate", "npr", "--checkpoint", str(freq_checkpoint), "--data", str(dataset)])
+    assert wrong.exit_code == 2 and "checkpoint of detector 'freq', not 'npr'" in wrong.output
+    assert "Traceback" not in wrong.output
+
+
+def test_predict_scores_every_frame_of_real_dicom_and_nifti(freq_checkpoint, dataset, tmp_path):
+    files = real_medical_files(tmp_path / "inputs")
+    png = next((dataset / "test").rglob("*.png"))
+    shutil.copy(png, tmp_path / "inputs" / "crop.png")
+    result = CliRunner().invoke(cli, ["predict", "freq", "--checkpoint", str(freq_checkpoint),
+                                      str(tmp_path / "inputs"), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    frames: dict[str, list] = {}
+    for p in out["predictions"]:
+        frames.setdefault(Path(p["path"]).name, []).append(p["frame"])
+        assert 0.0 <= p["score"] <= 1.0 and p["verdict"] == ("fake" if p["score"] >= 0.5 else "real")
+    assert frames["emri_small.dcm"] == list(range(10))          # a 10-frame MR cine: one score per frame
+    assert frames["anatomical.nii"] == list(range(25))          # every slice of the volume
+    assert frames["CT_small.dcm"] == [None] and frames["crop.png"] == [None]
+    assert out["bad"] == []
+
+
+def test_predict_bad_files_skip_or_fail(freq_checkpoint, tmp_path):
+    files = real_medical_files(tmp_path / "in")
+    bad = tmp_path / "in" / "report.png"
+    bad.write_text("<!DOCTYPE html><html><body>not an image</body></html>")
+    args = ["predict", "freq", "--checkpoint", str(freq_checkpoint), str(files["ct"]), str(bad),
+            str(tmp_path / "missing.dcm")]
+    skipped = CliRunner().invoke(cli, args)
+    assert skipped.exit_code == 0, skipped.output
+    assert "skipped" in skipped.output and "Traceback" not in skipped.output
+    # long temporary paths wrap inside the rich table, so check the names through --json
+    as_json = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)
+    assert [Path(p["path"]).name for p in as_json["predictions"]] == ["CT_small.dcm"]
+    assert sorted(Path(b["path"]).name for b in as_json["bad"]) == ["missing.dcm", "report.png"]
+    failed = CliRunner().invoke(cli, ["predict", "freq", "--checkpoint", str(freq_checkpoint), str(files["ct"]),
+                                      str(bad), "--on-bad", "fail"])
+    assert failed.exit_code == 2
+    assert "report.png" in failed.output and "Traceback" not in failed.output
+    assert len(error_lines(failed.output)) == 1
+
+
+def test_compare_dski_cnnspot_univfd_quick_end_to_end(quick_benchmark, tmp_path):
+    """The headline command on the quick offline benchmark (tiny presets, one epoch)."""
+    result = CliRunner().invoke(cli, ["compare", "dski", "cnnspot", "univfd", "--quick", "--epochs", "1",
+                                      "--out", str(tmp_path), "--n-boot", "200"])
+    assert result.exit_code == 0, result.output
+    run = only_run_dir(tmp_path)
+    report = json.loads((run / "report.json").read_text())
+    assert report["preset"] == "tiny" and report["data"]["path"] == str(quick_benchmark)
+    for name in ("dski", "cnnspot", "univfd"):
+        entry = report["detectors"][name]
+        assert entry["status"] == "ok", entry.get("error")
+        for view, groups in (("by_modality", report["data"]["modalities"]),
+                             ("by_generator", report["data"]["generators"])):
+            assert set(entry[view]) == set(groups)
+            for group in entry[view].values():
+                for metric in ("auc", "ap", "acc"):
+                    assert group[metric] is not None
+                assert group["auc_ci"][0] <= group["auc"] <= group["auc_ci"][1]
+                assert group["ap_ci"] is not None
+    assert {p["b"] for p in report["paired"]} | {report["paired"][0]["a"]} == {"dski", "cnnspot", "univfd"}
+    html = (run / "report.html").read_text()
+    assert all(name in html for name in ("dski", "cnnspot", "univfd"))
+    for plot in ("roc.png", "by_modality.png"):
+        assert (run / plot).stat().st_size > 1000
+
+
+def test_test_split_missing_a_label_is_reported_not_a_crash(dataset, freq_checkpoint, tmp_path):
+    """A modality whose test images are all real, and a test split with no fakes at all: n/a, not a crash."""
+    lines = (dataset / "manifest.csv").read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    only_real_test = [l for l in rows if not (",test," in l and l.split(",")[1] == "1")]
+    partial = [l for l in rows if not (",test," in l and ",microscopy," in l and l.split(",")[1] == "1")]
+    for name, kept in (("partial", partial), ("reals", only_real_test)):
+        (dataset / f"{name}.csv").write_text(header + "".join(kept))
+        out = tmp_path / name
+        result = CliRunner().invoke(cli, ["evaluate", "freq", "--checkpoint", str(freq_checkpoint),
+                                          "--data", str(dataset / f"{name}.csv"), "--out", str(out), "--n-boot", "50"])
+        assert result.exit_code == 0, result.output
+        assert "n/a" in result.output
+        entry = json.loads((out / "report.json").read_text())["detectors"]["freq"]
+        assert entry["by_modality"]["microscopy"]["auc"] is None
+        assert entry["by_modality"]["microscopy"]["real_acc"] is not None
+        if name == "reals":
+            assert entry["overall"]["auc"] is None and entry["overall"]["n_fake"] == 0
+        else:
+            assert entry["by_modality"]["fundus"]["auc"] is not None

@@ -1,0 +1,132 @@
+"""``torchrun --nproc_per_node 2`` (gloo, CPU): distributed evaluation and comparison equal a single process exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from medforensics_core.cli import cli
+from test_compare import build_small_dataset, only_run_dir
+
+BIN = Path(sys.executable).parent
+TORCHRUN = BIN / "torchrun"
+
+
+@pytest.fixture(scope="module")
+def odd_dataset(tmp_path_factory) -> Path:
+    """The shared test dataset with one test image dropped, so 2 ranks get uneven shards (sampler padding)."""
+    root = build_small_dataset(tmp_path_factory.mktemp("dist-data"))
+    lines = (root / "manifest.csv").read_text().splitlines(keepends=True)
+    first_test = next(i for i, line in enumerate(lines) if ",test," in line)
+    (root / "manifest.csv").write_text("".join(lines[:first_test] + lines[first_test + 1:]))
+    return root
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "--no-python", str(BIN / "mfx"), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def scores_by_path(run: Path) -> dict[tuple[str, str], float]:
+    with open(run / "scores.csv") as handle:
+        return {(r["detector"], r["path"]): float(r["score"]) for r in csv.DictReader(handle)}
+
+
+def assert_same_metrics(single: Path, multi: Path, detector: str) -> None:
+    a = json.loads((single / "report.json").read_text())
+    b = json.loads((multi / "report.json").read_text())
+    assert a["data"]["n_test"] == b["data"]["n_test"]
+    for view in ("overall", "by_modality", "by_generator", "mean_over_modalities"):
+        assert a["detectors"][detector][view] == b["detectors"][detector][view], view
+    assert scores_by_path(single) == scores_by_path(multi)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_torchrun_two_processes_equal_one_process(odd_dataset, tmp_path):
+    checkpoint = tmp_path / "freq.safetensors"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["train", "freq", "--data", str(odd_dataset), "-o", str(checkpoint)]).exit_code == 0
+    single = tmp_path / "single"
+    result = runner.invoke(cli, ["evaluate", "freq", "--checkpoint", str(checkpoint), "--data", str(odd_dataset),
+                                 "--out", str(single), "--n-boot", "200", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    n_test = json.loads((single / "report.json").read_text())["data"]["n_test"]
+    assert n_test % 2 == 1  # uneven shards: one rank scores a padded duplicate, which must be dropped
+
+    multi = tmp_path / "multi"
+    launched = torchrun("evaluate", "freq", "--checkpoint", str(checkpoint), "--data", str(odd_dataset),
+                        "--out", str(multi), "--n-boot", "200", "--device", "cpu", cwd=tmp_path)
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert "Traceback" not in launched.stderr
+    assert_same_metrics(single, multi, "freq")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_torchrun_compare_trains_and_reports_once(odd_dataset, tmp_path):
+    """Training under torchrun (every rank, identically), rank 0 writes the one run directory."""
+    runner = CliRunner()
+    single_cmp, multi_cmp = tmp_path / "single-cmp", tmp_path / "multi-cmp"
+    args = ["compare", "freq", "--data", str(odd_dataset), "--n-boot", "200", "--device", "cpu"]
+    assert runner.invoke(cli, [*args, "--out", str(single_cmp)]).exit_code == 0
+    launched = torchrun(*args, "--out", str(multi_cmp), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert len([p for p in multi_cmp.iterdir() if p.is_dir()]) == 1
+    assert_same_metrics(only_run_dir(single_cmp), only_run_dir(multi_cmp), "freq")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _fit_on_shard(rank: int, world_size: int, port: int, dataset: str, out: str) -> None:
+    """One rank of a distributed fit of the run-time probe (gloo): shards + run_epoch's gradient averaging."""
+    import torch
+    import torch.distributed as dist
+
+    from medforensics_core.data.dataset import ImageSet
+    from medforensics_core.data.manifest import read_manifest
+    from medforensics_core.engine.context import FitContext
+    from medforensics_core.engine.device import seed_everything
+    from test_compare import HighPassProbe
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        train = ImageSet(read_manifest(Path(dataset) / "manifest.csv").split("train"))
+        seed_everything(0)
+        probe = HighPassProbe(preset="tiny")
+        ctx = FitContext(seed=0, epochs=3, rank=rank, world_size=world_size)
+        probe.fit(train, None, ctx)
+        weights = {k: v.tolist() for k, v in probe.model.state_dict().items()}
+        Path(out, f"rank{rank}.json").write_text(json.dumps(weights))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_fit_keeps_ranks_in_lockstep(odd_dataset, tmp_path):
+    """Each rank trains on its own shard, yet gradient averaging leaves identical weights on both (the DDP rule)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fit_on_shard, args=(2, _free_port(), str(odd_dataset), str(tmp_path)), nprocs=2, join=True)
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0 == rank1
+    from medforensics_core.engine.device import seed_everything
+    from test_compare import HighPassProbe
+
+    seed_everything(0)
+    initial = {k: v.tolist() for k, v in HighPassProbe(preset="tiny").model.state_dict().items()}
+    assert rank0 != initial  # it did train
