@@ -78,12 +78,12 @@ def test_check_names_every_bad_file_with_its_reason(seeded):
     result = CliRunner().invoke(cli, ["data", "check", str(seeded)], env=WIDE)
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    bad_lines = {name: line for line in result.output.splitlines() for name in BAD_FILES if f"/{name} " in line}
+    bad_lines = {name: line for line in result.output.splitlines() for name in BAD_FILES if f"/{name}: " in line}
     for name, reason in BAD_FILES.items():
         assert name in bad_lines, f"{name} not reported:\n{result.output}"
         assert reason in bad_lines[name], bad_lines[name]
     for good in ("good.png", "good_ct.dcm", "good_mri.nii.gz"):
-        assert f"/{good} " not in result.output
+        assert f"/{good}: " not in result.output
     assert "8 bad file(s) of 11" in result.output
     assert "notes.txt" in result.output
 

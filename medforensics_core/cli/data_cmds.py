@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from . import cli, console, err_console
@@ -103,13 +104,12 @@ def check_command(path: Path, on_bad: str, as_json: bool, no_hash: bool) -> None
 
 
 def _print_check(report) -> None:
+    """One line per bad file, ``path: reason``, never folded, so it can be read and grepped."""
     if report.bad:
-        table = Table(title=f"{len(report.bad)} bad file(s) of {report.checked} in {report.target}")
-        table.add_column("file", overflow="fold")
-        table.add_column("reason", overflow="fold")
+        console.print(f"[bold red]{len(report.bad)} bad file(s)[/] of {report.checked} in {escape(str(report.target))}:",
+                      highlight=False)
         for issue in report.bad:
-            table.add_row(issue.path, issue.reason)
-        console.print(table)
+            console.print(f"  {escape(str(issue.path))}: {escape(issue.reason)}", soft_wrap=True, highlight=False)
     else:
         console.print(f"[green]all {report.checked} image(s) read cleanly[/] in {report.target}", highlight=False)
     if report.ignored:
