@@ -140,10 +140,10 @@ class Registry:
 
     def collect(self) -> None:
         """Call every registration hook, one plugin at a time, isolating failures."""
-        for plugin in list(self.manager.get_plugins()):
-            if plugin is hookspecs:
+        # registration order (entry points first, then runtime plugins): the first to claim a name keeps it
+        for plugin_name, plugin in self.manager.list_name_plugin():
+            if plugin is None or plugin is hookspecs:
                 continue
-            plugin_name = self.manager.get_name(plugin) or repr(plugin)
             distribution = _distribution_of(self.manager, plugin)
             for kind, hook_name in KIND_HOOKS.items():
                 impl = getattr(plugin, hook_name, None)

@@ -107,11 +107,12 @@ def _print_check(report) -> None:
     """One line per bad file, ``path: reason``, never folded, so it can be read and grepped."""
     if report.bad:
         console.print(f"[bold red]{len(report.bad)} bad file(s)[/] of {report.checked} in {escape(str(report.target))}:",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         for issue in report.bad:
             console.print(f"  {escape(str(issue.path))}: {escape(issue.reason)}", soft_wrap=True, highlight=False)
     else:
-        console.print(f"[green]all {report.checked} image(s) read cleanly[/] in {report.target}", highlight=False)
+        console.print(f"[green]all {report.checked} image(s) read cleanly[/] in {escape(str(report.target))}",
+                      highlight=False, soft_wrap=True)
     if report.ignored:
         console.print(f"{len(report.ignored)} non-image file(s) not checked: "
-                      + ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else ""), highlight=False)
+                      + ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else ""), highlight=False, soft_wrap=True)
