@@ -16,8 +16,19 @@ from rich.console import Console
 
 from ..errors import MfxError
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped or logged output has no terminal width: rich would assume 80 columns and squeeze the report tables
+# (7 modalities + mean do not fit), so such output gets a wide page instead. COLUMNS still wins when set.
+PIPED_WIDTH = 160
+
+
+def _width(stream) -> int | None:
+    if os.environ.get("COLUMNS") or stream.isatty():
+        return None
+    return PIPED_WIDTH
+
+
+console = Console(stderr=False, highlight=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
