@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 from medforensics_core.checkpoint import load_state_strict
 from medforensics_core.engine.augment import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, blur_jpeg_transform,
                                               normalise, resize_shorter, test_geometry, train_geometry)
-from medforensics_core.engine.schedules import Schedule, seeded, train_binary
+from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
 from medforensics_core.errors import MfxError, WeightsNotFoundError
 from medforensics_core.hookspecs import hookimpl
 from medforensics_core.interfaces import Detector
@@ -189,11 +189,7 @@ class CNNSpotDetector(Detector):
         cfg = self.config
         optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         batch_size = ctx.batch_size_for(cfg.batch_size)
-        val_loader = ctx.loader(val, self.preprocess, batch_size, shuffle=False) if val is not None and len(val) \
-            else None
-
-        def train_loader(epoch: int):
-            return ctx.loader(train, self.train_transform, batch_size, shuffle=True, epoch_offset=epoch)
+        train_loader, val_loader = detector_loaders(self, train, val, ctx, batch_size)
 
         schedule = Schedule(ctx.epochs_for(cfg.epochs), patience=cfg.patience, lr_drop=cfg.lr_drop, min_lr=cfg.min_lr)
         return train_binary(self.model, self.model, self.predict_proba, optimizer, train_loader, val_loader, ctx,

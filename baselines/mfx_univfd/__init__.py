@@ -41,7 +41,7 @@ from torchvision.transforms import v2
 
 from medforensics_core.engine.augment import (BlurJpegRecipe, blur_jpeg_transform, normalise, resize_shorter,
                                               test_geometry, train_geometry)
-from medforensics_core.engine.schedules import Schedule, seeded, train_binary
+from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
 from medforensics_core.errors import CheckpointError, MfxError
 from medforensics_core.hookspecs import hookimpl
 from medforensics_core.interfaces import Detector
@@ -245,11 +245,7 @@ def train_probe_on_features(detector: UnivFDDetector, optimizer: torch.optim.Opt
 def train_probe_on_images(detector: UnivFDDetector, optimizer: torch.optim.Optimizer, train: Any, val: Any | None,
                           ctx: Any, schedule: Schedule, batch_size: int) -> dict[str, Any]:
     """Train the head on augmented images, encoding each batch with the frozen backbone (the paper's recipe)."""
-    val_loader = ctx.loader(val, detector.preprocess, batch_size, shuffle=False) if val is not None and len(val) \
-        else None
-
-    def train_loader(epoch: int):
-        return ctx.loader(train, detector.train_transform, batch_size, shuffle=True, epoch_offset=epoch)
+    train_loader, val_loader = detector_loaders(detector, train, val, ctx, batch_size)
 
     return train_binary(detector.ensure_head(), detector.forward, detector.predict_proba, optimizer, train_loader,
                         val_loader, ctx, schedule, detector.name)

@@ -57,6 +57,21 @@ def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
     return min(group["lr"] for group in optimizer.param_groups)
 
 
+def detector_loaders(detector, train, val, ctx, batch_size: int):
+    """``(train_loader_for_epoch, val_loader)`` for a detector's own transforms (val may be absent or empty).
+
+    The training loader is rebuilt per epoch with an epoch-dependent seed, so the
+    shuffling differs between epochs yet is reproducible from the run's seed.
+    """
+    val_loader = ctx.loader(val, detector.preprocess, batch_size, shuffle=False) if val is not None and len(val) \
+        else None
+
+    def train_loader(epoch: int):
+        return ctx.loader(train, detector.train_transform, batch_size, shuffle=True, epoch_offset=epoch)
+
+    return train_loader, val_loader
+
+
 def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
                  predict: Callable[[torch.Tensor], np.ndarray], optimizer: torch.optim.Optimizer,
                  train_loader: Callable[[int], Iterable], val_loader: Iterable | None, ctx: FitContext,
