@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from medforensics_core.data.dataset import ImageSet  # noqa: E402
 from medforensics_core.data.manifest import read_manifest  # noqa: E402
 from medforensics_core.engine.context import FitContext  # noqa: E402
-from medforensics_core.engine.device import peak_memory_mb, resolve_device  # noqa: E402
+from medforensics_core.engine.device import peak_memory_mb, resolve_device, timed_call  # noqa: E402
 from medforensics_core.engine.evaluate import score_with_timing  # noqa: E402
 from medforensics_core.plugins import get_registry  # noqa: E402
 
@@ -100,21 +100,13 @@ def univfd_overhead(model: str, device: str, batch: int, repeats: int) -> tuple[
     with torch.inference_mode():
         encode(inputs), detector.predict_proba(inputs)  # warm-up
         for _ in range(repeats):
-            bare.append(timed(lambda: encode(inputs), device))
-            ours.append(timed(lambda: detector.predict_proba(inputs), device))
+            bare.append(timed_call(lambda: encode(inputs), device))
+            ours.append(timed_call(lambda: detector.predict_proba(inputs), device))
     b, o = statistics.median(bare), statistics.median(ours)
     return (model, str(batch), f"{batch / b:.1f}", f"{batch / o:.1f}", f"{o / b:.3f}",
             "yes" if o / b <= RATIO_TARGET else "NO")
 
 
-def timed(fn, device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:

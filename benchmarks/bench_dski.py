@@ -21,8 +21,6 @@ import os
 import resource
 import statistics
 import sys
-import time
-from typing import Callable
 
 import torch
 from rich.console import Console
@@ -30,6 +28,7 @@ from rich.table import Table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from medforensics_core.engine.device import timed_call  # noqa: E402
 from medforensics_core.plugins import get_registry  # noqa: E402
 
 MODELS = {"tiny": "mfx-tiny-clip", "ViT-B-16": "ViT-B-16", "ViT-L-14": "ViT-L-14"}
@@ -44,14 +43,6 @@ def build(model: str, device: str, use_cdfa: bool = True):
     return cls(config, preset=preset or "full", device=device)
 
 
-def timed(fn: Callable[[], object], device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def peak_memory_mb(device: str) -> float:
@@ -81,8 +72,8 @@ def overhead_row(model: str, device: str, batch: int, repeats: int) -> tuple[str
         frozen(inputs), detector.embed(inputs)  # warm-up
         plain, adapted = [], []
         for _ in range(repeats):
-            plain.append(timed(lambda: frozen(inputs), device))
-            adapted.append(timed(lambda: detector.embed(inputs), device))
+            plain.append(timed_call(lambda: frozen(inputs), device))
+            adapted.append(timed_call(lambda: detector.embed(inputs), device))
     p, a = statistics.median(plain), statistics.median(adapted)
     extra = a / p - 1
     return (model, f"{batch}x{size}px", f"{1000 * p:.1f}", f"{1000 * a:.1f}", f"{100 * extra:+.1f}%",
@@ -107,11 +98,11 @@ def throughput_row(model: str, device: str, batch: int, repeats: int) -> tuple[s
         optimizer.step()
 
     step()
-    train_s = statistics.median(timed(step, device) for _ in range(repeats))
+    train_s = statistics.median(timed_call(step, device) for _ in range(repeats))
     detector.net.eval()
     with torch.inference_mode():
         detector.predict_proba(test_batch, modalities)
-        infer_s = statistics.median(timed(lambda: detector.predict_proba(test_batch, modalities), device)
+        infer_s = statistics.median(timed_call(lambda: detector.predict_proba(test_batch, modalities), device)
                                     for _ in range(repeats))
     return (model, str(batch), f"{batch / train_s:.3g}", f"{batch / infer_s:.3g}", f"{peak_memory_mb(device):.0f}")
 

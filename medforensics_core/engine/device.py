@@ -58,3 +58,17 @@ def peak_memory_mb(device: torch.device) -> float:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def timed_call(fn, device: str | torch.device) -> float:
+    """Wall-clock seconds of ``fn()``, synchronising CUDA before and after so GPU work is counted."""
+    import time
+
+    is_cuda = torch.device(device).type == "cuda"
+    if is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
