@@ -34,7 +34,7 @@ from ..errors import CheckpointError, MfxError
 from ..interfaces import Detector, Perturbation
 from . import distributed
 from .context import FitContext, ProgressFn, no_progress
-from .device import peak_memory_mb, resolve_device, seed_everything
+from .device import peak_memory_mb, resolve_device, resolve_precision, seed_everything
 from .evaluate import DEFAULT_EVAL_BATCH, score_with_timing
 from .protocols import DataBundle, Fold, ProtocolOptions, make_folds
 from .resume import ResultStore
@@ -79,6 +79,8 @@ class CompareOptions:
     label: str = "compare"
     command: str = ""
     run_dir: str | None = None  # write exactly here (mfx evaluate --out) instead of a new folder under ``out``
+    precision: str | None = None  # fp32|bf16|fp16 for every detector; None: each detector's default (fp32 baselines)
+    allow_random_init: bool = False  # missing pretrained weights: random init (marked on every row) instead of failing
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CompareOptions":
@@ -213,11 +215,14 @@ def plan_run(options: CompareOptions) -> RunPlan:
 
 
 def make_context(options: CompareOptions, device: torch.device, rank: int = 0, world_size: int = 1,
-                 progress: ProgressFn = no_progress, work_dir: Path | None = None) -> FitContext:
-    """A fresh context per detector, so each one gets the whole budget."""
+                 progress: ProgressFn = no_progress, work_dir: Path | None = None,
+                 detector_cls: type | None = None) -> FitContext:
+    """A fresh context per detector, so each one gets the whole budget, at its precision (``--precision``)."""
     budget = options.budget_minutes * 60 if options.budget_minutes is not None else None
-    return FitContext(device=device, seed=options.seed, epochs=options.epochs, budget_seconds=budget,
-                      progress=progress, rank=rank, world_size=world_size, work_dir=work_dir)
+    precision = resolve_precision(options.precision, detector_cls or Detector, device)
+    return FitContext(device=device, precision=precision, seed=options.seed, epochs=options.epochs,
+                      budget_seconds=budget, progress=progress, rank=rank, world_size=world_size, work_dir=work_dir,
+                      allow_random_init=options.allow_random_init)
 
 
 def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
@@ -306,9 +311,10 @@ def _summary(images, scores: np.ndarray, options: CompareOptions) -> dict[str, A
 
 
 def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: float, checkpoint: str | None,
-           summary: dict[str, Any], device: torch.device) -> dict[str, Any]:
+           summary: dict[str, Any], device: torch.device, precision: str = "fp32") -> dict[str, Any]:
     return {"status": "ok", "error": None, "preset": detector.preset or spec.preset,
             "weights": detector.weights_info(), "warnings": list(detector.warnings()),
+            "precision": precision, "random_init": bool(getattr(detector, "random_init_fallback", False)),
             "train_seconds": round(train_seconds, 3), "infer_images_per_s": round(speed, 2),
             "peak_memory_mb": round(peak_memory_mb(device), 1), "trainable_params": trainable_params(detector),
             "checkpoint": checkpoint, "train_info": dict(detector.train_info), **summary}
@@ -332,7 +338,8 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
     for label, images in perturbed.items():
         rows[spec.name]["scores"][label] = score_with_timing(detector, images, ctx,
                                                              batch_size=options.batch_size)[0].tolist()
-    entry = _entry(detector, spec, train_seconds, speed, checkpoint, _summary(fold.test, scores, options), ctx.device)
+    entry = _entry(detector, spec, train_seconds, speed, checkpoint, _summary(fold.test, scores, options), ctx.device,
+                   ctx.precision)
     rows[spec.name]["entry"] = entry
     if fold.support is not None and hasattr(detector, "add_references"):
         add_references(detector, fold.support, ctx)
@@ -393,7 +400,7 @@ def run_fold(plan: RunPlan, fold: Fold, fold_dir: RunDir, session: Session) -> d
         session.say(f"{prefix}[bold]{spec.name}[/]: {'loading checkpoint' if spec.checkpoint else 'training'} "
                     f"({spec.preset} preset)")
         ctx = make_context(plan.options, session.device, session.rank, session.world_size, session.progress,
-                           fold_dir.path)
+                           fold_dir.path, spec.cls)
         try:
             result = run_detector(spec, fold, plan, ctx, fold_dir, perturbed)
         except Exception as exc:  # noqa: BLE001 - one broken detector must not sink the comparison
@@ -537,7 +544,8 @@ def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> dict[str
 def _combined_entry(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     failed = {g: e for g, e in per_fold.items() if e["status"] != "ok"}
     first = next(iter(per_fold.values()))
-    meta = {k: first.get(k) for k in ("preset", "weights", "warnings", "trainable_params")}
+    meta = {k: first.get(k) for k in ("preset", "weights", "warnings", "trainable_params", "precision")}
+    meta["random_init"] = any(e.get("random_init") for e in per_fold.values())
     if failed:
         reasons = "; ".join(f"{g}: {e['error']}" for g, e in failed.items())
         return {**meta, "status": "failed", "error": f"failed on fold(s) {reasons}", "train_seconds": None,

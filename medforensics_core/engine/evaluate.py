@@ -37,7 +37,7 @@ def score_with_timing(detector: Detector, images: ImageSet, ctx: FitContext | No
     ctx = ctx or FitContext()
     if len(images) == 0:
         return np.zeros(0), 0.0
-    loader = ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
+    loader = scoring_loader(detector, images, ctx, batch_size)
     seen: list[np.ndarray] = []
     predict = functools.partial(_predict_batch, detector, images, seen, accepts_modalities(detector))
     start = time.perf_counter()
@@ -47,6 +47,27 @@ def score_with_timing(detector: Detector, images: ImageSet, ctx: FitContext | No
     indices = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
     scores = gather_in_order(scores, indices, len(images), ctx.world_size)
     return scores, len(images) / elapsed
+
+
+def scoring_loader(detector: Detector, images: ImageSet, ctx: FitContext, batch_size: int):
+    """The loader that scores ``images``; batches hold images of one size when the detector keeps native sizes.
+
+    A detector that tests whole images at their own size (NPR's ``native``
+    geometry) cannot stack a 512 px and a 256 px image in one batch; its batches
+    are then formed per image size (scores go back into order by index).
+    """
+    if not getattr(detector, "variable_input_size", False):
+        return ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
+    if ctx.distributed:
+        return ctx.loader(images, detector.preprocess, 1, shuffle=False)
+    from ..data.dataset import TransformedSet
+
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for index in range(len(images)):
+        by_size.setdefault(tuple(images.image(index).shape), []).append(index)
+    batches = [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+    return torch.utils.data.DataLoader(TransformedSet(images, detector.preprocess), batch_sampler=batches,
+                                       num_workers=ctx.num_workers, pin_memory=ctx.device.type == "cuda")
 
 
 def accepts_modalities(detector: Detector) -> bool:

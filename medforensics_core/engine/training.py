@@ -27,16 +27,18 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader, optimizer
               ctx: FitContext, loss_fn: LossFn = binary_logit_loss, description: str = "train") -> float:
     """One pass over ``loader``: forward under autocast, loss, backward, step. Returns the mean loss."""
     total, count = 0.0, 0
+    scaler = ctx.grad_scaler()
     for inputs, labels, _ in ctx.track(loader, len(loader), description):
         inputs = inputs.to(ctx.device, non_blocking=True)
         labels = labels.to(ctx.device, non_blocking=True)
         with ctx.autocast():
             loss = loss_fn(forward(inputs), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if ctx.distributed:  # the DistributedDataParallel rule: every rank steps with the mean gradient
             average_gradients(optimizer, ctx.world_size)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         total += float(loss.detach()) * len(labels)
         count += len(labels)
     return total / max(count, 1)

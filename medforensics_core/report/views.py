@@ -114,6 +114,14 @@ def _mark_best(rows: list[Row], values: dict[tuple[int, int, int], float | None]
             rows[r].cells[c][ln].best = flag
 
 
+RANDOM_INIT_MARK = " (random init)"
+
+
+def row_name(name: str, entry: dict) -> str:
+    """A detector's row label; a run that fell back to random weights (``--allow-random-init``) says so on every row."""
+    return name + RANDOM_INIT_MARK if entry.get("random_init") else name
+
+
 def overall_table(report: dict) -> TableView:
     """Detectors x overall metrics, with bootstrap CIs of AUC and AP."""
     rows, values = [], {}
@@ -131,7 +139,7 @@ def overall_table(report: dict) -> TableView:
                 cell.append(Line(interval, aside=True))
             cells.append(cell)
             values[(r, c, 0)] = overall.get(key)
-        rows.append(Row(name, cells))
+        rows.append(Row(row_name(name, entry), cells))
     view = TableView("Overall", [h for _, h, _ in OVERALL_COLUMNS], rows,
                      note="AUC and AP with their 95% bootstrap CI; ACC@.5 predicts fake when score > 0.5, real/fake "
                           "= ACC@.5 on real/fake images; oracle = ACC at the best threshold on the test set itself "
@@ -166,7 +174,7 @@ def group_table(entries: dict[str, dict], view: str, mean_key: str | None, title
                 cell.append(Line(fmt(value) if metrics is not None else "-"))
                 values[(r, c, ln)] = value
             cells.append(cell)
-        rows.append(Row(name, cells))
+        rows.append(Row(row_name(name, entry), cells))
     _mark_best(rows, values, [key for key, _ in GROUP_CELL_METRICS])
     return TableView(title, columns, rows, line_labels=[label for _, label in GROUP_CELL_METRICS],
                      note="'-' : the detector was not evaluated on this group; n/a : metric not defined "
@@ -233,9 +241,11 @@ def detector_summaries(report: dict) -> list[str]:
             lines.append(f"{name}: FAILED - {failure_reason(entry)}")
             continue
         parts = [f"weights={entry.get('weights') or 'unknown'}", f"preset={entry.get('preset') or 'default'}"]
+        if entry.get("precision"):
+            parts.append(f"precision={entry['precision']}")
         parts += _optional_parts(entry)
         warnings = entry.get("warnings") or []
-        text = f"{name}: " + ", ".join(parts)
+        text = f"{row_name(name, entry)}: " + ", ".join(parts)
         if warnings:
             text += "; warnings: " + " | ".join(str(w) for w in warnings)
         lines.append(text)

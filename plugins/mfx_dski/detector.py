@@ -64,7 +64,7 @@ class DSKIBase(Detector):
     def __init__(self, config: Any = None, *, preset: str | None = None, device: str | torch.device = "cpu"):
         super().__init__(config, preset=preset, device=device)
         cfg = self.config
-        self.backbone: ClipBackbone = load_clip(cfg.clip_model, cfg.clip_pretrained, device="cpu",
+        self.backbone: ClipBackbone = load_clip(cfg.clip_model, cfg.pretrained, device="cpu",
                                                 seed=cfg.backbone_seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.backbone_seed)
