@@ -34,7 +34,8 @@ from ..errors import CheckpointError, MfxError
 from ..interfaces import Detector, Perturbation
 from . import distributed
 from .context import FitContext, ProgressFn, no_progress
-from .device import peak_memory_mb, resolve_device, seed_everything
+from ..seeding import seed_everything
+from .device import peak_memory_mb, resolve_device
 from .evaluate import DEFAULT_EVAL_BATCH, score_with_timing
 from .protocols import DataBundle, Fold, ProtocolOptions, make_folds
 from .resume import ResultStore
