@@ -46,7 +46,7 @@ def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> dict[str
 def _combined_entry(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     failed = {g: e for g, e in per_fold.items() if e["status"] != "ok"}
     first = next(iter(per_fold.values()))
-    meta = {k: first.get(k) for k in ("preset", "weights", "warnings", "trainable_params")}
+    meta = {k: first.get(k) for k in ("preset", "distribution", "version", "weights", "warnings", "trainable_params")}
     if failed:
         reasons = "; ".join(f"{g}: {e['error']}" for g, e in failed.items())
         return {**meta, "status": "failed", "error": f"failed on fold(s) {reasons}", "train_seconds": None,
