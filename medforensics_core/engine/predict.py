@@ -21,6 +21,7 @@ import torch
 from ..data.modality import normalise as normalise_modality
 from ..data.modality import resolve as resolve_modality
 from ..data.readers import LoadedImage, count_frames, iter_frames, read_image
+from ..decision import DEFAULT_THRESHOLD, verdict
 from ..errors import BadInputError, MfxError
 from ..interfaces import Detector
 from ..report.overlay import overlay_png
@@ -57,7 +58,7 @@ class Prediction:
 class PredictOptions:
     """Everything ``mfx predict`` decides besides the detector: threshold, modality, tiles, overlays."""
 
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     on_bad: str = "skip"
     modality: str | None = None
     tiles: TileConfig = dataclasses.field(default_factory=TileConfig)
@@ -94,9 +95,6 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[
         else:
             bad.append((str(path), "no such file or folder"))
     return files, bad
-
-
-DEFAULT_THRESHOLD = 0.5
 
 
 def checkpoint_threshold(detector: Detector, given: float | None = None) -> tuple[float, str]:
@@ -156,8 +154,7 @@ class _Explainer:
         score, frame, image, result = self.best
         self.best = None
         target = self.folder / self._name(path, frame)
-        verdict = "fake" if score > self.threshold else "real"
-        title = f"{path.name}{'' if frame is None else f' #{frame}'}: {score:.3f} ({verdict})"
+        title = f"{path.name}{'' if frame is None else f' #{frame}'}: {score:.3f} ({verdict(score, self.threshold)})"
         boxes = [(t.y, t.x, t.height, t.width) for t in result.top(3)]
         png = overlay_png(image.numpy(), result.heat_map(), title=title, boxes=boxes, threshold=self.threshold)
         try:
@@ -215,7 +212,7 @@ def _score_file(path: Path, scorer: TileScorer, options: PredictOptions, known, 
         result = scorer.score(loaded.tensor, modality.name)
         top = result.top(options.tiles.top_k)
         predictions.append(Prediction(
-            str(path), frame, result.score, "fake" if result.score > options.threshold else "real",
+            str(path), frame, result.score, verdict(result.score, options.threshold),
             modality.name, modality.source, result.centre_score, len(result.tiles),
             [t.to_dict() for t in top]))
         explainer.offer(frame, loaded.tensor, result)
