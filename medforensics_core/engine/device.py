@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import random
 
-import numpy as np
 import torch
 
 from ..errors import MfxError
@@ -70,13 +68,6 @@ def autocast(device: torch.device, precision: str = "fp32"):
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise MfxError("--precision bf16: this GPU has no bfloat16 support; use fp16 or fp32")
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so a run is reproducible from its recorded seed."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -24,16 +24,17 @@ The loop also stops at ``epochs`` or when the run's budget is spent.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
+from ..decision import accuracy
 from ..errors import ConfigError
+from ..seeding import seeded  # noqa: F401 - re-exported for the baselines
 from .context import FitContext
-from .training import accuracy, predict_loader, run_epoch
+from .training import predict_loader, run_epoch
 
 KEEP_CHOICES = ("last-saved", "last")
 
@@ -97,18 +98,6 @@ class ScheduleState:
         self.best, self.stale, self.threshold = None, 0, s.delta
         self.lr_drops += 1
         return decision
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a ``fit`` from ``seed`` (initialisation, shuffling, augmentation draws) and restore the global RNG.
-
-    Two fits with one seed then train the same model, whatever ran before them.
-    """
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def apply_lr_decision(optimizer: torch.optim.Optimizer, decision: EpochDecision) -> None:

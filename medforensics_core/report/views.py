@@ -243,6 +243,8 @@ def detector_summaries(report: dict) -> list[str]:
         parts = [f"weights={entry.get('weights') or 'unknown'}", f"preset={entry.get('preset') or 'default'}"]
         if entry.get("precision"):
             parts.append(f"precision={entry['precision']}")
+        if entry.get("distribution"):
+            parts.append(f"from={entry['distribution']} {entry.get('version') or ''}".rstrip())
         parts += _optional_parts(entry)
         warnings = entry.get("warnings") or []
         text = f"{row_name(name, entry)}: " + ", ".join(parts)
