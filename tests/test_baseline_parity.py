@@ -217,3 +217,215 @@ def test_model_selection_keeps_the_last_save_or_the_last_epoch(monkeypatch):
         info = train_binary(module, module, predict, optimizer, loader, [(torch.zeros(1, 1), torch.ones(1), 0)],
                             FitContext(), Schedule(4, patience=5, keep=keep), "test")
         assert float(module.bias.detach()) == expected_epoch and info["epochs"] == 4 and len(info["lr"]) == 4
+
+
+# --------------------------------------------------------------------------- test-time geometry
+
+
+@pytest.fixture(scope="module")
+def scans():
+    """A real 512 px CT slice (pydicom's liver_1frame.dcm) as 8-bit RGB, and the same slice at 256 px."""
+    from pydicom.data import get_testdata_file
+
+    from medforensics_core.data.readers import read_image
+
+    image = read_image(get_testdata_file("liver_1frame.dcm"))
+    image = image.tensor
+    array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    big = Image.fromarray(array)
+    return {512: big, 256: big.resize((256, 256), Image.BILINEAR)}
+
+
+def as_tensor(image: Image.Image) -> torch.Tensor:
+    """How mfx hands an 8-bit image to ``preprocess``: float (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
+
+
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+CLIP = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
+
+
+def official_test_transform(image: Image.Image, resize: int | tuple | None, crop: int | None,
+                            stats: tuple) -> torch.Tensor:
+    """The official test pipelines on a PIL image: optional resize, optional centre crop, ToTensor, Normalize."""
+    import torchvision.transforms as T
+
+    steps = ([T.Resize(resize)] if resize else []) + ([T.CenterCrop(crop)] if crop else [])
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(*stats)])(image)
+
+
+@pytest.mark.parametrize("size", [256, 512])
+@pytest.mark.parametrize("name,official", [
+    ("cnnspot", dict(resize=None, crop=224, stats=IMAGENET)),  # CNNDetection eval.py: no_resize, CenterCrop
+    ("univfd", dict(resize=None, crop=224, stats=CLIP)),  # UniversalFakeDetect validate.py: CenterCrop(224)
+    ("npr", dict(resize=None, crop=None, stats=IMAGENET)),  # NPR test.py (GANGen/AIGCDetect): no resize, no crop
+])
+def test_eval_transform_matches_the_official_test_pipeline(scans, size, name, official):
+    cls = get_registry().detector(name)
+    overrides = {"clip_model": "ViT-B-32", "pretrained": "random"} if name == "univfd" else {}
+    detector = cls(cls.make_config(**overrides))
+    ours = detector.preprocess(as_tensor(scans[size]))
+    theirs = official_test_transform(scans[size], **official)
+    assert ours.shape == theirs.shape
+    difference = float((ours - theirs).abs().max())
+    assert difference < 1e-5
+    report(f"{name} eval transform, {size} px image ({detector.config.eval_geometry}) -> {tuple(ours.shape)}",
+           difference)
+
+
+def test_npr_square_resize_geometry_is_close_to_the_official_pil_resize(scans):
+    """NPR's ForenSynths test resizes to 256 x 256 with PIL; mfx resizes float tensors (antialiased bilinear)."""
+    cls = get_registry().detector("npr")
+    detector = cls(cls.make_config(eval_geometry="resize-square"))
+    ours = detector.preprocess(as_tensor(scans[512]))
+    theirs = official_test_transform(scans[512], resize=(256, 256), crop=None, stats=IMAGENET)
+    difference = float((ours - theirs).abs().max())
+    grey_levels = difference * 0.229 * 255  # back to 8-bit grey levels (smallest ImageNet std)
+    assert ours.shape == theirs.shape == (3, 256, 256) and grey_levels < 3
+    report("npr resize-square 512 -> 256 (normalised units; PIL uint8 vs float resize)", difference)
+
+
+def test_train_and_test_see_one_scale(scans):
+    """A random training crop of a 512 px scan is a piece of the test image at the same scale (no resize)."""
+    for name in ("cnnspot", "npr"):
+        cls = get_registry().detector(name)
+        detector = cls(cls.make_config(blur_prob=0.0, jpeg_prob=0.0, flip=False) if name == "cnnspot"
+                       else cls.make_config(flip=False))
+        texture = torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(1)) * 0.01  # no flat regions
+        image = (as_tensor(scans[512]) * 0.98 + texture).clamp(0, 1)
+        crop = detector.train_transform(image)
+        whole = detector.preprocess(image) if name == "npr" else detector._normalise(image)
+        assert crop.shape == (3, 224, 224)
+        corner = (whole - crop[:, :1, :1]).abs().amax(0)[: 512 - 223, : 512 - 223]  # top-left pixel candidates
+        candidates = torch.nonzero(corner < 1e-6).tolist()
+        found = min(float((whole[:, i:i + 224, j:j + 224] - crop).abs().max()) for i, j in candidates)
+        assert found < 1e-5, name
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def official_blur_jpeg_draws(n: int, blur_prob: float, jpg_prob: float, seed: int) -> dict:
+    """CNNDetection data_augment's draws: blur if random() < blur_prob with sigma = random() * 3,
+    JPEG if random() < jpg_prob with quality = choice(range(30, 101))."""
+    import random
+
+    rng = random.Random(seed)
+    blur, sigma, jpeg, quality = [], [], [], []
+    for _ in range(n):
+        b = rng.random() < blur_prob
+        blur.append(b)
+        if b:
+            sigma.append(rng.random() * 3.0)
+        j = rng.random() < jpg_prob
+        jpeg.append(j)
+        if j:
+            quality.append(rng.choice(list(range(30, 101))))
+    return {"blur": np.mean(blur), "jpeg": np.mean(jpeg), "sigma": np.array(sigma), "quality": np.array(quality)}
+
+
+@pytest.mark.parametrize("name", ["cnnspot", "univfd"])
+def test_augmentation_parameter_ranges_match_the_official_options(name):
+    from medforensics_core.engine.augment import draw_blur_jpeg, validation_recipe
+
+    cfg = get_registry().detector(name).make_config()
+    generator = torch.Generator().manual_seed(0)
+    draws = [draw_blur_jpeg(cfg.augmentation, generator) for _ in range(20000)]
+    ours = {"blur": np.mean([d.blur for d in draws]), "jpeg": np.mean([d.jpeg for d in draws]),
+            "sigma": np.array([d.sigma for d in draws]), "quality": np.array([d.quality for d in draws])}
+    theirs = official_blur_jpeg_draws(20000, 0.5, 0.5, seed=0)
+    assert abs(ours["blur"] - theirs["blur"]) < 0.02 and abs(ours["jpeg"] - theirs["jpeg"]) < 0.02
+    assert set(np.unique(ours["quality"])) == set(np.unique(theirs["quality"])) == set(range(30, 101))
+    assert 0.0 <= ours["sigma"].min() < 0.01 and 2.99 < ours["sigma"].max() <= 3.0
+    for a, b in ((ours["sigma"], theirs["sigma"]), (ours["quality"], theirs["quality"])):
+        assert abs(a.mean() - b.mean()) < 0.02 * b.mean() and abs(a.std() - b.std()) < 0.03 * b.std()
+    validation = validation_recipe(cfg.augmentation, cfg.val_blur_sigma, cfg.val_jpeg_quality)
+    assert validation.blur_sigma == (1.5, 1.5) and validation.jpeg_quality == (65, 65)  # get_val_opt's midpoints
+    assert validation.blur_prob == cfg.blur_prob == 0.5 and validation.jpeg_prob == cfg.jpeg_prob == 0.5
+    report(f"{name} augmentation draw rates (blur, JPEG) vs official",
+           max(abs(ours["blur"] - theirs["blur"]), abs(ours["jpeg"] - theirs["jpeg"])))
+
+
+def test_jpeg_step_is_the_official_pil_round_trip(scans):
+    from medforensics_core.engine.augment import BlurJpegDraw, apply_blur_jpeg
+
+    image = scans[256]
+    ours = apply_blur_jpeg(as_tensor(image), BlurJpegDraw(blur=False, sigma=0.0, jpeg=True, quality=65))
+    buffer = io.BytesIO()
+    image.save(buffer, format="jpeg", quality=65)  # pil_jpg in datasets.py
+    theirs = torch.from_numpy(np.array(Image.open(buffer))).permute(2, 0, 1).float() / 255.0
+    difference = float((ours - theirs).abs().max())
+    assert difference < 1e-6
+    report("JPEG q65 (PIL) round trip", difference)
+
+
+def test_blur_step_is_close_to_the_official_scipy_filter(scans):
+    """Official: scipy gaussian_filter on uint8 (truncate 4 sigma, half-sample reflection); mfx: float, 3 sigma."""
+    from scipy.ndimage import gaussian_filter
+
+    from medforensics_core.engine.augment import BlurJpegDraw, apply_blur_jpeg
+
+    array = np.array(scans[256])
+    ours = apply_blur_jpeg(as_tensor(scans[256]), BlurJpegDraw(blur=True, sigma=1.5, jpeg=False, quality=0))
+    theirs = array.copy()
+    for channel in range(3):
+        gaussian_filter(array[:, :, channel], output=theirs[:, :, channel], sigma=1.5)
+    theirs = torch.from_numpy(theirs).permute(2, 0, 1).float() / 255.0
+    difference = float((ours - theirs).abs().max())
+    assert difference * 255 < 2.5  # within two grey levels (uint8 rounding + kernel truncation)
+    report("Gaussian blur sigma 1.5 (grey levels / 255)", difference)
+
+
+# --------------------------------------------------------------------------- NPR
+
+
+def official_npr_interpolate(x: torch.Tensor) -> torch.Tensor:
+    """NPR networks/resnet.py: nearest down by 0.5, nearest up by 2 (recompute_scale_factor=True)."""
+    half = F.interpolate(x, scale_factor=0.5, mode="nearest", recompute_scale_factor=True)
+    return F.interpolate(half, scale_factor=2.0, mode="nearest", recompute_scale_factor=True)
+
+
+def official_npr_forward(net, x: torch.Tensor) -> torch.Tensor:
+    """NPR ResNet.forward with the same weights: conv1 on NPR * 2/3, bn, relu, maxpool, layer1, layer2, avgpool, fc."""
+    residual = x - official_npr_interpolate(x)
+    stem_conv, bn, relu, pool = net.stem
+    y = pool(relu(bn(stem_conv(residual * 2.0 / 3.0))))
+    y = net.layer2(net.layer1(y))
+    return net.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_npr_residual_and_network_forward_match_the_official_formula(scans, size):
+    from mfx_noise.npr import npr_residual
+
+    cls = get_registry().detector("npr")
+    detector = cls(cls.make_config())
+    x = detector.preprocess(as_tensor(scans[size]))[None]
+    residual_difference = float((npr_residual(x) - (x - official_npr_interpolate(x)) * 2.0 / 3.0).abs().max())
+    net = detector.model.eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(net.fc.weight, 0, 1.0)
+        ours, theirs = net(x), official_npr_forward(net, x)
+    forward_difference = float((ours - theirs).abs().max())
+    assert residual_difference < 1e-6 and forward_difference < 1e-4 * max(1.0, float(theirs.abs().max()))
+    assert net.stem[0].kernel_size == (3, 3) and net.stem[0].stride == (2, 2) and net.fc.in_features == 512
+    report(f"npr residual, {size} px", residual_difference)
+    report(f"npr network forward, {size} px (logit {float(theirs):.3f})", forward_difference)
+
+
+# --------------------------------------------------------------------------- freq
+
+
+def test_freq_profile_sees_the_checkerboard_corner(scans):
+    """A +-1 grey-level checkerboard lives at (pi, pi), beyond the Nyquist radius of the shorter side."""
+    cls = get_registry().detector("freq")
+    image = as_tensor(scans[256]) * 0.8 + 0.1  # away from 0 and 1, so the board is not clipped
+    board = ((torch.arange(256)[:, None] + torch.arange(256)[None, :]) % 2 * 2 - 1).float() / 255.0
+    moved = {}
+    for extent in ("nyquist", "corner"):
+        detector = cls(cls.make_config(spectrum_extent=extent))
+        moved[extent] = float((detector.preprocess(image) - detector.preprocess((image + board).clamp(0, 1))).abs().max())
+    assert cls.make_config().spectrum_extent == "corner"
+    assert moved["nyquist"] < 1e-3 and moved["corner"] > 0.03
+    report("freq profile change from a +-1 checkerboard (corner kept; nyquist cut gives "
+           f"{moved['nyquist']:.2g})", moved["corner"])

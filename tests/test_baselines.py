@@ -337,3 +337,19 @@ def test_cnnspot_loads_imagenet_weights_strictly_from_a_local_file(tmp_path):
     wrong = cls(cls.make_config("tiny", arch="resnet34", pretrained=str(path)))
     with pytest.raises(CheckpointError, match="architecture does not match"):
         wrong.load_imagenet_weights()
+
+
+def test_precision_is_fp32_by_default_and_autocasts_when_asked():
+    from medforensics_core.engine.device import resolve_precision
+    from medforensics_core.errors import MfxError
+
+    cpu = torch.device("cpu")
+    for name in BASELINES:
+        assert resolve_precision(None, get_registry().detector(name), cpu) == "fp32"
+    assert resolve_precision("fp16", get_registry().detector("cnnspot"), cpu) == "fp16"
+    with pytest.raises(MfxError, match="choose one of fp32, bf16, fp16"):
+        resolve_precision("fp8", get_registry().detector("cnnspot"), cpu)
+    layer, x = torch.nn.Linear(4, 4), torch.rand(2, 4)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        with FitContext(precision=precision).autocast():
+            assert layer(x).dtype == dtype
