@@ -782,6 +782,9 @@ def _nifti_header(path: Path):
         raise BadInputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
     if not isinstance(img, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
         raise BadInputError(path, f"{type(img).__name__}, not a NIfTI image volume")
+    rotation = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(rotation).all() or abs(float(np.linalg.det(rotation))) < 1e-12:
+        raise BadInputError(path, "NIfTI affine is not usable (NaN/inf or singular): the volume cannot be oriented")
     return img
 
 
