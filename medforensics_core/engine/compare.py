@@ -36,7 +36,7 @@ from . import distributed
 from .context import FitContext, ProgressFn, no_progress
 from .device import peak_memory_mb, resolve_device, seed_everything
 from .evaluate import DEFAULT_EVAL_BATCH, score_with_timing
-from .protocols import DataBundle, Fold, ProtocolOptions, make_folds
+from .protocols import DataBundle, Fold, ProtocolOptions, check_holdout_by, make_folds
 from .resume import ResultStore
 from .rundir import RunDir, environment, new_run_dir, reset_peak_memory
 
@@ -46,6 +46,7 @@ run_log.propagate = False
 
 CONFIG_FILE = "config.json"
 LOG_FILE = "mfx.log"
+BOOTSTRAP_NOTE = "95% CIs and paired tests resample the"
 SCORE_COLUMNS = ("detector", "perturbation", "path", "label", "modality", "generator", "score")
 
 
@@ -73,6 +74,7 @@ class CompareOptions:
     train_modalities: list[str] = dataclasses.field(default_factory=list)
     shots: int = 5
     holdout: str | None = None
+    holdout_by: str | None = None  # leave-one-out: generator | network | family (None: network, see protocols)
     test_split: str = "test"
     batch_size: int = DEFAULT_EVAL_BATCH
     n_boot: int = 1000
@@ -198,6 +200,7 @@ def plan_run(options: CompareOptions) -> RunPlan:
                            f"({', '.join(options.detectors)})")
     for name, path in options.checkpoints.items():
         check_checkpoint(name, path)
+    check_holdout_by(options.holdout_by)
     perturbations = parse_perturbations(options.perturb)
     data_path, is_benchmark = resolve_data(options.data, options.quick)
     preset = options.preset or ("tiny" if is_benchmark else "full")
@@ -302,7 +305,8 @@ def _summary(images, scores: np.ndarray, options: CompareOptions) -> dict[str, A
     from ..metrics import summarize
 
     return summarize(images.labels, scores, modalities=[r.modality for r in images.rows],
-                     generators=[r.generator for r in images.rows], n_boot=options.n_boot, seed=options.seed)
+                     generators=[r.generator for r in images.rows], n_boot=options.n_boot, seed=options.seed,
+                     sources=[r.source_key for r in images.rows])
 
 
 def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: float, checkpoint: str | None,
@@ -407,8 +411,9 @@ def run_fold(plan: RunPlan, fold: Fold, fold_dir: RunDir, session: Session) -> d
     return results
 
 
-def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options: CompareOptions) -> list[dict]:
-    """Best detector (overall AUC) against each other one, paired on the same images."""
+def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options: CompareOptions,
+                 sources: Sequence[str] | None = None) -> list[dict]:
+    """Best detector (overall AUC) against each other one, paired on the same resamples of the test sources."""
     from ..metrics import paired_bootstrap
 
     rows = _ok_rows(results)
@@ -423,7 +428,7 @@ def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options
         if name == best:
             continue
         test = paired_bootstrap(labels, best_scores, np.asarray(row["scores"][""]), metric="auc",
-                                n_boot=options.n_boot, seed=options.seed)
+                                n_boot=options.n_boot, seed=options.seed, clusters=sources)
         out.append({"a": best, "b": name, **test})
     return out
 
@@ -454,18 +459,32 @@ def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], d
     report = {
         "mfx_version": env.get("mfx_version"), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": options.command, "protocol": options.protocol, "seed": options.seed, "preset": plan.preset,
-        "fold": fold.name or None,
+        "fold": fold.name or None, "holdout": fold.holdout,
         "data": {"path": str(plan.data_path), "n_train": len(fold.train) if needs_train else 0,
                  "n_test": len(fold.test), "modalities": sorted({r.modality for r in fold.test.rows}),
                  "generators": sorted({r.generator for r in fold.test.rows if r.label == 1}),
                  "skipped": [list(s) for s in data.skipped]},
         "environment": env, "detectors": detectors,
-        "paired": paired_tests(results, fold.test.labels, options),
-        "notes": list(fold.notes) + _bankless_notes(plan, fold) + _notes(results, env),
+        "paired": paired_tests(results, fold.test.labels, options, [r.source_key for r in fold.test.rows]),
+        "bootstrap": bootstrap_info(fold, options),
+        "notes": list(fold.notes) + [bootstrap_note(fold, options)] + _bankless_notes(plan, fold) + _notes(results, env),
     }
     if plan.perturbations:
         report["perturbations"] = perturbation_section(plan, fold, results)
     return report
+
+
+def bootstrap_info(fold: Fold, options: CompareOptions) -> dict[str, Any]:
+    """What the CIs and paired tests resample: the test set's sources (clusters), never single images."""
+    return {"resamples": "sources", "n_boot": options.n_boot, "n_sources": len({r.source_key for r in fold.test.rows}),
+            "n_images": len(fold.test), "stratified_by": "label make-up of each source (real, fake, both)"}
+
+
+def bootstrap_note(fold: Fold, options: CompareOptions) -> str:
+    info = bootstrap_info(fold, options)
+    return (f"{BOOTSTRAP_NOTE} {info['n_sources']} test sources, not the {info['n_images']} "
+            f"images ({options.n_boot} resamples): a real crop and the fakes made from it, or the crops of one scan, "
+            "are drawn together, so the CIs are not narrowed by images that are not independent")
 
 
 def _bankless_notes(plan: RunPlan, fold: Fold) -> list[str]:
@@ -519,18 +538,25 @@ def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> dict[str
     """Leave-one-generator-out: one report whose ``by_generator`` holds each held-out generator's fold."""
     first = next(iter(reports.values()))
     combined = {k: v for k, v in first.items() if k not in ("detectors", "paired", "perturbations", "fold")}
-    combined["data"] = dict(first["data"], generators=list(reports),
+    combined["data"] = dict(first["data"], generators=sorted(g for r in reports.values() for g in r["data"]["generators"]),
                             n_test=sum(r["data"]["n_test"] for r in reports.values()))
+    by = (first.get("holdout") or {}).get("by", "generator")
+    combined["holdout"] = {"by": by, "folds": {name: r.get("holdout") for name, r in reports.items()}}
+    combined["bootstrap"] = {**first["bootstrap"], "n_sources": None, "n_images": None,
+                             "per_fold": {name: r["bootstrap"] for name, r in reports.items()}}
     combined["detectors"] = {}
     names = dict.fromkeys(name for r in reports.values() for name in r["detectors"])
     for name in names:
         per_fold = {g: r["detectors"][name] for g, r in reports.items() if name in r["detectors"]}
         combined["detectors"][name] = _combined_entry(per_fold)
     combined["paired"] = []
-    combined["notes"] = [f"leave-one-generator-out: {len(reports)} folds (one per held-out generator; each fold's "
-                         "full report, paired tests and perturbations are in folds/<generator>/)",
-                         "overall and by_modality are means over folds; by_generator[g] is the fold holding g out",
-                         *first["notes"]]
+    notes = [n for r in reports.values() for n in r["notes"] if not n.startswith(BOOTSTRAP_NOTE)]
+    combined["notes"] = [f"leave-one-generator-out by {by}: {len(reports)} folds (one per held-out {by}; each "
+                         "fold's full report, paired tests and perturbations are in folds/<fold>/)",
+                         "overall and by_modality are means over folds (by_holdout); by_generator[g] is g's fakes "
+                         "scored by the detector of the fold that held g out",
+                         f"{BOOTSTRAP_NOTE} of each fold, not its images (counts in each fold's report.json)",
+                         *dict.fromkeys(notes)]
     return combined
 
 
@@ -542,7 +568,8 @@ def _combined_entry(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
         reasons = "; ".join(f"{g}: {e['error']}" for g, e in failed.items())
         return {**meta, "status": "failed", "error": f"failed on fold(s) {reasons}", "train_seconds": None,
                 "infer_images_per_s": None, "peak_memory_mb": None, "checkpoint": None}
-    by_generator = {g: e["overall"] for g, e in per_fold.items()}
+    by_holdout = {fold: e["overall"] for fold, e in per_fold.items()}
+    by_generator = {g: ge for e in per_fold.values() for g, ge in e["by_generator"].items()}
     modalities = dict.fromkeys(m for e in per_fold.values() for m in e["by_modality"])
     by_modality = {m: _mean_entries([e["by_modality"][m] for e in per_fold.values() if m in e["by_modality"]])
                    for m in modalities}
@@ -550,9 +577,11 @@ def _combined_entry(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "train_seconds": round(sum(e["train_seconds"] for e in per_fold.values()), 3),
             "infer_images_per_s": round(float(np.mean([e["infer_images_per_s"] for e in per_fold.values()])), 2),
             "peak_memory_mb": max(e["peak_memory_mb"] for e in per_fold.values()), "checkpoint": None,
-            "overall": _mean_entries(list(by_generator.values())), "by_modality": by_modality,
-            "by_generator": by_generator, "mean_over_modalities": _mean_entries(list(by_modality.values())),
-            "mean_over_generators": _mean_entries(list(by_generator.values()))}
+            "overall": _mean_entries(list(by_holdout.values())), "by_modality": by_modality,
+            "by_generator": by_generator, "by_holdout": by_holdout,
+            "mean_over_modalities": _mean_entries(list(by_modality.values())),
+            "mean_over_generators": _mean_entries(list(by_generator.values())),
+            "mean_over_holdouts": _mean_entries(list(by_holdout.values()))}
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -629,7 +658,7 @@ def run_compare(options: CompareOptions, *, console: Console | None = None, prog
     data = DataBundle(open_manifest(plan.data_path), plan.data_path, on_bad=options.on_bad, progress=progress)
     folds = make_folds(options.protocol, data, ProtocolOptions(
         test_split=options.test_split, train_modalities=tuple(options.train_modalities), shots=options.shots,
-        holdout=options.holdout, seed=options.seed))  # protocol errors come before any folder is made
+        holdout=options.holdout, holdout_by=options.holdout_by, seed=options.seed))  # protocol errors come before any folder is made
     rank, world_size, device = distributed.init_from_env(resolve_device(options.device))
     session = Session(device, rank, world_size, progress, console if rank == 0 else None, resumed=resumed is not None)
     run_dir = prepare_run_dir(plan, session, resumed)
