@@ -243,6 +243,8 @@ def detector_summaries(report: dict) -> list[str]:
             lines.append(f"{name}: FAILED - {failure_reason(entry)}")
             continue
         parts = [f"weights={entry.get('weights') or 'unknown'}", f"preset={entry.get('preset') or 'default'}"]
+        if entry.get("distribution"):
+            parts.append(f"from={entry['distribution']} {entry.get('version') or ''}".rstrip())
         parts += _optional_parts(entry)
         warnings = entry.get("warnings") or []
         text = f"{name}: " + ", ".join(parts)
