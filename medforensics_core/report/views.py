@@ -27,6 +27,7 @@ THRESHOLD_NOTE = ("TPR = fakes caught, FPR = reals flagged, ACC: all at each det
 VIEWS = (
     ("by_modality", "mean_over_modalities", "modality"),
     ("by_generator", "mean_over_generators", "generator"),
+    ("by_holdout", "mean_over_holdouts", "held-out fold"),  # leave-one-out folds that hold several generators
 )
 
 
@@ -191,9 +192,16 @@ def view_tables(report: dict) -> list[TableView]:
     """Overall table, then one table per view (modality, generator) for the clean test set."""
     tables = [overall_table(report)]
     for view, mean_key, noun in VIEWS:
+        if view == "by_holdout" and _same_groups(report, view, "by_generator"):
+            continue  # one generator per fold: the generator table already is the fold table
         if any(is_ok(e) and e.get(view) for e in detectors(report).values()):
             tables.append(group_table(detectors(report), view, mean_key, f"By {noun}"))
     return tables
+
+
+def _same_groups(report: dict, view: str, other: str) -> bool:
+    entries = detectors(report)
+    return _union_of_groups(entries, view) == _union_of_groups(entries, other)
 
 
 def perturbation_tables(report: dict) -> list[TableView]:
@@ -221,7 +229,9 @@ def paired_table(report: dict) -> TableView | None:
             [Line(fmt_ci(ci) or NOT_DEFINED)],
             [Line(NOT_DEFINED if p_value is None else _fmt_p(p_value), best=p_value is not None and p_value < 0.05)],
         ]))
-    return TableView("Paired comparison (same images, paired bootstrap)", ["metric", "delta", "95% CI", "p"], rows,
+    unit = "sources" if all(item.get("resampled") == "sources" for item in comparisons) else "images"
+    return TableView(f"Paired comparison (same images, paired bootstrap over {unit})",
+                     ["metric", "delta", "95% CI", "p"], rows,
                      note="delta = metric(a) - metric(b).", mark_meaning="p < 0.05",
                      lead_header="comparison")
 
@@ -238,6 +248,8 @@ def detector_summaries(report: dict) -> list[str]:
             lines.append(f"{name}: FAILED - {failure_reason(entry)}")
             continue
         parts = [f"weights={entry.get('weights') or 'unknown'}", f"preset={entry.get('preset') or 'default'}"]
+        if entry.get("distribution"):
+            parts.append(f"from={entry['distribution']} {entry.get('version') or ''}".rstrip())
         parts += _optional_parts(entry)
         warnings = entry.get("warnings") or []
         text = f"{name}: " + ", ".join(parts)

@@ -146,7 +146,7 @@ def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: 
            summary: dict[str, Any], device: torch.device) -> dict[str, Any]:
     loaded = spec.checkpoint is not None
     info = detector.train_info or {}
-    return {"status": "ok", "error": None, "preset": detector.preset or spec.preset,
+    return {"status": "ok", "error": None, "preset": detector.preset or spec.preset, **_origin(spec.name),
             "weights": detector.weights_info(), "weights_status": detector.weights_status(),
             "warnings": list(detector.warnings()), "source": "loaded" if loaded else "trained",
             "threshold": detector_threshold(detector),
@@ -154,6 +154,13 @@ def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: 
             "train_seconds": None if loaded else round(train_seconds, 3), "infer_images_per_s": round(speed, 2),
             "peak_memory_mb": round(peak_memory_mb(device), 1), "trainable_params": trainable_params(detector),
             "checkpoint": checkpoint, "train_info": dict(detector.train_info), **summary}
+
+
+def _origin(name: str) -> dict[str, str]:
+    """The distribution and version that registered the detector: a report says whose code produced a row."""
+    from ...plugins import get_registry
+
+    return get_registry().origin("detector", name)
 
 
 def add_references(detector: Detector, support, ctx: FitContext) -> None:
@@ -188,7 +195,8 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
 
 def failed_result(spec: DetectorSpec, exc: BaseException) -> dict[str, Any]:
     reason = f"{type(exc).__name__}: {exc}".strip()
-    entry = {"status": "failed", "error": reason, "preset": spec.preset, "weights": "", "warnings": [],
+    entry = {"status": "failed", "error": reason, "preset": spec.preset, **_origin(spec.name), "weights": "",
+             "warnings": [],
              "train_seconds": None, "infer_images_per_s": None, "peak_memory_mb": None,
              "trainable_params": None, "checkpoint": None}
     return {"status": "failed", "rows": {spec.name: {"entry": entry, "scores": {}}}}
