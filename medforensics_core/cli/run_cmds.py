@@ -129,10 +129,16 @@ def data_options(function):
 @click.option("--shots", type=int, default=5, show_default=True,
               help="few-shot: support images of the held-out generator.")
 @click.option("--holdout", help="few-shot: generator to hold out (default: the first in name order).")
+@click.option("--holdout-by", metavar="generator|network|family",
+              help="leave-one-generator-out, few-shot: what one fold holds out. network (default): settings that "
+                   "share a trained network go out together, so none of its output reaches training; family: a "
+                   "whole generator family; generator: each setting alone (falls back to this, with a note, when "
+                   "the manifest records no network).")
 @click.option("--n-boot", type=int, default=1000, show_default=True,
               help="Bootstrap resamples for CIs and paired tests.")
 def compare_command(detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
-                    checkpoints, settings, perturb, out, resume, train_modalities, shots, holdout, n_boot) -> None:
+                    checkpoints, settings, perturb, out, resume, train_modalities, shots, holdout, holdout_by,
+                    n_boot) -> None:
     """Train (or load) DETECTORS on the same data, evaluate them on the same images, report.
 
     \b
@@ -150,7 +156,8 @@ def compare_command(detectors, data, device, seed, on_bad, quick, protocol, pres
         detectors=list(detectors), data=data, protocol=protocol, preset=preset, device=device, seed=seed,
         epochs=epochs, budget_minutes=budget_minutes, checkpoints=_pairs(checkpoints, "--checkpoint"),
         overrides=_detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
-        train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, n_boot=n_boot,
+        train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, holdout_by=holdout_by,
+        n_boot=n_boot,
         label="compare-" + "-".join(detectors), command=_command_line())
     _check_names(detectors)
     if resume and detectors:
@@ -335,19 +342,13 @@ def _scoring_line(model, tiles) -> dict:
     return {"mode": tiles.mode, "aggregate": tiles.aggregate, "tile_size": size, "stride_fraction": tiles.stride}
 
 
-def weights_banner(status: str, detector: str) -> str | None:
-    """The line every prediction output repeats when the scores do not come from pretrained weights."""
-    if status == "random-init":
-        return (f"{detector} runs on a RANDOMLY INITIALISED backbone (no pretrained weights): its scores are "
-                "a pipeline check, not forensic evidence")
-    return None
-
-
 def _print_predictions(verdict: dict, predictions, bad) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    banner = weights_banner(verdict["weights"], verdict["detector"])
+    from ..report.views import weights_banner
+
+    banner = weights_banner(verdict["weights"], [verdict["detector"]])
     if banner:
         console.print(f"[bold yellow]WARNING[/] {escape(banner)}")
     scoring = verdict["scoring"]
