@@ -49,7 +49,8 @@ from .errors import MfxError
 #: Metrics the bootstrap (and paired comparison) can resample.
 BOOTSTRAP_METRICS = ("auc", "ap", "acc", "real_acc", "fake_acc", "eer", "oracle_acc")
 #: Metrics averaged over groups in ``mean_over_*``.
-MEAN_METRICS = ("acc", "real_acc", "fake_acc", "ap", "auc", "eer", "oracle_acc")
+MEAN_METRICS = ("acc", "real_acc", "fake_acc", "ap", "auc", "eer", "oracle_acc", "tpr", "fpr",
+                "tpr_at_fpr_0.01", "tpr_at_fpr_0.05")
 #: Metrics that get a bootstrap CI in :func:`summarize`.
 CI_METRICS = ("auc", "ap")
 #: The generator name of real images; not a group of its own.
@@ -427,12 +428,62 @@ def _placements(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.nda
     return float(v10.mean()), v10, v01
 
 
+# --------------------------------------------------------------------------- operating points
+
+#: False-positive rates at which every report gives the true-positive rate (forensics convention).
+LOW_FPRS = (0.01, 0.05)
+#: The operating point at which a detector's threshold is chosen on its validation split.
+VALIDATION_FPR = 0.05
+
+
+def tpr_at_fpr(labels, scores, fpr: float) -> float | None:
+    """Best fake recall (TPR) reachable while at most ``fpr`` of the reals are called fake.
+
+    Read off the ROC curve's vertices (the largest TPR among cut points with FPR <= ``fpr``);
+    with few reals this is strict (50 reals at 1% FPR allow no false positive at all).
+    ``None`` without both classes.
+    """
+    y, s = _as_arrays(labels, scores)
+    if not ((y == 0).any() and (y == 1).any()):
+        return None
+    from sklearn.metrics import roc_curve
+
+    fprs, tprs, _ = roc_curve(y, s, drop_intermediate=False)
+    allowed = fprs <= fpr + 1e-12
+    return float(tprs[allowed].max())
+
+
+def threshold_at_fpr(real_scores, fpr: float = VALIDATION_FPR) -> float | None:
+    """The lowest threshold that calls at most ``fpr`` of these reals fake (``score > threshold``).
+
+    With the real scores sorted in descending order and ``m = floor(fpr * n)`` false positives
+    allowed, the threshold is the (m+1)-th highest real score: only the m above it are flagged
+    (fewer on ties). ``None`` without reals.
+    """
+    values = np.sort(np.asarray(real_scores, dtype=np.float64).reshape(-1))[::-1]
+    if values.size == 0:
+        return None
+    allowed = int(math.floor(fpr * values.size + 1e-9))
+    return float(values[min(allowed, values.size - 1)])
+
+
+def _operating_points(y: np.ndarray, s: np.ndarray, threshold: float, entry: dict) -> None:
+    """Fake recall / false alarms at the detector's threshold, and TPR at the low FPRs, added to ``entry``."""
+    entry["threshold"] = float(threshold)
+    entry["tpr"] = entry.get("fake_acc")
+    entry["fpr"] = None if entry.get("real_acc") is None else 1.0 - entry["real_acc"]
+    for fpr in LOW_FPRS:
+        entry[f"tpr_at_fpr_{fpr:g}"] = tpr_at_fpr(y, s, fpr)
+
+
 # --------------------------------------------------------------------------- grouping
 
 
-def _group_entry(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int, clusters: np.ndarray | None = None) -> dict:
-    """One group's metrics plus bootstrap CIs of AUC and AP (``None`` when not defined)."""
-    entry = compute_metrics(y, s).to_dict()
+def _group_entry(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int, clusters: np.ndarray | None = None,
+                 threshold: float = 0.5) -> dict:
+    """One group's metrics at ``threshold`` plus bootstrap CIs of AUC and AP (``None`` when not defined)."""
+    entry = compute_metrics(y, s, threshold).to_dict()
+    _operating_points(y, s, threshold, entry)
     if clusters is not None:
         entry["n_sources"] = len(set(clusters.tolist()))
     defined = [m for m in CI_METRICS if _is_defined(m, y)]
@@ -455,8 +506,11 @@ def _mean_over(groups: dict[str, dict]) -> dict:
 
 
 def summarize(labels, scores, *, modalities, generators, n_boot: int = 1000, seed: int = 0,
-              sources: Sequence | None = None) -> dict:
+              sources: Sequence | None = None, threshold: float = 0.5) -> dict:
     """Metrics overall, per modality, per generator and their means, in the report dict's shape.
+
+    Threshold metrics (ACC, ``tpr`` = fake recall, ``fpr``) are taken at ``threshold``: the
+    detector's validated threshold when its checkpoint holds one, else 0.5.
 
     A modality group holds every row of that modality (real and fake). A generator group holds
     that generator's fakes plus *all* real rows (CNNDetection-style: each generator is scored
@@ -473,8 +527,9 @@ def summarize(labels, scores, *, modalities, generators, n_boot: int = 1000, see
 
     def entry(mask: np.ndarray | None = None) -> dict:
         if mask is None:
-            return _group_entry(y, s, n_boot, seed, clusters)
-        return _group_entry(y[mask], s[mask], n_boot, seed, None if clusters is None else clusters[mask])
+            return _group_entry(y, s, n_boot, seed, clusters, threshold)
+        return _group_entry(y[mask], s[mask], n_boot, seed, None if clusters is None else clusters[mask],
+                            threshold)
 
     by_modality = {str(m): entry(modalities == m) for m in _ordered_unique(modalities)}
     reals = y == 0

@@ -359,19 +359,13 @@ def _scoring_line(model, tiles) -> dict:
     return {"mode": tiles.mode, "aggregate": tiles.aggregate, "tile_size": size, "stride_fraction": tiles.stride}
 
 
-def weights_banner(status: str, detector: str) -> str | None:
-    """The line every prediction output repeats when the scores do not come from pretrained weights."""
-    if status == "random-init":
-        return (f"{detector} runs on a RANDOMLY INITIALISED backbone (no pretrained weights): its scores are "
-                "a pipeline check, not forensic evidence")
-    return None
-
-
 def _print_predictions(verdict: dict, predictions, bad) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    banner = weights_banner(verdict["weights"], verdict["detector"])
+    from ..report.views import weights_banner
+
+    banner = weights_banner(verdict["weights"], [verdict["detector"]])
     if banner:
         console.print(f"[bold yellow]WARNING[/] {escape(banner)}")
     scoring = verdict["scoring"]

@@ -51,10 +51,17 @@ def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> dict[str
     return combined
 
 
+def _total_seconds(entries) -> float | None:
+    """Training time over folds; ``None`` when the detector was loaded, not trained."""
+    seconds = [e["train_seconds"] for e in entries if e.get("train_seconds") is not None]
+    return round(sum(seconds), 3) if seconds else None
+
+
 def _combined_entry(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     failed = {g: e for g, e in per_fold.items() if e["status"] != "ok"}
     first = next(iter(per_fold.values()))
-    meta = {k: first.get(k) for k in ("preset", "distribution", "version", "weights", "warnings", "trainable_params")}
+    meta = {k: first.get(k) for k in ("preset", "distribution", "version", "weights", "weights_status", "warnings",
+                                      "trainable_params", "source", "threshold_rule")}
     if failed:
         reasons = "; ".join(f"{g}: {e['error']}" for g, e in failed.items())
         return {**meta, "status": "failed", "error": f"failed on fold(s) {reasons}", "train_seconds": None,
@@ -65,7 +72,7 @@ def _combined_entry(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     by_modality = {m: _mean_entries([e["by_modality"][m] for e in per_fold.values() if m in e["by_modality"]])
                    for m in modalities}
     return {**meta, "status": "ok", "error": None,
-            "train_seconds": round(sum(e["train_seconds"] for e in per_fold.values()), 3),
+            "train_seconds": _total_seconds(per_fold.values()),
             "infer_images_per_s": round(float(np.mean([e["infer_images_per_s"] for e in per_fold.values()])), 2),
             "peak_memory_mb": max(e["peak_memory_mb"] for e in per_fold.values()), "checkpoint": None,
             "overall": _mean_entries(list(by_holdout.values())), "by_modality": by_modality,

@@ -23,12 +23,12 @@ BOOTSTRAP_NOTE = "95% CIs and paired tests resample the"
 SCORE_COLUMNS = ("detector", "perturbation", "path", "label", "modality", "generator", "score")
 
 
-def summarize_scores(images, scores: np.ndarray, options: CompareOptions) -> dict[str, Any]:
+def summarize_scores(images, scores: np.ndarray, options: CompareOptions, threshold: float = 0.5) -> dict[str, Any]:
     from ...metrics import summarize
 
     return summarize(images.labels, scores, modalities=[r.modality for r in images.rows],
                      generators=[r.generator for r in images.rows], n_boot=options.n_boot, seed=options.seed,
-                     sources=[r.source_key for r in images.rows])
+                     sources=[r.source_key for r in images.rows], threshold=threshold)
 
 
 def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options: CompareOptions,
@@ -65,7 +65,8 @@ def perturbation_section(plan: RunPlan, fold: Fold, results: dict[str, dict[str,
         section[label] = {}
         for name, row in ok_rows(results).items():
             if label in row["scores"]:
-                summary = summarize_scores(fold.test, np.asarray(row["scores"][label]), plan.options)
+                summary = summarize_scores(fold.test, np.asarray(row["scores"][label]), plan.options,
+                                           row["entry"].get("threshold", 0.5))
                 section[label][name] = {k: summary[k] for k in ("overall", "by_modality", "by_generator")}
     return section
 

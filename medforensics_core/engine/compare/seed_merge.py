@@ -28,7 +28,8 @@ from .report_build import ok_rows
 GROUP_VIEWS = ("by_modality", "by_generator", "by_holdout")
 SINGLE_VIEWS = ("overall", "mean_over_modalities", "mean_over_generators", "mean_over_holdouts")
 #: What a per-seed row shows (the overall metrics of that seed, CIs included).
-PER_SEED_KEYS = ("n", "auc", "auc_ci", "ap", "ap_ci", "acc", "real_acc", "fake_acc", "eer")
+PER_SEED_KEYS = ("n", "auc", "auc_ci", "ap", "ap_ci", "tpr", "fpr", "tpr_at_fpr_0.01", "tpr_at_fpr_0.05", "acc",
+                 "real_acc", "fake_acc", "eer", "threshold")
 
 
 def mean_sd(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
