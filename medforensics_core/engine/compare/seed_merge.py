@@ -59,8 +59,9 @@ def _seed_entry(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         return {**meta, "status": "failed", "error": f"failed with {reasons}", "train_seconds": None,
                 "infer_images_per_s": None, "peak_memory_mb": None, "checkpoint": None}
     entries = list(per_seed.values())
+    seconds = [e["train_seconds"] for e in entries if e.get("train_seconds") is not None]  # None: loaded
     out = {**meta, "status": "ok", "error": None,
-           "train_seconds": round(float(np.mean([e["train_seconds"] for e in entries])), 3),
+           "train_seconds": round(float(np.mean(seconds)), 3) if seconds else None,
            "infer_images_per_s": round(float(np.mean([e["infer_images_per_s"] for e in entries])), 2),
            "peak_memory_mb": max(e["peak_memory_mb"] for e in entries), "checkpoint": None}
     for view in SINGLE_VIEWS:
