@@ -194,3 +194,102 @@ def test_two_concurrent_index_add_keep_both_sets_of_references(dataset, dski_che
     assert [p.returncode for p in procs] == [0, 0], outputs
     after = get_registry().detector("dski").load(checkpoint).bank
     assert len(after) == before + 7, outputs
+
+
+# --------------------------------------------------------------------------- outputs checked before any work
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write: chmod 555, or (root ignores modes) a sysfs folder."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return folder
+    (folder / "probe").unlink()
+    sysfs = Path("/sys/kernel")
+    if not sysfs.is_dir():
+        pytest.skip("no folder is read-only for this user")
+    return sysfs
+
+
+@pytest.fixture
+def counting_detector(fresh_registry):
+    """A runtime detector that counts its fit calls (a check after training would show a count of 1)."""
+    import numpy as np
+
+    from medforensics_core.hookspecs import hookimpl
+    from medforensics_core.interfaces import Detector
+
+    calls: list[int] = []
+
+    class Counting(Detector):
+        name = "counting"
+        description = "counts fit calls"
+        presets = {"tiny": {}}
+
+        def fit(self, train, val=None, ctx=None):
+            calls.append(len(train))
+            self.fitted = True
+            return self
+
+        def predict_proba(self, batch):
+            return np.full(len(batch), 0.5)
+
+    import types
+
+    plugin = types.ModuleType("counting_plugin")
+    plugin.register_detectors = hookimpl(lambda register: register(Counting))
+    fresh_registry.register_plugin(plugin)
+    yield calls
+    fresh_registry.unregister_plugin(plugin)
+
+
+@pytest.mark.parametrize("where", ["read-only", "file-in-the-way", "folder"])
+def test_train_output_that_cannot_be_written_fails_before_training(where, dataset, counting_detector, tmp_path):
+    if where == "read-only":
+        target = _read_only_folder(tmp_path) / "model.safetensors"
+    elif where == "file-in-the-way":
+        (tmp_path / "a-file").write_text("x")
+        target = tmp_path / "a-file" / "model.safetensors"
+    else:
+        target = tmp_path
+    result = CliRunner().invoke(cli, ["train", "counting", "--data", str(dataset), "-o", str(target)])
+    assert result.exit_code != 0
+    assert counting_detector == [], "trained before checking the output path"
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(target) in errors[0], result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_compare_out_that_is_a_file_or_read_only_is_one_line(dataset, counting_detector, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-file", _read_only_folder(tmp_path)):
+        result = CliRunner().invoke(cli, ["compare", "counting", "--data", str(dataset), "--out", str(out)])
+        assert result.exit_code != 0 and counting_detector == []
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(out) in errors[0], result.output
+
+
+def test_index_add_into_a_read_only_folder_fails_before_reading(dski_checkpoint, tmp_path):
+    target = _read_only_folder(tmp_path) / "adapted.safetensors"
+    image = tmp_path / "one.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    result = CliRunner().invoke(cli, ["index", "add", str(dski_checkpoint), str(image), "--label", "real",
+                                      "--modality", "fundus", "--out", str(target)])
+    assert result.exit_code != 0 and "lock file" in result.output, result.output
+
+
+def test_run_files_get_normal_permissions(tmp_path):
+    from medforensics_core.checkpoint import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "report.md", b"# report")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
