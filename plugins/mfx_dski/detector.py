@@ -259,10 +259,12 @@ class DSKIBase(Detector):
         losses = []
         self.net.train()
         try:
-            for epoch in range(ctx.epochs_for(cfg.epochs)):
+            epochs = ctx.epochs_for(cfg.epochs)
+            for epoch in ctx.epoch_range(epochs, self.name):
                 loader = ctx.loader(train, self.train_transform, batch_size, shuffle=True,
                                     drop_last=len(train) > batch_size, epoch_offset=epoch)
                 losses.append(self._train_epoch(loader, train, optimizer, ctx, epoch))
+                ctx.log_epoch(self.name, epoch + 1, epochs, loss=losses[-1], lr=scheduler.get_last_lr()[0])
                 scheduler.step()
                 if ctx.out_of_time():
                     log.warning("DSKI: time budget spent after epoch %d", epoch + 1)
@@ -284,6 +286,7 @@ class DSKIBase(Detector):
             optimizer.step()
             total += float(loss.detach()) * len(labels)
             count += len(labels)
+            ctx.status(f"loss {total / count:.4f}")
         return total / max(count, 1)
 
     def stage1_loss(self, inputs: torch.Tensor, labels: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:

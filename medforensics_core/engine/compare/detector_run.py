@@ -34,8 +34,23 @@ def make_context(options: CompareOptions, device: torch.device, rank: int = 0, w
                  progress: ProgressFn = no_progress, work_dir: Path | None = None) -> FitContext:
     """A fresh context per detector, so each one gets the whole budget."""
     budget = options.budget_minutes * 60 if options.budget_minutes is not None else None
+    sink = tensorboard_sink(work_dir / "tensorboard") if options.log == "tensorboard" and work_dir and rank == 0 \
+        else None
     return FitContext(device=device, seed=options.seed, epochs=options.epochs, budget_seconds=budget,
-                      progress=progress, rank=rank, world_size=world_size, work_dir=work_dir)
+                      progress=progress, rank=rank, world_size=world_size, work_dir=work_dir, scalar_sink=sink)
+
+
+def tensorboard_sink(folder: Path):
+    """``(tag, value, step)`` -> a TensorBoard event file in ``folder`` (flushed at once: runs are short)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder))
+
+    def add(tag: str, value: float, step: int) -> None:
+        writer.add_scalar(tag, value, step)
+        writer.flush()
+
+    return add
 
 
 def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
@@ -199,6 +214,7 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
     threshold = detector_threshold(detector)
     entry = _entry(detector, spec, train_seconds, speed, checkpoint,
                    summarize_scores(fold.test, scores, options, threshold), ctx.device)
+    entry["history"] = [dict(record) for record in ctx.history]
     if fold_dir is not None and ctx.rank == 0:
         entry["examples"] = report_examples(detector, fold.test, scores, threshold, fold_dir, spec.name, ctx)
     rows[spec.name]["entry"] = entry
