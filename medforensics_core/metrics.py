@@ -4,7 +4,9 @@ Conventions (one place, so every table in mfx means the same thing):
 
 * ``labels``: 0 = real, 1 = fake; ``scores``: the detector's fake probability.
 * ACC at a threshold predicts *fake* when ``score > threshold`` (the CNNDetection /
-  UnivFD convention, so a score of exactly 0.5 counts as real).
+  UnivFD convention, so a score of exactly 0.5 counts as real); the rule lives in
+  :func:`medforensics_core.decision.flag_fake`, which training, ``mfx predict`` and
+  every detector use too.
 * AP and ROC-AUC come from scikit-learn. They, the EER and the oracle accuracy need
   both classes; in a single-class group they are ``None`` ("not defined"), never a
   crash, a NaN or a leaked sklearn warning.
@@ -32,6 +34,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .decision import flag_fake
 from .errors import MfxError
 
 #: Metrics the bootstrap (and paired comparison) can resample.
@@ -101,7 +104,7 @@ def _mean_or_none(values: np.ndarray) -> float | None:
 def compute_metrics(labels, scores, threshold: float = 0.5) -> MetricSet:
     """All metrics of one group; threshold-free ones are ``None`` unless both classes are present."""
     y, s = _as_arrays(labels, scores)
-    predicted_fake = s > threshold
+    predicted_fake = flag_fake(s, threshold)
     correct = predicted_fake == (y == 1)
     n_real, n_fake = int((y == 0).sum()), int((y == 1).sum())
     result = MetricSet(
@@ -167,7 +170,7 @@ def _weighted_metrics(pos_w: np.ndarray, neg_w: np.ndarray, distinct: np.ndarray
     n_neg = neg_w.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         out: dict[str, np.ndarray] = {}
-        above = distinct > threshold
+        above = flag_fake(distinct, threshold)
         tp_at = pos_w[:, above].sum(axis=1)
         tn_at = neg_w[:, ~above].sum(axis=1)
         if "acc" in wanted:

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.dataset import ImageSet
+from ..decision import verdict
 from ..data.manifest import Manifest, ManifestRow
 from ..errors import BadInputError
 from ..interfaces import Detector
@@ -108,5 +109,5 @@ def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitCont
     for row, value in zip(images.rows, scores):
         path, _, frame = row.path.partition("#")
         predictions.append(Prediction(path, int(frame) if frame else None, float(value),
-                                      "fake" if value >= threshold else "real"))
+                                      verdict(value, threshold)))
     return predictions, bad
