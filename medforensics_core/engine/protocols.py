@@ -149,7 +149,7 @@ def cross_modality(data: DataBundle, options: ProtocolOptions) -> list[Fold]:
 
 
 def few_shot(data: DataBundle, options: ProtocolOptions) -> list[Fold]:
-    """Hold one generator out; detectors with a reference bank then get ``shots`` of its training fakes."""
+    """Hold one generator out; detectors with a reference bank then get ``shots`` references per class."""
     generators = data.fake_generators(options.test_split)
     held_out = options.holdout or (generators[0] if generators else None)
     if held_out not in generators:
@@ -160,17 +160,30 @@ def few_shot(data: DataBundle, options: ProtocolOptions) -> list[Fold]:
     fold = _without_generator(data, held_out, options)
     fold.make_support = lambda: _support_shots(data.split("train"), held_out, options.shots, options.seed)
     fold.notes.append(f"few-shot: {held_out} held out of training; detectors with a reference bank then get "
-                      f"{options.shots} of its training fakes ('+{options.shots}-shot' rows)")
+                      f"{options.shots} of its training fakes and {options.shots} training reals of the same "
+                      f"modalities ('+{options.shots}-shot' rows: K references per class)")
     return [fold]
 
 
 def _support_shots(train: ImageSet, generator: str, shots: int, seed: int) -> ImageSet:
-    """``shots`` fakes of ``generator`` drawn from the training split with the run's seed."""
+    """``shots`` fakes of ``generator`` and ``shots`` reals of the same modalities, drawn with the run's seed.
+
+    References of both classes: fakes alone would pull every image that resembles
+    them towards "fake", the new scanner's or modality's reals included; one real of
+    the same modality per fake keeps the bank's evidence balanced where it grows.
+    """
     candidates = [i for i, r in enumerate(train.rows) if r.generator == generator and r.label == 1]
     if not candidates:
         raise MfxError(f"few-shot: the train split has no fakes of {generator!r} to draw support images from")
-    chosen = np.random.default_rng(seed).permutation(candidates)[:shots]
-    return train.subset(sorted(int(i) for i in chosen))
+    rng = np.random.default_rng(seed)
+    fakes = [int(i) for i in rng.permutation(candidates)[:shots]]
+    pools: dict[str, list[int]] = {}
+    for i, row in enumerate(train.rows):
+        if row.label == 0:
+            pools.setdefault(row.modality, []).append(i)
+    pools = {m: [int(i) for i in rng.permutation(members)] for m, members in sorted(pools.items())}
+    reals = [pools[train.rows[i].modality].pop() for i in fakes if pools.get(train.rows[i].modality)]
+    return train.subset(sorted(fakes + reals))
 
 
 PROTOCOLS: dict[str, Callable[[DataBundle, ProtocolOptions], list[Fold]]] = {

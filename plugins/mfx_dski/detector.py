@@ -65,6 +65,7 @@ class DSKIBase(Detector):
         self.noise_maps = self._build_noise_maps()
         self.net = DSKIModules(self._build_cdfa(), self._build_context())
         reset_parameters(self.net, cfg.backbone_seed)
+        self.net.eval()  # training mode (noise-branch dropout) only inside the stage-1 loop
         self.prompts = PromptEncoder(self.backbone.model, self.backbone.tokenizer, cfg.real_templates,
                                      cfg.fake_templates, self.net.context)
         self.bank: Retriever | None = None

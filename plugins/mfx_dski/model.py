@@ -10,7 +10,6 @@ name), independent of which other modules exist or of the order they are built.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Mapping, Sequence
 
 import torch
@@ -19,18 +18,13 @@ from torch import nn
 
 from medforensics_core.errors import ConfigError, MfxError
 from medforensics_core.interfaces import NoiseExtractor
+from medforensics_core.seeding import derive_seed, torch_generator
 
 from .cdfa import CDFA, CDFAAdapter, NoiseTokens
 from .prompts import PromptContext
 
 REFERENCE_SIZE = 64
 """Side of the white-noise image whose statistics centre the retrieval descriptor."""
-
-
-def derive_seed(seed: int, name: str) -> int:
-    """A 63-bit seed for module ``name`` from the run's ``seed`` (stable across Python runs and platforms)."""
-    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class DSKIModules(nn.Module):
@@ -43,7 +37,7 @@ class DSKIModules(nn.Module):
 
 
 def _seeded(seed: int, name: str) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(seed, name))
+    return torch_generator(seed, "dski", name)
 
 
 def _reset_linear(layer: nn.Linear, generator: torch.Generator) -> None:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from medforensics_core.data.dataset import ImageSet
 from medforensics_core.engine.context import FitContext
 from medforensics_core.errors import ConfigError
+from medforensics_core.seeding import numpy_rng
 
-from .model import derive_seed
 
 if TYPE_CHECKING:
     from .detector import DSKIBase
@@ -40,7 +40,7 @@ def holdout_split(train: ImageSet, column: str, seed: int) -> tuple[ImageSet, Im
     values = sorted({str(getattr(r, column)) for r in train.rows if r.label == 1})
     if len(values) < 2:
         return train, None, None
-    rng = np.random.default_rng(derive_seed(seed, "tune-holdout"))
+    rng = numpy_rng(seed, "dski", "tune-holdout")
     chosen = values[int(rng.integers(len(values)))]
     fakes = [i for i, r in enumerate(train.rows) if r.label == 1]
     held_fakes = [i for i in fakes if str(getattr(train.rows[i], column)) == chosen]
