@@ -131,10 +131,10 @@ def test_few_shot_references_of_both_classes_raise_auc_on_an_unseen_generator(he
     Run for two different held-out generators of one model (trained without either).
     """
     from medforensics_core.cli import cli
-    from medforensics_core.engine.protocols import _support_shots
+    from medforensics_core.engine.protocols import support_shots
 
     _, path = trained
-    support = _support_shots(splits["all_train"], held_out, SHOTS, seed=0)
+    support = support_shots(splits["all_train"], {held_out}, SHOTS, seed=0)
     assert int(support.labels.sum()) == SHOTS and len(support) == 2 * SHOTS
     test = splits["test"]
     evaluation = test.where(generator=("real", held_out))

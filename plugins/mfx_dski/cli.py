@@ -15,7 +15,7 @@ import click
 import torch
 
 from medforensics_core.checkpoint import load_tensors
-from medforensics_core.data.readers import is_image_file, iter_frames
+from medforensics_core.data.readers import count_frames, is_image_file, iter_frames
 from medforensics_core.errors import BadInputError, CheckpointError, MfxError
 from medforensics_core.plugins import get_registry
 
@@ -55,11 +55,11 @@ def image_files(paths: tuple[str, ...]) -> list[Path]:
 
 
 def iter_images(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(source, image)`` for every frame/slice of every file (a 2-D image is one frame)."""
+    """``(source, image)`` for every frame/slice of every file (a 2-D image is one frame), one frame at a time."""
     for path in files:
-        frames = list(iter_frames(path))
-        for index, loaded in frames:
-            yield (f"{path}#{index}" if len(frames) > 1 else str(path)), loaded.tensor
+        multi = count_frames(path) > 1
+        for index, loaded in iter_frames(path):
+            yield (f"{path}#{index}" if multi else str(path)), loaded.tensor
 
 
 @click.group("index")
@@ -79,30 +79,35 @@ def index_group() -> None:
 def index_add(checkpoint: str, images: tuple[str, ...], label: str, generator: str | None, modality: str,
               out: str | None) -> None:
     """Add IMAGES (files or folders; DICOM/NIfTI frames count one each) to CHECKPOINT's MFRM bank."""
-    from medforensics_core.cli import console
+    from rich.markup import escape
+
+    from medforensics_core.cli import console, err_console
     from medforensics_core.engine.progress import RichProgress
+    from medforensics_core.locking import locked
 
     if generator is None:
         if label == "fake":
             raise MfxError("--generator is required with --label fake (the generator that made the images)")
         generator = "real"
-    detector = load_dski(checkpoint)
-    detector.check_modalities([modality])
-    files = image_files(images)
-    target = 1 if label == "fake" else 0
-    before = len(detector.bank) if detector.bank is not None else 0
-    with RichProgress(console) as progress:
-        chunk: list[tuple[str, torch.Tensor]] = []
-        for item in progress(iter_images(files), None, f"adding {len(files)} file(s)"):
-            chunk.append(item)
-            if len(chunk) == CHUNK:
-                _add_chunk(detector, chunk, target, modality, generator)
-                chunk = []
-        if chunk:
-            _add_chunk(detector, chunk, target, modality, generator)
     destination = Path(out or checkpoint)
-    detector.save(destination)
-    after = len(detector.bank)
+    files = image_files(images)
+    # load -> add -> save under the destination's lock: a concurrent `index add` waits, then adds to our result
+    with locked(destination, waiting=lambda message: err_console.print(f"[yellow]{escape(message)}[/]")):
+        detector = load_dski(checkpoint)
+        detector.check_modalities([modality])
+        target = 1 if label == "fake" else 0
+        before = len(detector.bank) if detector.bank is not None else 0
+        with RichProgress(console) as progress:
+            chunk: list[tuple[str, torch.Tensor]] = []
+            for item in progress(iter_images(files), None, f"adding {len(files)} file(s)"):
+                chunk.append(item)
+                if len(chunk) == CHUNK:
+                    _add_chunk(detector, chunk, target, modality, generator)
+                    chunk = []
+            if chunk:
+                _add_chunk(detector, chunk, target, modality, generator)
+        detector.save(destination)
+        after = len(detector.bank)
     console.print(f"added {after - before} {label} reference(s) (generator {generator}, modality {modality}); "
                   f"bank now holds {after}; wrote {destination}")
 
