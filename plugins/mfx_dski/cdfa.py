@@ -57,12 +57,26 @@ class NoiseTokens(nn.Module):
     def forward(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``stats`` ``(N, C, H, W)`` -> noise tokens ``(N, grid cells, dim)`` and a keep mask ``(N, 1, 1)`` or None."""
         with torch.autocast(stats.device.type, enabled=False):
-            pooled = F.adaptive_avg_pool2d(stats.float(), self.grid).flatten(2).transpose(1, 2)
+            pooled = patch_means(stats.float(), self.grid)
         tokens = self.norm(self.embed(pooled) + self.position)
         keep = None
         if self.training and self.dropout > 0:
             keep = (torch.rand(len(stats), 1, 1, device=stats.device) >= self.dropout).to(tokens.dtype)
         return tokens, keep
+
+
+def patch_means(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Mean of ``maps`` ``(N, C, H, W)`` over each cell of a ``grid``: ``(N, cells, C)``.
+
+    A reshape-and-mean when the grid divides the map (always, for a ViT input), which is several
+    times faster than ``adaptive_avg_pool2d`` on a channel slice; adaptive pooling otherwise.
+    """
+    n, c, h, w = maps.shape
+    gh, gw = grid
+    if h % gh or w % gw:
+        return F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2)
+    cells = maps.reshape(n, c, gh, h // gh, gw, w // gw).mean(dim=(3, 5))
+    return cells.flatten(2).transpose(1, 2)
 
 
 class CDFAAdapter(nn.Module):

@@ -21,7 +21,7 @@ The residual bank is six fixed filters folded into one 5x5 convolution: the
 three classic SRM kernels (KB /4, KV /12, horizontal second order /2) and the
 three undecimated Haar detail filters (horizontal, vertical, diagonal). Borders
 wrap around (circular ``F.pad``), as the periodised wavelet transform does.
-The statistics stay per pixel (``(N, 15, H, W)``, same size as the input) so
+Local windows wrap around too. The statistics stay per pixel (``(N, 15, H, W)``, same size as the input) so
 the caller pools them onto whatever grid it needs (DSKI: the ViT's patch grid)
 after cropping; they are always computed in float32, whatever autocast says.
 """
@@ -44,6 +44,7 @@ _EPS = 1e-6
 BAND_NAMES = ("srm-kb", "srm-kv", "srm-h2", "haar-h", "haar-v", "haar-d")
 PAIRS = ((0, 1), (3, 4), (2, 3))
 """Band pairs whose local correlation is kept: (KB, KV), (Haar H, Haar V), (SRM 2nd-order H, Haar H)."""
+FIRST, SECOND = tuple(i for i, _ in PAIRS), tuple(j for _, j in PAIRS)
 HAAR_DIAGONAL = 5
 
 
@@ -66,6 +67,15 @@ def robust_noise_level(diagonal: torch.Tensor) -> torch.Tensor:
     """Per-image noise sigma ``(N, 1, 1, 1)`` from the finest diagonal band ``(N, 1, H, W)`` (MAD estimator)."""
     flat = diagonal.abs().flatten(1)
     return (flat.median(dim=1).values / MAD_TO_SIGMA).view(-1, 1, 1, 1)
+
+
+def local_mean(maps: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over a ``window`` x ``window`` neighbourhood with wrapped borders, as two 1-D box filters (fast on CPU)."""
+    half = window // 2
+    if half == 0:
+        return maps
+    wrapped = F.pad(maps, (half, half, half, half), mode="circular")
+    return F.avg_pool2d(F.avg_pool2d(wrapped, (1, window), 1), (window, 1), 1)
 
 
 @dataclasses.dataclass
@@ -110,11 +120,10 @@ class NoiseStatsExtractor(NoiseExtractor):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(images.device.type, enabled=False):
             bands = self.residuals(images)
-            window, half = self.config.window, self.config.window // 2
-            energy = F.avg_pool2d(bands.square(), window, 1, half, count_include_pad=False)
+            window = self.config.window
+            energy = local_mean(bands.square(), window)
             magnitude = bands.abs().clamp(max=self.config.clip)
-            first = torch.tensor([i for i, _ in PAIRS], device=bands.device)
-            second = torch.tensor([j for _, j in PAIRS], device=bands.device)
-            products = F.avg_pool2d(bands[:, first] * bands[:, second], window, 1, half, count_include_pad=False)
+            first, second = list(FIRST), list(SECOND)
+            products = local_mean(bands[:, first] * bands[:, second], window)
             correlation = products / (energy[:, first] * energy[:, second]).clamp(min=_EPS).sqrt()
             return torch.cat([magnitude, torch.log(energy + 1e-3), correlation], dim=1)
