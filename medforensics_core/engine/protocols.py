@@ -213,13 +213,14 @@ def resolve_holdout_by(data: DataBundle, requested: str | None) -> tuple[str, li
     if requested is None and len(blank) == len(fakes):
         return "generator", [f"held out by generator: {data.path} records no network for its fakes, so settings "
                              "that share a trained network cannot be held out together (add a network column)"]
+    option = f"--holdout-by {by}" + (" (the default)" if requested is None else "")
     if by not in data.manifest.columns:
-        raise MfxError(f"--holdout-by {by}: {data.path} has no {by!r} column (which {_WHAT[by]} made each fake); "
+        raise MfxError(f"{option}: {data.path} has no {by!r} column (which {_WHAT[by]} made each fake); "
                        "add it, or hold out by generator")
     if len(blank) == len(fakes):
-        raise MfxError(f"--holdout-by {by}: no fake image in {data.path} records its {by} (the {by!r} column is "
+        raise MfxError(f"{option}: no fake image in {data.path} records its {by} (the {by!r} column is "
                        "empty); fill it, or hold out by generator")
-    raise MfxError(f"--holdout-by {by}: {len(blank)} of {len(fakes)} fake images in {data.path} have no {by} "
+    raise MfxError(f"{option}: {len(blank)} of {len(fakes)} fake images in {data.path} have no {by} "
                    f"(first: {blank[0].path}); fill the {by!r} column, or hold out by generator")
 
 
