@@ -230,12 +230,13 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
     from ..engine.device import resolve_device
     from ..engine.progress import RichProgress
     from ..engine.protocols import DataBundle, ProtocolOptions, in_domain
+    from ..outputs import writable_file
 
     options = CompareOptions(detectors=[detector], data=data, preset=preset, device=device, seed=seed, epochs=epochs,
                              budget_minutes=budget_minutes, overrides={detector: parse_overrides(settings)},
                              on_bad=on_bad, quick=quick, command=_command_line())
     plan = plan_run(options)
-    target = Path(output or f"{detector}.safetensors")
+    target = writable_file(output or f"{detector}.safetensors", "checkpoint (-o)")  # fail now, not after training
     try:
         rank, world_size, torch_device = distributed.init_from_env(resolve_device(device))
         with RichProgress(console, enabled=console.is_terminal and rank == 0) as progress:
