@@ -126,7 +126,7 @@ def test_ct_and_mr_dicom_explained_with_modality_from_the_tag(patch_checkpoint, 
     # terminal output: the random-init banner and the threshold are printed
     text = CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(patch_checkpoint), *files])
     assert text.exit_code == 0, text.output
-    assert "RANDOMLY INITIALISED" in text.output and "threshold" in text.output
+    assert "RANDOM-INIT WEIGHTS" in text.output and "threshold" in text.output
 
 
 def test_modality_override_and_unknown_value(patch_checkpoint, tmp_path):

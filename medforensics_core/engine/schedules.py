@@ -13,7 +13,9 @@ validation scores:
   training ends when the divided rate falls below ``min_lr``. Every improvement
   (and the first score after each drop) "saves" the model;
 * a step decay (NPR, Tan et al. 2024): after each epoch whose 0-based index is a
-  positive multiple of ``decay_every``, the rate is multiplied by ``decay``.
+  positive multiple of ``decay_every``, the rate is multiplied by ``decay``;
+  ``step_every``/``step_gamma`` is PyTorch's ``StepLR`` (after every
+  ``step_every``-th epoch, 1-based), for recipes that use it.
 
 Which weights a fit keeps is ``keep``: ``"last-saved"`` restores the last saved
 weights (CNNDetection evaluates ``model_epoch_best.pth``, the stopper's last
@@ -34,7 +36,7 @@ from ..decision import accuracy
 from ..errors import ConfigError
 from ..seeding import seeded  # noqa: F401 - re-exported for the baselines
 from .context import FitContext
-from .training import predict_loader, run_epoch
+from .training import LossFn, binary_logit_loss, predict_loader, run_epoch
 
 KEEP_CHOICES = ("last-saved", "last")
 
@@ -51,6 +53,8 @@ class Schedule:
     min_lr: float = 1e-6
     decay_every: int | None = None
     decay: float = 1.0
+    step_every: int | None = None
+    step_gamma: float = 1.0
     keep: str = "last"
 
     def __post_init__(self) -> None:
@@ -83,6 +87,8 @@ class ScheduleState:
         s, decision = self.schedule, EpochDecision()
         if s.decay_every and epoch > 0 and epoch % s.decay_every == 0:
             decision.lr_multiply = s.decay
+        if s.step_every and (epoch + 1) % s.step_every == 0:  # StepLR(step_every, step_gamma), stepped per epoch
+            decision.lr_multiply = (decision.lr_multiply or 1.0) * s.step_gamma
         if val_score is None or s.patience is None:
             return decision
         if self.best is None or val_score >= self.best + self.threshold:
@@ -131,21 +137,22 @@ def detector_loaders(detector, train, val, ctx, batch_size: int):
 def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
                  predict: Callable[[torch.Tensor], np.ndarray], optimizer: torch.optim.Optimizer,
                  train_loader: Callable[[int], Iterable], val_loader: Iterable | None, ctx: FitContext,
-                 schedule: Schedule, name: str) -> dict[str, Any]:
+                 schedule: Schedule, name: str, loss_fn: LossFn = binary_logit_loss) -> dict[str, Any]:
     """Train ``module`` (through ``forward``) epoch by epoch; returns the run's ``train_info``.
 
     ``train_loader(epoch)`` gives that epoch's loader of ``(inputs, labels, indices)``;
-    ``predict`` maps a validation batch to fake probabilities. ``train_info["lr"]``
-    lists the learning rate each epoch ran with.
+    ``predict`` maps a validation batch to fake probabilities; ``loss_fn(forward(inputs), labels)``
+    is the training objective (default: BCE on one logit per image). ``train_info["lr"]`` lists the
+    learning rate each epoch ran with.
     """
     state = ScheduleState(schedule)
     saved: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = {"epochs": 0, "lr_drops": 0, "lr": [], "keep": schedule.keep}
-    for epoch in range(schedule.epochs):
+    for epoch in ctx.epoch_range(schedule.epochs, name):
         module.train()
         lr = min(group["lr"] for group in optimizer.param_groups)
         info["lr"].append(lr)
-        info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx,
+        info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx, loss_fn=loss_fn,
                                        description=f"{name} epoch {epoch + 1}")
         info["epochs"] = epoch + 1
         acc = None
@@ -153,6 +160,7 @@ def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torc
             module.eval()
             acc = accuracy(*predict_loader(predict, val_loader, ctx, description="validation"))
             info["val_acc"] = acc
+        ctx.log_epoch(name, epoch + 1, schedule.epochs, loss=info["final_loss"], val_acc=acc, lr=lr)
         decision = state.end_epoch(epoch, acc, lr)
         if decision.saved and schedule.keep == "last-saved":
             saved = {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -42,6 +42,7 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader, optimizer
         scaler.update()
         total += float(loss.detach()) * len(labels)
         count += len(labels)
+        ctx.status(f"loss {total / count:.4f}")
     return total / max(count, 1)
 
 

@@ -7,6 +7,7 @@ skips it); a detector that raises becomes a FAILED row (:func:`failed_result`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...decision import DEFAULT_THRESHOLD, flag_fake
+from ...errors import MfxError
 from ...interfaces import Detector, Perturbation
+from ...metrics import VALIDATION_FPR, threshold_at_fpr
 from ...seeding import seed_everything
 from .. import distributed
 from ..context import FitContext, ProgressFn, no_progress
@@ -32,9 +36,24 @@ def make_context(options: CompareOptions, device: torch.device, rank: int = 0, w
     """A fresh context per detector, so each one gets the whole budget, at its precision (``--precision``)."""
     budget = options.budget_minutes * 60 if options.budget_minutes is not None else None
     precision = resolve_precision(options.precision, detector_cls or Detector, device)
+    sink = tensorboard_sink(work_dir / "tensorboard") if options.log == "tensorboard" and work_dir and rank == 0 \
+        else None
     return FitContext(device=device, precision=precision, seed=options.seed, epochs=options.epochs,
                       budget_seconds=budget, progress=progress, rank=rank, world_size=world_size, work_dir=work_dir,
-                      allow_random_init=options.allow_random_init)
+                      allow_random_init=options.allow_random_init, scalar_sink=sink)
+
+
+def tensorboard_sink(folder: Path):
+    """``(tag, value, step)`` -> a TensorBoard event file in ``folder`` (flushed at once: runs are short)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder))
+
+    def add(tag: str, value: float, step: int) -> None:
+        writer.add_scalar(tag, value, step)
+        writer.flush()
+
+    return add
 
 
 def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
@@ -53,13 +72,35 @@ def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
 
 
 def train_detector(spec: DetectorSpec, train, val, ctx: FitContext) -> tuple[Detector, float]:
-    """Seed, build and fit one detector; returns it with its training time in seconds."""
+    """Seed, build and fit one detector, then fix its threshold on ``val``; returns it and its training seconds."""
     seed_everything(ctx.seed)
     detector = spec.build(ctx.device)
     start = time.perf_counter()
     detector.fit(train, val, fit_context(spec.cls, ctx))
     detector.fitted = True
-    return detector, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    detector.train_info.update(validated_threshold(detector, val, ctx))
+    return detector, seconds
+
+
+def validated_threshold(detector: Detector, val, ctx: FitContext, fpr: float = VALIDATION_FPR) -> dict[str, Any]:
+    """The decision threshold chosen on the validation split at ``fpr`` false positives, and how.
+
+    Saved in the checkpoint's ``train_info`` (``threshold``, ``threshold_rule``), so
+    ``mfx predict`` and every report use the operating point the detector was
+    validated at instead of an arbitrary 0.5. Without validation reals: nothing
+    (the 0.5 fallback, stated where it is used).
+    """
+    if val is None or len(val) == 0 or not (np.asarray(val.labels) == 0).any():
+        return {}
+    scores = score_with_timing(detector, val, ctx)[0]
+    labels = np.asarray(val.labels)
+    threshold = threshold_at_fpr(scores[labels == 0], fpr)
+    n_real, n_fake = int((labels == 0).sum()), int((labels == 1).sum())
+    recall = float(flag_fake(scores[labels == 1], threshold).mean()) if n_fake else None
+    rule = (f"{fpr:.0%} FPR on the validation split ({n_real} real, {n_fake} fake"
+            + (f"; validation TPR {recall:.3f})" if recall is not None else ")"))
+    return {"threshold": threshold, "threshold_rule": rule, "threshold_fpr": fpr}
 
 
 def obtain_detector(spec: DetectorSpec, fold: Fold, ctx: FitContext,
@@ -115,12 +156,23 @@ class PerturbedImages(torch.utils.data.Dataset):
         return self.image(index), int(self.labels[index])
 
 
+def detector_threshold(detector: Detector) -> float:
+    """The threshold a report takes a detector's TPR/ACC at: its validated one, else 0.5."""
+    value = (detector.train_info or {}).get("threshold")
+    return DEFAULT_THRESHOLD if value is None else float(value)
+
+
 def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: float, checkpoint: str | None,
            summary: dict[str, Any], device: torch.device, precision: str = "fp32") -> dict[str, Any]:
+    loaded = spec.checkpoint is not None
+    info = detector.train_info or {}
     return {"status": "ok", "error": None, "preset": detector.preset or spec.preset, **_origin(spec.name),
-            "weights": detector.weights_info(), "warnings": list(detector.warnings()),
+            "weights": detector.weights_info(), "weights_status": detector.weights_status(),
+            "warnings": list(detector.warnings()), "source": "loaded" if loaded else "trained",
             "precision": precision, "random_init": bool(getattr(detector, "random_init_fallback", False)),
-            "train_seconds": round(train_seconds, 3), "infer_images_per_s": round(speed, 2),
+            "threshold": detector_threshold(detector),
+            "threshold_rule": info.get("threshold_rule") or "default 0.5 (no validated threshold)",
+            "train_seconds": None if loaded else round(train_seconds, 3), "infer_images_per_s": round(speed, 2),
             "peak_memory_mb": round(peak_memory_mb(device), 1), "trainable_params": trainable_params(detector),
             "checkpoint": checkpoint, "train_info": dict(detector.train_info), **summary}
 
@@ -130,6 +182,19 @@ def _origin(name: str) -> dict[str, str]:
     from ...plugins import get_registry
 
     return get_registry().origin("detector", name)
+
+
+def report_examples(detector: Detector, images, scores: np.ndarray, threshold: float, fold_dir: RunDir,
+                    name: str, ctx: FitContext) -> dict[str, Any]:
+    """Heat-map overlays of caught fakes, missed fakes and flagged reals; a drawing problem is logged, not fatal."""
+    from ..examples import write_examples
+
+    try:
+        return write_examples(detector, images, scores, threshold, fold_dir, name, ctx)
+    except (OSError, ValueError, RuntimeError, MfxError) as exc:
+        logging.getLogger("mfx.run").warning("%s: no example images in the report (%s: %s)", name,
+                                             type(exc).__name__, exc)
+        return {}
 
 
 def add_references(detector: Detector, support, ctx: FitContext) -> None:
@@ -150,15 +215,42 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
     for label, images in perturbed.items():
         rows[spec.name]["scores"][label] = score_with_timing(detector, images, ctx,
                                                              batch_size=options.batch_size)[0].tolist()
-    entry = _entry(detector, spec, train_seconds, speed, checkpoint, summarize_scores(fold.test, scores, options),
-                   ctx.device, ctx.precision)
+    threshold = detector_threshold(detector)
+    entry = _entry(detector, spec, train_seconds, speed, checkpoint,
+                   summarize_scores(fold.test, scores, options, threshold), ctx.device, ctx.precision)
+    entry["history"] = [dict(record) for record in ctx.history]
+    entry.update(stage_aucs(detector, fold.test, ctx, options.batch_size))
+    if fold_dir is not None and ctx.rank == 0:
+        entry["examples"] = report_examples(detector, fold.test, scores, threshold, fold_dir, spec.name, ctx)
     rows[spec.name]["entry"] = entry
     if fold.support is not None and hasattr(detector, "add_references"):
         add_references(detector, fold.support, ctx)
         shot_scores, _ = score_with_timing(detector, fold.test, ctx, batch_size=options.batch_size)
-        shot_entry = dict(entry, **summarize_scores(fold.test, shot_scores, options), checkpoint=None)
-        rows[f"{spec.name} +{len(fold.support)}-shot"] = {"entry": shot_entry, "scores": {"": shot_scores.tolist()}}
+        shot_entry = dict(entry, **summarize_scores(fold.test, shot_scores, options, threshold), checkpoint=None)
+        shot_entry.update(stage_aucs(detector, fold.test, ctx, options.batch_size))
+        shots = int(np.asarray(fold.support.labels).sum())  # K references per class: K fakes (and K reals)
+        rows[f"{spec.name} +{shots}-shot"] = {"entry": shot_entry, "scores": {"": shot_scores.tolist()}}
     return {"status": "ok", "rows": rows}
+
+
+def stage_aucs(detector: Detector, images, ctx: FitContext, batch_size: int) -> dict[str, float | None]:
+    """``{stage}_auc`` for a detector that scores its stages separately (``stage_scores``, e.g. DSKI's
+    ``stage1``, ``retrieval`` and ``fused``), so a report shows which stage carries or loses a generator."""
+    if not callable(getattr(detector, "stage_scores", None)) or len(images) == 0:
+        return {}
+    from sklearn.metrics import roc_auc_score
+
+    loader = ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
+    collected: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for inputs, _, indices in loader:
+            modalities = [images.rows[int(i)].modality for i in indices]
+            for stage, values in detector.stage_scores(inputs, modalities).items():
+                collected.setdefault(stage, []).append(np.asarray(values, dtype=np.float64))
+    labels = np.asarray(images.labels)
+    two_classes = len(np.unique(labels)) == 2
+    return {f"{stage}_auc": round(float(roc_auc_score(labels, np.concatenate(parts))), 6) if two_classes else None
+            for stage, parts in collected.items()}
 
 
 def failed_result(spec: DetectorSpec, exc: BaseException) -> dict[str, Any]:
