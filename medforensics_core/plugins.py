@@ -261,6 +261,13 @@ def reset_registry() -> None:
         _registry = None
 
 
+def capabilities(cls: type) -> list[str]:
+    """The optional capabilities a detector class declares (``reference-bank``, ``distributed``)."""
+    from .contract import capabilities as declared
+
+    return declared(cls)
+
+
 def plugin_rows(registry: Registry | None = None) -> list[dict[str, Any]]:
     """JSON-able rows describing every registered class (used by ``mfx plugins`` and the docs)."""
     registry = registry or get_registry()
@@ -271,5 +278,6 @@ def plugin_rows(registry: Registry | None = None) -> list[dict[str, Any]]:
             "kind": reg.kind, "name": reg.name, "description": cls.description,
             "distribution": reg.distribution, "plugin": reg.plugin,
             "presets": cls.preset_names(), "config": cls.config_class.__name__,
+            "capabilities": capabilities(cls) if reg.kind == "detector" else [],
         })
     return rows

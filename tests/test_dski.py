@@ -144,7 +144,7 @@ def test_few_shot_references_through_index_add_raise_auc_on_unseen_generator(spl
     for modality in sorted({r.modality for r in shots}):
         files = [str(r.resolved(pool.root)) for r in shots if r.modality == modality]
         result = CliRunner().invoke(cli, ["index", "add", str(source), "--label", "fake", "--generator", held_out,
-                                          "--modality", modality, "--out", str(out), *files])
+                                          "--modality", modality, "--output", str(out), *files])
         assert result.exit_code == 0, result.output
         source = out
     adapted = get_registry().detector("dski").load(out)
@@ -159,7 +159,7 @@ def test_index_add_refuses_unknown_modality_naming_known_ones(splits, trained, t
     detector, path = trained
     image = splits["test"].rows[0].resolved(splits["test"].root)
     result = CliRunner().invoke(cli, ["index", "add", str(path), "--label", "real", "--modality", "sonar",
-                                      "--out", str(tmp_path / "x.safetensors"), str(image)])
+                                      "--output", str(tmp_path / "x.safetensors"), str(image)])
     assert result.exit_code != 0
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]

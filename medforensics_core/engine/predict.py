@@ -17,6 +17,7 @@ import numpy as np
 from ..data.dataset import ImageSet
 from ..decision import verdict
 from ..data.manifest import Manifest, ManifestRow
+from ..data.walk import expand_inputs
 from ..errors import BadInputError
 from ..interfaces import Detector
 from .context import FitContext
@@ -24,47 +25,12 @@ from .evaluate import score
 
 log = logging.getLogger(__name__)
 
-FALLBACK_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
-
-
 @dataclasses.dataclass
 class Prediction:
     path: str
     frame: int | None
     score: float
     verdict: str
-
-
-def _suffixes() -> tuple[str, ...]:
-    try:
-        from ..data.readers import IMAGE_SUFFIXES
-    except ImportError:  # the placeholder reader has no suffix list
-        return FALLBACK_SUFFIXES
-    return tuple(s.lower() for s in IMAGE_SUFFIXES)
-
-
-def _is_image_name(path: Path, suffixes: tuple[str, ...]) -> bool:
-    name = path.name.lower()
-    return any(name.endswith(s) for s in suffixes)
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given plus image files found (recursively, sorted) in folders; missing paths are bad."""
-    suffixes = _suffixes()
-    files: list[Path] = []
-    bad: list[tuple[str, str]] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image_name(p, suffixes))
-            if not found:
-                bad.append((str(path), "folder holds no image files"))
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            bad.append((str(path), "no such file or folder"))
-    return files, bad
 
 
 def frame_count(path: Path) -> int:

@@ -10,7 +10,7 @@ one function, never an ``if protocol == ...`` branch elsewhere.
   and the other generators' fakes, test on the test reals plus ``g``'s fakes;
 * ``cross-modality``: train on ``--train-modalities``, test on every other modality;
 * ``few-shot``: hold one generator out as in leave-one-generator-out, then give
-  detectors with a reference bank (an ``add_references`` method) ``--shots``
+  detectors that declare a reference bank (:class:`~medforensics_core.contract.ReferenceBank`) ``--shots``
   support fakes of it from the train split and score again.
 """
 

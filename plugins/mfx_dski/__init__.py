@@ -1,8 +1,9 @@
 """DSKI — dual-stage knowledge infusing on a frozen CLIP space — as the ``mfx_dski`` plugin.
 
 Registers the ``dski`` detector and its ablations (``dski-no-noise``,
-``dski-no-cdfa``, ``dski-no-mfrm``), and the ``mfx index`` command group that
-adds references to a trained model's MFRM bank.
+``dski-no-cdfa``, ``dski-no-mfrm``). ``dski`` declares the core's
+``ReferenceBank`` capability, so ``mfx index add``/``show`` (a core command)
+work on its MFRM bank.
 """
 
 from __future__ import annotations
@@ -20,9 +21,3 @@ def register_detectors(register):
     for cls in DETECTORS:
         register(cls)
 
-
-@hookimpl
-def register_commands(cli):
-    from .cli import index_group
-
-    cli.add_command(index_group)

@@ -22,14 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import v2
 
-from medforensics_core.backbones import ClipBackbone, load_clip
-from medforensics_core.config import config_to_dict
+from medforensics_core.contract import Batch, ReferenceBank, SupportsDistributed
 from medforensics_core.data.dataset import ImageSet
-from medforensics_core.engine.augment import normalise, resize_shorter, train_geometry
 from medforensics_core.engine.context import FitContext
+from medforensics_core.engine.distributed import average_gradients, gather_tensor_rows
 from medforensics_core.errors import CheckpointError, ConfigError, MfxError
 from medforensics_core.interfaces import Detector, Retriever
 from medforensics_core.plugins import get_registry
+from medforensics_core.retrieval import bank_state, check_compatible, restore_bank, split_bank_tensors
+from medforensics_core.toolkit import ClipBackbone, load_clip, normalise, resize_shorter, train_geometry
 
 from . import mfrm
 from .cdfa import CDFA, adapted_image_features, evenly_spaced_blocks
@@ -38,7 +39,6 @@ from .prompts import PromptContext, PromptEncoder
 
 log = logging.getLogger(__name__)
 
-BANK_PREFIX = "bank."
 EVAL_BATCH = 64
 
 
@@ -51,11 +51,12 @@ class DSKIModules(nn.Module):
         self.context = context
 
 
-class DSKIBase(Detector):
+class DSKIBase(Detector, SupportsDistributed):
     """Everything of DSKI but the few-shot reference API (see :class:`DSKIDetector`); not registered.
 
-    ``dski-no-mfrm`` derives from this class, not from ``dski``, so that it has no ``add_references``:
-    the engine's few-shot protocol offers references only to detectors that have that method.
+    ``dski-no-mfrm`` derives from this class, not from ``dski``, so that it does not declare
+    :class:`~medforensics_core.contract.ReferenceBank`: the engine's few-shot protocol offers
+    references only to detectors that declare it.
     """
 
     config_class: ClassVar[type] = DSKIConfig
@@ -75,7 +76,6 @@ class DSKIBase(Detector):
         self.known_modalities: list[str] = []
         self.mfrm_weight = cfg.mfrm_weight
         self.knn_temperature = cfg.knn_temperature
-        self._pending_bank: dict[str, Any] | None = None
         self._empty_bank_logged = False
         size = self.backbone.image_size
         self._normalise = normalise(self.backbone.mean, self.backbone.std)
@@ -198,15 +198,15 @@ class DSKIBase(Detector):
         scale = self.backbone.model.logit_scale.exp().clamp(max=100.0).float()
         return scale * torch.einsum("nd,ncd->nc", embeddings, text)
 
-    def predict_proba(self, batch: torch.Tensor, modalities: Sequence[str] | None = None) -> np.ndarray:
+    def predict_proba(self, batch: Batch) -> np.ndarray:
         """Fake probability of each preprocessed image: stage 1 fused with the MFRM vote.
 
-        ``modalities`` (one per image, e.g. ``imageset.rows[i].modality``) selects each image's class
-        prompts. It is optional because the engine's scoring loop hands a detector only pixels;
-        without it every image uses the generic prompts, which stage 1 trains as well.
+        The batch's rows select each image's class prompts (its modality); a batch without
+        rows (a bare tensor) uses the generic prompts, which stage 1 trains as well.
         """
-        embeddings, noise = self.encode(batch)
-        stage1 = torch.softmax(self.clip_logits(embeddings, self._modalities(modalities, len(batch))), dim=-1)[:, 1]
+        embeddings, noise = self.encode(batch.inputs)
+        stage1 = torch.softmax(self.clip_logits(embeddings, self._modalities(batch.modalities, len(batch))),
+                               dim=-1)[:, 1]
         return self._fuse(stage1.detach().cpu().numpy().astype(np.float64), self.retrieval_vectors(embeddings, noise))
 
     def _fuse(self, stage1: np.ndarray, vectors: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -248,7 +248,9 @@ class DSKIBase(Detector):
         """FatFormer's recipe (Adam, step decay) over CE on image-text logits (+ optional contrastive term).
 
         A loop of its own rather than ``engine.training.run_epoch``: the loss needs each image's
-        modality, which only the loader's indices give.
+        modality (``batch.modalities``), and the adapters run inside the frozen backbone's forward,
+        not through one module's ``forward``, so under ``torchrun`` the gradients are averaged by
+        hand (the ``DistributedDataParallel`` rule) instead of by a DDP wrapper.
         """
         cfg = self.config
         params = self.trainable_parameters()
@@ -262,7 +264,7 @@ class DSKIBase(Detector):
             for epoch in range(ctx.epochs_for(cfg.epochs)):
                 loader = ctx.loader(train, self.train_transform, batch_size, shuffle=True,
                                     drop_last=len(train) > batch_size, epoch_offset=epoch)
-                losses.append(self._train_epoch(loader, train, optimizer, ctx, epoch))
+                losses.append(self._train_epoch(loader, optimizer, ctx, epoch))
                 scheduler.step()
                 if ctx.out_of_time():
                     log.warning("DSKI: time budget spent after epoch %d", epoch + 1)
@@ -272,18 +274,18 @@ class DSKIBase(Detector):
             self.prompts.clear_cache()
         return losses
 
-    def _train_epoch(self, loader, train: ImageSet, optimizer, ctx: FitContext, epoch: int) -> float:
+    def _train_epoch(self, loader, optimizer, ctx: FitContext, epoch: int) -> float:
         total, count = 0.0, 0
-        for inputs, labels, indices in ctx.track(loader, len(loader), f"dski epoch {epoch + 1}"):
-            labels = labels.to(self.device)
-            modalities = [train.rows[int(i)].modality for i in indices]
+        for batch in ctx.track(loader, len(loader), f"dski epoch {epoch + 1}"):
             with ctx.autocast():
-                loss = self.stage1_loss(inputs, labels, modalities)
+                loss = self.stage1_loss(batch.inputs, batch.labels, batch.modalities)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if ctx.distributed:
+                average_gradients(optimizer, ctx.world_size)
             optimizer.step()
-            total += float(loss.detach()) * len(labels)
-            count += len(labels)
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
         return total / max(count, 1)
 
     def stage1_loss(self, inputs: torch.Tensor, labels: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
@@ -340,18 +342,25 @@ class DSKIBase(Detector):
 
     @torch.no_grad()
     def embed_imageset(self, images: ImageSet, ctx: FitContext | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """MFRM vectors ``(n, bank_dim)`` and stage-1 fake probabilities ``(n,)`` with each row's modality."""
+        """MFRM vectors ``(n, bank_dim)`` and stage-1 fake probabilities ``(n,)`` with each row's modality.
+
+        Under ``torchrun`` each rank embeds its shard and the shards are gathered (every rank gets all rows).
+        """
         ctx = ctx or FitContext(device=self.device)
         loader = ctx.loader(images, self.preprocess, EVAL_BATCH, shuffle=False)
-        features, probs = [], []
-        for inputs, _, indices in loader:
-            modalities = self._modalities([images.rows[int(i)].modality for i in indices], len(indices))
-            embeddings, noise = self.encode(inputs)
-            probs.append(torch.softmax(self.clip_logits(embeddings, modalities), -1)[:, 1].cpu().numpy())
-            features.append(self.retrieval_vectors(embeddings, noise).cpu().numpy())
+        features, probs, seen = [], [], []
+        for batch in loader:
+            embeddings, noise = self.encode(batch.inputs)
+            logits = self.clip_logits(embeddings, self._modalities(batch.modalities, len(batch)))
+            probs.append(torch.softmax(logits, -1)[:, 1].float().cpu())
+            features.append(self.retrieval_vectors(embeddings, noise).float().cpu())
+            seen.append(batch.indices.numpy())
         if not features:
             return np.zeros((0, self.bank_dim()), np.float32), np.zeros(0)
-        return np.concatenate(features), np.concatenate(probs).astype(np.float64)
+        index = np.concatenate(seen)
+        vectors = gather_tensor_rows(torch.cat(features), index, len(images), ctx.world_size)
+        stage1 = gather_tensor_rows(torch.cat(probs), index, len(images), ctx.world_size)
+        return vectors.numpy(), stage1.numpy().astype(np.float64)
 
     def check_modalities(self, modalities: Sequence[str]) -> None:
         """Refuse, in one line naming the known ones, modalities this model was not trained on."""
@@ -362,8 +371,6 @@ class DSKIBase(Detector):
 
     def attach_bank(self, bank: Retriever) -> None:
         """Use ``bank`` (e.g. ``Retriever.load(path)``) as the MFRM bank; a bank of another model is refused."""
-        from mfx_retrieval import check_compatible
-
         check_compatible(bank, self.bank_info())
         self.bank = bank
         self._empty_bank_logged = False
@@ -389,45 +396,28 @@ class DSKIBase(Detector):
 
     # ------------------------------------------------------------------ persistence
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        state = super().state_tensors()
-        if self.bank is not None:
-            state.update({BANK_PREFIX + k: v for k, v in self.bank.state_tensors().items()})
-        return state
-
-    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-        bank_tensors = {k[len(BANK_PREFIX):]: v for k, v in tensors.items() if k.startswith(BANK_PREFIX)}
-        model_tensors = {k: v for k, v in tensors.items() if not k.startswith(BANK_PREFIX)}
-        super().load_state_tensors(model_tensors, source)
-        self.prompts.clear_cache()
-        pending, self._pending_bank = self._pending_bank, None
-        if pending is None:
-            if bank_tensors:
-                raise CheckpointError(f"{source}: bank tensors without bank metadata")
-            return
-        bank = mfrm.new_bank(pending["retriever"], pending["dim"], pending["info"], pending.get("config"))
-        bank.load_state_tensors(bank_tensors, pending.get("extra", {}))
-        try:
-            self.attach_bank(bank)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{source}: {exc}") from None
+        return {**super().state_tensors(), **bank_state(self.bank)[0]}
 
     def extra_state(self) -> dict[str, Any]:
-        bank = None
-        if self.bank is not None:
-            bank = {"retriever": self.bank.name, "dim": self.bank.dim, "info": self.bank.info,
-                    "config": config_to_dict(self.bank.config), "extra": self.bank.extra_state()}
         return {"backbone": self.backbone.key(), "known_modalities": self.known_modalities,
-                "mfrm_weight": self.mfrm_weight, "knn_temperature": self.knn_temperature, "bank": bank}
+                "mfrm_weight": self.mfrm_weight, "knn_temperature": self.knn_temperature,
+                "bank": bank_state(self.bank)[1]}
 
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        saved = state.get("backbone")
+    def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
+                   source: str = "checkpoint") -> None:
+        """Adapters, prompt context, fusion settings and the MFRM bank, in one call."""
+        saved = extra.get("backbone")
         if saved is not None and saved != self.backbone.key():
-            raise CheckpointError(f"checkpoint trained on backbone {saved!r}, but this config builds "
+            raise CheckpointError(f"{source}: checkpoint trained on backbone {saved!r}, but this config builds "
                                   f"{self.backbone.key()!r}")
-        self.known_modalities = list(state.get("known_modalities", []))
-        self.mfrm_weight = float(state.get("mfrm_weight", self.config.mfrm_weight))
-        self.knn_temperature = float(state.get("knn_temperature", self.config.knn_temperature))
-        self._pending_bank = state.get("bank")
+        self.known_modalities = list(extra.get("known_modalities", []))
+        self.mfrm_weight = float(extra.get("mfrm_weight", self.config.mfrm_weight))
+        self.knn_temperature = float(extra.get("knn_temperature", self.config.knn_temperature))
+        bank_tensors, model_tensors = split_bank_tensors(tensors)
+        self.load_module_tensors(model_tensors, source)
+        self.prompts.clear_cache()
+        self.bank = restore_bank(bank_tensors, extra.get("bank"), self.bank_info(), source)
+        self._empty_bank_logged = False
 
 
 def _row_meta(row: Any) -> dict[str, Any]:
@@ -453,7 +443,7 @@ def supervised_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, tempe
     return -(summed[has_positive] / counts[has_positive]).mean()
 
 
-class DSKIDetector(DSKIBase):
+class DSKIDetector(DSKIBase, ReferenceBank):
     """DSKI (MICCAI 2025) as built in mfx: see :class:`~mfx_dski.config.DSKIConfig` for every choice."""
 
     name: ClassVar[str] = "dski"
@@ -490,6 +480,9 @@ class DSKIDetector(DSKIBase):
             self.bank.add(vectors.cpu().numpy(), [int(x) for x in labels[start:stop]], meta)
         self._empty_bank_logged = False
         return len(self.bank)
+
+    def check_reference_modalities(self, modalities: Sequence[str]) -> None:
+        self.check_modalities(modalities)
 
 
 # ---------------------------------------------------------------------- ablations

@@ -1,9 +1,8 @@
 """MFRM — the medical forensic retrieval module: a labelled bank of adapted embeddings and its vote.
 
-The retriever itself, the kNN vote and the compatibility check are shared
-building blocks of ``mfx_retrieval`` (asked for by registry name, or used
-through its helper functions), so DSKI and UnivFD-NN score neighbours with one
-formula. What is DSKI's own is here: which training images go into the bank,
+The retriever (asked for by registry name), the kNN vote, the compatibility
+check and bank persistence live in the core (:mod:`medforensics_core.retrieval`),
+so DSKI and UnivFD-NN score neighbours with one formula. What is DSKI's own is here: which training images go into the bank,
 how the vote is fused with the stage-1 probability, and how the fusion is tuned.
 """
 
@@ -12,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from medforensics_core.interfaces import Retriever
-from medforensics_core.plugins import get_registry
+from medforensics_core.retrieval import bank_labels, knn_fake_probability, new_bank  # noqa: F401 - new_bank re-exported
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +28,6 @@ class Neighbours:
 
     similarities: np.ndarray
     labels: np.ndarray
-
-
-def new_bank(retriever_name: str, dim: int, info: Mapping[str, Any],
-             config: Mapping[str, Any] | None = None) -> Retriever:
-    """An empty bank from the registered retriever ``retriever_name``."""
-    from medforensics_core.config import config_from_dict
-
-    cls = get_registry().retriever(retriever_name)
-    retriever_config = config_from_dict(cls.config_class, config) if config else None
-    return cls(retriever_config, dim=dim, info=dict(info))
 
 
 def support_indices(rows: Sequence[Any], shots: int, rng: np.random.Generator) -> list[int]:
@@ -58,16 +47,12 @@ def support_indices(rows: Sequence[Any], shots: int, rng: np.random.Generator) -
 
 def search(bank: Retriever, features: np.ndarray, k: int) -> Neighbours:
     """Top-``k`` neighbours of ``features`` with their labels (-1 in slots the bank cannot fill)."""
-    from mfx_retrieval import bank_labels
-
     similarities, indices = bank.search(features, k)
     return Neighbours(similarities, bank_labels(bank, indices))
 
 
 def fused_probability(stage1: np.ndarray, neighbours: Neighbours, weight: float, temperature: float) -> np.ndarray:
     """``(1 - weight) * stage1 + weight * p_knn``; a query without neighbours keeps its stage-1 probability."""
-    from mfx_retrieval import knn_fake_probability
-
     knn = knn_fake_probability(neighbours.similarities, neighbours.labels, temperature, empty_value=np.nan)
     knn = np.where(np.isnan(knn), stage1, knn)
     return (1.0 - weight) * stage1 + weight * knn

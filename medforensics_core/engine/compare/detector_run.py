@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...contract import ReferenceBank, SupportsDistributed
 from ...interfaces import Detector, Perturbation
 from ...seeding import seed_everything
 from .. import distributed
@@ -37,14 +38,14 @@ def make_context(options: CompareOptions, device: torch.device, rank: int = 0, w
 def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
     """The context a detector's ``fit`` sees under torchrun.
 
-    Only a detector that declares ``distributed_fit = True`` (its training loop
-    is ``engine.training.run_epoch``, which averages gradients across ranks)
-    trains on shards. Any other detector trains on the full training set on
+    Only a detector that declares :class:`~medforensics_core.contract.SupportsDistributed`
+    (its training goes through the shared epoch loop, which wraps the trained
+    module in ``DistributedDataParallel``) trains on shards. Any other detector trains on the full training set on
     every rank — identical, seeded runs — because training it on a shard
     without gradient synchronisation would silently give rank 0 a model fitted
     to 1/N of the data. Scoring is always sharded.
     """
-    if ctx.distributed and not getattr(cls, "distributed_fit", False):
+    if ctx.distributed and not issubclass(cls, SupportsDistributed):
         return dataclasses.replace(ctx, world_size=1)
     return ctx
 
@@ -122,7 +123,7 @@ def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: 
 
 
 def add_references(detector: Detector, support, ctx: FitContext) -> None:
-    """Give a detector with a reference bank (``add_references``) the few-shot support images."""
+    """Give a :class:`~medforensics_core.contract.ReferenceBank` detector the few-shot support images."""
     images = torch.stack([support.image(i) for i in range(len(support))])
     detector.add_references(images, support.labels.tolist(), [r.modality for r in support.rows],
                             [r.generator for r in support.rows])
@@ -141,7 +142,7 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
                                                              batch_size=options.batch_size)[0].tolist()
     entry = _entry(detector, spec, train_seconds, speed, checkpoint, summarize_scores(fold.test, scores, options), ctx.device)
     rows[spec.name]["entry"] = entry
-    if fold.support is not None and hasattr(detector, "add_references"):
+    if fold.support is not None and isinstance(detector, ReferenceBank):
         add_references(detector, fold.support, ctx)
         shot_scores, _ = score_with_timing(detector, fold.test, ctx, batch_size=options.batch_size)
         shot_entry = dict(entry, **summarize_scores(fold.test, shot_scores, options), checkpoint=None)
