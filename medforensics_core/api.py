@@ -94,16 +94,21 @@ def open_images(data: str | os.PathLike, split: str | None = None, *, on_bad: st
     return ImageSet(manifest.split(split) if split else manifest, on_bad=on_bad)
 
 
-def score(detector: Detector, paths: Sequence[str | os.PathLike] | str | os.PathLike, *,
-          batch_size: int = 32) -> np.ndarray:
-    """Fake probability of every frame of every file (folders are walked), in order; a bad file raises one error."""
+def score(detector: Detector, paths: Sequence[str | os.PathLike] | str | os.PathLike, *, crop: str = "center",
+          batch_size: int = 64) -> np.ndarray:
+    """Fake probability of every frame of every file (folders are walked), in order; a bad file raises one error.
+
+    ``crop="center"`` scores what a comparison scores (the detector's own preprocessing);
+    ``"tiles"`` scores the whole image by tiles, as ``mfx predict`` does by default.
+    """
     from .engine.context import FitContext
-    from .engine.predict import predict_files
+    from .engine.predict import PredictOptions, predict_files
+    from .engine.tiles import TileConfig
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    predictions, bad = predict_files(detector, list(paths), FitContext(device=detector.device), on_bad="fail",
-                                     batch_size=batch_size)
+    options = PredictOptions(on_bad="fail", tiles=TileConfig(mode=crop, batch_size=batch_size))
+    predictions, bad = predict_files(detector, list(paths), FitContext(device=detector.device), options)
     if bad:
         raise MfxError(f"{bad[0][0]}: {bad[0][1]}")
     return np.array([p.score for p in predictions])

@@ -38,13 +38,13 @@ def load_bank_detector(path: str | Path) -> ReferenceBank:
 
 
 def iter_images(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(source, image)`` for every frame/slice of every file (a 2-D image is one frame)."""
-    from ..data.readers import iter_frames
+    """``(source, image)`` for every frame/slice of every file (a 2-D image is one frame), one frame at a time."""
+    from ..data.readers import count_frames, iter_frames
 
     for path in files:
-        frames = list(iter_frames(path))
-        for index, loaded in frames:
-            yield (f"{path}#{index}" if len(frames) > 1 else str(path)), loaded.tensor
+        multi = count_frames(path) > 1
+        for index, loaded in iter_frames(path):
+            yield (f"{path}#{index}" if multi else str(path)), loaded.tensor
 
 
 @cli.group("index")
@@ -75,32 +75,38 @@ def index_add(checkpoint: str, images: tuple[str, ...], label: str, generator: s
     Example:
       mfx index add univfd-nn.safetensors support/ct --label fake --generator ldm-small --modality ct -o adapted.safetensors
     """
+    from rich.markup import escape
+
     from ..data.walk import expand_inputs
     from ..engine.progress import RichProgress
+    from ..locking import locked
+    from . import err_console
 
     if generator is None:
         if label == "fake":
             raise MfxError("--generator is required with --label fake (the generator that made the images)")
         generator = "real"
-    detector = load_bank_detector(checkpoint)
-    detector.check_reference_modalities([modality])
+    destination = Path(out or checkpoint)
     files, bad = expand_inputs(images)
     if bad:
         raise MfxError(f"{bad[0][0]}: {bad[0][1]}")
-    target = 1 if label == "fake" else 0
-    before = len(detector.bank) if detector.bank is not None else 0
-    with RichProgress(console) as progress:
-        chunk: list[tuple[str, torch.Tensor]] = []
-        for item in progress(iter_images(files), None, f"adding {len(files)} file(s)"):
-            chunk.append(item)
-            if len(chunk) == CHUNK:
+    # load -> add -> save under the destination's lock: a concurrent `index add` waits, then adds to our result
+    with locked(destination, waiting=lambda message: err_console.print(f"[yellow]{escape(message)}[/]")):
+        detector = load_bank_detector(checkpoint)
+        detector.check_reference_modalities([modality])
+        target = 1 if label == "fake" else 0
+        before = len(detector.bank) if detector.bank is not None else 0
+        with RichProgress(console) as progress:
+            chunk: list[tuple[str, torch.Tensor]] = []
+            for item in progress(iter_images(files), None, f"adding {len(files)} file(s)"):
+                chunk.append(item)
+                if len(chunk) == CHUNK:
+                    _add_chunk(detector, chunk, target, modality, generator)
+                    chunk = []
+            if chunk:
                 _add_chunk(detector, chunk, target, modality, generator)
-                chunk = []
-        if chunk:
-            _add_chunk(detector, chunk, target, modality, generator)
-    destination = Path(out or checkpoint)
-    detector.save(destination)
-    after = len(detector.bank)
+        detector.save(destination)
+        after = len(detector.bank)
     console.print(f"added {after - before} {label} reference(s) (generator {generator}, modality {modality}); "
                   f"bank now holds {after}; wrote {destination}")
 

@@ -59,6 +59,14 @@ class ManifestRow:
         """The network ids of this image (empty when the manifest does not record them)."""
         return frozenset(n.strip() for n in self.network.split(NETWORK_SEPARATOR) if n.strip())
 
+    @property
+    def source_key(self) -> str:
+        """The group this image belongs to: its ``source``, else its file (frames of one file stay together).
+
+        Splits never separate a group, and bootstrap CIs resample groups, not images.
+        """
+        return self.source or f"path:{self.path.split('#')[0]}"
+
     def resolved(self, root: Path) -> Path:
         p = Path(self.path)
         return p if p.is_absolute() else root / p

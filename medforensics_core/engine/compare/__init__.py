@@ -118,7 +118,7 @@ def run_compare(options: CompareOptions, *, console: Console | None = None, prog
     data = DataBundle(open_manifest(plan.data_path), plan.data_path, on_bad=options.on_bad, progress=progress)
     folds = make_folds(options.protocol, data, ProtocolOptions(
         test_split=options.test_split, train_modalities=tuple(options.train_modalities), shots=options.shots,
-        holdout=options.holdout, seed=options.seed))  # protocol errors come before any folder is made
+        holdout=options.holdout, holdout_by=options.holdout_by, seed=options.seed))  # protocol errors come before any folder is made
     rank, world_size, device = distributed.init_from_env(resolve_device(options.device))
     session = Session(device, rank, world_size, progress, console if rank == 0 else None, resumed=resumed is not None)
     run_dir = prepare_run_dir(plan, session, resumed)

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from ...contract import ReferenceBank, SupportsDistributed
+from ...decision import DEFAULT_THRESHOLD, flag_fake
 from ...interfaces import Detector, Perturbation
+from ...metrics import VALIDATION_FPR, threshold_at_fpr
 from ...seeding import seed_everything
 from .. import distributed
 from ..context import FitContext, ProgressFn, no_progress
@@ -51,13 +53,35 @@ def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
 
 
 def train_detector(spec: DetectorSpec, train, val, ctx: FitContext) -> tuple[Detector, float]:
-    """Seed, build and fit one detector; returns it with its training time in seconds."""
+    """Seed, build and fit one detector, then fix its threshold on ``val``; returns it and its training seconds."""
     seed_everything(ctx.seed)
     detector = spec.build(ctx.device)
     start = time.perf_counter()
     detector.fit(train, val, fit_context(spec.cls, ctx))
     detector.fitted = True
-    return detector, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    detector.train_info.update(validated_threshold(detector, val, ctx))
+    return detector, seconds
+
+
+def validated_threshold(detector: Detector, val, ctx: FitContext, fpr: float = VALIDATION_FPR) -> dict[str, Any]:
+    """The decision threshold chosen on the validation split at ``fpr`` false positives, and how.
+
+    Saved in the checkpoint's ``train_info`` (``threshold``, ``threshold_rule``), so
+    ``mfx predict`` and every report use the operating point the detector was
+    validated at instead of an arbitrary 0.5. Without validation reals: nothing
+    (the 0.5 fallback, stated where it is used).
+    """
+    if val is None or len(val) == 0 or not (np.asarray(val.labels) == 0).any():
+        return {}
+    scores = score_with_timing(detector, val, ctx)[0]
+    labels = np.asarray(val.labels)
+    threshold = threshold_at_fpr(scores[labels == 0], fpr)
+    n_real, n_fake = int((labels == 0).sum()), int((labels == 1).sum())
+    recall = float(flag_fake(scores[labels == 1], threshold).mean()) if n_fake else None
+    rule = (f"{fpr:.0%} FPR on the validation split ({n_real} real, {n_fake} fake"
+            + (f"; validation TPR {recall:.3f})" if recall is not None else ")"))
+    return {"threshold": threshold, "threshold_rule": rule, "threshold_fpr": fpr}
 
 
 def obtain_detector(spec: DetectorSpec, fold: Fold, ctx: FitContext,
@@ -113,13 +137,31 @@ class PerturbedImages(torch.utils.data.Dataset):
         return self.image(index), int(self.labels[index])
 
 
+def detector_threshold(detector: Detector) -> float:
+    """The threshold a report takes a detector's TPR/ACC at: its validated one, else 0.5."""
+    value = (detector.train_info or {}).get("threshold")
+    return DEFAULT_THRESHOLD if value is None else float(value)
+
+
 def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: float, checkpoint: str | None,
            summary: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {"status": "ok", "error": None, "preset": detector.preset or spec.preset,
-            "weights": detector.weights_info(), "warnings": list(detector.warnings()),
-            "train_seconds": round(train_seconds, 3), "infer_images_per_s": round(speed, 2),
+    loaded = spec.checkpoint is not None
+    info = detector.train_info or {}
+    return {"status": "ok", "error": None, "preset": detector.preset or spec.preset, **_origin(spec.name),
+            "weights": detector.weights_info(), "weights_status": detector.weights_status(),
+            "warnings": list(detector.warnings()), "source": "loaded" if loaded else "trained",
+            "threshold": detector_threshold(detector),
+            "threshold_rule": info.get("threshold_rule") or "default 0.5 (no validated threshold)",
+            "train_seconds": None if loaded else round(train_seconds, 3), "infer_images_per_s": round(speed, 2),
             "peak_memory_mb": round(peak_memory_mb(device), 1), "trainable_params": trainable_params(detector),
             "checkpoint": checkpoint, "train_info": dict(detector.train_info), **summary}
+
+
+def _origin(name: str) -> dict[str, str]:
+    """The distribution and version that registered the detector: a report says whose code produced a row."""
+    from ...plugins import get_registry
+
+    return get_registry().origin("detector", name)
 
 
 def add_references(detector: Detector, support, ctx: FitContext) -> None:
@@ -140,19 +182,22 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
     for label, images in perturbed.items():
         rows[spec.name]["scores"][label] = score_with_timing(detector, images, ctx,
                                                              batch_size=options.batch_size)[0].tolist()
-    entry = _entry(detector, spec, train_seconds, speed, checkpoint, summarize_scores(fold.test, scores, options), ctx.device)
+    threshold = detector_threshold(detector)
+    entry = _entry(detector, spec, train_seconds, speed, checkpoint,
+                   summarize_scores(fold.test, scores, options, threshold), ctx.device)
     rows[spec.name]["entry"] = entry
     if fold.support is not None and isinstance(detector, ReferenceBank):
         add_references(detector, fold.support, ctx)
         shot_scores, _ = score_with_timing(detector, fold.test, ctx, batch_size=options.batch_size)
-        shot_entry = dict(entry, **summarize_scores(fold.test, shot_scores, options), checkpoint=None)
+        shot_entry = dict(entry, **summarize_scores(fold.test, shot_scores, options, threshold), checkpoint=None)
         rows[f"{spec.name} +{len(fold.support)}-shot"] = {"entry": shot_entry, "scores": {"": shot_scores.tolist()}}
     return {"status": "ok", "rows": rows}
 
 
 def failed_result(spec: DetectorSpec, exc: BaseException) -> dict[str, Any]:
     reason = f"{type(exc).__name__}: {exc}".strip()
-    entry = {"status": "failed", "error": reason, "preset": spec.preset, "weights": "", "warnings": [],
+    entry = {"status": "failed", "error": reason, "preset": spec.preset, **_origin(spec.name), "weights": "",
+             "warnings": [],
              "train_seconds": None, "infer_images_per_s": None, "peak_memory_mb": None,
              "trainable_params": None, "checkpoint": None}
     return {"status": "failed", "rows": {spec.name: {"entry": entry, "scores": {}}}}

@@ -40,6 +40,7 @@ class CompareOptions:
     train_modalities: list[str] = dataclasses.field(default_factory=list)
     shots: int = 5
     holdout: str | None = None
+    holdout_by: str | None = None  # leave-one-out: generator | network | family (None: network, see protocols)
     test_split: str = "test"
     batch_size: int = DEFAULT_EVAL_BATCH
     n_boot: int = 1000
@@ -154,6 +155,9 @@ def plan_run(options: CompareOptions) -> RunPlan:
                            f"({', '.join(options.detectors)})")
     for name, path in options.checkpoints.items():
         check_checkpoint(name, path)
+    from ..protocols import check_holdout_by
+
+    check_holdout_by(options.holdout_by)
     perturbations = parse_perturbations(options.perturb)
     data_path, is_benchmark = resolve_data(options.data, options.quick)
     preset = options.preset or ("tiny" if is_benchmark else "full")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,18 +19,21 @@ from ..rundir import RunDir
 from .plan import CompareOptions, RunPlan
 
 LOG_FILE = "mfx.log"
+BOOTSTRAP_NOTE = "95% CIs and paired tests resample the"
 SCORE_COLUMNS = ("detector", "perturbation", "path", "label", "modality", "generator", "score")
 
 
-def summarize_scores(images, scores: np.ndarray, options: CompareOptions) -> dict[str, Any]:
+def summarize_scores(images, scores: np.ndarray, options: CompareOptions, threshold: float = 0.5) -> dict[str, Any]:
     from ...metrics import summarize
 
     return summarize(images.labels, scores, modalities=[r.modality for r in images.rows],
-                     generators=[r.generator for r in images.rows], n_boot=options.n_boot, seed=options.seed)
+                     generators=[r.generator for r in images.rows], n_boot=options.n_boot, seed=options.seed,
+                     sources=[r.source_key for r in images.rows], threshold=threshold)
 
 
-def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options: CompareOptions) -> list[dict]:
-    """Best detector (overall AUC) against each other one, paired on the same images."""
+def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options: CompareOptions,
+                 sources: Sequence[str] | None = None) -> list[dict]:
+    """Best detector (overall AUC) against each other one, paired on the same resamples of the test sources."""
     from ...metrics import paired_bootstrap
 
     rows = ok_rows(results)
@@ -44,7 +48,7 @@ def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options
         if name == best:
             continue
         test = paired_bootstrap(labels, best_scores, np.asarray(row["scores"][""]), metric="auc",
-                                n_boot=options.n_boot, seed=options.seed)
+                                n_boot=options.n_boot, seed=options.seed, clusters=sources)
         out.append({"a": best, "b": name, **test})
     return out
 
@@ -61,7 +65,8 @@ def perturbation_section(plan: RunPlan, fold: Fold, results: dict[str, dict[str,
         section[label] = {}
         for name, row in ok_rows(results).items():
             if label in row["scores"]:
-                summary = summarize_scores(fold.test, np.asarray(row["scores"][label]), plan.options)
+                summary = summarize_scores(fold.test, np.asarray(row["scores"][label]), plan.options,
+                                           row["entry"].get("threshold", 0.5))
                 section[label][name] = {k: summary[k] for k in ("overall", "by_modality", "by_generator")}
     return section
 
@@ -75,18 +80,32 @@ def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], d
     report = {
         "mfx_version": env.get("mfx_version"), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": options.command, "protocol": options.protocol, "seed": options.seed, "preset": plan.preset,
-        "fold": fold.name or None,
+        "fold": fold.name or None, "holdout": fold.holdout,
         "data": {"path": str(plan.data_path), "n_train": len(fold.train) if needs_train else 0,
                  "n_test": len(fold.test), "modalities": sorted({r.modality for r in fold.test.rows}),
                  "generators": sorted({r.generator for r in fold.test.rows if r.label == 1}),
                  "skipped": [list(s) for s in data.skipped]},
         "environment": env, "detectors": detectors,
-        "paired": paired_tests(results, fold.test.labels, options),
-        "notes": list(fold.notes) + _bankless_notes(plan, fold) + _notes(results, env),
+        "paired": paired_tests(results, fold.test.labels, options, [r.source_key for r in fold.test.rows]),
+        "bootstrap": bootstrap_info(fold, options),
+        "notes": [*fold.notes, bootstrap_note(fold, options), *_bankless_notes(plan, fold), *_notes(results, env)],
     }
     if plan.perturbations:
         report["perturbations"] = perturbation_section(plan, fold, results)
     return report
+
+
+def bootstrap_info(fold: Fold, options: CompareOptions) -> dict[str, Any]:
+    """What the CIs and paired tests resample: the test set's sources (clusters), never single images."""
+    return {"resamples": "sources", "n_boot": options.n_boot, "n_sources": len({r.source_key for r in fold.test.rows}),
+            "n_images": len(fold.test), "stratified_by": "label make-up of each source (real, fake, both)"}
+
+
+def bootstrap_note(fold: Fold, options: CompareOptions) -> str:
+    info = bootstrap_info(fold, options)
+    return (f"{BOOTSTRAP_NOTE} {info['n_sources']} test sources, not the {info['n_images']} "
+            f"images ({options.n_boot} resamples): a real crop and the fakes made from it, or the crops of one scan, "
+            "are drawn together, so the CIs are not narrowed by images that are not independent")
 
 
 def _bankless_notes(plan: RunPlan, fold: Fold) -> list[str]:

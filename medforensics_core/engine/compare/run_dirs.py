@@ -64,7 +64,11 @@ def resolved_config(plan: RunPlan) -> dict[str, Any]:
     from ...config import config_to_dict
 
     options = dataclasses.replace(plan.options, data=str(plan.data_path), preset=plan.preset)
+    from ...plugins import get_registry
+
+    registry = get_registry()
     detectors = {spec.name: {"class": f"{spec.cls.__module__}.{spec.cls.__qualname__}", "preset": spec.preset,
+                             **registry.origin("detector", spec.name),
                              "overrides": spec.overrides, "checkpoint": spec.checkpoint,
                              "config": None if spec.checkpoint else config_to_dict(spec.config())}
                  for spec in plan.specs}
