@@ -147,3 +147,13 @@ def encode_images(images: ImageSet, encode: Encoder, transform: Transform, ctx: 
         return torch.zeros(0, 0)
     return gather_tensor_rows(torch.cat(chunks), np.concatenate(seen), len(images), ctx.world_size)
 
+
+
+def feature_loader(features: torch.Tensor, labels, batch_size: int, ctx: FitContext,
+                   shuffle: bool = True, epoch_offset: int = 0) -> torch.utils.data.DataLoader:
+    """Batches (:class:`~medforensics_core.contract.Batch`) over cached features — what the epoch loop expects.
+
+    Shuffled from the run's seed plus ``epoch_offset`` (pass the epoch for a new, reproducible order each epoch);
+    sharded across ranks under ``torchrun`` (``ctx.tensor_loader``).
+    """
+    return ctx.tensor_loader(features, labels, batch_size, shuffle=shuffle, epoch_offset=epoch_offset)

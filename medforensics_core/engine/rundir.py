@@ -196,12 +196,21 @@ def _cuda_device_name(device: Any) -> str | None:
 
 
 def reset_peak_memory(device: Any) -> None:
-    """Start a new CUDA peak-memory window (per detector); on the CPU the max RSS cannot be reset."""
+    """Start a new peak-memory window (per detector): the CUDA allocator peak, or on Linux the peak RSS.
+
+    Writing ``5`` to ``/proc/self/clear_refs`` resets the kernel's peak RSS (``VmHWM``) of this
+    process, so each detector's peak is its own, not the largest so far.
+    """
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not allowed: peak_memory_mb falls back to the lifetime max RSS
+        pass
 
 
 class Timer:

@@ -25,7 +25,7 @@ from ..contract import Batch
 from ..decision import accuracy
 from ..seeding import seeded  # noqa: F401 - re-exported for the baselines
 from .context import FitContext
-from .training import predict_loader, run_epoch
+from .training import LossFn, binary_logit_loss, predict_loader, run_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +77,8 @@ def detector_loaders(detector, train, val, ctx, batch_size: int):
 def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor] | None,
                  predict: Callable[[Batch], np.ndarray], optimizer: torch.optim.Optimizer,
                  train_loader: Callable[[int], Iterable], val_loader: Iterable | None, ctx: FitContext,
-                 schedule: Schedule, name: str, *, frozen: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 ) -> dict[str, Any]:
+                 schedule: Schedule, name: str, loss_fn: LossFn = binary_logit_loss, *,
+                 frozen: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
     """Train ``module`` epoch by epoch; returns the run's ``train_info``.
 
     The logits are ``module(frozen(inputs))`` (``frozen``: e.g. a frozen encoder,
@@ -88,7 +88,8 @@ def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torc
     ``forward`` callable is used as given (gradients then averaged by hand).
     ``train_loader(epoch)`` gives that epoch's loader of batches; ``predict`` maps
     a validation :class:`Batch` to fake probabilities (gathered over ranks, so
-    every rank takes the same early-stopping decision).
+    every rank takes the same early-stopping decision); ``loss_fn(logits, labels)``
+    is the training objective (default: BCE on one logit per image).
     """
     best_acc, best_state, stale = -1.0, None, 0
     info: dict[str, Any] = {"epochs": 0, "lr_drops": 0}
@@ -97,7 +98,7 @@ def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torc
         forward = _module_forward(ctx.parallel(module), frozen)
     for epoch in range(schedule.epochs):
         module.train()
-        info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx,
+        info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx, loss_fn=loss_fn,
                                        description=f"{name} epoch {epoch + 1}", synchronised=synchronised)
         info["epochs"] = epoch + 1
         if schedule.step_every and (epoch + 1) % schedule.step_every == 0:

@@ -7,6 +7,7 @@ skips it); a detector that raises becomes a FAILED row (:func:`failed_result`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 
 from ...contract import ReferenceBank, SupportsDistributed
 from ...decision import DEFAULT_THRESHOLD, flag_fake
+from ...errors import MfxError
 from ...interfaces import Detector, Perturbation
 from ...metrics import VALIDATION_FPR, threshold_at_fpr
 from ...seeding import seed_everything
@@ -164,6 +166,19 @@ def _origin(name: str) -> dict[str, str]:
     return get_registry().origin("detector", name)
 
 
+def report_examples(detector: Detector, images, scores: np.ndarray, threshold: float, fold_dir: RunDir,
+                    name: str, ctx: FitContext) -> dict[str, Any]:
+    """Heat-map overlays of caught fakes, missed fakes and flagged reals; a drawing problem is logged, not fatal."""
+    from ..examples import write_examples
+
+    try:
+        return write_examples(detector, images, scores, threshold, fold_dir, name, ctx)
+    except (OSError, ValueError, RuntimeError, MfxError) as exc:
+        logging.getLogger("mfx.run").warning("%s: no example images in the report (%s: %s)", name,
+                                             type(exc).__name__, exc)
+        return {}
+
+
 def add_references(detector: Detector, support, ctx: FitContext) -> None:
     """Give a :class:`~medforensics_core.contract.ReferenceBank` detector the few-shot support images."""
     images = torch.stack([support.image(i) for i in range(len(support))])
@@ -185,6 +200,8 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
     threshold = detector_threshold(detector)
     entry = _entry(detector, spec, train_seconds, speed, checkpoint,
                    summarize_scores(fold.test, scores, options, threshold), ctx.device)
+    if fold_dir is not None and ctx.rank == 0:
+        entry["examples"] = report_examples(detector, fold.test, scores, threshold, fold_dir, spec.name, ctx)
     rows[spec.name]["entry"] = entry
     if fold.support is not None and isinstance(detector, ReferenceBank):
         add_references(detector, fold.support, ctx)

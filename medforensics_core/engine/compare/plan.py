@@ -40,6 +40,7 @@ class CompareOptions:
     train_modalities: list[str] = dataclasses.field(default_factory=list)
     shots: int = 5
     holdout: str | None = None
+    seeds: list[int] = dataclasses.field(default_factory=list)  # train once per seed (empty: just ``seed``)
     holdout_by: str | None = None  # leave-one-out: generator | network | family (None: network, see protocols)
     test_split: str = "test"
     batch_size: int = DEFAULT_EVAL_BATCH
@@ -139,6 +140,18 @@ def check_checkpoint(detector: str, path: str | Path) -> None:
         raise CheckpointError(f"{path}: checkpoint of detector {owner!r}, not {detector!r}")
 
 
+def check_seeds(seeds: Sequence[int]) -> None:
+    """``--seeds``: distinct integers (a repeated seed would train the same model twice and halve the sd)."""
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise MfxError(f"--seeds: seed(s) {', '.join(map(str, repeated))} given twice")
+
+
+def run_seeds(options: CompareOptions) -> list[int]:
+    """The seeds a comparison trains with: ``--seeds``, else the one ``--seed``."""
+    return list(options.seeds) or [options.seed]
+
+
 def plan_run(options: CompareOptions) -> RunPlan:
     """Check names, presets, overrides, checkpoints and perturbations; resolve the data. No training yet."""
     from ...plugins import get_registry
@@ -158,6 +171,7 @@ def plan_run(options: CompareOptions) -> RunPlan:
     from ..protocols import check_holdout_by
 
     check_holdout_by(options.holdout_by)
+    check_seeds(options.seeds)
     perturbations = parse_perturbations(options.perturb)
     data_path, is_benchmark = resolve_data(options.data, options.quick)
     preset = options.preset or ("tiny" if is_benchmark else "full")
