@@ -14,7 +14,8 @@ Not a test: run it by hand and paste the tables into an issue or the docs.
   epoch, with random weights where the paper's weights are not on the machine.
 * Each CLIP baseline's scoring (``predict_proba``) vs a bare open_clip
   ``encode_image`` loop over the same preprocessed batch, interleaved so machine
-  load hits both alike; median of ``--repeats``. Throughput ratio target: >= 0.9
+  load hits both alike; the fastest of ``--repeats`` for each (on a shared
+  machine the minimum is the least load-distorted estimate of the work itself). Throughput ratio target: >= 0.9
   for the pure-feature methods (UnivFD, RINE). FatFormer runs adapters inside
   the encoder and the text tower on each image's own prompts, so it cannot
   reach it; its ratio is printed as measured.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,9 +113,9 @@ def clip_overhead(name: str, model: str, device: str, batch: int, repeats: int) 
         for _ in range(repeats):
             bare.append(timed_call(lambda: encode(inputs), device))
             ours.append(timed_call(lambda: detector.predict_proba(inputs), device))
-    b, o = statistics.median(bare), statistics.median(ours)
+    b, o = min(bare), min(ours)
     ratio = b / o
-    verdict = ("yes" if ratio >= RATIO_TARGET else "NO") if name in PURE_FEATURE else "n/a (adapters + prompts)"
+    verdict = ("yes" if ratio >= RATIO_TARGET else "NO") if name in PURE_FEATURE else "n/a*"
     return (name, model, str(batch), f"{batch / b:.1f}", f"{batch / o:.1f}", f"{ratio:.3f}", verdict)
 
 
@@ -164,7 +164,7 @@ def main() -> None:
     if not args.overhead_only:
         fit_and_score_table(console, args)
     overhead = Table(title=f"CLIP baselines' scoring vs bare open_clip encode_image, same batch "
-                           f"(median of {args.repeats})")
+                           f"(fastest of {args.repeats})")
     for column in ("detector", "CLIP model", "batch", "bare img/s", "detector img/s", "throughput ratio",
                    f">= {RATIO_TARGET}"):
         overhead.add_column(column)
@@ -172,6 +172,8 @@ def main() -> None:
         for name in [n for n in CLIP_DETECTORS if n in args.detectors]:
             overhead.add_row(*clip_overhead(name, model, args.device, args.batch, args.repeats))
     console.print(overhead)
+    console.print("* fatformer runs adapters inside the encoder and the text tower on each image's own prompts: "
+                  "it is not a pure-feature method, its ratio is shown as measured", highlight=False)
 
 
 if __name__ == "__main__":

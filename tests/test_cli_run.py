@@ -141,6 +141,10 @@ def test_compare_dski_cnnspot_univfd_quick_end_to_end(quick_benchmark, tmp_path)
                 assert group["auc_ci"][0] <= group["auc"] <= group["auc_ci"][1]
                 assert group["ap_ci"] is not None
     assert {p["b"] for p in report["paired"]} | {report["paired"][0]["a"]} == {"dski", "cnnspot", "univfd"}
+    stages = report["detectors"]["dski"]
+    assert all(0 <= stages[key] <= 1 for key in ("stage1_auc", "retrieval_auc", "fused_auc"))
+    assert stages["fused_auc"] == pytest.approx(stages["overall"]["auc"], abs=1e-4)
+    assert "stage1_auc" not in report["detectors"]["cnnspot"]
     html = (run / "report.html").read_text()
     assert all(name in html for name in ("dski", "cnnspot", "univfd"))
     for plot in ("roc.png", "by_modality.png"):

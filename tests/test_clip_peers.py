@@ -271,3 +271,11 @@ def test_peer_reports_random_init(trained, name):
     detector = trained[name][0]
     assert "NOT pretrained" in detector.weights_info()
     assert any("randomly initialised" in w for w in detector.warnings())
+
+
+def test_rine_keeps_the_last_epoch_validation_only_reported(trained, splits):
+    """Official RINE prints validation accuracy but keeps the last epoch: a validation split changes nothing."""
+    detector, scores, _, ctx = trained["rine"]
+    without_val = get_registry().detector("rine")(preset="tiny").fit(splits["train"], None, ctx)
+    assert np.allclose(score(without_val, splits["test"], ctx), scores, atol=1e-6)
+    assert "val_acc" in detector.train_info and "best_val_acc" not in detector.train_info

@@ -87,3 +87,28 @@ def test_bad_seeds_are_one_line(tmp_path):
         result = run_mfx("compare", "freq", "--seeds", value, "--data", str(tmp_path), "--out", str(tmp_path / "r"))
         assert result.exit_code == 2 and len(error_lines(result.output)) == 1, result.output
         assert reason in error_lines(result.output)[0] and "Traceback" not in result.output
+
+
+def test_an_interrupted_multi_seed_run_resumes_without_redoing_finished_seeds(test_detectors, tmp_path):
+    from test_compare import build_small_dataset
+
+    data = build_small_dataset(tmp_path / "data")
+    args = ["compare", "freq", "test-interrupted", "--data", str(data), "--seeds", "3,4", "--n-boot", "100"]
+    straight = tmp_path / "straight"
+    assert run_mfx(*args, "--out", str(straight)).exit_code == 0
+    reference = json.loads((only_run_dir(straight) / "report.json").read_text())
+
+    broken = tmp_path / "broken"
+    interrupted = run_mfx(*args, "--out", str(broken), env={"MFX_TEST_INTERRUPT": "1"})
+    assert interrupted.exit_code == 130
+    run = only_run_dir(broken)
+    kept = (run / "seeds" / "3" / "results" / "freq.json").stat().st_mtime_ns
+    assert not (run / "report.json").exists()
+    resumed = run_mfx("compare", "--resume", str(run))
+    assert resumed.exit_code == 0, resumed.output
+    assert (run / "seeds" / "3" / "results" / "freq.json").stat().st_mtime_ns == kept  # not trained again
+    report = json.loads((run / "report.json").read_text())
+    assert report["seeds"] == [3, 4]
+    for name in ("freq", "test-interrupted"):
+        assert report["detectors"][name]["overall"] == reference["detectors"][name]["overall"]
+    assert report["per_seed"] == reference["per_seed"] and report["paired"] == reference["paired"]

@@ -15,7 +15,9 @@ from medforensics_core.clip_parts import (check_vision_tower, encode_text_embedd
                                           project_tokens, run_image_tower, used_length)
 from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.engine.augment import IMAGENET_MEAN, IMAGENET_STD, normalise, train_geometry
+from medforensics_core.decision import accuracy
 from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
+from medforensics_core.engine.training import predict_loader
 from medforensics_core.errors import CheckpointError, ConfigError
 from medforensics_core.interfaces import Detector
 
@@ -206,8 +208,12 @@ class FatFormerDetector(Detector, SupportsDistributed):
             schedule = Schedule(ctx.epochs_for(cfg.epochs), step_every=cfg.lr_step_every,
                                 step_gamma=cfg.lr_step_gamma)
             train_loader, val_loader = detector_loaders(self, train, val, ctx, ctx.batch_size_for(cfg.batch_size))
+            # the last epoch is kept (no validation-based selection in the paper): validation is only reported
             self.train_info = train_binary(model, self.forward, self.predict_proba, optimizer, train_loader,
-                                           val_loader, ctx, schedule, self.name)
+                                           None, ctx, schedule, self.name)
+            if val_loader is not None:
+                self.train_info["val_acc"] = accuracy(*predict_loader(self.predict_proba, val_loader, ctx,
+                                                                      description="validation"))
         self.fitted = True
         return self
 

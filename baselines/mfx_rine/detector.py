@@ -13,7 +13,9 @@ from torchvision.transforms import v2
 from medforensics_core.clip_parts import block_class_tokens, check_vision_tower
 from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.engine.augment import BlurJpegDraw, apply_blur_jpeg, normalise, train_geometry
+from medforensics_core.decision import accuracy
 from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
+from medforensics_core.engine.training import predict_loader
 from medforensics_core.errors import CheckpointError
 from medforensics_core.interfaces import Detector
 
@@ -190,22 +192,28 @@ class RINEDetector(Detector, SupportsDistributed):
         self.to(ctx.device)
         self.feature_cache_stats = {}
         cfg = self.config
+        batch_size = ctx.batch_size_for(cfg.batch_size)
+        # cached tokens are read before the seeded block: encoding iterates loaders, which draw from the
+        # global RNG, and the dropout masks of training must not depend on whether a validation set exists
+        if cfg.augments:
+            train_loader, val_loader = detector_loaders(self, train, val, ctx, batch_size)
+            forward, predict = self.forward, self.predict_proba
+        else:
+            train_loader, val_loader = self._cached_loaders(train, val, ctx, batch_size)
+            forward = self.forward_features
+            predict = lambda batch: self.scores_from_features(batch.inputs)  # noqa: E731 - cached features
         with seeded(ctx.seed):
             self.head = None
             head = self.ensure_head()
             optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr)
             schedule = Schedule(ctx.epochs_for(cfg.epochs), step_every=cfg.lr_drop_every,
                                 step_gamma=1.0 / cfg.lr_drop)
-            batch_size = ctx.batch_size_for(cfg.batch_size)
-            if cfg.augments:
-                train_loader, val_loader = detector_loaders(self, train, val, ctx, batch_size)
-                predict = self.predict_proba
-            else:
-                train_loader, val_loader = self._cached_loaders(train, val, ctx, batch_size)
-                predict = lambda batch: self.scores_from_features(batch.inputs)  # noqa: E731 - cached features
-            self.train_info = train_binary(head, self.forward_features if not cfg.augments else self.forward,
-                                           predict, optimizer, train_loader, val_loader, ctx, schedule, self.name,
-                                           loss_fn=rine_loss(cfg.contrastive_factor, cfg.temperature))
+            # the last epoch is kept, as in the official code (validation accuracy is only reported)
+            self.train_info = train_binary(head, forward, predict, optimizer, train_loader, None, ctx, schedule,
+                                           self.name, loss_fn=rine_loss(cfg.contrastive_factor, cfg.temperature))
+            if val_loader is not None:
+                self.train_info["val_acc"] = accuracy(*predict_loader(predict, val_loader, ctx,
+                                                                      description="validation"))
             self.train_info["block_importance"] = [round(float(w), 4) for w in head.block_importance()]
             if not cfg.augments:
                 self.train_info["feature_cache"] = dict(self.feature_cache_stats)

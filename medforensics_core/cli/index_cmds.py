@@ -3,23 +3,25 @@
 Adding references is the few-shot path of retrieval detectors (DSKI's MFRM,
 UnivFD-NN): a handful of a new generator's fakes (or a new scanner's reals)
 enter the bank, and test images that resemble them are voted fake (or real)
-from then on — without retraining. The checkpoint is rewritten atomically, so
-an interrupted run never leaves half a model behind.
+from then on — without retraining. The checkpoint is rewritten atomically under
+a lock, so an interrupted or concurrent run never leaves half a model behind.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import click
 import torch
+from rich.markup import escape
 from rich.table import Table
 
 from ..contract import ReferenceBank
-from ..errors import CheckpointError, MfxError
-from . import cli, console
+from ..errors import BadInputError, CheckpointError, MfxError
+from . import cli, console, err_console
+from .options import DATASET_ON_BAD, on_bad_option
 
 CHUNK = 64
 
@@ -37,14 +39,34 @@ def load_bank_detector(path: str | Path) -> ReferenceBank:
     return detector
 
 
-def iter_images(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(source, image)`` for every frame/slice of every file (a 2-D image is one frame), one frame at a time."""
+def iter_images(files: list[Path], on_bad: str = "fail",
+                skipped: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(source, image)`` for every frame/slice of every file (a 2-D image is one frame), one frame at a time.
+
+    With ``on_bad="skip"`` a bad file is handed to ``skipped(path, reason)`` as a
+    whole (its frames read before the failure are dropped too) and the rest go on.
+    """
+    for path in files:
+        try:
+            frames = list(_checked_frames(path)) if on_bad == "skip" else None
+        except BadInputError as exc:
+            if skipped is not None:
+                skipped(exc.path, exc.reason)
+            continue
+        yield from frames if frames is not None else _checked_frames(path)
+
+
+def _checked_frames(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     from ..data.readers import count_frames, iter_frames
 
-    for path in files:
+    try:
         multi = count_frames(path) > 1
         for index, loaded in iter_frames(path):
             yield (f"{path}#{index}" if multi else str(path)), loaded.tensor
+    except (MfxError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unforeseen reader failure is still that file's failure
+        raise BadInputError(path, f"unexpected reader error ({type(exc).__name__}: {exc}); please report it") from exc
 
 
 @cli.group("index")
@@ -67,20 +89,20 @@ def index_group() -> None:
 @click.option("--modality", required=True, help="Modality of the images (DSKI: one the model was trained on).")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the updated model to this file instead of overwriting CHECKPOINT.")
+@on_bad_option(DATASET_ON_BAD)
 def index_add(checkpoint: str, images: tuple[str, ...], label: str, generator: str | None, modality: str,
-              out: str | None) -> None:
+              out: str | None, on_bad: str) -> None:
     """Add IMAGES (files or folders; DICOM/NIfTI frames count one each) to CHECKPOINT's reference bank.
+
+    With --on-bad fail (the default) a bad file stops the command and nothing is written.
 
     \b
     Example:
-      mfx index add univfd-nn.safetensors support/ct --label fake --generator ldm-small --modality ct -o adapted.safetensors
+      mfx index add nn.safetensors support/ct --label fake --generator ldm --modality ct -o adapted.safetensors
     """
-    from rich.markup import escape
-
     from ..data.walk import expand_inputs
     from ..engine.progress import RichProgress
     from ..locking import locked
-    from . import err_console
 
     if generator is None:
         if label == "fake":
@@ -96,19 +118,27 @@ def index_add(checkpoint: str, images: tuple[str, ...], label: str, generator: s
         detector.check_reference_modalities([modality])
         target = 1 if label == "fake" else 0
         before = len(detector.bank) if detector.bank is not None else 0
+        skipped: list[str] = []
+
+        def skip(path: str, reason: str) -> None:
+            skipped.append(path)
+            err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}", soft_wrap=True)
+
         with RichProgress(console) as progress:
             chunk: list[tuple[str, torch.Tensor]] = []
-            for item in progress(iter_images(files), None, f"adding {len(files)} file(s)"):
+            for item in progress(iter_images(files, on_bad, skip), None, f"adding {len(files)} file(s)"):
                 chunk.append(item)
                 if len(chunk) == CHUNK:
                     _add_chunk(detector, chunk, target, modality, generator)
                     chunk = []
             if chunk:
                 _add_chunk(detector, chunk, target, modality, generator)
+        if (len(detector.bank) if detector.bank is not None else 0) == before:
+            raise MfxError(f"nothing added: all {len(skipped)} file(s) were bad; {destination} left unchanged")
         detector.save(destination)
         after = len(detector.bank)
-    console.print(f"added {after - before} {label} reference(s) (generator {generator}, modality {modality}); "
-                  f"bank now holds {after}; wrote {destination}")
+    console.print(f"added {after - before} {label} reference(s) (generator {escape(generator)}, modality "
+                  f"{escape(modality)}); bank now holds {after}; wrote {escape(str(destination))}")
 
 
 def _add_chunk(detector: ReferenceBank, chunk: list[tuple[str, torch.Tensor]], label: int, modality: str,

@@ -174,8 +174,10 @@ def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitCont
         try:
             try:
                 _score_file(path, scorer, options, known, explainer, predictions)
-            except (MfxError, KeyboardInterrupt, MemoryError):
+            except (BadInputError, KeyboardInterrupt, MemoryError):
                 raise
+            except MfxError as exc:  # e.g. a detector that cannot score an image this small: that image's failure
+                raise BadInputError(path, str(exc)) from exc
             except Exception as exc:  # noqa: BLE001 - one image's unforeseen failure stays that image's failure
                 log.debug("scoring %s failed", path, exc_info=True)
                 raise BadInputError(path, f"unexpected error ({type(exc).__name__}: {exc}); please report it") \

@@ -119,8 +119,9 @@ def _slug(label: str) -> str:
 
 def new_run_dir(root: str | os.PathLike, label: str) -> RunDir:
     """Create ``root/<UTC timestamp>-<label>``; a clash (same second) gets ``-2``, ``-3``... never reuses a folder."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    from ..outputs import writable_dir
+
+    root = writable_dir(root, "--out folder")  # a file or a read-only folder is one line, before any work
     stem = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{_slug(label)}"
     for attempt in range(1, 1000):
         candidate = root / (stem if attempt == 1 else f"{stem}-{attempt}")

@@ -96,7 +96,7 @@ def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torc
     synchronised = forward is None or forward is module
     if synchronised:
         forward = _module_forward(ctx.parallel(module), frozen)
-    for epoch in range(schedule.epochs):
+    for epoch in ctx.epoch_range(schedule.epochs, name):
         module.train()
         info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx, loss_fn=loss_fn,
                                        description=f"{name} epoch {epoch + 1}", synchronised=synchronised)
@@ -105,8 +105,12 @@ def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torc
             scale_lr(optimizer, schedule.step_gamma)
         if val_loader is not None:
             module.eval()
-            acc = accuracy(*predict_loader(predict, val_loader, ctx, description="validation"))
-            info["val_acc"] = acc
+            info["val_acc"] = accuracy(*predict_loader(predict, val_loader, ctx, description="validation"))
+        ctx.log_epoch(name, epoch + 1, schedule.epochs, loss=info["final_loss"],
+                      val_acc=info.get("val_acc") if val_loader is not None else None,
+                      lr=min(group["lr"] for group in optimizer.param_groups))
+        if val_loader is not None:
+            acc = info["val_acc"]
             if acc > best_acc + 1e-3:
                 best_acc, stale = acc, 0
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}

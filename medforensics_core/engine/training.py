@@ -48,6 +48,7 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader, optimizer
         optimizer.step()
         total += float(loss.detach()) * len(batch)
         count += len(batch)
+        ctx.status(f"loss {total / count:.4f}")
     return total / max(count, 1)
 
 

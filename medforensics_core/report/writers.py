@@ -36,6 +36,8 @@ def write_reports(run_dir: RunDir | str | os.PathLike, report: dict) -> dict[str
     written = {"report.json": run_dir.write_json("report.json", report)}
     written["metrics.csv"] = run_dir.write_text("metrics.csv", metrics_csv(report))
     figures = {"by_modality.png": plots.by_group_png(report, "by_modality")}
+    if plots.has_history(report):
+        figures["loss.png"] = plots.loss_png(report)
     scores = plots.read_clean_scores(run_dir.file("scores.csv"))
     if scores:
         figures["roc.png"] = plots.roc_png(scores)

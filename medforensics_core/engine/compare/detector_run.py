@@ -35,8 +35,23 @@ def make_context(options: CompareOptions, device: torch.device, rank: int = 0, w
                  progress: ProgressFn = no_progress, work_dir: Path | None = None) -> FitContext:
     """A fresh context per detector, so each one gets the whole budget."""
     budget = options.budget_minutes * 60 if options.budget_minutes is not None else None
+    sink = tensorboard_sink(work_dir / "tensorboard") if options.log == "tensorboard" and work_dir and rank == 0 \
+        else None
     return FitContext(device=device, seed=options.seed, epochs=options.epochs, budget_seconds=budget,
-                      progress=progress, rank=rank, world_size=world_size, work_dir=work_dir)
+                      progress=progress, rank=rank, world_size=world_size, work_dir=work_dir, scalar_sink=sink)
+
+
+def tensorboard_sink(folder: Path):
+    """``(tag, value, step)`` -> a TensorBoard event file in ``folder`` (flushed at once: runs are short)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder))
+
+    def add(tag: str, value: float, step: int) -> None:
+        writer.add_scalar(tag, value, step)
+        writer.flush()
+
+    return add
 
 
 def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
@@ -200,6 +215,8 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
     threshold = detector_threshold(detector)
     entry = _entry(detector, spec, train_seconds, speed, checkpoint,
                    summarize_scores(fold.test, scores, options, threshold), ctx.device)
+    entry["history"] = [dict(record) for record in ctx.history]
+    entry.update(stage_aucs(detector, fold.test, ctx, options.batch_size))
     if fold_dir is not None and ctx.rank == 0:
         entry["examples"] = report_examples(detector, fold.test, scores, threshold, fold_dir, spec.name, ctx)
     rows[spec.name]["entry"] = entry
@@ -207,8 +224,30 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
         add_references(detector, fold.support, ctx)
         shot_scores, _ = score_with_timing(detector, fold.test, ctx, batch_size=options.batch_size)
         shot_entry = dict(entry, **summarize_scores(fold.test, shot_scores, options, threshold), checkpoint=None)
-        rows[f"{spec.name} +{len(fold.support)}-shot"] = {"entry": shot_entry, "scores": {"": shot_scores.tolist()}}
+        shot_entry.update(stage_aucs(detector, fold.test, ctx, options.batch_size))
+        shots = int(np.asarray(fold.support.labels).sum())  # K references per class: K fakes (and K reals)
+        rows[f"{spec.name} +{shots}-shot"] = {"entry": shot_entry, "scores": {"": shot_scores.tolist()}}
     return {"status": "ok", "rows": rows}
+
+
+def stage_aucs(detector: Detector, images, ctx: FitContext, batch_size: int) -> dict[str, float | None]:
+    """``{stage}_auc`` for a detector that scores its stages separately (``stage_scores``, e.g. DSKI's
+    ``stage1``, ``retrieval`` and ``fused``), so a report shows which stage carries or loses a generator."""
+    if not callable(getattr(detector, "stage_scores", None)) or len(images) == 0:
+        return {}
+    from sklearn.metrics import roc_auc_score
+
+    loader = ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
+    collected: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for inputs, _, indices in loader:
+            modalities = [images.rows[int(i)].modality for i in indices]
+            for stage, values in detector.stage_scores(inputs, modalities).items():
+                collected.setdefault(stage, []).append(np.asarray(values, dtype=np.float64))
+    labels = np.asarray(images.labels)
+    two_classes = len(np.unique(labels)) == 2
+    return {f"{stage}_auc": round(float(roc_auc_score(labels, np.concatenate(parts))), 6) if two_classes else None
+            for stage, parts in collected.items()}
 
 
 def failed_result(spec: DetectorSpec, exc: BaseException) -> dict[str, Any]:

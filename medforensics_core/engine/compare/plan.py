@@ -48,6 +48,7 @@ class CompareOptions:
     label: str = "compare"
     command: str = ""
     run_dir: str | None = None  # write exactly here (mfx evaluate --out) instead of a new folder under ``out``
+    log: str | None = None  # "tensorboard": per-epoch scalars under RUN_DIR/tensorboard as well as mfx.log
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompareOptions:
@@ -86,8 +87,11 @@ class RunPlan:
     perturbations: list[Perturbation]
 
 
-def resolve_data(data: str | None, quick: bool = False) -> tuple[Path, bool]:
-    """The dataset path and whether it is the offline benchmark (used when ``--data`` is not given)."""
+def resolve_data(data: str | None, quick: bool = False, progress=None) -> tuple[Path, bool]:
+    """The dataset path and whether it is the offline benchmark (used when ``--data`` is not given).
+
+    A first use builds the benchmark; ``progress`` (the run's progress display) shows that build.
+    """
     if data:
         path = Path(data).expanduser()
         if not path.exists():
@@ -95,7 +99,7 @@ def resolve_data(data: str | None, quick: bool = False) -> tuple[Path, bool]:
         return path, False
     from ...benchmark import default_dataset
 
-    return Path(default_dataset(quick=quick)), True
+    return Path(default_dataset(quick=quick, progress=progress)), True
 
 
 def open_manifest(path: Path) -> Manifest:
@@ -152,7 +156,23 @@ def run_seeds(options: CompareOptions) -> list[int]:
     return list(options.seeds) or [options.seed]
 
 
-def plan_run(options: CompareOptions) -> RunPlan:
+LOG_SINKS = ("tensorboard",)
+
+
+def check_log_option(log: str | None) -> None:
+    """``--log tensorboard`` needs the ``tensorboard`` package: refused in one line before any work."""
+    if log is None:
+        return
+    if log not in LOG_SINKS:
+        raise MfxError(f"--log must be one of {', '.join(LOG_SINKS)}, not {log!r}")
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise MfxError("--log tensorboard needs the tensorboard package (pip install tensorboard); "
+                       "per-epoch metrics are in mfx.log and loss.png without it")
+
+
+def plan_run(options: CompareOptions, progress=None) -> RunPlan:
     """Check names, presets, overrides, checkpoints and perturbations; resolve the data. No training yet."""
     from ...plugins import get_registry
 
@@ -172,8 +192,9 @@ def plan_run(options: CompareOptions) -> RunPlan:
 
     check_holdout_by(options.holdout_by)
     check_seeds(options.seeds)
+    check_log_option(options.log)
     perturbations = parse_perturbations(options.perturb)
-    data_path, is_benchmark = resolve_data(options.data, options.quick)
+    data_path, is_benchmark = resolve_data(options.data, options.quick, progress)
     preset = options.preset or ("tiny" if is_benchmark else "full")
     specs = [DetectorSpec(name, cls, preset, dict(options.overrides.get(name, {})), options.checkpoints.get(name))
              for name, cls in classes.items()]
