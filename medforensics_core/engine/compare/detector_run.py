@@ -240,9 +240,8 @@ def stage_aucs(detector: Detector, images, ctx: FitContext, batch_size: int) -> 
     loader = ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
     collected: dict[str, list[np.ndarray]] = {}
     with torch.inference_mode():
-        for inputs, _, indices in loader:
-            modalities = [images.rows[int(i)].modality for i in indices]
-            for stage, values in detector.stage_scores(inputs, modalities).items():
+        for batch in loader:
+            for stage, values in detector.stage_scores(batch.inputs, batch.modalities).items():
                 collected.setdefault(stage, []).append(np.asarray(values, dtype=np.float64))
     labels = np.asarray(images.labels)
     two_classes = len(np.unique(labels)) == 2
