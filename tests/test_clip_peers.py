@@ -279,3 +279,19 @@ def test_rine_keeps_the_last_epoch_validation_only_reported(trained, splits):
     without_val = get_registry().detector("rine")(preset="tiny").fit(splits["train"], None, ctx)
     assert np.allclose(score(without_val, splits["test"], ctx), scores, atol=1e-6)
     assert "val_acc" in detector.train_info and "best_val_acc" not in detector.train_info
+
+
+def test_bad_peer_configs_fail_in_one_line():
+    from medforensics_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dropout"):
+        get_registry().detector("rine").make_config("tiny", dropout=1.5)
+    with pytest.raises(ConfigError, match="jpeg_qualities"):
+        get_registry().detector("rine").make_config(jpeg_qualities="30,120")
+    with pytest.raises(ConfigError, match="adapters"):
+        get_registry().detector("fatformer").make_config("tiny", adapters=0)
+    cls = get_registry().detector("fatformer")
+    with pytest.raises(ConfigError, match="adapter_heads"):  # 64-wide tiny blocks, 5 heads
+        cls(cls.make_config("tiny", adapter_heads=5)).ensure_model()
+    with pytest.raises(ConfigError, match="normalisation"):
+        cls(cls.make_config("tiny", normalisation="zscore"))

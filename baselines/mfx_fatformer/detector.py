@@ -35,18 +35,18 @@ class FatFormerConfig:
     clip_model: str = "ViT-L-14"
     pretrained: str = "openai"
     backbone_seed: int = 0
-    adapters: int = 3
+    adapters: int = dataclasses.field(default=3, metadata={"min": 1})
     """Number of ViT stages; an adapter sits in the last block of each (24 blocks -> 7, 15, 23)."""
-    bottleneck: int = 64
-    adapter_scale: float = 0.1
-    adapter_dropout: float = 0.1
-    adapter_heads: int = 8
-    dwt_groups: int = 128
+    bottleneck: int = dataclasses.field(default=64, metadata={"min": 1})
+    adapter_scale: float = dataclasses.field(default=0.1, metadata={"min": 0})
+    adapter_dropout: float = dataclasses.field(default=0.1, metadata={"min": 0, "max": 0.99})
+    adapter_heads: int = dataclasses.field(default=8, metadata={"min": 1})
+    dwt_groups: int = dataclasses.field(default=128, metadata={"min": 1})
     wavelet: str = "haar"
-    n_ctx: int = 8
-    lga_heads: int = 12
+    n_ctx: int = dataclasses.field(default=8, metadata={"min": 1})
+    lga_heads: int = dataclasses.field(default=12, metadata={"min": 1})
     class_names: tuple[str, str] = ("real", "fake")
-    load_size: int = 256
+    load_size: int = dataclasses.field(default=256, metadata={"min": 1})
     """Images are resized to load_size x load_size (square), then cropped to the backbone's input size."""
     flip: bool = True
     normalisation: str = "imagenet"
@@ -55,8 +55,8 @@ class FatFormerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = 256
     epochs: int = 25
-    lr_step_every: int = 10
-    lr_step_gamma: float = 0.9
+    lr_step_every: int = dataclasses.field(default=10, metadata={"min": 1})
+    lr_step_gamma: float = dataclasses.field(default=0.9, metadata={"min": 0, "max": 1})
 
 
 TINY = {"clip_model": "mfx-tiny-clip", "pretrained": "random", "load_size": 64, "bottleneck": 16,

@@ -31,26 +31,26 @@ class RINEConfig:
     clip_model: str = "ViT-L-14"
     pretrained: str = "openai"
     backbone_seed: int = 0
-    proj_layers: int = 2
+    proj_layers: int = dataclasses.field(default=2, metadata={"min": 1})
     """q: Linear+ReLU+Dropout layers in each of the two projections."""
-    proj_dim: int = 1024
-    dropout: float = 0.5
-    contrastive_factor: float = 0.2
+    proj_dim: int = dataclasses.field(default=1024, metadata={"min": 1})
+    dropout: float = dataclasses.field(default=0.5, metadata={"min": 0, "max": 0.99})
+    contrastive_factor: float = dataclasses.field(default=0.2, metadata={"min": 0})
     """xi: weight of the supervised contrastive loss beside the (summed) BCE."""
     temperature: float = 0.07
     lr: float = 1e-3
     batch_size: int = 128
     epochs: int = 1
-    lr_drop_every: int = 5
+    lr_drop_every: int = dataclasses.field(default=5, metadata={"min": 1})
     """lr / lr_drop after every lr_drop_every epochs (official: at the start of epochs 6 and 11)."""
-    lr_drop: float = 10.0
-    blur_prob: float = 0.5
-    blur_sigma: tuple[float, float] = (0.0, 3.0)
-    jpeg_prob: float = 0.5
-    jpeg_qualities: tuple[int, ...] = (30, 100)
+    lr_drop: float = dataclasses.field(default=10.0, metadata={"min": 1})
+    blur_prob: float = dataclasses.field(default=0.5, metadata={"min": 0, "max": 1})
+    blur_sigma: tuple[float, float] = dataclasses.field(default=(0.0, 3.0), metadata={"min": 0})
+    jpeg_prob: float = dataclasses.field(default=0.5, metadata={"min": 0, "max": 1})
+    jpeg_qualities: tuple[int, ...] = dataclasses.field(default=(30, 100), metadata={"min": 1, "max": 100})
     """JPEG quality drawn from these values (the official code picks 30 or 100, not a range)."""
     flip: bool = True
-    encode_batch_size: int = 64
+    encode_batch_size: int = dataclasses.field(default=64, metadata={"min": 1})
 
     @property
     def augments(self) -> bool:

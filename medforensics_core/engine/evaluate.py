@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import ImageSet
+from ..errors import CheckpointError
 from ..interfaces import Detector
 from .context import FitContext
 from .training import predict_loader
@@ -40,4 +41,13 @@ def score_with_timing(detector: Detector, images: ImageSet, ctx: FitContext | No
     with torch.inference_mode():
         scores, _ = predict_loader(detector.predict_proba, loader, ctx, description=f"scoring {detector.name}")
     elapsed = max(time.perf_counter() - start, 1e-9)
+    check_finite_scores(detector.name, scores)
     return scores, len(images) / elapsed
+
+
+def check_finite_scores(name: str, scores: np.ndarray) -> None:
+    """NaN/inf scores are an error, never a verdict: ``nan >= threshold`` is False, so they would all read "real"."""
+    bad = ~np.isfinite(np.asarray(scores, dtype=np.float64))
+    if bad.any():
+        raise CheckpointError(f"{name} produced {int(bad.sum())} non-finite score(s) (NaN/inf) of {bad.size}: "
+                              "its weights are corrupt or its training diverged")

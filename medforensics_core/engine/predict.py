@@ -24,7 +24,7 @@ from ..data.modality import resolve as resolve_modality
 from ..data.readers import LoadedImage, count_frames, iter_frames, read_image
 from ..data.walk import expand_inputs
 from ..decision import DEFAULT_THRESHOLD, verdict
-from ..errors import BadInputError, MfxError
+from ..errors import BadInputError, CheckpointError, MfxError
 from ..interfaces import Detector
 from ..report.overlay import overlay_png
 from .context import FitContext
@@ -174,7 +174,7 @@ def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitCont
         try:
             try:
                 _score_file(path, scorer, options, known, explainer, predictions)
-            except (BadInputError, KeyboardInterrupt, MemoryError):
+            except (BadInputError, CheckpointError, KeyboardInterrupt, MemoryError):
                 raise
             except MfxError as exc:  # e.g. a detector that cannot score an image this small: that image's failure
                 raise BadInputError(path, str(exc)) from exc
@@ -200,6 +200,9 @@ def _score_file(path: Path, scorer: TileScorer, options: PredictOptions, known, 
         if modality is None:
             modality = resolve_modality(loaded.meta, path, options.modality, known)
         result = scorer.score(loaded.tensor, modality.name)
+        if not math.isfinite(result.score):  # the model's fault, not the file's: stop, never a verdict on NaN
+            raise CheckpointError(f"{scorer.detector.name} gave a non-finite score (NaN/inf) for {path}: "
+                                  "its weights are corrupt or its training diverged")
         top = result.top(options.tiles.top_k)
         predictions.append(Prediction(
             str(path), frame, result.score, verdict(result.score, options.threshold),

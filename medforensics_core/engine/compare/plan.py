@@ -7,6 +7,7 @@ detector, a bad perturbation, a missing dataset) before a run directory exists.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -123,10 +124,15 @@ def parse_perturbations(specs: Sequence[str]) -> list[Perturbation]:
         name, _, strength = item.partition(":")
         cls = get_registry().perturbation(name.strip())
         try:
-            found.append(cls(float(strength)) if strength else cls())
+            value = float(strength) if strength else float(cls.default_strength)
         except ValueError:
             raise MfxError(f"--perturb {item!r}: strength must be a number (e.g. {name}:{cls.default_strength:g})") \
                 from None
+        low, high = getattr(cls, "strength_range", (-math.inf, math.inf))
+        if not (math.isfinite(value) and low <= value <= high):
+            raise MfxError(f"--perturb {item!r}: strength must be a finite number in [{low:g}, {high:g}] "
+                           f"({cls.description})")
+        found.append(cls(value))
     return found
 
 
@@ -149,6 +155,25 @@ def check_seeds(seeds: Sequence[int]) -> None:
     repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if repeated:
         raise MfxError(f"--seeds: seed(s) {', '.join(map(str, repeated))} given twice")
+
+
+def check_numbers(options: CompareOptions) -> None:
+    """The numeric options, refused at plan time when they make no sense (before a run directory exists)."""
+    import math
+
+    def number(value, flag: str, minimum: float, inclusive: bool = True) -> None:
+        if value is None:
+            return
+        ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+        if not ok:
+            bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
+            raise MfxError(f"{flag} must be {bound}, not {value!r}")
+
+    number(options.epochs, "--epochs", 1)
+    number(options.budget_minutes, "--budget-minutes", 0, inclusive=False)
+    number(options.shots, "--shots", 1)
+    number(options.batch_size, "--batch-size", 1)
+    number(options.n_boot, "--n-boot", 0)
 
 
 def run_seeds(options: CompareOptions) -> list[int]:
@@ -192,13 +217,17 @@ def plan_run(options: CompareOptions, progress=None) -> RunPlan:
 
     check_holdout_by(options.holdout_by)
     check_seeds(options.seeds)
+    check_numbers(options)
     check_log_option(options.log)
     perturbations = parse_perturbations(options.perturb)
     data_path, is_benchmark = resolve_data(options.data, options.quick, progress)
     preset = options.preset or ("tiny" if is_benchmark else "full")
     specs = [DetectorSpec(name, cls, preset, dict(options.overrides.get(name, {})), options.checkpoints.get(name))
              for name, cls in classes.items()]
+    from ...plugins import check_plugin_references
+
     for spec in specs:
         if spec.checkpoint is None:
-            spec.config()  # an unknown preset or key fails here, in one line
+            config = spec.config()  # an unknown preset or key, a value out of range fails here, in one line
+            check_plugin_references(config)
     return RunPlan(options, specs, data_path, preset, perturbations)
