@@ -214,8 +214,10 @@ def test_model_selection_keeps_the_last_save_or_the_last_epoch(monkeypatch):
 
         scores = iter([0.5, 0.9, 0.6, 0.6])  # validation accuracy after epochs 1-4: the best is epoch 2
         monkeypatch.setattr("medforensics_core.engine.schedules.accuracy", lambda *args: next(scores))
-        info = train_binary(module, module, predict, optimizer, loader, [(torch.zeros(1, 1), torch.ones(1), 0)],
-                            FitContext(), Schedule(4, patience=5, keep=keep), "test")
+        ctx = FitContext()
+        val_loader = ctx.tensor_loader(torch.zeros(1, 1), [1], 1, shuffle=False)
+        info = train_binary(module, module, predict, optimizer, loader, val_loader, ctx,
+                            Schedule(4, patience=5, keep=keep), "test")
         assert float(module.bias.detach()) == expected_epoch and info["epochs"] == 4 and len(info["lr"]) == 4
 
 

@@ -43,13 +43,14 @@ import torchvision
 from torchvision.transforms import v2
 
 from medforensics_core.checkpoint import load_state_strict
-from medforensics_core.engine.augment import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, blur_jpeg_transform,
-                                              check_geometry, eval_geometry_transform, normalise, resize_shorter,
-                                              train_geometry, train_resize_for, validation_recipe)
-from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
+from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.errors import MfxError, WeightsNotFoundError
 from medforensics_core.hookspecs import hookimpl
 from medforensics_core.interfaces import Detector
+from medforensics_core.toolkit import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, Schedule, blur_jpeg_transform,
+                                       check_geometry, detector_loaders, eval_geometry_transform, linear_head,
+                                       normalise, resize_shorter, seeded, train_binary, train_geometry,
+                                       train_resize_for, validation_recipe)
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,7 @@ def build_resnet(arch: str, fc_init_std: float) -> torch.nn.Module:
 
 def new_head(in_features: int, std: float) -> torch.nn.Linear:
     """``Linear(in_features, 1)``: weight N(0, ``std``), bias left at PyTorch's default (as the official trainer)."""
-    head = torch.nn.Linear(in_features, 1)
-    torch.nn.init.normal_(head.weight, 0.0, std)
-    return head
+    return linear_head(in_features, std, zero_bias=False)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -145,7 +144,7 @@ def wants_weights(spec: str | None) -> bool:
     return spec is not None and spec.lower() not in RANDOM_SPECS
 
 
-class CNNSpotDetector(Detector):
+class CNNSpotDetector(Detector, SupportsDistributed):
     """CNNSpot (Wang et al., CVPR 2020) — see the module docstring for the recipe.
 
     Presets: ``full`` = the paper (ResNet-50, 256 -> 224 px, batch 64, up to 100
@@ -208,7 +207,6 @@ class CNNSpotDetector(Detector):
 
         ctx = ctx or FitContext(device=self.device)
         with seeded(ctx.seed):
-            self.device = torch.device(ctx.device)
             self.model = build_resnet(self.config.arch, self.config.fc_init_std).to(self.device)
             self.backbone_weights = RANDOM_INIT
             self.random_init_fallback = False
@@ -238,13 +236,13 @@ class CNNSpotDetector(Detector):
 
         schedule = Schedule(ctx.epochs_for(cfg.epochs), patience=cfg.patience, first_delta=cfg.first_delta,
                             delta=cfg.delta, lr_drop=cfg.lr_drop, min_lr=cfg.min_lr, keep=cfg.model_selection)
-        return train_binary(self.model, self.model, self.predict_proba, optimizer, train_loader, val_loader, ctx,
+        return train_binary(self.model, None, self.predict_proba, optimizer, train_loader, val_loader, ctx,
                             schedule, self.name)
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, batch: Batch) -> np.ndarray:
         self.model.eval()
-        logits = self.model(batch.to(self.device))
+        logits = self.model(batch.inputs.to(self.device))
         return torch.sigmoid(logits.float().reshape(-1)).cpu().numpy()
 
     # -- reporting and state
@@ -263,9 +261,10 @@ class CNNSpotDetector(Detector):
     def extra_state(self) -> dict[str, Any]:
         return {"backbone_weights": self.backbone_weights, "random_init_fallback": self.random_init_fallback}
 
-    def load_extra_state(self, state: Any) -> None:
-        self.backbone_weights = state.get("backbone_weights", RANDOM_INIT)
-        self.random_init_fallback = bool(state.get("random_init_fallback", False))
+    def load_state(self, tensors: Any, extra: Any, source: str = "checkpoint") -> None:
+        self.load_module_tensors(tensors, source)
+        self.backbone_weights = extra.get("backbone_weights", RANDOM_INIT)
+        self.random_init_fallback = bool(extra.get("random_init_fallback", False))
 
 
 @hookimpl

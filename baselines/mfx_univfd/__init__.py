@@ -9,7 +9,8 @@ three parts:
   (backbone, test-time geometry, on-disk feature cache);
 * :mod:`.probe` — ``univfd``, the paper's linear probe;
 * :mod:`.nn` — ``univfd-nn``, the paper's nearest-neighbour variant over a bank
-  of training features (it shares the features, not the probe).
+  of training features (it shares the features, not the probe; it declares the
+  ``ReferenceBank`` capability, so ``mfx index add`` and few-shot extend its bank).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from __future__ import annotations
 from medforensics_core.hookspecs import hookimpl
 
 from .features import TINY_BACKBONE, ClipFeatureDetector
-from .nn import UnivFDNNConfig, UnivFDNNDetector, first_of_label
-from .probe import UnivFDConfig, UnivFDDetector, feature_loader, train_probe_on_features, train_probe_on_images
+from .nn import UnivFDNNConfig, UnivFDNNDetector
+from .probe import UnivFDConfig, UnivFDDetector, train_probe_on_features, train_probe_on_images
 
 __all__ = ["TINY_BACKBONE", "ClipFeatureDetector", "UnivFDConfig", "UnivFDDetector", "UnivFDNNConfig",
-           "UnivFDNNDetector", "feature_loader", "first_of_label", "train_probe_on_features", "train_probe_on_images"]
+           "UnivFDNNDetector", "train_probe_on_features", "train_probe_on_images"]
 
 
 @hookimpl

@@ -18,9 +18,10 @@ from typing import Any, Mapping
 import torch
 from torchvision.transforms import v2
 
-from medforensics_core.engine.augment import check_geometry, eval_geometry_transform, normalise
+from medforensics_core import toolkit
 from medforensics_core.errors import CheckpointError, WeightsNotFoundError
 from medforensics_core.interfaces import Detector
+from medforensics_core.toolkit import check_geometry, eval_geometry_transform, normalise
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,9 @@ class ClipFeatureDetector(Detector):
     @property
     def backbone(self) -> Any:
         if self._backbone is None:
-            from medforensics_core.backbones import load_clip
-
             cfg = self.config
-            self._backbone = load_clip(cfg.clip_model, cfg.pretrained, device=self.device, seed=cfg.backbone_seed)
+            self._backbone = toolkit.load_clip(cfg.clip_model, cfg.pretrained, device=self.device,
+                                               seed=cfg.backbone_seed)
         return self._backbone
 
     def ensure_backbone(self, ctx: Any) -> None:
@@ -92,9 +92,7 @@ class ClipFeatureDetector(Detector):
 
     def cached_features(self, images: Any, ctx: Any) -> torch.Tensor:
         """Test-time features of every image, through the on-disk cache."""
-        from medforensics_core.engine.features import cached_features
-
-        features, stats = cached_features(images, self.encode, self.preprocess, backbone_key=self.backbone.key(),
+        features, stats = toolkit.cached_features(images, self.encode, self.preprocess, backbone_key=self.backbone.key(),
                                           preprocess_key=self.preprocess_key(), ctx=ctx,
                                           batch_size=self.config.encode_batch_size)
         for key, value in dataclasses.asdict(stats).items():
@@ -111,9 +109,10 @@ class ClipFeatureDetector(Detector):
     def extra_state(self) -> dict[str, Any]:
         return {"backbone": self.backbone.key(), "random_init_fallback": self.random_init_fallback}
 
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.random_init_fallback = bool(state.get("random_init_fallback", False))
-        expected = state.get("backbone")
+    def check_backbone(self, extra: Mapping[str, Any], source: str) -> None:
+        """Refuse a checkpoint trained on another backbone, in one line."""
+        self.random_init_fallback = bool(extra.get("random_init_fallback", False))
+        expected = extra.get("backbone")
         if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{self.name}: checkpoint was trained on backbone {expected!r}, "
+            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
                                   f"but this config loads {self.backbone.key()!r}")

@@ -29,15 +29,16 @@ keeps the paper's augmentation.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from medforensics_core.engine.augment import (BlurJpegRecipe, blur_jpeg_transform, normalise, resize_shorter,
-                                              train_geometry, train_resize_for, validation_recipe)
-from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
+from medforensics_core.contract import Batch, SupportsDistributed
+from medforensics_core.toolkit import (BlurJpegRecipe, Schedule, blur_jpeg_transform, detector_loaders, linear_head,
+                                       normalise, resize_shorter, seeded, train_binary, train_geometry,
+                                       train_resize_for, validation_recipe)
 
 from .features import TINY_BACKBONE, ClipFeatureDetector
 
@@ -82,7 +83,7 @@ class UnivFDConfig:
         return self.augmentation.enabled or self.flip
 
 
-class UnivFDDetector(ClipFeatureDetector):
+class UnivFDDetector(ClipFeatureDetector, SupportsDistributed):
     """UnivFD linear probe on a frozen CLIP image encoder (see the module docstring).
 
     Presets: ``full`` = the paper (ViT-L/14 OpenAI weights, which must be on the
@@ -107,10 +108,8 @@ class UnivFDDetector(ClipFeatureDetector):
         self.head: torch.nn.Linear | None = None
 
     def ensure_head(self) -> torch.nn.Linear:
-        if self.head is None:
-            head = torch.nn.Linear(self.feature_dim, 1)
-            torch.nn.init.normal_(head.weight, 0.0, self.config.head_init_std)
-            self.head = head.to(self.device)
+        if self.head is None:  # weight N(0, 0.02), bias PyTorch's default, as the official trainer
+            self.head = linear_head(self.feature_dim, self.config.head_init_std, zero_bias=False).to(self.device)
         return self.head
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -165,8 +164,13 @@ class UnivFDDetector(ClipFeatureDetector):
             self.train_info["feature_cache"] = dict(self.feature_cache_stats)
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(self.forward(batch).reshape(-1)).cpu().numpy()
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        return torch.sigmoid(self.forward(batch.inputs).reshape(-1)).cpu().numpy()
+
+    def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
+                   source: str = "checkpoint") -> None:
+        self.check_backbone(extra, source)
+        self.load_module_tensors(tensors, source)
 
     def weights_info(self) -> str:
         return f"frozen {self.backbone.weights_info} + trained linear head"
@@ -175,14 +179,21 @@ class UnivFDDetector(ClipFeatureDetector):
 def train_probe_on_features(detector: UnivFDDetector, optimizer: torch.optim.Optimizer, train: Any, val: Any | None,
                             ctx: Any, schedule: Schedule, batch_size: int) -> dict[str, Any]:
     """Train the head on cached frozen features (no augmentation): seconds instead of minutes."""
-    train_loader = feature_loader(detector.cached_features(train, ctx), train.labels, batch_size, ctx)
+    features = detector.cached_features(train, ctx)
     val_loader = None
     if val is not None and len(val):
-        val_loader = feature_loader(detector.cached_features(val, ctx), val.labels, batch_size, ctx, shuffle=False)
+        val_loader = ctx.tensor_loader(detector.cached_features(val, ctx), val.labels, batch_size, shuffle=False)
     head = detector.ensure_head()
-    predict = lambda feats: torch.sigmoid(head(feats.float()).reshape(-1)).cpu().numpy()  # noqa: E731
-    return train_binary(head, head, predict, optimizer, lambda epoch: train_loader, val_loader, ctx, schedule,
-                        detector.name)
+    predict = lambda batch: torch.sigmoid(head(batch.inputs.float()).reshape(-1)).cpu().numpy()  # noqa: E731
+
+    loader = ctx.tensor_loader(features, train.labels, batch_size, shuffle=True)  # one shuffling stream for all epochs
+
+    def train_loader(epoch: int):
+        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new shard order per epoch
+            loader.sampler.set_epoch(epoch)
+        return loader
+
+    return train_binary(head, None, predict, optimizer, train_loader, val_loader, ctx, schedule, detector.name)
 
 
 def train_probe_on_images(detector: UnivFDDetector, optimizer: torch.optim.Optimizer, train: Any, val: Any | None,
@@ -190,13 +201,5 @@ def train_probe_on_images(detector: UnivFDDetector, optimizer: torch.optim.Optim
     """Train the head on augmented images, encoding each batch with the frozen backbone (the paper's recipe)."""
     train_loader, val_loader = detector_loaders(detector, train, val, ctx, batch_size)
 
-    return train_binary(detector.ensure_head(), detector.forward, detector.predict_proba, optimizer, train_loader,
-                        val_loader, ctx, schedule, detector.name)
-
-
-def feature_loader(features: torch.Tensor, labels: np.ndarray, batch_size: int, ctx: Any,
-                   shuffle: bool = True) -> torch.utils.data.DataLoader:
-    """Batches of ``(features, labels, indices)`` — the shape ``run_epoch`` expects from image loaders."""
-    dataset = torch.utils.data.TensorDataset(features, torch.as_tensor(labels), torch.arange(len(labels)))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                                       generator=ctx.generator() if shuffle else None)
+    return train_binary(detector.ensure_head(), None, detector.predict_proba, optimizer, train_loader,
+                        val_loader, ctx, schedule, detector.name, frozen=detector.encode)

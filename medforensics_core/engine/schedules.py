@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from ..contract import Batch
 from ..decision import accuracy
 from ..errors import ConfigError
 from ..seeding import seeded  # noqa: F401 - re-exported for the baselines
@@ -106,6 +107,25 @@ class ScheduleState:
         return decision
 
 
+def _module_forward(module: torch.nn.Module, frozen: Callable[[torch.Tensor], torch.Tensor] | None):
+    if frozen is None:
+        return module
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = frozen(inputs)
+        return module(features.float())
+
+    return forward
+
+
+def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    """Multiply every group's learning rate by ``factor``; returns the smallest new rate."""
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    return min(group["lr"] for group in optimizer.param_groups)
+
+
 def apply_lr_decision(optimizer: torch.optim.Optimizer, decision: EpochDecision) -> None:
     """Multiply and/or divide every group's rate as decided (dividing, not multiplying by 1/x, as the papers' code)."""
     for group in optimizer.param_groups:
@@ -121,8 +141,8 @@ def detector_loaders(detector, train, val, ctx, batch_size: int):
     The training loader is rebuilt per epoch with an epoch-dependent seed, so the
     shuffling differs between epochs yet is reproducible from the run's seed.
     Validation images go through ``detector.val_transform`` when the detector has
-    one (CNNSpot validates on blurred/JPEG'd images, as the official code does),
-    else through ``preprocess``.
+    one (CNNSpot and UnivFD validate on blurred/JPEG'd images, as the official
+    code does), else through ``preprocess``.
     """
     val_transform = getattr(detector, "val_transform", None) or detector.preprocess
     val_loader = ctx.loader(val, val_transform, batch_size, shuffle=False) if val is not None and len(val) \
@@ -134,26 +154,35 @@ def detector_loaders(detector, train, val, ctx, batch_size: int):
     return train_loader, val_loader
 
 
-def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                 predict: Callable[[torch.Tensor], np.ndarray], optimizer: torch.optim.Optimizer,
+def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor] | None,
+                 predict: Callable[[Batch], np.ndarray], optimizer: torch.optim.Optimizer,
                  train_loader: Callable[[int], Iterable], val_loader: Iterable | None, ctx: FitContext,
-                 schedule: Schedule, name: str, loss_fn: LossFn = binary_logit_loss) -> dict[str, Any]:
-    """Train ``module`` (through ``forward``) epoch by epoch; returns the run's ``train_info``.
+                 schedule: Schedule, name: str, loss_fn: LossFn = binary_logit_loss, *,
+                 frozen: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+    """Train ``module`` epoch by epoch; returns the run's ``train_info``.
 
-    ``train_loader(epoch)`` gives that epoch's loader of ``(inputs, labels, indices)``;
-    ``predict`` maps a validation batch to fake probabilities; ``loss_fn(forward(inputs), labels)``
-    is the training objective (default: BCE on one logit per image). ``train_info["lr"]`` lists the
-    learning rate each epoch ran with.
+    The logits are ``module(frozen(inputs))`` (``frozen``: e.g. a frozen encoder,
+    run without gradients) when ``forward`` is ``None`` or ``module`` itself — the
+    form that trains distributed for real: ``module`` is wrapped by
+    ``ctx.parallel`` (``DistributedDataParallel`` under ``torchrun``). Any other
+    ``forward`` callable is used as given (gradients then averaged by hand).
+    ``train_loader(epoch)`` gives that epoch's loader of batches; ``predict`` maps
+    a validation :class:`Batch` to fake probabilities (gathered over ranks, so
+    every rank takes the same early-stopping decision); ``loss_fn(logits, labels)``
+    is the training objective (default: BCE on one logit per image).
     """
     state = ScheduleState(schedule)
     saved: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = {"epochs": 0, "lr_drops": 0, "lr": [], "keep": schedule.keep}
+    synchronised = forward is None or forward is module
+    if synchronised:
+        forward = _module_forward(ctx.parallel(module), frozen)
     for epoch in ctx.epoch_range(schedule.epochs, name):
         module.train()
         lr = min(group["lr"] for group in optimizer.param_groups)
         info["lr"].append(lr)
         info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx, loss_fn=loss_fn,
-                                       description=f"{name} epoch {epoch + 1}")
+                                       description=f"{name} epoch {epoch + 1}", synchronised=synchronised)
         info["epochs"] = epoch + 1
         acc = None
         if val_loader is not None:
