@@ -247,7 +247,7 @@ def _html_examples(report: dict, images: dict[str, bytes]) -> list[str]:
                 png = images.get(item.get("overlay", ""))
                 image = f'<img alt="{esc(item["path"])}" src="{_png_src(png)}"><br>' if png else ""
                 cells.append(f"<td>{image}{esc(item['generator'])} &middot; {item['score']:.3f}<br>"
-                             f'<span class="aside">{esc(Path(item["path"]).name)}</span></td>')
+                             f'<span class="aside">{esc("/".join(Path(item["path"]).parts[-3:]))}</span></td>')
             out.append(f'<tr><td class="kind">{esc(heading)}</td>{"".join(cells) or "<td>none</td>"}</tr>')
         out.append("</table>")
     return out
