@@ -187,8 +187,11 @@ class Detector(Plugin, abc.ABC):
         except Exception as exc:  # noqa: BLE001 - any config mismatch is a checkpoint problem
             raise CheckpointError(f"{path}: its config does not fit {cls.name!r} ({exc})") from None
         detector = cls(config, preset=meta.get("preset"), device="cpu")
-        detector.load_extra_state(meta.get("extra", {}))
-        detector.load_state_tensors(tensors, source=str(path))
+        try:
+            detector.load_extra_state(meta.get("extra", {}))
+            detector.load_state_tensors(tensors, source=str(path))
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # hostile or damaged metadata
+            raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
         detector.train_info = meta.get("train_info", {})
         detector.fitted = True
         return detector.to(device)

@@ -176,6 +176,7 @@ def test_compare_on_bad_skip_keeps_per_image_failures_per_image(hostile_dir, dat
 # --------------------------------------------------------------------------- races
 
 
+@pytest.mark.slow
 def test_two_concurrent_index_add_keep_both_sets_of_references(dataset, dski_checkpoint, tmp_path):
     from medforensics_core.plugins import get_registry
 
@@ -455,3 +456,41 @@ def test_untrusted_text_is_shown_literally_everywhere(tmp_path):
     row = _rich_row(TableView(title="t", lead_header="detector", columns=[hostile], rows=[]),
                     Row(name=hostile, cells=[]))
     Console(file=open(os.devnull, "w")).print(*row)  # raw text: no MarkupError on "[/]"
+
+
+# --------------------------------------------------------------------------- hostile checkpoints
+
+
+def _with_metadata(source: Path, target: Path, change) -> Path:
+    """A copy of a checkpoint whose JSON metadata is replaced by ``change(metadata)`` (anything JSON)."""
+    import json
+
+    from safetensors.torch import save
+
+    from medforensics_core.checkpoint import FORMAT, FORMAT_VERSION, load_tensors
+
+    tensors, meta = load_tensors(source)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "mfx": json.dumps(change(meta))}
+    target.write_bytes(save({k: v.contiguous() for k, v in tensors.items()}, metadata=header))
+    return target
+
+
+@pytest.mark.parametrize("label, change", [
+    ("list", lambda meta: [meta]),
+    ("extra-list", lambda meta: dict(meta, extra=[1])),
+    ("weight-text", lambda meta: dict(meta, config=dict(meta["config"], mfrm_weight="heavy"))),
+    ("bank-list", lambda meta: dict(meta, extra=dict(meta.get("extra") or {}, bank=[1]))),
+])
+def test_hostile_checkpoint_metadata_is_one_line(label, change, dski_checkpoint, tmp_path):
+    from PIL import Image
+
+    checkpoint = _with_metadata(dski_checkpoint, tmp_path / f"{label}.safetensors", change)
+    image = tmp_path / "one.png"
+    Image.new("RGB", (32, 32)).save(image)
+    for args in (["predict", "dski", "--checkpoint", str(checkpoint), str(image)],
+                 ["index", "add", str(checkpoint), str(image), "--label", "real", "--modality", "fundus"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code != 0, (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(checkpoint) in errors[0], (args, result.output)

@@ -152,6 +152,8 @@ def checkpoint_detector_name(path: str | Path) -> str | None:
         meta = json.loads(header.get("mfx", "{}"))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"{path}: not a readable mfx checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: damaged checkpoint metadata (a JSON {type(meta).__name__}, not an object)")
     return meta.get("detector")
 
 
