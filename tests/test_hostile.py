@@ -280,7 +280,7 @@ def test_index_add_into_a_read_only_folder_fails_before_reading(dski_checkpoint,
 
     Image.new("RGB", (32, 32)).save(image)
     result = CliRunner().invoke(cli, ["index", "add", str(dski_checkpoint), str(image), "--label", "real",
-                                      "--modality", "fundus", "--out", str(target)])
+                                      "--modality", "fundus", "--output", str(target)])
     assert result.exit_code != 0 and "lock file" in result.output, result.output
 
 

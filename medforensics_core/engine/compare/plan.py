@@ -136,22 +136,11 @@ def parse_perturbations(specs: Sequence[str]) -> list[Perturbation]:
     return found
 
 
-def checkpoint_detector_name(path: str | Path) -> str | None:
+def checkpoint_detector_name(path: str | Path) -> str:
     """The detector a checkpoint belongs to, read from its header without loading tensors."""
-    import json
+    from ...api import checkpoint_detector_name as read_name
 
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        meta = json.loads(header.get("mfx", "{}"))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
-        raise CheckpointError(f"{path}: not a readable mfx checkpoint ({type(exc).__name__}: {exc})") from None
-    return meta.get("detector")
+    return read_name(path)
 
 
 def check_checkpoint(detector: str, path: str | Path) -> None:
