@@ -160,6 +160,10 @@ def test_cli_and_python_api_give_the_same_score_for_a_16_bit_dicom(patch_checkpo
                                               ct]).output)["predictions"][0]
     assert out["centre_score"] == pytest.approx(api_centre, abs=1e-6)
     assert out["score"] == pytest.approx(api_tiles, abs=1e-6)
+    import medforensics_core as mfx  # the public Python API: same file, same scores as the command line
+
+    assert mfx.score(detector, ct, crop="center")[0] == pytest.approx(out["centre_score"], abs=1e-6)
+    assert mfx.score(detector, ct, crop="tiles")[0] == pytest.approx(out["score"], abs=1e-6)
     eight_bit = (image * 255).round() / 255
     with torch.inference_mode():
         quantised = float(detector.predict_proba(Batch.of(detector.preprocess(eight_bit)[None], modalities=["ct"]))[0])
