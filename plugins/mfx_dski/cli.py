@@ -100,7 +100,12 @@ def index_group() -> None:
               help="A bad image file: list it and add the others, or stop without writing anything.")
 def index_add(checkpoint: str, images: tuple[str, ...], label: str, generator: str | None, modality: str,
               out: str | None, on_bad: str) -> None:
-    """Add IMAGES (files or folders; DICOM/NIfTI frames count one each) to CHECKPOINT's MFRM bank."""
+    """Add IMAGES (files or folders; DICOM/NIfTI frames count one each) to CHECKPOINT's MFRM bank.
+
+    Give references of both classes, one call per label: K fakes of the new generator
+    (--label fake --generator NAME) and K reals of the same modality (--label real), e.g. from the
+    new scanner, so the bank's evidence grows balanced.
+    """
     from rich.markup import escape
 
     from medforensics_core.cli import console, err_console
