@@ -28,6 +28,7 @@ from rich.table import Table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from medforensics_core.contract import Batch  # noqa: E402
 from medforensics_core.engine.device import timed_call  # noqa: E402
 from medforensics_core.plugins import get_registry  # noqa: E402
 from mfx_dski.training import optimizer_for, stage1_loss  # noqa: E402 - a benchmark of DSKI itself
@@ -113,8 +114,9 @@ def throughput_row(model: str, device: str, batch: int, repeats: int) -> tuple[s
     train_s = statistics.median(timed_call(step, device) for _ in range(repeats))
     detector.net.eval()
     with torch.inference_mode():
-        detector.predict_proba(test_batch, modalities)
-        infer_s = statistics.median(timed_call(lambda: detector.predict_proba(test_batch, modalities), device)
+        scored = Batch.of(test_batch, modalities=modalities)
+        detector.predict_proba(scored)
+        infer_s = statistics.median(timed_call(lambda: detector.predict_proba(scored), device)
                                     for _ in range(repeats))
     return (model, str(batch), f"{batch / train_s:.3g}", f"{batch / infer_s:.3g}", f"{peak_memory_mb(device):.0f}")
 

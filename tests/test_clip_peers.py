@@ -210,6 +210,16 @@ def test_rine_head_shapes_and_block_softmax():
     assert torch.allclose(torch.softmax(head.alpha, 1).sum(1), torch.ones(1, 1024))
 
 
+@pytest.mark.parametrize("layers,dim,official", [(1, 128, 183937), (2, 1024, 6323201), (4, 1024, 10521601),
+                                                 (2, 256, 597761)])
+def test_rine_trainable_parameters_match_the_official_counts(layers, dim, official):
+    """The official repo lists its trainable parameter counts for ViT-L/14 (scripts/results.py)."""
+    from mfx_rine.model import RINEHead
+
+    head = RINEHead(blocks=24, width=1024, dim=dim, layers=layers, dropout=0.5)
+    assert sum(p.numel() for p in head.parameters()) == official
+
+
 def test_supervised_contrastive_matches_a_per_anchor_loop():
     from mfx_rine.model import supervised_contrastive
 
@@ -279,3 +289,19 @@ def test_rine_keeps_the_last_epoch_validation_only_reported(trained, splits):
     without_val = get_registry().detector("rine")(preset="tiny").fit(splits["train"], None, ctx)
     assert np.allclose(score(without_val, splits["test"], ctx), scores, atol=1e-6)
     assert "val_acc" in detector.train_info and "best_val_acc" not in detector.train_info
+
+
+def test_bad_peer_configs_fail_in_one_line():
+    from medforensics_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dropout"):
+        get_registry().detector("rine").make_config("tiny", dropout=1.5)
+    with pytest.raises(ConfigError, match="jpeg_qualities"):
+        get_registry().detector("rine").make_config(jpeg_qualities="30,120")
+    with pytest.raises(ConfigError, match="adapters"):
+        get_registry().detector("fatformer").make_config("tiny", adapters=0)
+    cls = get_registry().detector("fatformer")
+    with pytest.raises(ConfigError, match="adapter_heads"):  # 64-wide tiny blocks, 5 heads
+        cls(cls.make_config("tiny", adapter_heads=5)).ensure_model()
+    with pytest.raises(ConfigError, match="normalisation"):
+        cls(cls.make_config("tiny", normalisation="zscore"))

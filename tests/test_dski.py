@@ -149,7 +149,7 @@ def test_few_shot_references_of_both_classes_raise_auc_on_an_unseen_generator(he
         files = [str(r.resolved(support.root)) for r in support.rows if int(r.label) == label and r.modality == modality]
         options = ["--label", "fake", "--generator", held_out] if label else ["--label", "real"]
         result = CliRunner().invoke(cli, ["index", "add", str(source), *options, "--modality", modality,
-                                          "--out", str(out), *files])
+                                          "--output", str(out), *files])
         assert result.exit_code == 0, result.output
         source = out
     adapted = get_registry().detector("dski").load(out)
@@ -164,7 +164,7 @@ def test_index_add_refuses_unknown_modality_naming_known_ones(splits, trained, t
     detector, path = trained
     image = splits["test"].rows[0].resolved(splits["test"].root)
     result = CliRunner().invoke(cli, ["index", "add", str(path), "--label", "real", "--modality", "sonar",
-                                      "--out", str(tmp_path / "x.safetensors"), str(image)])
+                                      "--output", str(tmp_path / "x.safetensors"), str(image)])
     assert result.exit_code != 0
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]

@@ -280,7 +280,7 @@ def test_index_add_into_a_read_only_folder_fails_before_reading(dski_checkpoint,
 
     Image.new("RGB", (32, 32)).save(image)
     result = CliRunner().invoke(cli, ["index", "add", str(dski_checkpoint), str(image), "--label", "real",
-                                      "--modality", "fundus", "--out", str(target)])
+                                      "--modality", "fundus", "--output", str(target)])
     assert result.exit_code != 0 and "lock file" in result.output, result.output
 
 
@@ -293,3 +293,57 @@ def test_run_files_get_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+
+
+# --------------------------------------------------------------------------- plan-time validation
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["freq", "--epochs", "0"], "--epochs"),
+    (["freq", "--epochs", "-1"], "--epochs"),
+    (["dski", "--budget-minutes", "-1"], "--budget-minutes"),
+    (["freq", "--perturb", "jpeg:500"], "jpeg:500"),
+    (["freq", "--perturb", "resize:0"], "resize:0"),
+    (["freq", "--perturb", "resize:1e9"], "resize:1e9"),
+    (["freq", "--perturb", "noise:nan"], "noise:nan"),
+    (["freq", "--perturb", "blur:1000"], "blur:1000"),
+    (["dski", "--set", "dski.batch_size=0"], "batch_size"),
+    (["dski", "--set", "dski.lr=nan"], "lr"),
+    (["dski", "--set", "dski.top_k=0"], "top_k"),
+    (["dski", "--set", "dski.retriever=faiss-flt"], "faiss-flt"),
+    (["dski", "--set", "dski.noise_extractors=srm,nosuch"], "nosuch"),
+])
+def test_nonsense_values_fail_at_plan_time_before_a_run_directory(args, expected, dataset, tmp_path):
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(cli, ["compare", *args, "--data", str(dataset), "--out", str(runs)])
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.output
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_train_with_zero_epochs_writes_nothing(dataset, tmp_path):
+    target = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(cli, ["train", "freq", "--data", str(dataset), "--epochs", "0", "-o", str(target)])
+    assert result.exit_code != 0 and "--epochs" in result.output and not target.exists()
+
+
+def test_nan_threshold_is_refused_not_a_verdict(dski_checkpoint, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "one.png"
+    Image.new("RGB", (32, 32)).save(image)
+    result = CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(dski_checkpoint), "--threshold", "nan",
+                                      str(image)])
+    assert result.exit_code != 0 and "finite" in result.output, result.output
+
+
+def test_non_finite_scores_are_an_error():
+    import numpy as np
+
+    from medforensics_core.engine.evaluate import check_finite_scores
+    from medforensics_core.errors import MfxError
+
+    check_finite_scores("ok", np.array([0.1, 0.9]))
+    with pytest.raises(MfxError, match="non-finite"):
+        check_finite_scores("broken", np.array([0.1, np.nan]))

@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from medforensics_core.cli import cli
+from medforensics_core.contract import Batch
 
 PATCH = 24
 CROP = 64
@@ -153,7 +154,7 @@ def test_cli_and_python_api_give_the_same_score_for_a_16_bit_dicom(patch_checkpo
     detector = get_registry().detector("dski").load(patch_checkpoint)
     image = read_image(ct).tensor
     with torch.inference_mode():
-        api_centre = float(detector.predict_proba(detector.preprocess(image)[None], modalities=["ct"])[0])
+        api_centre = float(detector.predict_proba(Batch.of(detector.preprocess(image)[None], modalities=["ct"]))[0])
     api_tiles = TileScorer(detector, TileConfig()).score(image, "ct").score
     out = json.loads(CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(patch_checkpoint), "--json",
                                               ct]).output)["predictions"][0]
@@ -161,7 +162,7 @@ def test_cli_and_python_api_give_the_same_score_for_a_16_bit_dicom(patch_checkpo
     assert out["score"] == pytest.approx(api_tiles, abs=1e-6)
     eight_bit = (image * 255).round() / 255
     with torch.inference_mode():
-        quantised = float(detector.predict_proba(detector.preprocess(eight_bit)[None], modalities=["ct"])[0])
+        quantised = float(detector.predict_proba(Batch.of(detector.preprocess(eight_bit)[None], modalities=["ct"]))[0])
     assert quantised != pytest.approx(api_centre, abs=1e-6)  # 8-bit would have been a different input
 
 

@@ -11,6 +11,7 @@ import torch
 from torchvision.transforms import v2
 
 from medforensics_core.clip_parts import block_class_tokens, check_vision_tower
+from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.engine.augment import BlurJpegDraw, apply_blur_jpeg, normalise, train_geometry
 from medforensics_core.decision import accuracy
 from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
@@ -30,26 +31,26 @@ class RINEConfig:
     clip_model: str = "ViT-L-14"
     pretrained: str = "openai"
     backbone_seed: int = 0
-    proj_layers: int = 2
+    proj_layers: int = dataclasses.field(default=2, metadata={"min": 1})
     """q: Linear+ReLU+Dropout layers in each of the two projections."""
-    proj_dim: int = 1024
-    dropout: float = 0.5
-    contrastive_factor: float = 0.2
+    proj_dim: int = dataclasses.field(default=1024, metadata={"min": 1})
+    dropout: float = dataclasses.field(default=0.5, metadata={"min": 0, "max": 0.99})
+    contrastive_factor: float = dataclasses.field(default=0.2, metadata={"min": 0})
     """xi: weight of the supervised contrastive loss beside the (summed) BCE."""
     temperature: float = 0.07
     lr: float = 1e-3
     batch_size: int = 128
     epochs: int = 1
-    lr_drop_every: int = 5
+    lr_drop_every: int = dataclasses.field(default=5, metadata={"min": 1})
     """lr / lr_drop after every lr_drop_every epochs (official: at the start of epochs 6 and 11)."""
-    lr_drop: float = 10.0
-    blur_prob: float = 0.5
-    blur_sigma: tuple[float, float] = (0.0, 3.0)
-    jpeg_prob: float = 0.5
-    jpeg_qualities: tuple[int, ...] = (30, 100)
+    lr_drop: float = dataclasses.field(default=10.0, metadata={"min": 1})
+    blur_prob: float = dataclasses.field(default=0.5, metadata={"min": 0, "max": 1})
+    blur_sigma: tuple[float, float] = dataclasses.field(default=(0.0, 3.0), metadata={"min": 0})
+    jpeg_prob: float = dataclasses.field(default=0.5, metadata={"min": 0, "max": 1})
+    jpeg_qualities: tuple[int, ...] = dataclasses.field(default=(30, 100), metadata={"min": 1, "max": 100})
     """JPEG quality drawn from these values (the official code picks 30 or 100, not a range)."""
     flip: bool = True
-    encode_batch_size: int = 64
+    encode_batch_size: int = dataclasses.field(default=64, metadata={"min": 1})
 
     @property
     def augments(self) -> bool:
@@ -80,7 +81,7 @@ class RineAugment:
         return apply_blur_jpeg(image, self.draw())
 
 
-class RINEDetector(Detector):
+class RINEDetector(Detector, SupportsDistributed):
     """RINE: every block's class token from a frozen CLIP, importance-weighted, into a small trained network.
 
     Presets: ``full`` = the paper's best 4-class model (ViT-L/14 OpenAI weights,
@@ -180,8 +181,8 @@ class RINEDetector(Detector):
             return torch.sigmoid(head(self._tokens(flat))[0].float()).cpu().numpy()
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        return self.scores_from_features(self.encode(batch))
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        return self.scores_from_features(self.encode(batch.inputs))
 
     # -- training
     def fit(self, train: Any, val: Any | None = None, ctx: Any | None = None) -> "RINEDetector":
@@ -199,7 +200,8 @@ class RINEDetector(Detector):
             forward, predict = self.forward, self.predict_proba
         else:
             train_loader, val_loader = self._cached_loaders(train, val, ctx, batch_size)
-            forward, predict = self.forward_features, self.scores_from_features
+            forward = self.forward_features
+            predict = lambda batch: self.scores_from_features(batch.inputs)  # noqa: E731 - cached features
         with seeded(ctx.seed):
             self.head = None
             head = self.ensure_head()
@@ -252,8 +254,10 @@ class RINEDetector(Detector):
     def extra_state(self) -> dict[str, Any]:
         return {"backbone": self.backbone.key()}
 
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        expected = state.get("backbone")
+    def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
+                   source: str = "checkpoint") -> None:
+        expected = extra.get("backbone")
         if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{self.name}: checkpoint was trained on backbone {expected!r}, "
+            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
                                   f"but this config loads {self.backbone.key()!r}")
+        self.load_module_tensors(tensors, source)

@@ -139,7 +139,10 @@ def data_options(function):
                    "(overrides --seed; each seed's run is kept in RUN_DIR/seeds/<seed>/).")
 @click.option("--n-boot", type=int, default=1000, show_default=True,
               help="Bootstrap resamples (of test sources) for CIs and paired tests.")
-def compare_command(detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
+@click.option("--log", "log_sink", type=click.Choice(["tensorboard"]),
+              help="Also log per-epoch metrics to TensorBoard (RUN_DIR/tensorboard; needs `pip install tensorboard`)."
+                   " mfx.log and loss.png always have them.")
+def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
                     checkpoints, settings, perturb, out, resume, train_modalities, shots, holdout, holdout_by,
                     seeds, n_boot) -> None:
     """Train (or load) DETECTORS on the same data, evaluate them on the same images, report.
@@ -161,7 +164,7 @@ def compare_command(detectors, data, device, seed, on_bad, quick, protocol, pres
         epochs=epochs, budget_minutes=budget_minutes, checkpoints=_pairs(checkpoints, "--checkpoint"),
         overrides=_detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
         train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, holdout_by=holdout_by,
-        seeds=_seed_list(seeds), n_boot=n_boot,
+        seeds=_seed_list(seeds), n_boot=n_boot, log=log_sink,
         label="compare-" + "-".join(detectors), command=_command_line())
     _check_names(detectors)
     if resume and detectors:

@@ -16,7 +16,8 @@ from typing import Callable, Iterable, Iterator
 
 from ..errors import BadInputError
 from .manifest import ManifestRow, read_manifest, sha256_file
-from .readers import ReadLimits, default_limits, is_image_file, read_image
+from .readers import ReadLimits, default_limits, read_image
+from .walk import image_files
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +105,8 @@ def _display_path(root: Path, row: ManifestRow) -> str:
 
 def _folder_items(folder: Path) -> tuple[list[_Item], list[Path]]:
     """Every image-like file under a folder (hidden files skipped; other files listed as ignored)."""
-    items, ignored = [], []
-    for dirpath, dirnames, files in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(dirpath) / name
-            if name.startswith(".") or name == "manifest.csv":
-                continue
-            if is_image_file(path):
-                items.append(_Item(str(path)))
-            else:
-                ignored.append(path)
-    return items, ignored
+    images, others = image_files(folder)
+    return [_Item(str(path)) for path in images], [path for path in others if path.name != "manifest.csv"]
 
 
 def _problem(item: _Item, limits: ReadLimits, hashed: dict[str, str] | None) -> str:

@@ -11,7 +11,7 @@ one function, never an ``if protocol == ...`` branch elsewhere.
   the unit's fakes;
 * ``cross-modality``: train on ``--train-modalities``, test on every other modality;
 * ``few-shot``: hold one generator out as in leave-one-generator-out, then give
-  detectors with a reference bank (an ``add_references`` method) ``--shots``
+  detectors that declare a reference bank (:class:`~medforensics_core.contract.ReferenceBank`) ``--shots``
   support fakes of it from the train split and score again.
 
 **What is held out** (``--holdout-by``, leave-one-generator-out and few-shot):

@@ -147,3 +147,35 @@ def histograms_png(scores: dict[str, tuple[np.ndarray, np.ndarray]], thresholds:
         figure.add_subplot().text(0.5, 0.5, "no scores", ha="center", va="center")
     figure.tight_layout()
     return _png(figure)
+
+
+def has_history(report: dict) -> bool:
+    return any(entry.get("history") for entry in views.detectors(report).values())
+
+
+def loss_png(report: dict) -> bytes:
+    """Training loss per epoch of every trained detector; validation accuracy dashed where recorded."""
+    figure = Figure(figsize=(6, 3.6), dpi=110)
+    axes = figure.add_subplot()
+    other = None
+    for name, entry in views.detectors(report).items():
+        history = [r for r in entry.get("history") or [] if r.get("loss") is not None]
+        if not history:
+            continue
+        line, = axes.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o", markersize=3,
+                          label=f"{name} loss")
+        val = [(r["epoch"], r["val_acc"]) for r in history if r.get("val_acc") is not None]
+        if val:
+            other = other or axes.twinx()
+            other.plot(*zip(*val), linestyle="--", color=line.get_color(), label=f"{name} val acc")
+    axes.set(xlabel="epoch", ylabel="training loss", title="Training loss per epoch")
+    axes.grid(alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    if other is not None:
+        other.set(ylabel="validation accuracy", ylim=(0, 1.02))
+        more = other.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:
+        axes.legend(handles, labels, fontsize=7, loc="best")
+    figure.tight_layout()
+    return _png(figure)

@@ -36,6 +36,8 @@ def write_reports(run_dir: RunDir | str | os.PathLike, report: dict) -> dict[str
     written = {"report.json": run_dir.write_json("report.json", report)}
     written["metrics.csv"] = run_dir.write_text("metrics.csv", metrics_csv(report))
     figures = {"by_modality.png": plots.by_group_png(report, "by_modality")}
+    if plots.has_history(report):
+        figures["loss.png"] = plots.loss_png(report)
     scores = plots.read_clean_scores(run_dir.file("scores.csv"))
     if scores:
         figures["roc.png"] = plots.roc_png(scores)
@@ -238,7 +240,7 @@ def _html_examples(report: dict, images: dict[str, bytes]) -> list[str]:
                 png = images.get(item.get("overlay", ""))
                 image = f'<img alt="{esc(item["path"])}" src="{_png_src(png)}"><br>' if png else ""
                 cells.append(f"<td>{image}{esc(item['generator'])} &middot; {item['score']:.3f}<br>"
-                             f'<span class="aside">{esc(Path(item["path"]).name)}</span></td>')
+                             f'<span class="aside">{esc("/".join(Path(item["path"]).parts[-3:]))}</span></td>')
             out.append(f'<tr><td class="kind">{esc(heading)}</td>{"".join(cells) or "<td>none</td>"}</tr>')
         out.append("</table>")
     return out

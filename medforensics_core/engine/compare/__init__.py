@@ -117,7 +117,7 @@ def run_compare(options: CompareOptions, *, console: Console | None = None, prog
     resumed = None
     if resume is not None:
         options, resumed = load_resume_options(resume)
-    plan = plan_run(options)
+    plan = plan_run(options, progress)
     data = DataBundle(open_manifest(plan.data_path), plan.data_path, on_bad=options.on_bad, progress=progress)
     seeds = run_seeds(options)
     folds = protocol_folds(options, data, seeds[0])  # protocol errors come before any folder is made

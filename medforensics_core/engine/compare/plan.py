@@ -7,6 +7,7 @@ detector, a bad perturbation, a missing dataset) before a run directory exists.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class CompareOptions:
     label: str = "compare"
     command: str = ""
     run_dir: str | None = None  # write exactly here (mfx evaluate --out) instead of a new folder under ``out``
+    log: str | None = None  # "tensorboard": per-epoch scalars under RUN_DIR/tensorboard as well as mfx.log
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompareOptions:
@@ -86,8 +88,11 @@ class RunPlan:
     perturbations: list[Perturbation]
 
 
-def resolve_data(data: str | None, quick: bool = False) -> tuple[Path, bool]:
-    """The dataset path and whether it is the offline benchmark (used when ``--data`` is not given)."""
+def resolve_data(data: str | None, quick: bool = False, progress=None) -> tuple[Path, bool]:
+    """The dataset path and whether it is the offline benchmark (used when ``--data`` is not given).
+
+    A first use builds the benchmark; ``progress`` (the run's progress display) shows that build.
+    """
     if data:
         path = Path(data).expanduser()
         if not path.exists():
@@ -95,7 +100,7 @@ def resolve_data(data: str | None, quick: bool = False) -> tuple[Path, bool]:
         return path, False
     from ...benchmark import default_dataset
 
-    return Path(default_dataset(quick=quick)), True
+    return Path(default_dataset(quick=quick, progress=progress)), True
 
 
 def open_manifest(path: Path) -> Manifest:
@@ -119,29 +124,23 @@ def parse_perturbations(specs: Sequence[str]) -> list[Perturbation]:
         name, _, strength = item.partition(":")
         cls = get_registry().perturbation(name.strip())
         try:
-            found.append(cls(float(strength)) if strength else cls())
+            value = float(strength) if strength else float(cls.default_strength)
         except ValueError:
             raise MfxError(f"--perturb {item!r}: strength must be a number (e.g. {name}:{cls.default_strength:g})") \
                 from None
+        low, high = getattr(cls, "strength_range", (-math.inf, math.inf))
+        if not (math.isfinite(value) and low <= value <= high):
+            raise MfxError(f"--perturb {item!r}: strength must be a finite number in [{low:g}, {high:g}] "
+                           f"({cls.description})")
+        found.append(cls(value))
     return found
 
 
-def checkpoint_detector_name(path: str | Path) -> str | None:
+def checkpoint_detector_name(path: str | Path) -> str:
     """The detector a checkpoint belongs to, read from its header without loading tensors."""
-    import json
+    from ...api import checkpoint_detector_name as read_name
 
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        meta = json.loads(header.get("mfx", "{}"))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
-        raise CheckpointError(f"{path}: not a readable mfx checkpoint ({type(exc).__name__}: {exc})") from None
-    return meta.get("detector")
+    return read_name(path)
 
 
 def check_checkpoint(detector: str, path: str | Path) -> None:
@@ -158,12 +157,47 @@ def check_seeds(seeds: Sequence[int]) -> None:
         raise MfxError(f"--seeds: seed(s) {', '.join(map(str, repeated))} given twice")
 
 
+def check_numbers(options: CompareOptions) -> None:
+    """The numeric options, refused at plan time when they make no sense (before a run directory exists)."""
+    import math
+
+    def number(value, flag: str, minimum: float, inclusive: bool = True) -> None:
+        if value is None:
+            return
+        ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+        if not ok:
+            bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
+            raise MfxError(f"{flag} must be {bound}, not {value!r}")
+
+    number(options.epochs, "--epochs", 1)
+    number(options.budget_minutes, "--budget-minutes", 0, inclusive=False)
+    number(options.shots, "--shots", 1)
+    number(options.batch_size, "--batch-size", 1)
+    number(options.n_boot, "--n-boot", 0)
+
+
 def run_seeds(options: CompareOptions) -> list[int]:
     """The seeds a comparison trains with: ``--seeds``, else the one ``--seed``."""
     return list(options.seeds) or [options.seed]
 
 
-def plan_run(options: CompareOptions) -> RunPlan:
+LOG_SINKS = ("tensorboard",)
+
+
+def check_log_option(log: str | None) -> None:
+    """``--log tensorboard`` needs the ``tensorboard`` package: refused in one line before any work."""
+    if log is None:
+        return
+    if log not in LOG_SINKS:
+        raise MfxError(f"--log must be one of {', '.join(LOG_SINKS)}, not {log!r}")
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise MfxError("--log tensorboard needs the tensorboard package (pip install tensorboard); "
+                       "per-epoch metrics are in mfx.log and loss.png without it")
+
+
+def plan_run(options: CompareOptions, progress=None) -> RunPlan:
     """Check names, presets, overrides, checkpoints and perturbations; resolve the data. No training yet."""
     from ...plugins import get_registry
 
@@ -183,12 +217,17 @@ def plan_run(options: CompareOptions) -> RunPlan:
 
     check_holdout_by(options.holdout_by)
     check_seeds(options.seeds)
+    check_numbers(options)
+    check_log_option(options.log)
     perturbations = parse_perturbations(options.perturb)
-    data_path, is_benchmark = resolve_data(options.data, options.quick)
+    data_path, is_benchmark = resolve_data(options.data, options.quick, progress)
     preset = options.preset or ("tiny" if is_benchmark else "full")
     specs = [DetectorSpec(name, cls, preset, dict(options.overrides.get(name, {})), options.checkpoints.get(name))
              for name, cls in classes.items()]
+    from ...plugins import check_plugin_references
+
     for spec in specs:
         if spec.checkpoint is None:
-            spec.config()  # an unknown preset or key fails here, in one line
+            config = spec.config()  # an unknown preset or key, a value out of range fails here, in one line
+            check_plugin_references(config)
     return RunPlan(options, specs, data_path, preset, perturbations)
