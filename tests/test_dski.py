@@ -299,9 +299,10 @@ def test_budget_stop_is_reported_as_not_comparable(splits):
 
 
 def test_same_modality_search_keeps_only_references_of_the_query_modality():
+    from medforensics_core.retrieval import new_bank
     from mfx_dski import mfrm
 
-    bank = mfrm.new_bank("faiss-flat", 2, {})
+    bank = new_bank("faiss-flat", 2, {})
     vectors = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]], dtype=np.float32)
     bank.add(vectors, [1, 0, 0], [{"modality": m} for m in ("ct", "xray", "xray")])
     query = np.array([[1.0, 0.0]], dtype=np.float32)
