@@ -1,8 +1,10 @@
 """The canonical dataset form: a CSV manifest with one row per image.
 
-Columns: ``path, label, modality, generator, split, source, sha256`` plus an
+Columns: ``path, label, modality, generator, split, source, sha256``, an
 optional free-form ``params`` column (JSON: a fake's generator settings, a real
-crop's region). ``label`` is 0 for real and 1 for fake; ``generator`` is
+crop's region), and ``family`` (e.g. ``latent-diffusion``, ``super-resolution``)
+and ``network`` (an id unique per trained generator network) for fakes; both
+are blank for reals and for folders that do not record them. ``label`` is 0 for real and 1 for fake; ``generator`` is
 ``"real"`` for real images; ``source`` groups images that must never straddle
 two splits (one source image, volume or region). Relative paths are resolved
 against the manifest's folder, so a dataset folder can be moved as a whole.
@@ -21,7 +23,7 @@ from typing import Any, Iterable, Sequence
 from ..checkpoint import atomic_write_bytes
 from ..errors import BadInputError
 
-COLUMNS = ("path", "label", "modality", "generator", "split", "source", "sha256", "params")
+COLUMNS = ("path", "label", "modality", "generator", "split", "source", "sha256", "params", "family", "network")
 REQUIRED = ("path", "label")
 SPLITS = ("train", "val", "test")
 
@@ -38,6 +40,8 @@ class ManifestRow:
     source: str = ""
     sha256: str = ""
     params: str = ""
+    family: str = ""
+    network: str = ""
 
     def resolved(self, root: Path) -> Path:
         p = Path(self.path)

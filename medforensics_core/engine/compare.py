@@ -124,9 +124,14 @@ def resolve_data(data: str | None, quick: bool = False) -> tuple[Path, bool]:
         if not path.exists():
             raise MfxError(f"{path}: dataset not found (give a folder, a folder holding manifest.csv, or a manifest)")
         return path, False
-    from ..benchmark import default_dataset
+    from rich.console import Console
 
-    return Path(default_dataset(quick=quick)), True
+    from ..benchmark import default_dataset
+    from .progress import RichProgress
+
+    # a first run builds the benchmark (minutes): show each stage's progress on stderr (nothing when reused)
+    with RichProgress(Console(stderr=True)) as progress:
+        return Path(default_dataset(quick=quick, progress=progress)), True
 
 
 def open_manifest(path: Path) -> Manifest:
