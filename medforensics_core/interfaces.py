@@ -116,6 +116,20 @@ class Detector(Plugin, abc.ABC):
         """Caveats a report must repeat (e.g. random-init backbone, MFRM skipped)."""
         return []
 
+    def weights_status(self) -> str:
+        """One word for machines and banners: where the weights that score come from.
+
+        ``pretrained``: a pretrained backbone (the paper's premise); ``random-init``: a backbone the
+        recipe expects pretrained is randomly initialised, so scores check the pipeline but are not
+        evidence; ``from-scratch``: the recipe has no pretrained part (everything trained by mfx).
+        The default reads ``self.backbone.is_random`` (the core's CLIP backbones); detectors with
+        another backbone override it.
+        """
+        is_random = getattr(getattr(self, "backbone", None), "is_random", None)
+        if is_random is None:
+            return "from-scratch"
+        return "random-init" if is_random else "pretrained"
+
     # -- persistence
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor needed to restore the trained detector, prefixed by module name."""
@@ -154,6 +168,7 @@ class Detector(Plugin, abc.ABC):
             "config": config_to_dict(self.config),
             "extra": self.extra_state(),
             "weights_info": self.weights_info(),
+            "weights_status": self.weights_status(),
             "train_info": self.train_info,
         }
         save_tensors(path, self.state_tensors(), metadata)

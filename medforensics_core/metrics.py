@@ -4,7 +4,9 @@ Conventions (one place, so every table in mfx means the same thing):
 
 * ``labels``: 0 = real, 1 = fake; ``scores``: the detector's fake probability.
 * ACC at a threshold predicts *fake* when ``score > threshold`` (the CNNDetection /
-  UnivFD convention, so a score of exactly 0.5 counts as real).
+  UnivFD convention, so a score of exactly 0.5 counts as real); the rule lives in
+  :func:`medforensics_core.decision.flag_fake`, which training, ``mfx predict`` and
+  every detector use too.
 * AP and ROC-AUC come from scikit-learn. They, the EER and the oracle accuracy need
   both classes; in a single-class group they are ``None`` ("not defined"), never a
   crash, a NaN or a leaked sklearn warning.
@@ -22,6 +24,15 @@ multiplicities over the original items, so every metric can be computed from wei
 cumulative counts over the sorted distinct scores, for all resamples at once
 (:func:`_weighted_metrics`; tested against scikit-learn with unit weights). Resampling is
 stratified by label, so every resample keeps the original numbers of reals and fakes.
+
+**Clusters.** Images are not independent when they share a ``source``: a real crop and the
+image-to-image fakes made from it, or many crops of one scan. Resampling images then treats
+one scan seen fifty times as fifty independent observations, and the CIs come out too
+narrow. Every bootstrap here therefore takes optional ``clusters`` (one id per image, the
+manifest's ``source``) and resamples *clusters* with replacement, each drawn cluster bringing
+all its images. Strata are the clusters' label make-up (only reals, only fakes, both), so each
+resample keeps the number of clusters of each kind. Without ``clusters`` (or when every image
+is its own cluster) this is exactly the per-image stratified bootstrap, draw for draw.
 """
 
 from __future__ import annotations
@@ -32,12 +43,14 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .decision import flag_fake
 from .errors import MfxError
 
 #: Metrics the bootstrap (and paired comparison) can resample.
 BOOTSTRAP_METRICS = ("auc", "ap", "acc", "real_acc", "fake_acc", "eer", "oracle_acc")
 #: Metrics averaged over groups in ``mean_over_*``.
-MEAN_METRICS = ("acc", "real_acc", "fake_acc", "ap", "auc", "eer", "oracle_acc")
+MEAN_METRICS = ("acc", "real_acc", "fake_acc", "ap", "auc", "eer", "oracle_acc", "tpr", "fpr",
+                "tpr_at_fpr_0.01", "tpr_at_fpr_0.05")
 #: Metrics that get a bootstrap CI in :func:`summarize`.
 CI_METRICS = ("auc", "ap")
 #: The generator name of real images; not a group of its own.
@@ -101,7 +114,7 @@ def _mean_or_none(values: np.ndarray) -> float | None:
 def compute_metrics(labels, scores, threshold: float = 0.5) -> MetricSet:
     """All metrics of one group; threshold-free ones are ``None`` unless both classes are present."""
     y, s = _as_arrays(labels, scores)
-    predicted_fake = s > threshold
+    predicted_fake = flag_fake(s, threshold)
     correct = predicted_fake == (y == 1)
     n_real, n_fake = int((y == 0).sum()), int((y == 1).sum())
     result = MetricSet(
@@ -167,7 +180,7 @@ def _weighted_metrics(pos_w: np.ndarray, neg_w: np.ndarray, distinct: np.ndarray
     n_neg = neg_w.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         out: dict[str, np.ndarray] = {}
-        above = distinct > threshold
+        above = flag_fake(distinct, threshold)
         tp_at = pos_w[:, above].sum(axis=1)
         tn_at = neg_w[:, ~above].sum(axis=1)
         if "acc" in wanted:
@@ -209,32 +222,58 @@ def _rowwise_eer(fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
     return fpr[rows, prev] + t * (fpr[rows, i] - fpr[rows, prev])
 
 
-def _stratified_weights(y: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n) multiplicities of a bootstrap that resamples reals and fakes separately."""
-    n = y.size
-    flat = np.zeros(n_boot * n)
-    offsets = (np.arange(n_boot) * n)[:, None]
-    for cls in (0, 1):
-        members = np.flatnonzero(y == cls)
+def cluster_index(y: np.ndarray, clusters: Sequence | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's cluster number and each cluster's stratum (0 only reals, 1 only fakes, 2 both).
+
+    Clusters are numbered in order of first appearance, so with one image per cluster the numbers
+    are the image indices (which makes the cluster bootstrap reproduce the per-image one exactly).
+    ``clusters=None`` makes every image its own cluster.
+    """
+    if clusters is None:
+        return np.arange(y.size), y.astype(np.int64).copy()
+    ids = np.asarray(clusters, dtype=object).reshape(-1)
+    if ids.size != y.size:
+        raise ValueError(f"clusters ({ids.size}) and labels ({y.size}) differ in length")
+    number: dict = {}
+    of_image = np.fromiter((number.setdefault(c, len(number)) for c in ids.tolist()), dtype=np.int64, count=y.size)
+    has_real = np.bincount(of_image, weights=(y == 0), minlength=len(number)) > 0
+    has_fake = np.bincount(of_image, weights=(y == 1), minlength=len(number)) > 0
+    return of_image, np.where(has_real & has_fake, 2, np.where(has_fake, 1, 0))
+
+
+def _stratified_weights(y: np.ndarray, n_boot: int, rng: np.random.Generator,
+                        clusters: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(n_boot, n) multiplicities of a bootstrap that resamples clusters within their label stratum.
+
+    ``clusters`` is :func:`cluster_index`'s answer; ``None`` resamples images (reals and fakes apart).
+    """
+    of_image, stratum = clusters if clusters is not None else cluster_index(y, None)
+    k = stratum.size
+    flat = np.zeros(n_boot * k)
+    offsets = (np.arange(n_boot) * k)[:, None]
+    for kind in (0, 1, 2):
+        members = np.flatnonzero(stratum == kind)
         if members.size == 0:
             continue
         picks = members[rng.integers(0, members.size, size=(n_boot, members.size))]
-        flat += np.bincount((picks + offsets).ravel(), minlength=n_boot * n)
-    return flat.reshape(n_boot, n)
+        flat += np.bincount((picks + offsets).ravel(), minlength=n_boot * k)
+    return flat.reshape(n_boot, k)[:, of_image]
 
 
 def _bootstrap_metric_arrays(y: np.ndarray, score_sets: Sequence[np.ndarray], metrics: Sequence[str], n_boot: int,
-                             seed: int, threshold: float = 0.5) -> list[dict[str, np.ndarray]]:
+                             seed: int, threshold: float = 0.5,
+                             clusters: Sequence | None = None) -> list[dict[str, np.ndarray]]:
     """Resampled metric values for several score vectors over the *same* resamples (paired by construction)."""
     unknown = set(metrics) - set(BOOTSTRAP_METRICS)
     if unknown:
         raise ValueError(f"unknown metric(s) {sorted(unknown)}; choose from {', '.join(BOOTSTRAP_METRICS)}")
     rng = np.random.default_rng(seed)
+    index = cluster_index(y, clusters)
     prepared = [_distinct_index(s) for s in score_sets]
     results: list[dict[str, list]] = [{m: [] for m in metrics} for _ in score_sets]
     chunk = max(1, min(_BOOT_CHUNK, _BOOT_CHUNK_FLOATS // max(y.size, 1)))
     for start in range(0, n_boot, chunk):
-        weights = _stratified_weights(y, min(chunk, n_boot - start), rng)
+        weights = _stratified_weights(y, min(chunk, n_boot - start), rng, index)
         for (distinct, order, starts), acc in zip(prepared, results):
             pos_w = _collapse(weights * (y == 1), order, starts)
             neg_w = _collapse(weights * (y == 0), order, starts)
@@ -277,35 +316,39 @@ def _percentile_ci(values: np.ndarray, alpha: float) -> tuple[float, float]:
 
 
 def bootstrap_ci(labels, scores, metric: str = "auc", n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float] | None:
+                 alpha: float = 0.05, clusters: Sequence | None = None) -> tuple[float, float] | None:
     """Percentile bootstrap ``(1 - alpha)`` CI of ``metric``, resampling reals and fakes separately.
 
+    With ``clusters`` (one source id per image) whole clusters are resampled (see the module docstring).
     ``None`` when the metric is not defined for this group or ``n_boot`` is 0.
     """
     y, s = _as_arrays(labels, scores)
     if n_boot <= 0 or not _is_defined(metric, y):
         return None
-    values = _bootstrap_metric_arrays(y, [s], [metric], n_boot, seed)[0][metric]
+    values = _bootstrap_metric_arrays(y, [s], [metric], n_boot, seed, clusters=clusters)[0][metric]
     return _percentile_ci(values, alpha)
 
 
-def paired_bootstrap(labels, scores_a, scores_b, metric: str = "auc", n_boot: int = 1000, seed: int = 0) -> dict:
+def paired_bootstrap(labels, scores_a, scores_b, metric: str = "auc", n_boot: int = 1000, seed: int = 0,
+                     clusters: Sequence | None = None) -> dict:
     """Compare two detectors scored on the same images: ``metric(a) - metric(b)``, its 95% CI and p-value.
 
-    Both detectors are evaluated on the same resamples, so image difficulty cancels out. The two-sided
+    Both detectors are evaluated on the same resamples (of ``clusters`` when given, else of images),
+    so image difficulty cancels out. The two-sided
     p-value is twice the smaller tail of the resampled differences around 0 (with the usual +1
     correction, capped at 1): identical detectors give p = 1, a difference no resample reverses
     gives p about 2 / (n_boot + 1). Undefined metrics give ``delta``/``ci``/``p_value`` of ``None``.
     """
     y, a = _as_arrays(labels, scores_a)
     _, b = _as_arrays(labels, scores_b)
-    result: dict = {"metric": metric, "delta": None, "ci": None, "p_value": None, "n_boot": n_boot}
+    result: dict = {"metric": metric, "delta": None, "ci": None, "p_value": None, "n_boot": n_boot,
+                    "resampled": "images" if clusters is None else "sources"}
     if not _is_defined(metric, y):
         return result
     result["delta"] = _point_value(metric, y, a) - _point_value(metric, y, b)
     if n_boot <= 0:
         return result
-    boot_a, boot_b = _bootstrap_metric_arrays(y, [a, b], [metric], n_boot, seed)
+    boot_a, boot_b = _bootstrap_metric_arrays(y, [a, b], [metric], n_boot, seed, clusters=clusters)
     deltas = boot_a[metric] - boot_b[metric]
     result["ci"] = list(_percentile_ci(deltas, 0.05))
     tail = min(int((deltas <= 0).sum()), int((deltas >= 0).sum()))
@@ -364,16 +407,68 @@ def _placements(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.nda
     return float(v10.mean()), v10, v01
 
 
+# --------------------------------------------------------------------------- operating points
+
+#: False-positive rates at which every report gives the true-positive rate (forensics convention).
+LOW_FPRS = (0.01, 0.05)
+#: The operating point at which a detector's threshold is chosen on its validation split.
+VALIDATION_FPR = 0.05
+
+
+def tpr_at_fpr(labels, scores, fpr: float) -> float | None:
+    """Best fake recall (TPR) reachable while at most ``fpr`` of the reals are called fake.
+
+    Read off the ROC curve's vertices (the largest TPR among cut points with FPR <= ``fpr``);
+    with few reals this is strict (50 reals at 1% FPR allow no false positive at all).
+    ``None`` without both classes.
+    """
+    y, s = _as_arrays(labels, scores)
+    if not ((y == 0).any() and (y == 1).any()):
+        return None
+    from sklearn.metrics import roc_curve
+
+    fprs, tprs, _ = roc_curve(y, s, drop_intermediate=False)
+    allowed = fprs <= fpr + 1e-12
+    return float(tprs[allowed].max())
+
+
+def threshold_at_fpr(real_scores, fpr: float = VALIDATION_FPR) -> float | None:
+    """The lowest threshold that calls at most ``fpr`` of these reals fake (``score > threshold``).
+
+    With the real scores sorted in descending order and ``m = floor(fpr * n)`` false positives
+    allowed, the threshold is the (m+1)-th highest real score: only the m above it are flagged
+    (fewer on ties). ``None`` without reals.
+    """
+    values = np.sort(np.asarray(real_scores, dtype=np.float64).reshape(-1))[::-1]
+    if values.size == 0:
+        return None
+    allowed = int(math.floor(fpr * values.size + 1e-9))
+    return float(values[min(allowed, values.size - 1)])
+
+
+def _operating_points(y: np.ndarray, s: np.ndarray, threshold: float, entry: dict) -> None:
+    """Fake recall / false alarms at the detector's threshold, and TPR at the low FPRs, added to ``entry``."""
+    entry["threshold"] = float(threshold)
+    entry["tpr"] = entry.get("fake_acc")
+    entry["fpr"] = None if entry.get("real_acc") is None else 1.0 - entry["real_acc"]
+    for fpr in LOW_FPRS:
+        entry[f"tpr_at_fpr_{fpr:g}"] = tpr_at_fpr(y, s, fpr)
+
+
 # --------------------------------------------------------------------------- grouping
 
 
-def _group_entry(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int) -> dict:
-    """One group's metrics plus bootstrap CIs of AUC and AP (``None`` when not defined)."""
-    entry = compute_metrics(y, s).to_dict()
+def _group_entry(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int, clusters: np.ndarray | None = None,
+                 threshold: float = 0.5) -> dict:
+    """One group's metrics at ``threshold`` plus bootstrap CIs of AUC and AP (``None`` when not defined)."""
+    entry = compute_metrics(y, s, threshold).to_dict()
+    _operating_points(y, s, threshold, entry)
+    if clusters is not None:
+        entry["n_sources"] = len(set(clusters.tolist()))
     defined = [m for m in CI_METRICS if _is_defined(m, y)]
     cis: dict[str, list[float] | None] = {f"{m}_ci": None for m in CI_METRICS}
     if n_boot > 0 and defined:
-        values = _bootstrap_metric_arrays(y, [s], defined, n_boot, seed)[0]
+        values = _bootstrap_metric_arrays(y, [s], defined, n_boot, seed, clusters=clusters)[0]
         cis.update({f"{m}_ci": list(_percentile_ci(values[m], 0.05)) for m in defined})
     entry.update(cis)
     return entry
@@ -389,30 +484,38 @@ def _mean_over(groups: dict[str, dict]) -> dict:
     return means
 
 
-def summarize(labels, scores, *, modalities, generators, n_boot: int = 1000, seed: int = 0) -> dict:
+def summarize(labels, scores, *, modalities, generators, n_boot: int = 1000, seed: int = 0,
+              sources: Sequence | None = None, threshold: float = 0.5) -> dict:
     """Metrics overall, per modality, per generator and their means, in the report dict's shape.
+
+    Threshold metrics (ACC, ``tpr`` = fake recall, ``fpr``) are taken at ``threshold``: the
+    detector's validated threshold when its checkpoint holds one, else 0.5.
 
     A modality group holds every row of that modality (real and fake). A generator group holds
     that generator's fakes plus *all* real rows (CNNDetection-style: each generator is scored
-    against the reals); the reals' own generator name (``"real"``) is not a group.
+    against the reals); the reals' own generator name (``"real"``) is not a group. With
+    ``sources`` (one per image) every CI resamples sources, not images, and each group says
+    how many sources it holds (``n_sources``).
     """
     y, s = _as_arrays(labels, scores)
     modalities = np.asarray(modalities, dtype=object).reshape(-1)
     generators = np.asarray(generators, dtype=object).reshape(-1)
-    if modalities.size != y.size or generators.size != y.size:
-        raise ValueError("modalities and generators must have one entry per score")
-    by_modality = {
-        str(m): _group_entry(y[mask], s[mask], n_boot, seed)
-        for m in _ordered_unique(modalities) for mask in [modalities == m]
-    }
+    clusters = None if sources is None else np.asarray(sources, dtype=object).reshape(-1)
+    if modalities.size != y.size or generators.size != y.size or (clusters is not None and clusters.size != y.size):
+        raise ValueError("modalities, generators and sources must have one entry per score")
+
+    def entry(mask: np.ndarray | None = None) -> dict:
+        if mask is None:
+            return _group_entry(y, s, n_boot, seed, clusters, threshold)
+        return _group_entry(y[mask], s[mask], n_boot, seed, None if clusters is None else clusters[mask],
+                            threshold)
+
+    by_modality = {str(m): entry(modalities == m) for m in _ordered_unique(modalities)}
     reals = y == 0
     fake_generators = [g for g in _ordered_unique(generators[y == 1]) if g != REAL_GENERATOR]
-    by_generator = {
-        str(g): _group_entry(y[mask], s[mask], n_boot, seed)
-        for g in fake_generators for mask in [reals | ((generators == g) & (y == 1))]
-    }
+    by_generator = {str(g): entry(reals | ((generators == g) & (y == 1))) for g in fake_generators}
     return {
-        "overall": _group_entry(y, s, n_boot, seed),
+        "overall": entry(),
         "by_modality": by_modality,
         "by_generator": by_generator,
         "mean_over_modalities": _mean_over(by_modality),

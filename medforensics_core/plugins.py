@@ -4,19 +4,28 @@ Plugins are Python distributions that declare an entry point in the ``mfx``
 group; mfx's own detectors are found exactly the same way. ``MFX_LOAD_PLUGINS``
 restricts loading to a comma-separated list of distribution names (an empty
 string loads none). A plugin that fails to import, implements a hook that does
-not exist, or registers a name that is already taken is recorded as a
-:class:`PluginProblem` (shown by ``mfx plugins``) and the others keep working.
+not exist, registers a malformed class, or registers a name that is already
+taken is recorded as a :class:`PluginProblem` (shown by ``mfx plugins``) and the
+others keep working. ``SystemExit`` and other ``BaseException`` raised by a
+plugin count as plugin problems too (only Ctrl-C goes through).
+
+Names are owned: the distribution that ships ``medforensics_core`` registers
+first, whatever order the entry points come in, so a third-party plugin can
+never take over ``dski`` or ``jpeg``; its claim is *refused* and listed with
+both distributions. Among third-party plugins the first in distribution-name
+order keeps a name (deterministic across installs), runtime plugins come last.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.metadata
 import logging
 import os
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pluggy
 
@@ -70,6 +79,17 @@ class PluginProblem:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class RefusedClaim:
+    """A registration refused because another distribution already owns the name."""
+
+    kind: str
+    name: str
+    distribution: str
+    plugin: str
+    owner: str
+
+
 @dataclasses.dataclass
 class LoadedPlugin:
     name: str
@@ -86,6 +106,7 @@ class Registry:
         self.entries: dict[str, dict[str, Registration]] = {kind: {} for kind in PLUGIN_KINDS}
         self.problems: list[PluginProblem] = []
         self.plugins: list[LoadedPlugin] = []
+        self.refused: list[RefusedClaim] = []
 
     # -- lookup
     def get(self, kind: str, name: str) -> type:
@@ -128,22 +149,39 @@ class Registry:
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise TypeError(f"{cls!r} is not a {base.__name__} subclass")
         name = getattr(cls, "name", "")
-        if not name:
-            raise TypeError(f"{cls.__name__} has no 'name'")
+        if not name or not isinstance(name, str):
+            raise TypeError(f"{cls.__name__} has no valid 'name'")
+        _check_class(cls)
         existing = self.entries[kind].get(name)
         if existing is not None and existing.cls is not cls:
+            self.refused.append(RefusedClaim(kind, name, distribution, plugin, existing.distribution))
             self.problems.append(PluginProblem(
                 plugin, distribution,
-                f"{kind.replace('_', ' ')} name {name!r} already registered by {existing.distribution}; ignored"))
+                f"{kind.replace('_', ' ')} name {name!r} is owned by {existing.distribution}; "
+                f"the claim by {distribution} was refused"))
             return
         self.entries[kind][name] = Registration(kind, name, cls, distribution, plugin)
 
+    def version_of(self, distribution: str) -> str:
+        """The installed version of a distribution that registered something ("" when unknown)."""
+        for loaded in self.plugins:
+            if loaded.distribution == distribution and loaded.version:
+                return loaded.version
+        return ""
+
+    def origin(self, kind: str, name: str) -> dict[str, str]:
+        """Which distribution (and version) a registered name comes from: reports record it."""
+        reg = self.entries[kind].get(name)
+        if reg is None:
+            return {"distribution": "", "version": ""}
+        return {"distribution": reg.distribution, "version": self.version_of(reg.distribution)}
+
     def collect(self) -> None:
-        """Call every registration hook, one plugin at a time, isolating failures."""
-        # registration order (entry points first, then runtime plugins): the first to claim a name keeps it
-        for plugin_name, plugin in self.manager.list_name_plugin():
-            if plugin is None or plugin is hookspecs:
-                continue
+        """Call every registration hook, one plugin at a time, isolating failures.
+
+        Built-in plugins go first so they own their names; see the module docstring.
+        """
+        for plugin_name, plugin in _ordered_plugins(self.manager):
             distribution = _distribution_of(self.manager, plugin)
             for kind, hook_name in KIND_HOOKS.items():
                 impl = getattr(plugin, hook_name, None)
@@ -151,13 +189,88 @@ class Registry:
                     continue
 
                 def register(cls: type, _kind: str = kind, _p: str = plugin_name, _d: str = distribution) -> None:
-                    self._register(_kind, cls, _p, _d)
+                    try:
+                        self._register(_kind, cls, _p, _d)
+                    except (TypeError, ValueError) as exc:  # one malformed class does not cost the plugin its others
+                        self.problems.append(PluginProblem(_p, _d, f"{hook_name}: {exc}"))
 
                 try:
                     impl(register=register)
-                except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
-                    log.warning("plugin %s (%s) failed in %s: %s", plugin_name, distribution, hook_name, exc)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - SystemExit included: a broken plugin must not break the others
+                    log.warning("plugin %s (%s) failed in %s: %r", plugin_name, distribution, hook_name, exc)
                     self.problems.append(PluginProblem(plugin_name, distribution, f"{hook_name} raised {exc!r}"))
+
+    def add_commands(self, cli: Any) -> None:
+        """Call every plugin's ``register_commands`` on its own: a failure costs only that plugin its commands.
+
+        A plugin that raises half-way has the commands it added removed again, and a
+        plugin command may not replace a built-in one (or an earlier plugin's).
+        """
+        for plugin_name, plugin in _ordered_plugins(self.manager):
+            impl = getattr(plugin, "register_commands", None)
+            if impl is None:
+                continue
+            distribution = _distribution_of(self.manager, plugin)
+            before = dict(cli.commands)
+            try:
+                impl(cli=cli)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit included
+                log.warning("plugin %s (%s) failed in register_commands: %r", plugin_name, distribution, exc)
+                cli.commands.clear()
+                cli.commands.update(before)
+                self.problems.append(PluginProblem(plugin_name, distribution, f"register_commands raised {exc!r}"))
+                continue
+            for name, command in before.items():
+                if cli.commands.get(name) is not command:
+                    cli.commands[name] = command
+                    self.problems.append(PluginProblem(
+                        plugin_name, distribution, f"command {name!r} already exists; the plugin's was refused"))
+
+
+def _ordered_plugins(manager: pluggy.PluginManager) -> list[tuple[str, object]]:
+    """Plugins in registration-priority order: built-ins, then entry points by distribution name, then runtime."""
+    builtin = _builtin_distribution().lower()
+    plugins = [(name, plugin) for name, plugin in manager.list_name_plugin()
+               if plugin is not None and plugin is not hookspecs]
+
+    def priority(item: tuple[str, object]) -> tuple[int, str]:
+        dist = _distribution_of(manager, item[1]).lower()
+        from_entry_point = getattr(item[1], "__mfx_entry_point__", False)
+        if from_entry_point and dist == builtin:  # a runtime plugin cannot claim to be built in
+            return 0, ""
+        return (1 if from_entry_point else 2), dist
+
+    return sorted(plugins, key=priority)  # stable: entry-point order within one distribution
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_distribution() -> str:
+    """The distribution that ships this core (``medforensics`` when installed normally)."""
+    for dist in importlib.metadata.packages_distributions().get(__name__.split(".")[0], []):
+        return dist
+    return "medforensics"
+
+
+def _check_class(cls: type) -> None:
+    """Refuse a class whose metadata would crash ``mfx plugins`` or planning later (presets=None, no config...)."""
+    presets = getattr(cls, "presets", None)
+    if not isinstance(presets, Mapping) or not all(isinstance(k, str) and isinstance(v, Mapping)
+                                                    for k, v in presets.items()):
+        raise TypeError(f"{cls.__name__}.presets must map preset names to dicts of overrides, not {presets!r}")
+    if not isinstance(getattr(cls, "description", ""), str):
+        raise TypeError(f"{cls.__name__}.description must be a string")
+    config_class = getattr(cls, "config_class", None)
+    if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
+        raise TypeError(f"{cls.__name__}.config_class must be a dataclass, not {config_class!r}")
+    for preset in cls.preset_names():
+        try:
+            cls.make_config(preset)
+        except Exception as exc:  # noqa: BLE001 - whatever the config raises, the class is unusable
+            raise TypeError(f"{cls.__name__}: preset {preset!r} does not build a config ({exc})") from None
 
 
 def _distribution_of(manager: pluggy.PluginManager, plugin: object) -> str:
@@ -195,24 +308,27 @@ def build_manager(extra_plugins: Iterable[tuple[object, str]] = ()) -> tuple[plu
             continue
         try:
             module = ep.load()
-        except Exception as exc:  # noqa: BLE001 - isolate a plugin that fails to import
-            log.warning("plugin %s from %s failed to import: %s", ep.name, dist_name, exc)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - isolate a plugin that fails to import (sys.exit() included)
+            log.warning("plugin %s from %s failed to import: %r", ep.name, dist_name, exc)
             problems.append(PluginProblem(ep.name, dist_name, f"failed to import: {type(exc).__name__}: {exc}"))
             continue
-        _add(manager, module, ep.name, dist_name, version, problems, loaded)
+        _add(manager, module, ep.name, dist_name, version, problems, loaded, entry_point=True)
     for module, name in extra_plugins:
         _add(manager, module, name, getattr(module, "__mfx_distribution__", "runtime"), "", problems, loaded)
     return manager, problems, loaded
 
 
 def _add(manager: pluggy.PluginManager, module: object, name: str, dist_name: str, version: str,
-         problems: list[PluginProblem], loaded: list[LoadedPlugin]) -> None:
+         problems: list[PluginProblem], loaded: list[LoadedPlugin], entry_point: bool = False) -> None:
     if manager.is_registered(module) or manager.get_plugin(name) is not None:
         return
     for bad in _misspelled_hooks(module):
         problems.append(PluginProblem(name, dist_name, f"unknown hook {bad!r} (misspelled?); ignored"))
     try:
         setattr(module, "__mfx_distribution__", dist_name)
+        setattr(module, "__mfx_entry_point__", entry_point)
     except (AttributeError, TypeError):
         pass
     try:

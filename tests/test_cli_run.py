@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from medforensics_core.cli import cli
+from medforensics_core.decision import verdict
 from test_compare import build_small_dataset, error_lines, only_run_dir  # shared real-image test dataset
 
 
@@ -90,7 +91,7 @@ def test_predict_scores_every_frame_of_real_dicom_and_nifti(freq_checkpoint, dat
     frames: dict[str, list] = {}
     for p in out["predictions"]:
         frames.setdefault(Path(p["path"]).name, []).append(p["frame"])
-        assert 0.0 <= p["score"] <= 1.0 and p["verdict"] == ("fake" if p["score"] >= 0.5 else "real")
+        assert 0.0 <= p["score"] <= 1.0 and p["verdict"] == verdict(p["score"])
     assert frames["emri_small.dcm"] == list(range(10))          # a 10-frame MR cine: one score per frame
     assert frames["anatomical.nii"] == list(range(25))          # every slice of the volume
     assert frames["CT_small.dcm"] == [None] and frames["crop.png"] == [None]

@@ -256,6 +256,13 @@ def test_in_domain_compare_writes_full_run_directory(small_dataset, test_detecto
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["seed"] == 0 and config["detectors"]["test-probe"]["config"]["epochs"] == 40
+    # whose code produced each row: the owning distribution and its version
+    from importlib.metadata import version
+
+    assert report["detectors"]["freq"]["distribution"] == "medforensics"
+    assert report["detectors"]["freq"]["version"] == version("medforensics")
+    assert report["detectors"]["test-probe"]["distribution"] == "runtime"  # registered in-process
+    assert config["detectors"]["freq"]["distribution"] == "medforensics"
     with open(run / "scores.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * report["data"]["n_test"]

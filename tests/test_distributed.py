@@ -99,7 +99,7 @@ def _fit_on_shard(rank: int, world_size: int, port: int, dataset: str, out: str)
     from medforensics_core.data.dataset import ImageSet
     from medforensics_core.data.manifest import read_manifest
     from medforensics_core.engine.context import FitContext
-    from medforensics_core.engine.device import seed_everything
+    from medforensics_core.seeding import seed_everything
     from test_compare import HighPassProbe
 
     torch.set_num_threads(1)
@@ -124,7 +124,7 @@ def test_distributed_fit_keeps_ranks_in_lockstep(odd_dataset, tmp_path):
     rank0 = json.loads((tmp_path / "rank0.json").read_text())
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0 == rank1
-    from medforensics_core.engine.device import seed_everything
+    from medforensics_core.seeding import seed_everything
     from test_compare import HighPassProbe
 
     seed_everything(0)

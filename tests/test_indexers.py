@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from medforensics_core.cli import cli
 from medforensics_core.data import open_dataset, read_image
 from medforensics_core.data.indexers import detect_layout, index_folder
-from medforensics_core.data.manifest import ManifestRow, read_manifest, sha256_file
+from medforensics_core.data.manifest import ManifestRow, read_manifest, sha256_file, write_manifest
 from medforensics_core.data.splits import assign_splits, split_summary
 from medforensics_core.errors import BadInputError
 
@@ -70,6 +70,40 @@ def test_medforensics_layout_without_splits_gets_group_splits(tmp_path):
     assert set(summary) == {"train", "val", "test"}
     assert all(counts[0] > 0 and counts[1] > 0 for counts in summary.values())
     assert sum(summary["test"].values()) == pytest.approx(0.2 * len(rows), abs=8)
+
+
+def test_family_and_network_come_from_generator_json_and_survive_a_round_trip(tmp_path):
+    medforensics_tree(tmp_path, with_splits=False, per_folder=2)
+    (tmp_path / "CT" / "ddpm" / "generator.json").write_text('{"family": "diffusion", "network": "CT-unet"}')
+    rows = index_folder(tmp_path).rows
+    ct_ddpm = [r for r in rows if r.modality == "CT" and r.generator == "ddpm"]
+    assert len(ct_ddpm) == 2 and {(r.family, r.network) for r in ct_ddpm} == {("diffusion", "CT-unet")}
+    # reals of that folder, and fakes of folders without the file, keep the columns blank
+    assert {(r.family, r.network) for r in rows if r not in ct_ddpm} == {("", "")}
+    write_manifest(rows, tmp_path / "m.csv")
+    header = (tmp_path / "m.csv").read_text().splitlines()[0].split(",")
+    assert header[:6] == ["path", "label", "modality", "generator", "family", "network"]
+    again = read_manifest(tmp_path / "m.csv")
+    assert [(r.path, r.family, r.network) for r in again.rows] == [(r.path, r.family, r.network) for r in rows]
+    assert {"family", "network"} <= set(again.columns)
+
+
+def test_a_manifest_without_family_or_network_reads_them_blank(tmp_path):
+    (tmp_path / "old.csv").write_text("path,label,generator,source\na.png,0,real,s1\nb.png,1,ddpm,s1\n")
+    manifest = read_manifest(tmp_path / "old.csv")
+    assert [(r.family, r.network, r.networks) for r in manifest.rows] == [("", "", frozenset())] * 2
+    assert "network" not in manifest.columns and "family" not in manifest.split("").columns
+    assert ManifestRow(path="x", label=1, network="CT-ae + CT-ldm").networks == {"CT-ae", "CT-ldm"}
+
+
+def test_a_broken_generator_json_is_one_error_naming_the_file(tmp_path):
+    medforensics_tree(tmp_path, with_splits=False, per_folder=1)
+    (tmp_path / "CT" / "ddpm" / "generator.json").write_text('{"family": 3}')
+    with pytest.raises(BadInputError, match=r"generator\.json.*strings"):
+        index_folder(tmp_path)
+    (tmp_path / "CT" / "ddpm" / "generator.json").write_text("{not json")
+    with pytest.raises(BadInputError, match="unreadable generator file"):
+        index_folder(tmp_path)
 
 
 def test_cnndetection_layout_with_and_without_class(tmp_path):

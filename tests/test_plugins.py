@@ -67,7 +67,7 @@ def test_broken_clashing_and_misspelled_plugins_are_reported_not_fatal(fresh_reg
         registry = fresh_registry.get_registry()
         reasons = " | ".join(p.reason for p in registry.problems)
         assert "boom" in reasons
-        assert "already registered by medforensics" in reasons
+        assert "owned by medforensics" in reasons
         assert "register_detector" in reasons
         assert registry.perturbation("jpeg") is not _Clash  # the first registration wins
         result = CliRunner().invoke(cli, ["plugins", "--json"])
@@ -77,4 +77,191 @@ def test_broken_clashing_and_misspelled_plugins_are_reported_not_fatal(fresh_reg
         assert any(r["name"] == "blur" for r in payload["registered"])
     finally:
         for plugin in (broken, clash, typo):
+            fresh_registry.unregister_plugin(plugin)
+
+
+# --------------------------------------------------------------------------- names are owned, hooks are isolated
+
+
+
+
+def _evil_detector_plugin(distribution: str = "evil-dist"):
+    from medforensics_core.interfaces import Detector
+
+    fitted = []
+
+    class EvilDski(Detector):
+        name = "dski"
+        description = "not the real DSKI"
+
+        def fit(self, train, val=None, ctx=None):
+            fitted.append(True)
+            return self
+
+        def predict_proba(self, batch):
+            raise AssertionError("the impostor must never run")
+
+    module = types.ModuleType("evil_plugin")
+    module.__mfx_distribution__ = distribution
+    module.register_detectors = hookimpl(lambda register: register(EvilDski))
+    return module, EvilDski
+
+
+def test_runtime_plugin_claiming_dski_loses_and_is_listed_as_refused(fresh_registry):
+    module, evil = _evil_detector_plugin()
+    fresh_registry.register_plugin(module)
+    try:
+        registry = fresh_registry.get_registry()
+        assert registry.detector("dski") is not evil
+        assert registry.entries["detector"]["dski"].distribution == "medforensics"
+        assert registry.origin("detector", "dski")["version"]  # reports record the owner and its version
+        result = CliRunner().invoke(cli, ["plugins"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        refused_line = next(line for line in result.output.splitlines() if "evil-dist" in line and "dski" in line)
+        assert "medforensics" in refused_line
+        payload = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+        assert {"kind": "detector", "name": "dski", "distribution": "evil-dist", "plugin": "evil_plugin",
+                "owner": "medforensics"} in payload["refused"]
+    finally:
+        fresh_registry.unregister_plugin(module)
+
+
+class _FakeDist:
+    def __init__(self, name: str):
+        self.name, self.version = name, "6.6.6"
+
+
+class _FakeEntryPoint:
+    def __init__(self, name: str, module, dist: str):
+        self.name, self._module, self.dist = name, module, _FakeDist(dist)
+
+    def load(self):
+        if isinstance(self._module, BaseException):
+            raise self._module
+        return self._module
+
+
+def _entry_points_with(monkeypatch, *fakes):
+    """Make the fake entry points come *before* mfx's own ones, as on the installs the issue describes."""
+    import importlib.metadata
+
+    real = importlib.metadata.entry_points
+
+    def entry_points(**kwargs):
+        return [*fakes, *real(**kwargs)]
+
+    monkeypatch.setattr("medforensics_core.plugins.importlib.metadata.entry_points", entry_points)
+
+
+def test_builtins_own_their_names_whatever_the_entry_point_order(fresh_registry, monkeypatch):
+    module, evil = _evil_detector_plugin()
+    _entry_points_with(monkeypatch, _FakeEntryPoint("aaa_evil", module, "aaa-evil"))
+    registry = fresh_registry.get_registry()
+    assert registry.detector("dski") is not evil
+    assert [(r.name, r.distribution, r.owner) for r in registry.refused] == [("dski", "aaa-evil", "medforensics")]
+
+
+def test_sys_exit_at_import_or_in_a_hook_and_malformed_classes_are_plugin_problems(fresh_registry, monkeypatch):
+    class NoPresets(Perturbation):
+        name = "nopresets"
+        presets = None
+
+        def __call__(self, image, rng):
+            return image
+
+    class BadConfig(Perturbation):
+        name = "badconfig"
+        config_class = dict  # not a dataclass
+
+        def __call__(self, image, rng):
+            return image
+
+    exits = types.ModuleType("exits_in_hook")
+
+    def register_perturbations(register):
+        raise SystemExit(3)
+
+    exits.register_perturbations = hookimpl(register_perturbations)
+    malformed = types.ModuleType("malformed_plugin")
+    malformed.register_perturbations = hookimpl(lambda register: [register(NoPresets), register(BadConfig)])
+    _entry_points_with(monkeypatch, _FakeEntryPoint("exits_at_import", SystemExit(2), "exit-dist"),
+                       _FakeEntryPoint("exits_in_hook", exits, "exit-hook-dist"),
+                       _FakeEntryPoint("malformed", malformed, "malformed-dist"))
+    registry = fresh_registry.get_registry()
+    reasons: dict[str, str] = {}
+    for p in registry.problems:
+        reasons[p.plugin] = reasons.get(p.plugin, "") + p.reason + " | "
+    assert "SystemExit" in reasons["exits_at_import"]
+    assert "SystemExit" in reasons["exits_in_hook"]
+    assert "NoPresets.presets" in reasons["malformed"] and "BadConfig.config_class" in reasons["malformed"]
+    assert {"jpeg", "blur"} <= set(registry.names("perturbation"))
+    assert "nopresets" not in registry.names("perturbation")
+    for args in (["--help"], ["plugins"], ["plugins", "--json"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, (args, result.output)
+    text = CliRunner().invoke(cli, ["plugins", "--json"]).output
+    problems = {p["plugin"] for p in json.loads(text)["problems"]}
+    assert {"exits_at_import", "exits_in_hook", "malformed"} <= problems
+
+
+@pytest.fixture
+def fresh_commands():
+    """Forget the plugin commands added to the ``mfx`` group, before and after the test."""
+    saved = dict(cli.commands)
+    cli._plugins_added = False
+    yield
+    cli.commands.clear()
+    cli.commands.update(saved)
+    cli._plugins_added = False
+
+
+def test_register_commands_failure_costs_only_that_plugin(fresh_registry, fresh_commands):
+    import click
+
+    good = types.ModuleType("good_commands")
+
+    def good_register(cli):
+        @cli.command("hello-plugin")
+        def hello():
+            """A plugin command that works."""
+            click.echo("hello")
+
+    good.register_commands = hookimpl(good_register)
+    broken = types.ModuleType("broken_commands")
+
+    def broken_register(cli):
+        @cli.command("half-added")
+        def half():
+            """Added before the plugin raised: removed again."""
+
+        @cli.command("compare")
+        def hijack():
+            """Would replace a built-in command."""
+
+        raise RuntimeError("command hook exploded")
+
+    broken.register_commands = hookimpl(broken_register)
+    hijacker = types.ModuleType("hijack_commands")
+
+    def hijack_register(cli):
+        @cli.command("predict")
+        def predict():
+            """Would replace a built-in command."""
+
+    hijacker.register_commands = hookimpl(hijack_register)
+    for plugin in (broken, good, hijacker):
+        fresh_registry.register_plugin(plugin)
+    try:
+        help_text = CliRunner().invoke(cli, ["--help"]).output
+        assert "hello-plugin" in help_text
+        assert "half-added" not in help_text
+        assert "Train (or load)" in help_text  # the built-in compare is still there
+        assert CliRunner().invoke(cli, ["hello-plugin"]).output.strip() == "hello"
+        cli._plugins_added = False
+        listing = CliRunner().invoke(cli, ["plugins"], env={"COLUMNS": "200"})
+        assert listing.exit_code == 0, listing.output
+        assert "broken_commands" in listing.output and "command hook exploded" in listing.output
+        assert "hijack_commands" in listing.output and "'predict' already exists" in listing.output
+    finally:
+        for plugin in (broken, good, hijacker):
             fresh_registry.unregister_plugin(plugin)

@@ -160,6 +160,45 @@ def test_overall_table_fits_an_80_column_terminal(report_and_data):
         assert f"{lo:.3f}-{hi:.3f}" in text
 
 
+def _tables(text: str) -> list[str]:
+    """The terminal text cut into tables (each starts at its title line, ends before the next)."""
+    titles = ("Overall", "By modality", "By generator", "Paired comparison", "Perturbation")
+    starts = [i for i, line in enumerate(text.splitlines()) if line.startswith(titles)]
+    lines = text.splitlines()
+    return ["\n".join(lines[a:b]) for a, b in zip(starts, starts[1:] + [len(lines)])]
+
+
+def test_every_table_keeps_the_detector_column_and_whole_numbers_at_80_columns():
+    """Ten generators and long names: tables are split, never squeezed; every value prints in full."""
+    rng = np.random.default_rng(3)
+    n = 400
+    labels = rng.integers(0, 2, n)
+    generators = np.where(labels == 0, "real", np.array([f"inpaint-r0.{i}" for i in range(10)])[rng.integers(0, 10, n)])
+    modality = np.array(["ct", "mri", "xray", "ultrasound", "histopathology"])[rng.integers(0, 5, n)]
+    detectors = {}
+    for name in ("dski", "univfd-nn", "a-rather-long-detector-name"):
+        scores = np.clip(rng.normal(0.5 + 0.2 * (labels - 0.5), 0.2), 0, 1)
+        detectors[name] = {**_detector_entry(labels, modality, generators, scores, "random-init"),
+                           "weights_status": "random-init"}
+    report = {"protocol": "in-domain", "detectors": detectors, "data": {}, "notes": []}
+    console = Console(record=True, width=80)
+    print_report(console, report)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    assert text.splitlines()[1].startswith("RANDOM-INIT WEIGHTS")
+    tables = _tables(text)
+    assert len(tables) >= 6  # overall and by-generator at least are split
+    for table in tables:
+        for name in detectors:
+            assert name in table, (name, table)
+    for name, entry in detectors.items():
+        for key in ("auc", "ap", "tpr", "tpr_at_fpr_0.01", "tpr_at_fpr_0.05", "eer"):
+            assert f"{entry['overall'][key]:.3f}" in text
+        for generator, metrics in entry["by_generator"].items():
+            assert generator in text and f"{metrics['tpr']:.3f}" in text
+
+
 # --------------------------------------------------------------------------- files
 
 

@@ -205,6 +205,9 @@ class CNNSpotDetector(Detector):
     def weights_info(self) -> str:
         return f"{self.config.arch}, {self.backbone_weights}"
 
+    def weights_status(self) -> str:
+        return "random-init" if self.backbone_weights == RANDOM_INIT else "pretrained"
+
     def warnings(self) -> list[str]:
         if self.backbone_weights == RANDOM_INIT:
             return [f"cnnspot: {self.config.arch} trained from random initialisation — the paper starts from "

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from medforensics_core.decision import accuracy
 from medforensics_core.errors import MfxError
 from medforensics_core.hookspecs import hookimpl
 from medforensics_core.interfaces import Detector
@@ -181,7 +182,7 @@ class FreqDetector(Detector):
         if val is not None and len(val):
             val_features, val_labels = self.profiles(val, ctx)
             val_scores = self.predict_proba(torch.from_numpy(val_features))
-            self.train_info["val_acc"] = float(((val_scores >= 0.5).astype(int) == val_labels).mean())
+            self.train_info["val_acc"] = accuracy(val_scores, val_labels)
         self.fitted = True
         return self
 

@@ -324,7 +324,7 @@ class UnivFDNNDetector(UnivFDDetector):
         self.bank.add(features.numpy(), train.labels, meta)
         self.train_info = {"epochs": 0, "bank_size": len(self.bank), "feature_cache": dict(self.feature_cache_stats)}
         if val is not None and len(val):
-            from medforensics_core.engine.training import accuracy
+            from medforensics_core.decision import accuracy
 
             scores = self.scores_from_features(self.cached_features(val, ctx).numpy())
             self.train_info["val_acc"] = accuracy(scores, val.labels)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..errors import MfxError
+from ..locations import CACHE_ENV, cache_root  # noqa: F401 - re-exported
 from .settings import (BUILDER_VERSION, DEFAULT_PER_MODALITY, DEFAULT_SETTINGS, DEFAULT_SIZE, QUICK_PER_MODALITY,
                        QUICK_SIZE, LARGE_FACTOR, SIZES, BuildPlan, Setting, parse_settings)
 from .sources import SOURCES
@@ -39,20 +40,9 @@ from .sources import SOURCES
 log = logging.getLogger(__name__)
 
 BUILD_INFO = "build.json"
-CACHE_ENV = "MFX_CACHE_DIR"
 
 __all__ = ["BUILDER_VERSION", "DEFAULT_SETTINGS", "BuildPlan", "Setting", "build_benchmark", "cache_root",
            "default_dataset", "make_plan", "modalities"]
-
-
-def cache_root() -> Path:
-    """``$MFX_CACHE_DIR``, else the user cache folder of mfx (``platformdirs.user_cache_dir("mfx")``)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("mfx"))
 
 
 def optional_sources_found() -> tuple[str, ...]:

@@ -36,17 +36,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 class MfxGroup(click.Group):
     """A click group that turns :class:`MfxError` into one line and lets plugins add commands lazily."""
 
-    def _plugin_commands_loaded(self, ctx: click.Context) -> None:
+    def plugin_commands_loaded(self, ctx: click.Context | None = None) -> None:
+        """Add the plugins' commands once (``mfx plugins`` calls it so a failing hook is listed)."""
+        self._plugin_commands_loaded(ctx)
+
+    def _plugin_commands_loaded(self, ctx: click.Context | None) -> None:
         if getattr(self, "_plugins_added", False):
             return
         self._plugins_added = True
         from ..plugins import get_registry
 
-        registry = get_registry()
-        try:
-            registry.manager.hook.register_commands(cli=self)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin command must not break mfx
-            logging.getLogger(__name__).warning("a plugin failed in register_commands: %s", exc)
+        get_registry().add_commands(self)  # one plugin at a time: a broken one costs only its own commands
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._plugin_commands_loaded(ctx)

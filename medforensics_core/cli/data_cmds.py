@@ -34,7 +34,7 @@ def data_group() -> None:
               help="With --frames: keep every N-th frame/slice.")
 def index_command(root: Path, output: Path | None, layout: str, modality: str | None, val: float, test: float,
                   seed: int, frames: bool, frame_step: int) -> None:
-    """Index a folder layout into a manifest CSV (path, label, modality, generator, split, source, sha256).
+    """Index a folder layout into a manifest CSV (path, label, modality, generator, family, network, split, ...).
 
     \b
     Layouts:
@@ -42,7 +42,9 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
       ROOT/<modality>/<generator>/{0_real,1_fake}/...           (MedForensics, splits made here)
       ROOT/<generator>/[<class>/]{0_real,1_fake}/...            (CNNDetection)
     Splits are made by source (study UID for DICOM, file stem otherwise), so no
-    source image or volume straddles two splits.
+    source image or volume straddles two splits. A generator.json next to a
+    generator's 1_fake folder ({"family": ..., "network": ...}) fills the
+    family and network columns of its fakes (blank without one).
     """
     from ..data.indexers import index_folder
     from ..data.manifest import write_manifest

@@ -129,10 +129,16 @@ def data_options(function):
 @click.option("--shots", type=int, default=5, show_default=True,
               help="few-shot: support images of the held-out generator.")
 @click.option("--holdout", help="few-shot: generator to hold out (default: the first in name order).")
+@click.option("--holdout-by", metavar="generator|network|family",
+              help="leave-one-generator-out, few-shot: what one fold holds out. network (default): settings that "
+                   "share a trained network go out together, so none of its output reaches training; family: a "
+                   "whole generator family; generator: each setting alone (falls back to this, with a note, when "
+                   "the manifest records no network).")
 @click.option("--n-boot", type=int, default=1000, show_default=True,
               help="Bootstrap resamples for CIs and paired tests.")
 def compare_command(detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
-                    checkpoints, settings, perturb, out, resume, train_modalities, shots, holdout, n_boot) -> None:
+                    checkpoints, settings, perturb, out, resume, train_modalities, shots, holdout, holdout_by,
+                    n_boot) -> None:
     """Train (or load) DETECTORS on the same data, evaluate them on the same images, report.
 
     \b
@@ -150,7 +156,8 @@ def compare_command(detectors, data, device, seed, on_bad, quick, protocol, pres
         detectors=list(detectors), data=data, protocol=protocol, preset=preset, device=device, seed=seed,
         epochs=epochs, budget_minutes=budget_minutes, checkpoints=_pairs(checkpoints, "--checkpoint"),
         overrides=_detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
-        train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, n_boot=n_boot,
+        train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, holdout_by=holdout_by,
+        n_boot=n_boot,
         label="compare-" + "-".join(detectors), command=_command_line())
     _check_names(detectors)
     if resume and detectors:
@@ -258,52 +265,110 @@ def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, sp
 # --------------------------------------------------------------------------- predict
 
 
+class NothingScored(MfxError):
+    """``mfx predict`` scored no image at all (no input, or only bad ones)."""
+
+    exit_code = 1
+
+
 @cli.command("predict")
 @click.argument("detector")
 @click.argument("inputs", nargs=-1, required=True, metavar="FILES_OR_DIRS...")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=str), help="Checkpoint of DETECTOR.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="Fake probability at or above: 'fake'.")
+@click.option("--threshold", type=float, default=None,
+              help="Score above which an image is called fake [default: the checkpoint's validated threshold, "
+                   "else 0.5].")
+@click.option("--crop", type=click.Choice(["tiles", "center"]), default="tiles", show_default=True,
+              help="tiles: score the whole image by tiles of the detector's input size; center: only the "
+                   "centre crop the detector's preprocessing takes.")
+@click.option("--aggregate", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="Image score from tile scores: max (local edits) or mean (fully generated images).")
+@click.option("--stride", type=float, default=0.5, show_default=True, help="Tile step, as a fraction of a tile.")
+@click.option("--explain", type=click.Path(path_type=Path), metavar="OUTDIR",
+              help="Write a heat-map overlay PNG per input (its most suspicious frame) into OUTDIR.")
 @click.option("--on-bad", type=ON_BAD, default="skip", show_default=True,
               help="A bad file: list it and go on, or stop.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
-@click.option("--modality", default="unknown", show_default=True,
-              help="Modality of the inputs (used by detectors with per-modality prompts, e.g. dski).")
-def predict_command(detector, inputs, checkpoint, as_json, threshold, on_bad, device, modality) -> None:
-    """Score real-world files (DICOM incl. multi-frame, NIfTI slices, PNG, JPEG, TIFF) with a trained DETECTOR."""
+@click.option("--modality",
+              help="Modality of every input (ct, mri, xray, ultrasound... or a DICOM code such as MR) "
+                   "[default: the DICOM Modality tag / NIfTI header of each file].")
+def predict_command(detector, inputs, checkpoint, as_json, threshold, crop, aggregate, stride, explain, on_bad,
+                    device, modality) -> None:
+    """Score real-world files (DICOM incl. multi-frame, NIfTI slices, PNG, JPEG, TIFF) with a trained DETECTOR.
+
+    \b
+    Examples:
+      mfx predict dski scan.dcm --checkpoint dski.safetensors
+      mfx predict dski scans/ --checkpoint dski.safetensors --explain heatmaps/ --json
+    """
     from ..engine.compare import check_checkpoint
     from ..engine.context import FitContext
     from ..engine.device import resolve_device
-    from ..engine.predict import predict_files
+    from ..engine.predict import PredictOptions, check_explain_dir, checkpoint_threshold, predict_files
     from ..engine.progress import RichProgress
+    from ..engine.tiles import TileConfig
     from ..plugins import get_registry
 
     cls = get_registry().detector(detector)
     check_checkpoint(detector, checkpoint)
+    tiles = TileConfig(mode=crop, aggregate=aggregate, stride=stride)
+    if explain is not None:
+        check_explain_dir(explain)
     torch_device = resolve_device(device)
     model = cls.load(checkpoint, device=torch_device)
+    value, source = checkpoint_threshold(model, threshold)
+    options = PredictOptions(threshold=value, on_bad=on_bad, modality=modality, tiles=tiles, explain=explain)
     with RichProgress(console, enabled=console.is_terminal and not as_json) as progress:
         ctx = FitContext(device=torch_device, progress=progress)
-        predictions, bad = predict_files(model, inputs, ctx, threshold=threshold, on_bad=on_bad, modality=modality)
+        predictions, bad = predict_files(model, inputs, ctx, options)
+        scoring = _scoring_line(model, tiles)
+    verdict = {"detector": detector, "checkpoint": checkpoint, "weights": model.weights_status(),
+               "weights_info": model.weights_info(), "threshold": value, "threshold_source": source,
+               "scoring": scoring, "predictions": [p.to_dict() for p in predictions],
+               "bad": [{"path": p, "reason": r} for p, r in bad]}
     if as_json:
-        click.echo(json.dumps({"detector": detector, "checkpoint": checkpoint, "threshold": threshold,
-                               "predictions": [p.__dict__ for p in predictions],
-                               "bad": [{"path": p, "reason": r} for p, r in bad]}, indent=2))
-        return
-    _print_predictions(detector, predictions, bad, threshold)
+        click.echo(json.dumps(verdict, indent=2))
+    else:
+        _print_predictions(verdict, predictions, bad)
+    if not predictions:
+        raise NothingScored(f"no image was scored ({len(bad)} bad input(s))" if bad else "no image was scored")
 
 
-def _print_predictions(detector: str, predictions, bad, threshold: float) -> None:
+def _scoring_line(model, tiles) -> dict:
+    from ..engine.tiles import input_size
+
+    size = input_size(model)
+    return {"mode": tiles.mode, "aggregate": tiles.aggregate, "tile_size": size, "stride_fraction": tiles.stride}
+
+
+def _print_predictions(verdict: dict, predictions, bad) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{detector}: fake probability (threshold {threshold:g})")
-    for column in ("file", "frame", "fake probability", "verdict"):
-        table.add_column(column, justify="left" if column in ("file", "verdict") else "right", overflow="fold")
+    from ..report.views import weights_banner
+
+    banner = weights_banner(verdict["weights"], [verdict["detector"]])
+    if banner:
+        console.print(f"[bold yellow]WARNING[/] {escape(banner)}")
+    scoring = verdict["scoring"]
+    if scoring["mode"] == "center":
+        how = "centre crop only"
+    elif scoring["tile_size"] is None:
+        how = "whole image (the detector takes any input size)"
+    else:
+        how = (f"whole image by {scoring['tile_size']} px tiles (stride {scoring['stride_fraction']:g} tile), "
+               f"{scoring['aggregate']} of tile scores")
+    console.print(f"weights: {escape(verdict['weights'])} ({escape(verdict['weights_info'])})")
+    console.print(f"threshold {verdict['threshold']:.3f} ({escape(verdict['threshold_source'])}); scoring: {how}")
+    table = Table(title=f"{verdict['detector']}: fake probability")
+    for column in ("file", "frame", "modality", "score", "verdict"):
+        table.add_column(column, justify="right" if column in ("frame", "score") else "left",
+                         overflow="fold", no_wrap=column in ("score", "verdict", "frame"))
     for p in predictions:
         colour = "red" if p.verdict == "fake" else "green"
-        table.add_row(escape(p.path), "" if p.frame is None else str(p.frame), f"{p.score:.3f}",
+        table.add_row(escape(p.path), "" if p.frame is None else str(p.frame), escape(p.modality), f"{p.score:.3f}",
                       f"[{colour}]{p.verdict}[/]")
     console.print(table)
     for path, reason in bad:
-        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}")
+        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", soft_wrap=True)

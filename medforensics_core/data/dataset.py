@@ -1,8 +1,11 @@
 """A torch Dataset over a manifest, with bad-file policy and an in-memory decode cache.
 
-Images are decoded once (uint8, so a few thousand crops cost megabytes) and then
-served to every epoch and every detector of a comparison: decoding is usually
-the slowest step on a 2-core machine. Bad files follow ``on_bad``: ``fail``
+Images are decoded once and then served to every epoch and every detector of a
+comparison: decoding is usually the slowest step on a 2-core machine. An 8-bit
+source (PNG, JPEG, 8-bit DICOM) is cached as uint8, so a few thousand crops cost
+megabytes; anything finer (12/16-bit CT, MR, float NIfTI) stays float32, so the
+detector sees exactly what ``read_image`` returned and ``mfx predict``, the
+Python API and training agree. Bad files follow ``on_bad``: ``fail``
 stops with one line naming the file, ``skip`` leaves it out and lists it in
 :attr:`ImageSet.skipped` so the report can repeat it.
 """
@@ -23,6 +26,19 @@ from .readers import read_image
 log = logging.getLogger(__name__)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def pack(image: torch.Tensor) -> torch.Tensor:
+    """Cache form of a decoded image: uint8 when that is lossless (8-bit sources), else float32 unchanged."""
+    quantised = (image * 255).round().clamp(0, 255).to(torch.uint8)
+    if torch.equal(quantised.float() / 255.0, image):
+        return quantised
+    return image.float().contiguous()
+
+
+def unpack(cached: torch.Tensor) -> torch.Tensor:
+    """The image :func:`pack` stored, bit for bit."""
+    return cached.float() / 255.0 if cached.dtype == torch.uint8 else cached
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -47,7 +63,7 @@ class ImageSet(torch.utils.data.Dataset):
                 if image is None:
                     continue
                 kept.append(row)
-                cache.append((image * 255).round().to(torch.uint8))
+                cache.append(pack(image))
             rows, self._cache = kept, cache
         self.rows: list[ManifestRow] = rows
         self.labels = np.array([r.label for r in rows], dtype=np.int64)
@@ -72,7 +88,7 @@ class ImageSet(torch.utils.data.Dataset):
 
     def image(self, index: int) -> torch.Tensor:
         if self._cache is not None:
-            return self._cache[index].float() / 255.0
+            return unpack(self._cache[index])
         image = self._read(self.rows[index])
         if image is None:  # lazily found bad with on_bad="skip": a neutral grey stands in, and is listed
             return torch.full((3, 8, 8), 0.5)

@@ -23,11 +23,17 @@ stylegan, ...). ``layout=`` forces the choice.
   the fakes made from it under the same name (``0_real/x.png``,
   ``1_fake/x.png``, in any generator folder) share one source. Grouping too
   much is safe (it only coarsens the split); grouping too little would leak.
+
+``family`` and ``network`` (how a fake was made; see :mod:`.manifest`) come
+from an optional ``generator.json`` in the generator folder (the folder that
+holds ``1_fake``), e.g. ``{"family": "latent-diffusion", "network":
+"CT-ae4+CT-ldm"}``; they are blank for reals and for folders without one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 LABEL_FOLDERS = {"0_real": 0, "1_fake": 1}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LAYOUTS = ("auto", "medforensics", "cnndetection")
+#: Optional file in a generator folder giving the ``family`` and ``network`` of its fakes.
+GENERATOR_FILE = "generator.json"
 
 # Names that decide a two-level layout: the first level is a modality (MedForensics) or a generator (CNNDetection).
 MODALITY_NAMES = frozenset({
@@ -187,8 +195,24 @@ def _fields_from_parents(root: Path, label_dir: Path, layout: str, modality: str
             fields["object_class"] = above[1]
     if label == 0:
         fields["generator"] = "real"  # the manifest's convention; the folder's generator is kept in source_folder
+    else:
+        fields.update(generator_info(label_dir.parent))
     fields["source_folder"] = "/".join(above)
     return fields
+
+
+def generator_info(folder: Path) -> dict[str, str]:
+    """``family`` and ``network`` from ``folder/generator.json`` (blank when the file is absent)."""
+    path = folder / GENERATOR_FILE
+    if not path.is_file():
+        return {"family": "", "network": ""}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(path, f"unreadable generator file ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k, ""), str) for k in ("family", "network")):
+        raise BadInputError(path, 'expected {"family": "<name>", "network": "<id>[+<id>...]"} (strings)')
+    return {"family": data.get("family", "").strip(), "network": data.get("network", "").strip()}
 
 
 def _rows_for(path: Path, fields: dict, base: Path, expand_frames: bool, frame_step: int,
@@ -198,7 +222,7 @@ def _rows_for(path: Path, fields: dict, base: Path, expand_frames: bool, frame_s
     digest = sha256_file(path) if hash_files else ""
     row = ManifestRow(path=relative, label=fields["label"], modality=fields["modality"],
                       generator=fields["generator"], split=fields["split"], source=source, sha256=digest,
-                      params=_params(fields))
+                      params=_params(fields), family=fields.get("family", ""), network=fields.get("network", ""))
     if not expand_frames:
         return [row]
     frames = _safe_count_frames(path)

@@ -1,13 +1,22 @@
 """The canonical dataset form: a CSV manifest with one row per image.
 
-Columns: ``path, label, modality, generator, split, source, sha256``, an
-optional free-form ``params`` column (JSON: a fake's generator settings, a real
-crop's region), and ``family`` (e.g. ``latent-diffusion``, ``super-resolution``)
-and ``network`` (an id unique per trained generator network) for fakes; both
-are blank for reals and for folders that do not record them. ``label`` is 0 for real and 1 for fake; ``generator`` is
-``"real"`` for real images; ``source`` groups images that must never straddle
-two splits (one source image, volume or region). Relative paths are resolved
-against the manifest's folder, so a dataset folder can be moved as a whole.
+Columns: ``path, label, modality, generator, family, network, split, source,
+sha256`` plus an optional free-form ``params`` column (JSON: a fake's generator
+settings, a real crop's region). ``label`` is 0 for real and 1 for fake;
+``generator`` is ``"real"`` for real images; ``source`` groups images that must
+never straddle two splits (one source image, volume or region). Relative paths
+are resolved against the manifest's folder, so a dataset folder can be moved as
+a whole.
+
+``family`` (``latent-diffusion``, ``autoencoder``, ``super-resolution``,
+``gan``...) and ``network`` (an id unique per trained network) say how a fake
+was made; they are blank for reals and for datasets that do not record them.
+Several generator settings can share one trained network (an img2img setting
+reuses the diffusion model of a sampling setting), and an image can come from
+more than one network (an autoencoder and the latent denoiser working in its
+space): ``network`` then lists the ids joined by ``+``. Leave-one-out
+protocols use both columns so that a held-out network's output never reaches
+training (see ``engine.protocols``).
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ from typing import Any, Iterable, Sequence
 from ..checkpoint import atomic_write_bytes
 from ..errors import BadInputError
 
-COLUMNS = ("path", "label", "modality", "generator", "split", "source", "sha256", "params", "family", "network")
+COLUMNS = ("path", "label", "modality", "generator", "family", "network", "split", "source", "sha256", "params")
+#: Separator of several network ids in the ``network`` column.
+NETWORK_SEPARATOR = "+"
 REQUIRED = ("path", "label")
 SPLITS = ("train", "val", "test")
 
@@ -40,8 +51,21 @@ class ManifestRow:
     source: str = ""
     sha256: str = ""
     params: str = ""
-    family: str = ""
-    network: str = ""
+    family: str = ""   # how the fake was made (blank for reals and datasets that do not say)
+    network: str = ""  # id(s) of the trained network(s) that made it, joined by "+" (blank when unknown)
+
+    @property
+    def networks(self) -> frozenset[str]:
+        """The network ids of this image (empty when the manifest does not record them)."""
+        return frozenset(n.strip() for n in self.network.split(NETWORK_SEPARATOR) if n.strip())
+
+    @property
+    def source_key(self) -> str:
+        """The group this image belongs to: its ``source``, else its file (frames of one file stay together).
+
+        Splits never separate a group, and bootstrap CIs resample groups, not images.
+        """
+        return self.source or f"path:{self.path.split('#')[0]}"
 
     def resolved(self, root: Path) -> Path:
         p = Path(self.path)
@@ -57,12 +81,15 @@ class Manifest:
 
     rows: list[ManifestRow]
     root: Path
+    #: The columns the manifest file had (``COLUMNS`` for manifests made in memory); lets a protocol say
+    #: "the manifest has no network column" rather than "every network is blank".
+    columns: tuple[str, ...] = COLUMNS
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def split(self, name: str) -> "Manifest":
-        return Manifest([r for r in self.rows if r.split == name], self.root)
+        return Manifest([r for r in self.rows if r.split == name], self.root, self.columns)
 
     def where(self, **conditions: Any) -> "Manifest":
         """Rows whose fields equal the given values (a tuple/list/set value means "any of")."""
@@ -75,7 +102,7 @@ class Manifest:
                 elif have != want:
                     return False
             return True
-        return Manifest([r for r in self.rows if ok(r)], self.root)
+        return Manifest([r for r in self.rows if ok(r)], self.root, self.columns)
 
     def path_of(self, row: ManifestRow) -> Path:
         return row.resolved(self.root)
@@ -136,7 +163,8 @@ def read_manifest(path: str | Path) -> Manifest:
         values["modality"] = values["modality"] or "unknown"
         values["generator"] = values["generator"] or ("real" if label == 0 else "unknown")
         rows.append(ManifestRow(label=label, **values))
-    return Manifest(rows, path.parent)
+    present = tuple(c for c in COLUMNS if c in (reader.fieldnames or []))
+    return Manifest(rows, path.parent, present)
 
 
 def count_table(rows: Sequence[ManifestRow]) -> dict[tuple[str, str, str], int]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import random
 
-import numpy as np
 import torch
 
 from ..errors import MfxError
@@ -40,13 +38,6 @@ def autocast(device: torch.device, enabled: bool = True):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so a run is reproducible from its recorded seed."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def peak_memory_mb(device: torch.device) -> float:

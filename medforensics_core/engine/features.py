@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -36,17 +35,17 @@ from ..checkpoint import atomic_write_bytes, load_tensors, save_tensors
 from ..data.dataset import ImageSet, Transform
 from ..data.manifest import sha256_file
 from ..errors import CheckpointError
+from ..locations import cache_root
 from .context import FitContext
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "MFX_CACHE_DIR"
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 
 def default_cache_root() -> Path:
-    """``$MFX_CACHE_DIR/features`` or ``~/.cache/mfx/features``."""
-    return Path(os.environ.get(CACHE_ENV, "~/.cache/mfx")).expanduser() / "features"
+    """``features`` under the mfx cache root (:func:`medforensics_core.locations.cache_root`)."""
+    return cache_root("features")
 
 
 def image_hashes(images: ImageSet) -> list[str]:

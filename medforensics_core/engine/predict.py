@@ -1,8 +1,12 @@
-"""Scoring real-world files (``mfx predict``): folders expanded, multi-frame DICOM and NIfTI volumes split into frames.
+"""Scoring real-world files (``mfx predict``): folders expanded, multi-frame DICOM and NIfTI volumes streamed.
 
-Every frame becomes one row of an in-memory manifest (``file#N``, the same
-notation manifests use), so decoding, the bad-file policy and scoring are the
-very code paths a comparison uses (``ImageSet`` + ``engine.evaluate.score``).
+Each file is decoded by the shared readers (float pixels, so 12/16-bit scans
+are never quantised to 8 bits), frame by frame (a 2,000-frame cine is never
+held in memory at once), and every frame is scored by tiles over the whole
+image (:mod:`engine.tiles`) or by the detector's centre crop. The modality
+comes from the file (DICOM Modality tag, NIfTI header) unless ``--modality``
+says otherwise. ``--explain`` writes one heat-map overlay per input file
+(its most suspicious frame) and lists the top tiles.
 """
 
 from __future__ import annotations
@@ -10,16 +14,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-import numpy as np
+import torch
 
-from ..data.dataset import ImageSet
-from ..data.manifest import Manifest, ManifestRow
-from ..errors import BadInputError
+from ..data.modality import normalise as normalise_modality
+from ..data.modality import resolve as resolve_modality
+from ..data.readers import LoadedImage, count_frames, iter_frames, read_image
+from ..decision import DEFAULT_THRESHOLD, verdict
+from ..errors import BadInputError, MfxError
 from ..interfaces import Detector
+from ..report.overlay import overlay_png
 from .context import FitContext
-from .evaluate import score
+from .tiles import ImageScore, TileConfig, TileScorer
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +35,34 @@ FALLBACK_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", "
 
 @dataclasses.dataclass
 class Prediction:
+    """One scored frame: score under the chosen mode, verdict at the threshold, modality and evidence."""
+
     path: str
     frame: int | None
     score: float
     verdict: str
+    modality: str = "unknown"
+    modality_source: str = ""
+    centre_score: float | None = None
+    n_tiles: int = 1
+    top_tiles: list[dict] = dataclasses.field(default_factory=list)
+    overlay: str | None = None
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["tiles"] = {"n": out.pop("n_tiles"), "top": out.pop("top_tiles")}
+        return out
+
+
+@dataclasses.dataclass
+class PredictOptions:
+    """Everything ``mfx predict`` decides besides the detector: threshold, modality, tiles, overlays."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    on_bad: str = "skip"
+    modality: str | None = None
+    tiles: TileConfig = dataclasses.field(default_factory=TileConfig)
+    explain: Path | None = None
 
 
 def _suffixes() -> tuple[str, ...]:
@@ -66,47 +97,122 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[
     return files, bad
 
 
-def frame_count(path: Path) -> int:
-    """Frames (multi-frame DICOM, cine) or slices (NIfTI) in a file; 1 for a 2-D image."""
+def checkpoint_threshold(detector: Detector, given: float | None = None) -> tuple[float, str]:
+    """The decision threshold and where it comes from: ``--threshold``, the checkpoint, or the 0.5 fallback.
+
+    A checkpoint written by ``mfx train``/``compare`` holds the threshold chosen on
+    its validation split at a stated operating point (``train_info["threshold"]``
+    and ``["threshold_rule"]``); older checkpoints and detectors trained without
+    a two-class validation split fall back to 0.5, and the output says so.
+    """
+    if given is not None:
+        return float(given), "--threshold"
+    info = detector.train_info or {}
+    if info.get("threshold") is not None:
+        return float(info["threshold"]), f"checkpoint: {info.get('threshold_rule') or 'chosen on validation'}"
+    return DEFAULT_THRESHOLD, "default 0.5 (the checkpoint holds no validated threshold)"
+
+
+def check_explain_dir(folder: Path) -> Path:
+    """Create ``--explain OUTDIR`` and prove it writable *before* any scoring, so no work is lost to it."""
+    import tempfile
+
     try:
-        from ..data.readers import count_frames
-    except ImportError:
-        return 1
-    return count_frames(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mfx-write-test-"):
+            pass
+    except OSError as exc:
+        raise MfxError(f"{folder}: cannot write the --explain overlays there ({exc.strerror or exc})") from None
+    return folder
 
 
-def frame_rows(files: Sequence[Path], modality: str, on_bad: str) -> tuple[list[ManifestRow], list[tuple[str, str]]]:
-    """One manifest row per frame (``file#N`` for multi-frame files); paths stay as the user gave them."""
-    rows: list[ManifestRow] = []
-    bad: list[tuple[str, str]] = []
-    for path in files:
+def _frames(path: Path) -> Iterator[tuple[int | None, LoadedImage]]:
+    """Frames of one file, decoded one at a time; a single-frame file yields frame ``None``."""
+    frames = count_frames(path)
+    if frames <= 1:
+        yield None, read_image(path)
+        return
+    yield from iter_frames(path)
+
+
+class _Explainer:
+    """Keeps the most suspicious frame of the current file and writes its overlay when the file ends."""
+
+    def __init__(self, folder: Path | None, threshold: float):
+        self.folder = folder
+        self.threshold = threshold
+        self.used: set[str] = set()
+        self.best: tuple[float, int | None, torch.Tensor, ImageScore] | None = None
+
+    def offer(self, frame: int | None, image: torch.Tensor, result: ImageScore) -> None:
+        if self.folder is not None and (self.best is None or result.score > self.best[0]):
+            self.best = (result.score, frame, image, result)
+
+    def finish(self, path: Path, predictions: list[Prediction]) -> None:
+        if self.folder is None or self.best is None:
+            return
+        score, frame, image, result = self.best
+        self.best = None
+        target = self.folder / self._name(path, frame)
+        title = f"{path.name}{'' if frame is None else f' #{frame}'}: {score:.3f} ({verdict(score, self.threshold)})"
+        boxes = [(t.y, t.x, t.height, t.width) for t in result.top(3)]
+        png = overlay_png(image.numpy(), result.heat_map(), title=title, boxes=boxes, threshold=self.threshold)
         try:
-            frames = frame_count(path)
+            target.write_bytes(png)
+        except OSError as exc:
+            raise MfxError(f"{target}: cannot write the overlay ({exc.strerror or exc})") from None
+        for prediction in predictions:
+            if prediction.path == str(path) and prediction.frame == frame:
+                prediction.overlay = str(target)
+
+    def _name(self, path: Path, frame: int | None) -> str:
+        stem = path.name.replace(".", "_") + ("" if frame is None else f"-frame{frame}")
+        name, n = f"{stem}.png", 1
+        while name in self.used:
+            n += 1
+            name = f"{stem}-{n}.png"
+        self.used.add(name)
+        return name
+
+
+def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitContext,
+                  options: PredictOptions | None = None) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Score every frame of every input; bad inputs are listed (``skip``) or raise (``fail``)."""
+    options = options or PredictOptions()
+    known = getattr(detector, "known_modalities", None) or None
+    if options.modality:
+        normalise_modality(options.modality, known)  # an unknown --modality fails before any decoding
+    files, bad = expand_inputs(inputs)
+    if bad and options.on_bad == "fail":
+        raise BadInputError(*bad[0])
+    scorer = TileScorer(detector, options.tiles, ctx)
+    explainer = _Explainer(options.explain, options.threshold)
+    predictions: list[Prediction] = []
+    for path in ctx.track(files, len(files), f"scoring with {detector.name}"):
+        done = len(predictions)
+        try:
+            _score_file(path, scorer, options, known, explainer, predictions)
         except BadInputError as exc:
-            if on_bad == "fail":
+            if options.on_bad == "fail":
                 raise
+            del predictions[done:]  # a file that breaks half-way is reported bad as a whole
+            explainer.best = None
             bad.append((exc.path, exc.reason))
             continue
-        names = [str(path)] if frames <= 1 else [f"{path}#{i}" for i in range(frames)]
-        rows.extend(ManifestRow(path=name, label=0, modality=modality, generator="unknown") for name in names)
-    return rows, bad
-
-
-def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitContext, *, threshold: float = 0.5,
-                  on_bad: str = "skip", modality: str = "unknown", batch_size: int = 32,
-                  ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Fake probability and verdict for every frame of every input; bad inputs are listed (skip) or raise (fail)."""
-    files, bad = expand_inputs(inputs)
-    if bad and on_bad == "fail":
-        raise BadInputError(*bad[0])
-    rows, unreadable = frame_rows(files, modality, on_bad)
-    bad.extend(unreadable)
-    images = ImageSet(Manifest(rows, Path.cwd()), on_bad=on_bad, progress=ctx.progress)
-    bad.extend(images.skipped)
-    scores = score(detector, images, ctx, batch_size=batch_size) if len(images) else np.zeros(0)
-    predictions = []
-    for row, value in zip(images.rows, scores):
-        path, _, frame = row.path.partition("#")
-        predictions.append(Prediction(path, int(frame) if frame else None, float(value),
-                                      "fake" if value >= threshold else "real"))
+        explainer.finish(path, predictions[done:])
     return predictions, bad
+
+
+def _score_file(path: Path, scorer: TileScorer, options: PredictOptions, known, explainer: _Explainer,
+                predictions: list[Prediction]) -> None:
+    modality = None
+    for frame, loaded in _frames(path):
+        if modality is None:
+            modality = resolve_modality(loaded.meta, path, options.modality, known)
+        result = scorer.score(loaded.tensor, modality.name)
+        top = result.top(options.tiles.top_k)
+        predictions.append(Prediction(
+            str(path), frame, result.score, verdict(result.score, options.threshold),
+            modality.name, modality.source, result.centre_score, len(result.tiles),
+            [t.to_dict() for t in top]))
+        explainer.offer(frame, loaded.tensor, result)

@@ -15,15 +15,16 @@ one the validation set chose.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
+from ..decision import accuracy
+from ..seeding import seeded  # noqa: F401 - re-exported for the baselines
 from .context import FitContext
-from .training import accuracy, predict_loader, run_epoch
+from .training import predict_loader, run_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,18 +37,6 @@ class Schedule:
     min_lr: float = 1e-6
     step_every: int | None = None
     step_gamma: float = 1.0
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a ``fit`` from ``seed`` (initialisation, shuffling, augmentation draws) and restore the global RNG.
-
-    Two fits with one seed then train the same model, whatever ran before them.
-    """
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..decision import accuracy  # noqa: F401 - re-exported: the one accuracy rule
 from .context import FitContext
 from .distributed import average_gradients
 
@@ -62,6 +63,3 @@ def predict_loader(predict: Callable[..., np.ndarray], loader, ctx: FitContext,
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     return np.concatenate(scores), np.concatenate(labels)
 
-
-def accuracy(scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
-    return float(((scores >= threshold).astype(int) == labels).mean()) if len(labels) else 0.0

@@ -1,6 +1,13 @@
-"""Terminal rendering of a report with rich: one table per view, best values in bold green."""
+"""Terminal rendering of a report with rich: one table per view, best values in bold green.
+
+Tables never cut a number or drop the detector column: a table wider than the
+terminal is split into several stacked tables, each repeating the detector
+column with as many metric columns as fit (see :func:`fit_to_width`).
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 from rich import box
 from rich.console import Console
@@ -19,18 +26,17 @@ DETECTOR_COLUMN_MIN = 20  # names up to this length are never squeezed by a narr
 def print_report(console: Console, report: dict) -> None:
     """Print header, per-detector summaries, metric tables, paired comparisons and perturbation tables."""
     console.rule(f"[bold]mfx report[/bold] - {report.get('protocol') or 'run'}")
+    for line in views.banner_lines(report):
+        console.print(Text(line, style="bold yellow"))
     for line in views.header_lines(report):
         console.print(Text(line), soft_wrap=False)
     for line in views.detector_summaries(report):
         style = FAILED_STYLE if ": FAILED - " in line else None
         console.print(Text(line, style=style or ""))
-    for table in views.view_tables(report):
-        console.print(render_table(table))
     paired = views.paired_table(report)
-    if paired is not None:
-        console.print(render_table(paired))
-    for table in views.perturbation_tables(report):
-        console.print(render_table(table))
+    for view in views.view_tables(report) + ([paired] if paired else []) + views.perturbation_tables(report):
+        for table in fit_to_width(console, view):
+            console.print(table)
     for note in report.get("notes") or []:
         console.print(Text(f"note: {note}", style="dim"))
 
@@ -79,5 +85,48 @@ def _rich_cell(lines: list[views.Line]) -> Text:
     return text
 
 
-def _caption(view: views.TableView) -> str:
+def _caption(view: views.TableView) -> str | None:
+    if not view.mark_meaning and not view.note:
+        return None
     return f"{BEST_MARK} {view.mark_meaning}. {view.note}".strip()
+
+
+def _width(console: Console, table: Table) -> int:
+    """The width ``table`` needs unsqueezed (``console.measure`` alone is capped at the console's width)."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
+def _columns(view: views.TableView, keep: list[int], part: str = "", last: bool = True) -> views.TableView:
+    """The same table with only the metric columns ``keep`` (the detector column always stays).
+
+    Only the last part of a split table keeps the caption, so it is printed once.
+    """
+    rows = [row if row.failed is not None else dataclasses.replace(row, cells=[row.cells[i] for i in keep])
+            for row in view.rows]
+    return dataclasses.replace(view, title=view.title + part, columns=[view.columns[i] for i in keep], rows=rows,
+                               note=view.note if last else "", mark_meaning=view.mark_meaning if last else "")
+
+
+def fit_to_width(console: Console, view: views.TableView) -> list[Table]:
+    """``view`` as one rich table, or as several stacked ones when it is wider than the console.
+
+    Numbers are never wrapped or cut (their columns are ``no_wrap``); instead the metric
+    columns are dealt into consecutive tables, each as wide as the console allows and each
+    repeating the detector column, so every number still sits beside its detector's name.
+    """
+    whole = render_table(view)
+    if _width(console, whole) <= console.width or len(view.columns) <= 1:
+        return [whole]
+    groups: list[list[int]] = [[]]
+    for index in range(len(view.columns)):
+        trial = groups[-1] + [index]
+        if groups[-1] and _width(console, render_table(_columns(view, trial))) > console.width:
+            groups.append([index])
+        else:
+            groups[-1] = trial
+    if len(groups) == 1:
+        return [whole]
+    return [render_table(_columns(view, group, f" ({i}/{len(groups)})", last=i == len(groups)))
+            for i, group in enumerate(groups, 1)]

@@ -12,17 +12,22 @@ from typing import Any
 
 NOT_DEFINED = "n/a"
 #: Metrics where a lower value is better; every other metric is better when higher.
-LOWER_IS_BETTER = frozenset({"eer"})
-#: Metrics shown in each cell of a per-group table, in order (one line each).
-GROUP_CELL_METRICS = (("auc", "AUC"), ("ap", "AP"), ("acc", "ACC@.5"))
+LOWER_IS_BETTER = frozenset({"eer", "fpr"})
+#: Metrics shown in each cell of a per-group table, in order (one line each). TPR, not ACC: a generator's
+#: group shares every real image with the other generators, so its ACC is dominated by the reals.
+GROUP_CELL_METRICS = (("auc", "AUC"), ("ap", "AP"), ("tpr", "TPR"))
 #: Columns of the overall table: (metric key, header, shows CI).
 OVERALL_COLUMNS = (
-    ("auc", "AUC", True), ("ap", "AP", True), ("acc", "ACC@.5", False), ("real_acc", "real", False),
-    ("fake_acc", "fake", False), ("eer", "EER", False), ("oracle_acc", "oracle", False),
+    ("auc", "AUC", True), ("ap", "AP", True), ("tpr", "TPR", False), ("fpr", "FPR", False),
+    ("tpr_at_fpr_0.01", "TPR@1%", False), ("tpr_at_fpr_0.05", "TPR@5%", False), ("eer", "EER", False),
+    ("acc", "ACC", False), ("oracle_acc", "oracle", False),
 )
+THRESHOLD_NOTE = ("TPR = fakes caught, FPR = reals flagged, ACC: all at each detector's threshold (chosen at 5% FPR "
+                  "on its validation split, else 0.5; see the detector lines)")
 VIEWS = (
     ("by_modality", "mean_over_modalities", "modality"),
     ("by_generator", "mean_over_generators", "generator"),
+    ("by_holdout", "mean_over_holdouts", "held-out fold"),  # leave-one-out folds that hold several generators
 )
 
 
@@ -133,9 +138,9 @@ def overall_table(report: dict) -> TableView:
             values[(r, c, 0)] = overall.get(key)
         rows.append(Row(name, cells))
     view = TableView("Overall", [h for _, h, _ in OVERALL_COLUMNS], rows,
-                     note="AUC and AP with their 95% bootstrap CI; ACC@.5 predicts fake when score > 0.5, real/fake "
-                          "= ACC@.5 on real/fake images; oracle = ACC at the best threshold on the test set itself "
-                          "(an upper bound, not comparable with ACC@.5).")
+                     note="AUC and AP with their 95% bootstrap CI; " + THRESHOLD_NOTE + "; TPR@1%/@5% = best TPR "
+                          "with at most 1%/5% of the test reals flagged; oracle = ACC at the best threshold on the "
+                          "test set itself (an upper bound, not comparable with ACC).")
     for c, (key, _, _) in enumerate(OVERALL_COLUMNS):
         _mark_best(rows, {k: v for k, v in values.items() if k[1] == c}, [key])
     return view
@@ -169,8 +174,9 @@ def group_table(entries: dict[str, dict], view: str, mean_key: str | None, title
         rows.append(Row(name, cells))
     _mark_best(rows, values, [key for key, _ in GROUP_CELL_METRICS])
     return TableView(title, columns, rows, line_labels=[label for _, label in GROUP_CELL_METRICS],
-                     note="'-' : the detector was not evaluated on this group; n/a : metric not defined "
-                          "(a single-class group has no AUC/AP).")
+                     note="TPR = share of the group's fakes caught at the detector's threshold; '-' : the "
+                          "detector was not evaluated on this group; n/a : metric not defined (a single-class group "
+                          "has no AUC/AP, an all-real group no TPR).")
 
 
 def _union_of_groups(entries: dict[str, dict], view: str) -> list[str]:
@@ -186,9 +192,16 @@ def view_tables(report: dict) -> list[TableView]:
     """Overall table, then one table per view (modality, generator) for the clean test set."""
     tables = [overall_table(report)]
     for view, mean_key, noun in VIEWS:
+        if view == "by_holdout" and _same_groups(report, view, "by_generator"):
+            continue  # one generator per fold: the generator table already is the fold table
         if any(is_ok(e) and e.get(view) for e in detectors(report).values()):
             tables.append(group_table(detectors(report), view, mean_key, f"By {noun}"))
     return tables
+
+
+def _same_groups(report: dict, view: str, other: str) -> bool:
+    entries = detectors(report)
+    return _union_of_groups(entries, view) == _union_of_groups(entries, other)
 
 
 def perturbation_tables(report: dict) -> list[TableView]:
@@ -216,7 +229,9 @@ def paired_table(report: dict) -> TableView | None:
             [Line(fmt_ci(ci) or NOT_DEFINED)],
             [Line(NOT_DEFINED if p_value is None else _fmt_p(p_value), best=p_value is not None and p_value < 0.05)],
         ]))
-    return TableView("Paired comparison (same images, paired bootstrap)", ["metric", "delta", "95% CI", "p"], rows,
+    unit = "sources" if all(item.get("resampled") == "sources" for item in comparisons) else "images"
+    return TableView(f"Paired comparison (same images, paired bootstrap over {unit})",
+                     ["metric", "delta", "95% CI", "p"], rows,
                      note="delta = metric(a) - metric(b).", mark_meaning="p < 0.05",
                      lead_header="comparison")
 
@@ -233,6 +248,8 @@ def detector_summaries(report: dict) -> list[str]:
             lines.append(f"{name}: FAILED - {failure_reason(entry)}")
             continue
         parts = [f"weights={entry.get('weights') or 'unknown'}", f"preset={entry.get('preset') or 'default'}"]
+        if entry.get("distribution"):
+            parts.append(f"from={entry['distribution']} {entry.get('version') or ''}".rstrip())
         parts += _optional_parts(entry)
         warnings = entry.get("warnings") or []
         text = f"{name}: " + ", ".join(parts)
@@ -243,8 +260,12 @@ def detector_summaries(report: dict) -> list[str]:
 
 
 def _optional_parts(entry: dict) -> Iterable[str]:
-    if entry.get("train_seconds") is not None:
+    if entry.get("source") == "loaded":
+        yield "loaded from checkpoint"
+    elif entry.get("train_seconds") is not None:
         yield f"train {entry['train_seconds']:.1f} s"
+    if entry.get("threshold") is not None:
+        yield f"threshold {entry['threshold']:.3f} ({entry.get('threshold_rule') or 'default'})"
     if entry.get("infer_images_per_s") is not None:
         yield f"{entry['infer_images_per_s']:.1f} img/s"
     if entry.get("peak_memory_mb") is not None:
@@ -271,7 +292,38 @@ def header_lines(report: dict) -> list[str]:
         + (f"   git {commit[:10]}{' (dirty)' if git.get('dirty') else ''}" if commit else "")
         + (f"   device {env.get('device')}" if env.get("device") else ""),
     ]
+    if data.get("images_sha256"):
+        lines.append(f"images sha256 {str(data['images_sha256'])[:16]}   manifest sha256 "
+                     f"{str(data.get('manifest_sha256') or '-')[:16]}"
+                     + (f"   built with {data['build_threads']} thread(s)" if data.get("build_threads") else "")
+                     + (f"   torch threads {env['torch_threads']}" if env.get("torch_threads") else ""))
     skipped = data.get("skipped") or []
     if skipped:
         lines.append(f"skipped files: {len(skipped)} (first: {skipped[0][0]}: {skipped[0][1]})")
+    return lines
+
+
+def weights_banner(status: str | None, detectors: list[str]) -> str | None:
+    """The warning every output repeats when scores come from a randomly initialised backbone."""
+    if status != "random-init" or not detectors:
+        return None
+    names = ", ".join(detectors)
+    verb = "runs" if len(detectors) == 1 else "run"
+    return (f"RANDOM-INIT WEIGHTS: {names} {verb} on a randomly initialised backbone (no pretrained weights): "
+            "the scores check the pipeline, they are not forensic evidence nor the paper's performance")
+
+
+def banner_lines(report: dict) -> list[str]:
+    """Warnings for the top of a report: random-init backbones, and a mix of pretrained and random-init ones."""
+    statuses = {name: entry.get("weights_status") for name, entry in detectors(report).items()
+                if entry.get("status", "ok") == "ok"}
+    random_init = [name for name, status in statuses.items() if status == "random-init"]
+    lines = []
+    banner = weights_banner("random-init", random_init)
+    if banner:
+        lines.append(banner)
+    pretrained = [name for name, status in statuses.items() if status == "pretrained"]
+    if random_init and pretrained:
+        lines.append(f"MIXED WEIGHTS: {', '.join(pretrained)} pretrained vs {', '.join(random_init)} random-init: "
+                     "differences between them measure the weights, not the methods")
     return lines

@@ -20,6 +20,7 @@ METRICS_CSV_COLUMNS = ("detector", "view", "group", "metric", "value", "ci_lo", 
 # (key in a detector's entry, view name in metrics.csv, whether the key holds groups or one metric set)
 _CSV_VIEWS = (
     ("overall", "overall", False), ("by_modality", "by_modality", True), ("by_generator", "by_generator", True),
+    ("by_holdout", "by_holdout", True),
     ("mean_over_modalities", "mean_over_modalities", False), ("mean_over_generators", "mean_over_generators", False),
 )
 _SINGLE_GROUP = {"overall": "all", "mean_over_modalities": "mean", "mean_over_generators": "mean"}

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medforensics_core.decision import accuracy
 from medforensics_core.errors import MfxError
 from medforensics_core.interfaces import Detector
 from medforensics_core.plugins import get_registry
@@ -172,7 +173,7 @@ class ExampleDetector(Detector):
         if val is not None and len(val):
             val_features, val_labels = self.features(val, ctx)
             val_scores = self.predict_proba(torch.from_numpy(val_features))
-            self.train_info["val_acc"] = float(((val_scores >= 0.5).astype(int) == val_labels).mean())
+            self.train_info["val_acc"] = accuracy(val_scores, val_labels)
         self.fitted = True
         return self
 

@@ -1,0 +1,82 @@
+"""Merging the folds of a protocol (leave-one-generator-out) into one report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .plan import RunPlan
+from .report_build import BOOTSTRAP_NOTE
+
+
+def _mean_entries(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Metric-wise mean over folds (where defined); counts add up; CIs do not carry over."""
+    from ...metrics import MEAN_METRICS
+
+    merged: dict[str, Any] = {}
+    for key in MEAN_METRICS:
+        values = [e[key] for e in entries if e.get(key) is not None]
+        merged[key] = float(np.mean(values)) if values else None
+    for key in ("n", "n_real", "n_fake"):
+        merged[key] = int(sum(e.get(key) or 0 for e in entries))
+    merged.update({"auc_ci": None, "ap_ci": None, "n_folds": len(entries)})
+    return merged
+
+
+def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Leave-one-generator-out: one report whose ``by_generator`` holds each held-out generator's fold."""
+    first = next(iter(reports.values()))
+    combined = {k: v for k, v in first.items() if k not in ("detectors", "paired", "perturbations", "fold")}
+    combined["data"] = dict(first["data"], generators=sorted(g for r in reports.values() for g in r["data"]["generators"]),
+                            n_test=sum(r["data"]["n_test"] for r in reports.values()))
+    by = (first.get("holdout") or {}).get("by", "generator")
+    combined["holdout"] = {"by": by, "folds": {name: r.get("holdout") for name, r in reports.items()}}
+    combined["bootstrap"] = {**first["bootstrap"], "n_sources": None, "n_images": None,
+                             "per_fold": {name: r["bootstrap"] for name, r in reports.items()}}
+    combined["detectors"] = {}
+    names = dict.fromkeys(name for r in reports.values() for name in r["detectors"])
+    for name in names:
+        per_fold = {g: r["detectors"][name] for g, r in reports.items() if name in r["detectors"]}
+        combined["detectors"][name] = _combined_entry(per_fold)
+    combined["paired"] = []
+    notes = [n for r in reports.values() for n in r["notes"] if not n.startswith(BOOTSTRAP_NOTE)]
+    combined["notes"] = [f"leave-one-generator-out by {by}: {len(reports)} folds (one per held-out {by}; each "
+                         "fold's full report, paired tests and perturbations are in folds/<fold>/)",
+                         "overall and by_modality are means over folds (by_holdout); by_generator[g] is g's fakes "
+                         "scored by the detector of the fold that held g out",
+                         f"{BOOTSTRAP_NOTE} sources of each fold, not its images (counts in each fold's report.json)",
+                         *dict.fromkeys(notes)]
+    return combined
+
+
+def _total_seconds(entries) -> float | None:
+    """Training time over folds; ``None`` when the detector was loaded, not trained."""
+    seconds = [e["train_seconds"] for e in entries if e.get("train_seconds") is not None]
+    return round(sum(seconds), 3) if seconds else None
+
+
+def _combined_entry(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    failed = {g: e for g, e in per_fold.items() if e["status"] != "ok"}
+    first = next(iter(per_fold.values()))
+    meta = {k: first.get(k) for k in ("preset", "distribution", "version", "weights", "weights_status", "warnings",
+                                      "trainable_params", "source", "threshold_rule")}
+    if failed:
+        reasons = "; ".join(f"{g}: {e['error']}" for g, e in failed.items())
+        return {**meta, "status": "failed", "error": f"failed on fold(s) {reasons}", "train_seconds": None,
+                "infer_images_per_s": None, "peak_memory_mb": None, "checkpoint": None}
+    by_holdout = {fold: e["overall"] for fold, e in per_fold.items()}
+    by_generator = {g: ge for e in per_fold.values() for g, ge in e["by_generator"].items()}
+    modalities = dict.fromkeys(m for e in per_fold.values() for m in e["by_modality"])
+    by_modality = {m: _mean_entries([e["by_modality"][m] for e in per_fold.values() if m in e["by_modality"]])
+                   for m in modalities}
+    return {**meta, "status": "ok", "error": None,
+            "train_seconds": _total_seconds(per_fold.values()),
+            "infer_images_per_s": round(float(np.mean([e["infer_images_per_s"] for e in per_fold.values()])), 2),
+            "peak_memory_mb": max(e["peak_memory_mb"] for e in per_fold.values()), "checkpoint": None,
+            "overall": _mean_entries(list(by_holdout.values())), "by_modality": by_modality,
+            "by_generator": by_generator, "by_holdout": by_holdout,
+            "mean_over_modalities": _mean_entries(list(by_modality.values())),
+            "mean_over_generators": _mean_entries(list(by_generator.values())),
+            "mean_over_holdouts": _mean_entries(list(by_holdout.values()))}

@@ -1,0 +1,185 @@
+"""Planning a comparison: every option, the detectors to run and the data, checked before any work starts.
+
+A plan fails in one line (unknown detector, preset or key, a checkpoint of another
+detector, a bad perturbation, a missing dataset) before a run directory exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...data.manifest import Manifest, read_manifest
+from ...errors import CheckpointError, MfxError
+from ...interfaces import Detector, Perturbation
+from ..evaluate import DEFAULT_EVAL_BATCH
+
+
+@dataclasses.dataclass
+class CompareOptions:
+    """Every option of a comparison; saved in ``config.json`` and reloaded verbatim by ``--resume``."""
+
+    detectors: list[str]
+    data: str | None = None
+    protocol: str = "in-domain"
+    preset: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    epochs: int | None = None
+    budget_minutes: float | None = None
+    checkpoints: dict[str, str] = dataclasses.field(default_factory=dict)
+    overrides: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    perturb: list[str] = dataclasses.field(default_factory=list)
+    out: str = "runs"
+    on_bad: str = "fail"
+    quick: bool = False
+    train_modalities: list[str] = dataclasses.field(default_factory=list)
+    shots: int = 5
+    holdout: str | None = None
+    holdout_by: str | None = None  # leave-one-out: generator | network | family (None: network, see protocols)
+    test_split: str = "test"
+    batch_size: int = DEFAULT_EVAL_BATCH
+    n_boot: int = 1000
+    label: str = "compare"
+    command: str = ""
+    run_dir: str | None = None  # write exactly here (mfx evaluate --out) instead of a new folder under ``out``
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclasses.dataclass
+class DetectorSpec:
+    """A detector to run: registered class, preset, ``--set`` overrides and an optional checkpoint."""
+
+    name: str
+    cls: type[Detector]
+    preset: str
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+    checkpoint: str | None = None
+
+    def config(self) -> Any:
+        return self.cls.make_config(self.preset, **self.overrides)
+
+    def build(self, device: torch.device) -> Detector:
+        return self.cls(self.config(), preset=self.preset, device=device)
+
+    def load(self, device: torch.device, path: str | None = None) -> Detector:
+        return self.cls.load(path or self.checkpoint, device=device)
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """A comparison with everything resolved and checked before any work starts."""
+
+    options: CompareOptions
+    specs: list[DetectorSpec]
+    data_path: Path
+    preset: str
+    perturbations: list[Perturbation]
+
+
+def resolve_data(data: str | None, quick: bool = False) -> tuple[Path, bool]:
+    """The dataset path and whether it is the offline benchmark (used when ``--data`` is not given)."""
+    if data:
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise MfxError(f"{path}: dataset not found (give a folder, a folder holding manifest.csv, or a manifest)")
+        return path, False
+    from rich.console import Console
+
+    from ...benchmark import default_dataset
+    from ..progress import RichProgress
+
+    # a first run builds the benchmark (minutes): show each stage's progress on stderr (nothing when reused)
+    with RichProgress(Console(stderr=True)) as progress:
+        return Path(default_dataset(quick=quick, progress=progress)), True
+
+
+def open_manifest(path: Path) -> Manifest:
+    """A manifest from a CSV, a folder holding ``manifest.csv``, or a folder layout (via ``data.open_dataset``)."""
+    try:
+        from ...data import open_dataset
+    except ImportError:  # the data layer predates open_dataset: plain manifests only
+        return read_manifest(path / "manifest.csv" if path.is_dir() else path)
+    return open_dataset(path)
+
+
+def parse_perturbations(specs: Sequence[str]) -> list[Perturbation]:
+    """``["jpeg:50,blur:1.5"]`` -> perturbation objects from the registry (strength after the colon)."""
+    from ...plugins import get_registry
+
+    found: list[Perturbation] = []
+    for item in ",".join(specs).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, strength = item.partition(":")
+        cls = get_registry().perturbation(name.strip())
+        try:
+            found.append(cls(float(strength)) if strength else cls())
+        except ValueError:
+            raise MfxError(f"--perturb {item!r}: strength must be a number (e.g. {name}:{cls.default_strength:g})") \
+                from None
+    return found
+
+
+def checkpoint_detector_name(path: str | Path) -> str | None:
+    """The detector a checkpoint belongs to, read from its header without loading tensors."""
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        meta = json.loads(header.get("mfx", "{}"))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path}: not a readable mfx checkpoint ({type(exc).__name__}: {exc})") from None
+    return meta.get("detector")
+
+
+def check_checkpoint(detector: str, path: str | Path) -> None:
+    """Refuse, in one line and before any work, a checkpoint written by another detector."""
+    owner = checkpoint_detector_name(path)
+    if owner != detector:
+        raise CheckpointError(f"{path}: checkpoint of detector {owner!r}, not {detector!r}")
+
+
+def plan_run(options: CompareOptions) -> RunPlan:
+    """Check names, presets, overrides, checkpoints and perturbations; resolve the data. No training yet."""
+    from ...plugins import get_registry
+
+    if not options.detectors:
+        raise MfxError("name at least one detector (see `mfx plugins --kind detector`)")
+    duplicates = sorted({d for d in options.detectors if options.detectors.count(d) > 1})
+    if duplicates:
+        raise MfxError(f"detector(s) named twice: {', '.join(duplicates)}")
+    classes = {name: get_registry().detector(name) for name in options.detectors}
+    for name in [*options.checkpoints, *options.overrides]:
+        if name not in classes:
+            raise MfxError(f"--checkpoint/--set names detector {name!r}, which is not compared "
+                           f"({', '.join(options.detectors)})")
+    for name, path in options.checkpoints.items():
+        check_checkpoint(name, path)
+    from ..protocols import check_holdout_by
+
+    check_holdout_by(options.holdout_by)
+    perturbations = parse_perturbations(options.perturb)
+    data_path, is_benchmark = resolve_data(options.data, options.quick)
+    preset = options.preset or ("tiny" if is_benchmark else "full")
+    specs = [DetectorSpec(name, cls, preset, dict(options.overrides.get(name, {})), options.checkpoints.get(name))
+             for name, cls in classes.items()]
+    for spec in specs:
+        if spec.checkpoint is None:
+            spec.config()  # an unknown preset or key fails here, in one line
+    return RunPlan(options, specs, data_path, preset, perturbations)

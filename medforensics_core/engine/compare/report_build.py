@@ -1,0 +1,148 @@
+"""Building a comparison's report: per-detector metrics, paired tests, perturbations, notes, ``scores.csv``.
+
+The report dict is what every writer (JSON, CSV, Markdown, HTML) renders; it is
+built here and only here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import csv
+import io
+from datetime import datetime, timezone
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..protocols import DataBundle, Fold
+from ..rundir import RunDir
+from .plan import CompareOptions, RunPlan
+
+LOG_FILE = "mfx.log"
+BOOTSTRAP_NOTE = "95% CIs and paired tests resample the"
+SCORE_COLUMNS = ("detector", "perturbation", "path", "label", "modality", "generator", "score")
+
+
+def summarize_scores(images, scores: np.ndarray, options: CompareOptions, threshold: float = 0.5) -> dict[str, Any]:
+    from ...metrics import summarize
+
+    return summarize(images.labels, scores, modalities=[r.modality for r in images.rows],
+                     generators=[r.generator for r in images.rows], n_boot=options.n_boot, seed=options.seed,
+                     sources=[r.source_key for r in images.rows], threshold=threshold)
+
+
+def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options: CompareOptions,
+                 sources: Sequence[str] | None = None) -> list[dict]:
+    """Best detector (overall AUC) against each other one, paired on the same resamples of the test sources."""
+    from ...metrics import paired_bootstrap
+
+    rows = ok_rows(results)
+    ranked = [(row["entry"]["overall"].get("auc"), name) for name, row in rows.items()
+              if row["entry"]["overall"].get("auc") is not None]
+    if len(ranked) < 2:
+        return []
+    best = max(ranked)[1]
+    best_scores = np.asarray(rows[best]["scores"][""])
+    out = []
+    for name, row in rows.items():
+        if name == best:
+            continue
+        test = paired_bootstrap(labels, best_scores, np.asarray(row["scores"][""]), metric="auc",
+                                n_boot=options.n_boot, seed=options.seed, clusters=sources)
+        out.append({"a": best, "b": name, **test})
+    return out
+
+
+def ok_rows(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: row for result in results.values() for name, row in result["rows"].items()
+            if row["entry"]["status"] == "ok"}
+
+
+def perturbation_section(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    section: dict[str, Any] = {}
+    for perturbation in plan.perturbations:
+        label = perturbation.label()
+        section[label] = {}
+        for name, row in ok_rows(results).items():
+            if label in row["scores"]:
+                summary = summarize_scores(fold.test, np.asarray(row["scores"][label]), plan.options,
+                                           row["entry"].get("threshold", 0.5))
+                section[label][name] = {k: summary[k] for k in ("overall", "by_modality", "by_generator")}
+    return section
+
+
+def data_fingerprint(path, rows) -> dict[str, Any]:
+    """Images and manifest sha256 and the build's thread count (see benchmark.card.dataset_fingerprint)."""
+    from ...benchmark.card import dataset_fingerprint
+
+    return dataset_fingerprint(Path(path), rows)
+
+
+def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], data: DataBundle,
+                env: dict[str, Any]) -> dict[str, Any]:
+    """The report dict (see the report contract) of one fold."""
+    options = plan.options
+    detectors = {name: row["entry"] for result in results.values() for name, row in result["rows"].items()}
+    needs_train = any(spec.checkpoint is None for spec in plan.specs)
+    report = {
+        "mfx_version": env.get("mfx_version"), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": options.command, "protocol": options.protocol, "seed": options.seed, "preset": plan.preset,
+        "fold": fold.name or None, "holdout": fold.holdout,
+        "data": {"path": str(plan.data_path), "n_train": len(fold.train) if needs_train else 0,
+                 "n_test": len(fold.test), "modalities": sorted({r.modality for r in fold.test.rows}),
+                 "generators": sorted({r.generator for r in fold.test.rows if r.label == 1}),
+                 "skipped": [list(s) for s in data.skipped],
+                 **data_fingerprint(plan.data_path, data.manifest.rows)},
+        "environment": env, "detectors": detectors,
+        "paired": paired_tests(results, fold.test.labels, options, [r.source_key for r in fold.test.rows]),
+        "bootstrap": bootstrap_info(fold, options),
+        "notes": [*fold.notes, bootstrap_note(fold, options), *_bankless_notes(plan, fold), *_notes(results, env)],
+    }
+    if plan.perturbations:
+        report["perturbations"] = perturbation_section(plan, fold, results)
+    return report
+
+
+def bootstrap_info(fold: Fold, options: CompareOptions) -> dict[str, Any]:
+    """What the CIs and paired tests resample: the test set's sources (clusters), never single images."""
+    return {"resamples": "sources", "n_boot": options.n_boot, "n_sources": len({r.source_key for r in fold.test.rows}),
+            "n_images": len(fold.test), "stratified_by": "label make-up of each source (real, fake, both)"}
+
+
+def bootstrap_note(fold: Fold, options: CompareOptions) -> str:
+    info = bootstrap_info(fold, options)
+    return (f"{BOOTSTRAP_NOTE} {info['n_sources']} test sources, not the {info['n_images']} "
+            f"images ({options.n_boot} resamples): a real crop and the fakes made from it, or the crops of one scan, "
+            "are drawn together, so the CIs are not narrowed by images that are not independent")
+
+
+def _bankless_notes(plan: RunPlan, fold: Fold) -> list[str]:
+    if fold.make_support is None:
+        return []
+    return [f"{spec.name} has no reference bank (no add_references): no few-shot row"
+            for spec in plan.specs if not hasattr(spec.cls, "add_references")]
+
+
+def _notes(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> list[str]:
+    on_gpu = str(env.get("device") or "").startswith("cuda")
+    memory = "the CUDA allocator peak per detector" if on_gpu else "the process max RSS so far (not per detector)"
+    notes = [f"peak_memory_mb is {memory}"]
+    failed = [n for n, r in results.items() if r["status"] != "ok"]
+    if failed:
+        notes.append(f"failed: {', '.join(failed)} (tracebacks in {LOG_FILE})")
+    return notes
+
+
+def write_scores(run_dir: RunDir, fold: Fold, results: dict[str, dict[str, Any]]) -> None:
+    """``scores.csv``: one row per detector, perturbation and test image (perturbation empty when clean)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SCORE_COLUMNS)
+    for name, row in ok_rows(results).items():
+        for perturbation, scores in row["scores"].items():
+            for image, value in zip(fold.test.rows, scores):
+                writer.writerow([name, perturbation, image.path, image.label, image.modality, image.generator,
+                                 repr(float(value))])
+    run_dir.write_text("scores.csv", buffer.getvalue())

@@ -1,0 +1,218 @@
+"""``mfx predict`` scores the whole image by tiles, explains with heat maps, and reads the modality from the file.
+
+The detector is a tiny DSKI trained (in seconds) to see a planted
+manipulation: 24x24 patches of uniform noise pasted into 64 px crops of
+pydicom's real ``CT_small.dcm`` (30 epochs). A 128 px scan with such a patch in a corner is
+then flagged by whole-image tiles, while the centre crop (what a comparison
+scores) never sees the patch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medforensics_core.cli import cli
+
+PATCH = 24
+CROP = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def ct_image() -> torch.Tensor:
+    from pydicom.data import get_testdata_file
+
+    from medforensics_core.data.readers import read_image
+
+    return read_image(get_testdata_file("CT_small.dcm")).tensor
+
+
+def plant(image: torch.Tensor, y: int, x: int, rng: np.random.Generator) -> torch.Tensor:
+    """Paste a PATCH x PATCH square of uniform noise (the "manipulation") at (y, x)."""
+    out = image.clone()
+    out[:, y:y + PATCH, x:x + PATCH] = torch.from_numpy(rng.random((PATCH, PATCH))).float()
+    return out
+
+
+def save_png(image: torch.Tensor, path: Path) -> Path:
+    PIL.Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def patch_checkpoint(tmp_path_factory) -> Path:
+    """A tiny DSKI trained on 64 px CT crops, half of them with a planted noise patch."""
+    from medforensics_core.data.dataset import ImageSet
+    from medforensics_core.data.manifest import Manifest, ManifestRow
+    from medforensics_core.engine.context import FitContext
+    from medforensics_core.plugins import get_registry
+
+    folder = tmp_path_factory.mktemp("patch-train")
+    rng = np.random.default_rng(0)
+    ct = ct_image()
+    rows = []
+    for i in range(200):
+        y, x = (int(v) for v in rng.integers(0, ct.shape[-1] - CROP, 2))
+        crop = ct[:, y:y + CROP, x:x + CROP]
+        label = i % 2
+        if label:
+            crop = plant(crop, *(int(v) for v in rng.integers(0, CROP - PATCH, 2)), rng)
+        save_png(crop, folder / f"{i:03d}.png")
+        rows.append(ManifestRow(path=f"{i:03d}.png", label=label, modality="ct",
+                                generator="noise-patch" if label else "real"))
+    images = ImageSet(Manifest(rows, folder))
+    detector = get_registry().detector("dski")(preset="tiny")
+    detector.fit(images.subset(range(160)), images.subset(range(160, 200)), FitContext(seed=0, epochs=30))
+    path = folder / "dski-patch.safetensors"
+    detector.save(path)
+    return path
+
+
+def test_whole_image_tiles_find_a_corner_patch_the_centre_crop_misses(patch_checkpoint, tmp_path):
+    rng = np.random.default_rng(7)
+    scan = save_png(plant(ct_image(), 0, 0, rng), tmp_path / "corner-patch.png")  # 128 px, patch at top-left
+    explain = tmp_path / "heat"
+    result = CliRunner().invoke(cli, ["predict", "dski", str(scan), "--checkpoint", str(patch_checkpoint),
+                                      "--threshold", "0.5", "--modality", "ct", "--explain", str(explain), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    prediction = out["predictions"][0]
+    assert out["scoring"]["tile_size"] == CROP and out["scoring"]["aggregate"] == "max"
+    assert prediction["tiles"]["n"] == 9  # 128 px, 64 px tiles, stride 32: 3 x 3
+    assert prediction["score"] > 0.5 > prediction["centre_score"], prediction
+    assert prediction["verdict"] == "fake"
+    top = prediction["tiles"]["top"][0]
+    assert top["y"] <= 0 and top["x"] <= 0 and top["y"] + top["height"] >= PATCH and top["x"] + top["width"] >= PATCH
+    overlay = Path(prediction["overlay"])
+    assert overlay.parent == explain and overlay.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the centre crop alone, as asked: the same image is called real
+    centre = CliRunner().invoke(cli, ["predict", "dski", str(scan), "--checkpoint", str(patch_checkpoint),
+                                      "--threshold", "0.5", "--modality", "ct", "--crop", "center", "--json"])
+    assert json.loads(centre.output)["predictions"][0]["verdict"] == "real"
+
+
+def test_ct_and_mr_dicom_explained_with_modality_from_the_tag(patch_checkpoint, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    files = [get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")]
+    explain = tmp_path / "explain"
+    result = CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(patch_checkpoint), "--explain",
+                                      str(explain), "--json", *files])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["weights"] == "random-init" and out["threshold"] == pytest.approx(out["threshold"])
+    assert out["threshold_source"]
+    by_name = {Path(p["path"]).name: p for p in out["predictions"]}
+    assert by_name["CT_small.dcm"]["modality"] == "ct" and by_name["MR_small.dcm"]["modality"] == "mri"
+    assert "Modality tag 'MR'" in by_name["MR_small.dcm"]["modality_source"]
+    for prediction in by_name.values():
+        assert prediction["tiles"]["n"] >= 1 and prediction["tiles"]["top"]
+        assert Path(prediction["overlay"]).is_file()
+    assert sorted(p.name for p in explain.iterdir()) == ["CT_small_dcm.png", "MR_small_dcm.png"]
+    # terminal output: the random-init banner and the threshold are printed
+    text = CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(patch_checkpoint), *files])
+    assert text.exit_code == 0, text.output
+    assert "RANDOM-INIT WEIGHTS" in text.output and "threshold" in text.output
+
+
+def test_modality_override_and_unknown_value(patch_checkpoint, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm")
+    args = ["predict", "dski", "--checkpoint", str(patch_checkpoint), "--crop", "center", "--json", ct]
+    mapped = json.loads(CliRunner().invoke(cli, [*args, "--modality", "MR"]).output)
+    assert mapped["predictions"][0]["modality"] == "mri" and mapped["predictions"][0]["modality_source"] == "--modality"
+    wrong = CliRunner().invoke(cli, [*args, "--modality", "xyz"])
+    assert wrong.exit_code == 2 and "Traceback" not in wrong.output
+    assert "accepted:" in wrong.output and "mri" in wrong.output and "ct" in wrong.output
+
+
+def test_cli_and_python_api_give_the_same_score_for_a_16_bit_dicom(patch_checkpoint):
+    """The 12-bit CT is never quantised to 8 bits: CLI and direct API calls agree to float precision."""
+    from pydicom.data import get_testdata_file
+
+    from medforensics_core.data.readers import read_image
+    from medforensics_core.engine.tiles import TileConfig, TileScorer
+    from medforensics_core.plugins import get_registry
+
+    ct = get_testdata_file("CT_small.dcm")
+    detector = get_registry().detector("dski").load(patch_checkpoint)
+    image = read_image(ct).tensor
+    with torch.inference_mode():
+        api_centre = float(detector.predict_proba(detector.preprocess(image)[None], modalities=["ct"])[0])
+    api_tiles = TileScorer(detector, TileConfig()).score(image, "ct").score
+    out = json.loads(CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(patch_checkpoint), "--json",
+                                              ct]).output)["predictions"][0]
+    assert out["centre_score"] == pytest.approx(api_centre, abs=1e-6)
+    assert out["score"] == pytest.approx(api_tiles, abs=1e-6)
+    eight_bit = (image * 255).round() / 255
+    with torch.inference_mode():
+        quantised = float(detector.predict_proba(detector.preprocess(eight_bit)[None], modalities=["ct"])[0])
+    assert quantised != pytest.approx(api_centre, abs=1e-6)  # 8-bit would have been a different input
+
+
+def test_nothing_scored_and_unwritable_explain_dir_fail_in_one_line(patch_checkpoint, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["predict", "dski", "--checkpoint", str(patch_checkpoint)]
+    none = CliRunner().invoke(cli, [*base, str(empty)])
+    assert none.exit_code == 1 and "no image was scored" in none.output and "Traceback" not in none.output
+    junk = tmp_path / "junk.png"
+    junk.write_text("not a png")
+    only_bad = CliRunner().invoke(cli, [*base, str(junk), "--json"])
+    assert only_bad.exit_code == 1 and "junk.png" in only_bad.output
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = CliRunner().invoke(cli, [*base, "--explain", str(blocker / "out"), get_testdata_file("CT_small.dcm")])
+    assert unwritable.exit_code == 2 and "cannot write the --explain overlays" in unwritable.output
+    if os.geteuid() != 0:  # root writes into read-only folders
+        readonly = tmp_path / "readonly"
+        readonly.mkdir(mode=0o500)
+        denied = CliRunner().invoke(cli, [*base, "--explain", str(readonly), get_testdata_file("CT_small.dcm")])
+        assert denied.exit_code == 2 and "cannot write" in denied.output
+
+
+def test_tile_grid_covers_the_image_and_bounds_the_tile_count():
+    from medforensics_core.engine.tiles import TileConfig, origins, tile_grid
+
+    assert origins(128, 64, 32) == [0, 32, 64]
+    assert origins(100, 64, 32) == [0, 32, 36]  # last tile flush with the edge
+    assert origins(50, 64, 32) == [0]
+    corners, stride = tile_grid(640, 640, 64, TileConfig(max_tiles=150))
+    assert len(corners) <= 150 and stride > 32
+    assert max(y for y, _ in corners) == 640 - 64 and max(x for _, x in corners) == 640 - 64
+    _, stride = tile_grid(4000, 4000, 64, TileConfig(max_tiles=400))
+    assert stride == 64  # never longer than a tile: every pixel is still looked at
+
+
+def test_training_cache_keeps_16_bit_dicom_as_float_and_8_bit_as_bytes(tmp_path):
+    """The decode cache shared by training and comparisons returns exactly what the reader returned."""
+    from pydicom.data import get_testdata_file
+
+    from medforensics_core.data.dataset import ImageSet
+    from medforensics_core.data.manifest import Manifest, ManifestRow
+    from medforensics_core.data.readers import read_image
+
+    ct = get_testdata_file("CT_small.dcm")
+    png = save_png(ct_image(), tmp_path / "ct8.png")
+    images = ImageSet(Manifest([ManifestRow(path=ct, label=0, modality="ct", generator="real"),
+                                ManifestRow(path=str(png), label=0, modality="ct", generator="real")], tmp_path))
+    assert images._cache[0].dtype == torch.float32 and images._cache[1].dtype == torch.uint8
+    assert torch.equal(images.image(0), read_image(ct).tensor)
+    assert torch.equal(images.image(1), read_image(png).tensor)
