@@ -205,7 +205,7 @@ def test_ldm_autoencoder_learns_to_reconstruct(mixed_crops):
     error = [float((g.transform(images, conditions=conditions) - images).abs().mean()) for g in (untrained, trained)]
     assert error[1] < 0.9 * error[0], error
     with pytest.raises(RuntimeError, match="U-Net"):
-        _make("ldm", mode="img2img").adopt(longer).transform(images[:1], conditions=conditions[:1])
+        _make("ldm", mode="img2img").adopt(trained).transform(images[:1], conditions=conditions[:1])
 
 
 def test_superres_upsamplers_are_different_networks_close_to_the_source(mixed_crops):

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from ..config import config_to_dict
+from ..data.indexers import GENERATOR_FILE
 from ..data.manifest import ManifestRow, sha256_file, write_manifest
 from ..engine.context import FitContext, no_progress
 from ..interfaces import Generator
@@ -147,7 +148,11 @@ class DatasetWriter:
             source_image: np.ndarray | None = None) -> None:
         rel = Path(split) / modality / generator / ("1_fake" if label else "0_real") / f"{name}.png"
         path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True)
+            if label and (family or network):  # so that `mfx data index` of the folder keeps both columns
+                (path.parent.parent / GENERATOR_FILE).write_text(
+                    json.dumps({"family": family, "network": network}), encoding="utf-8")
         Image.fromarray(image).save(path, format="PNG", optimize=False)
         self.rows.append(ManifestRow(path=rel.as_posix(), label=label, modality=modality, generator=generator,
                                      split=split, source=source, sha256=sha256_file(path),
@@ -319,7 +324,7 @@ def realism_gate(plan: BuildPlan, writer: DatasetWriter, progress: ProgressFn) -
 def build_into(root: Path, plan: BuildPlan, *, allow_missing: bool, progress: ProgressFn | None) -> Path:
     """Build the whole dataset into ``root`` (an empty folder): images, manifest.csv, build.json, card.json, DATASET.md."""
     progress = progress or no_progress
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     with fixed_threads(BUILD_THREADS), deterministic(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed)
         reals, problems, used = collect_reals(plan, allow_missing, progress)
@@ -334,7 +339,8 @@ def build_into(root: Path, plan: BuildPlan, *, allow_missing: bool, progress: Pr
         gate = realism_gate(plan, writer, progress)
     write_manifest(writer.rows, root / "manifest.csv")
     build_info = {**plan.as_dict(), "key": plan.key(), "seconds": round(time.monotonic() - started, 1),
-                  "threads": BUILD_THREADS, "problems": problems, "trained": trained}
+                  # CPU seconds: what the wall time would be on an idle core (the build runs one thread)
+                  "cpu_seconds": round(time.process_time() - cpu_started, 1), "threads": BUILD_THREADS, "problems": problems, "trained": trained}
     (root / "build.json").write_text(json.dumps(build_info, indent=2), encoding="utf-8")
     card = write_card_json(root / "card.json", writer.rows, build_info, gate, root / "manifest.csv")
     write_card(root / "DATASET.md", writer.rows, build_info, used, card)

@@ -91,7 +91,7 @@ def write_card_json(path: Path, rows: Sequence[ManifestRow], info: dict[str, Any
         "images_sha256": images_hash(rows), "manifest_sha256": sha256_file(manifest),
         "threads": info["threads"], "deterministic_algorithms": True,
         "torch": torch.__version__, "numpy": __import__("numpy").__version__, "machine": platform.machine(),
-        "seconds": info["seconds"],
+        "seconds": info["seconds"], "cpu_seconds": info.get("cpu_seconds"),
         "settings": list(gate),
         "realism": verdict([g.get("first_order_auc") for g in gate]),
     }
@@ -157,7 +157,8 @@ def write_card(path: Path, rows: Sequence[ManifestRow], info: dict[str, Any], us
         f"{'quick' if info['quick'] else 'full'} build, crop size {info['size']} px, "
         f"target {info['per_modality']} real crops per modality",
         f"- images: {len(rows)} ({sum(r.label == 0 for r in rows)} real, {sum(r.label == 1 for r in rows)} fake);"
-        f" built in {info['seconds']} s",
+        f" built in {info['seconds']} s ({info.get('cpu_seconds', '?')} s of CPU time: the wall time on an idle"
+        " machine, as the build runs one thread)",
         "- layout: `<split>/<modality>/<generator>/{0_real,1_fake}/NAME.png`, listed in `manifest.csv` "
         "(path, label, modality, generator, split, source, sha256, params, family, network)",
         "",

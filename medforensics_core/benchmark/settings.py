@@ -95,8 +95,8 @@ QUICK_TRAINING: Mapping[str, Mapping[str, Any]] = {
     "sdedit": {"steps": 25, "width": 8, "batch_size": 8, "patch": 32, "sample_steps": 5},
     "inpaint": {"steps": 25, "width": 8, "batch_size": 8, "patch": 32, "sample_steps": 5},
     "autoencoder": {"steps": 25, "width": 8, "batch_size": 8, "patch": 32},
-    "ldm": {"ae_width": 8, "ae_steps": 60, "ae_batch_size": 8, "ae_patch": 32, "unet_width": 16,
-            "unet_steps": 60, "unet_batch_size": 16, "unet_patch": 0, "sample_steps": 8},
+    "ldm": {"ae_width": 16, "ae_steps": 150, "ae_batch_size": 16, "ae_patch": 32, "unet_width": 16,
+            "unet_steps": 100, "unet_batch_size": 16, "unet_patch": 0, "sample_steps": 8},
     "superres": {"width": 16, "blocks": 2, "steps": 40, "batch_size": 8, "patch": 32},
 }
 LARGE_FACTOR = 6  # "large": every training length this many times longer (about an hour on two CPU cores)

@@ -6,11 +6,10 @@ built here and only here.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import csv
 import io
 from datetime import datetime, timezone
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
