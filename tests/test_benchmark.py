@@ -247,3 +247,17 @@ def test_leave_one_generator_out_probe_scores_every_setting(quick_benchmark):
     assert [r.setting for r in results] == sorted(g for g in manifest.generators if g != "real")
     assert all(0.0 <= r.auc <= 1.0 and r.test_images > 0 for r in results)
     assert hard_settings(results, threshold=1.01) == [r.setting for r in results]
+
+
+def test_reports_fingerprint_the_data_from_the_card_or_the_manifest(quick_benchmark, manifest, tmp_path):
+    from medforensics_core.benchmark.card import dataset_fingerprint, images_hash
+    from medforensics_core.data.manifest import write_manifest
+
+    card = json.loads((Path(quick_benchmark) / "card.json").read_text(encoding="utf-8"))
+    built = dataset_fingerprint(Path(quick_benchmark), manifest.rows)
+    assert built == {"images_sha256": card["images_sha256"], "manifest_sha256": card["manifest_sha256"],
+                     "build_key": card["key"], "build_threads": 1}
+    own = write_manifest(manifest.rows[:10], tmp_path / "mine.csv")  # a user's manifest: no card.json
+    fingerprint = dataset_fingerprint(own, manifest.rows[:10])
+    assert fingerprint["images_sha256"] == images_hash(manifest.rows[:10]) != card["images_sha256"]
+    assert fingerprint["manifest_sha256"] == sha256_file(own) and fingerprint["build_threads"] is None
