@@ -12,9 +12,13 @@ Not a test: run it by hand and paste the tables into an issue or the docs.
   test split. Training images/s = images seen (epochs x train size) / fit time;
   the ``full`` preset is timed on ``--full-images`` training images for one
   epoch, with random weights where the paper's weights are not on the machine.
-* UnivFD inference vs a bare open_clip ``encode_image`` loop over the same
-  preprocessed batches, interleaved so machine load hits both alike; median of
-  ``--repeats``; the ratio's target is within 10%.
+* Each CLIP baseline's scoring (``predict_proba``) vs a bare open_clip
+  ``encode_image`` loop over the same preprocessed batch, interleaved so machine
+  load hits both alike; the fastest of ``--repeats`` for each (on a shared
+  machine the minimum is the least load-distorted estimate of the work itself). Throughput ratio target: >= 0.9
+  for the pure-feature methods (UnivFD, RINE). FatFormer runs adapters inside
+  the encoder and the text tower on each image's own prompts, so it cannot
+  reach it; its ratio is printed as measured.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,10 +45,15 @@ from medforensics_core.engine.device import peak_memory_mb, resolve_device, time
 from medforensics_core.engine.evaluate import score_with_timing  # noqa: E402
 from medforensics_core.plugins import get_registry  # noqa: E402
 
-DETECTORS = ("freq", "cnnspot", "npr", "univfd", "univfd-nn")
+DETECTORS = ("freq", "cnnspot", "npr", "univfd", "univfd-nn", "rine", "fatformer")
 CLIP_MODELS = {"tiny": "mfx-tiny-clip", "ViT-B-32": "ViT-B-32", "ViT-B-16": "ViT-B-16", "ViT-L-14": "ViT-L-14"}
-RATIO_TARGET = 1.10
-OFFLINE_OVERRIDES = {"univfd": {"pretrained": "random"}, "univfd-nn": {"pretrained": "random"}}
+RATIO_TARGET = 0.9
+CLIP_DETECTORS = ("univfd", "rine", "fatformer")
+PURE_FEATURE = {"univfd", "rine"}
+OFFLINE_OVERRIDES = {name: {"pretrained": "random"} for name in ("univfd", "univfd-nn", "rine", "fatformer")}
+# FatFormer's paper-sized adapters and prompts on backbones other than the tiny one (12 alignment heads
+# do not divide ViT-B's 512-wide text tower, so 8 there).
+FATFORMER_MODULES = {"bottleneck": 64, "adapter_heads": 8, "dwt_groups": 128, "n_ctx": 8, "lga_heads": 8}
 
 
 def dataset_root(folder: str | None) -> Path:
@@ -89,10 +97,13 @@ def measure_in_child(name: str, preset: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def univfd_overhead(model: str, device: str, batch: int, repeats: int) -> tuple[str, ...]:
-    """Median seconds per batch: UnivFD ``predict_proba`` vs bare ``encode_image`` on the same batch."""
-    cls = get_registry().detector("univfd")
-    detector = cls(cls.make_config("tiny", clip_model=CLIP_MODELS[model]), device=device)
+def clip_overhead(name: str, model: str, device: str, batch: int, repeats: int) -> tuple[str, ...]:
+    """Median seconds per batch: a CLIP detector's ``predict_proba`` vs bare ``encode_image`` on the same batch."""
+    cls = get_registry().detector(name)
+    overrides = {"clip_model": CLIP_MODELS[model]}
+    if name == "fatformer" and model != "tiny":
+        overrides.update(FATFORMER_MODULES)
+    detector = cls(cls.make_config("tiny", **overrides), device=device)
     size = detector.backbone.image_size
     inputs = torch.stack([detector.preprocess(im) for im in torch.rand(batch, 3, size, size)]).to(device)
     encode = detector.backbone.model.encode_image
@@ -102,31 +113,14 @@ def univfd_overhead(model: str, device: str, batch: int, repeats: int) -> tuple[
         for _ in range(repeats):
             bare.append(timed_call(lambda: encode(inputs), device))
             ours.append(timed_call(lambda: detector.predict_proba(inputs), device))
-    b, o = statistics.median(bare), statistics.median(ours)
-    return (model, str(batch), f"{batch / b:.1f}", f"{batch / o:.1f}", f"{o / b:.3f}",
-            "yes" if o / b <= RATIO_TARGET else "NO")
+    b, o = min(bare), min(ours)
+    ratio = b / o
+    verdict = ("yes" if ratio >= RATIO_TARGET else "NO") if name in PURE_FEATURE else "n/a*"
+    return (name, model, str(batch), f"{batch / b:.1f}", f"{batch / o:.1f}", f"{ratio:.3f}", verdict)
 
 
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", help="dataset folder with manifest.csv (default: the quick offline benchmark)")
-    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS))
-    parser.add_argument("--full", action="store_true", help="also time the full presets (one epoch on a subset)")
-    parser.add_argument("--full-images", type=int, default=32)
-    parser.add_argument("--clip-models", nargs="+", default=["tiny", "ViT-B-32"], choices=list(CLIP_MODELS))
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--preset", default="tiny", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.one:
-        sys.stdout.write(json.dumps(measure_one(args.one, args.preset, dataset_root(args.dataset), args.device,
-                                                args.full_images)) + "\n")
-        return
-    console = Console()
+def fit_and_score_table(console: Console, args: argparse.Namespace) -> None:
+    """Fit + score each detector (tiny, and full with --full) in a child process; print the table."""
     args.dataset = str(dataset_root(args.dataset))
     table = Table(title=f"baselines on {args.dataset} ({args.device}, torch threads {torch.get_num_threads()})")
     for column in ("detector", "preset", "train imgs", "epochs", "fit s", "train img/s", "infer img/s", "peak MB"):
@@ -145,12 +139,41 @@ def main() -> None:
     console.print(table)
     for line in weights:
         console.print(line, markup=True, highlight=False)
-    overhead = Table(title=f"UnivFD inference vs bare open_clip encode_image (median of {args.repeats})")
-    for column in ("CLIP model", "batch", "bare img/s", "univfd img/s", "ratio", f"<= {RATIO_TARGET}"):
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", help="dataset folder with manifest.csv (default: the quick offline benchmark)")
+    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS))
+    parser.add_argument("--full", action="store_true", help="also time the full presets (one epoch on a subset)")
+    parser.add_argument("--full-images", type=int, default=32)
+    parser.add_argument("--clip-models", nargs="+", default=["tiny", "ViT-B-32"], choices=list(CLIP_MODELS))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only the CLIP scoring vs bare encode_image table (no fit/score per detector)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--preset", default="tiny", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        sys.stdout.write(json.dumps(measure_one(args.one, args.preset, dataset_root(args.dataset), args.device,
+                                                args.full_images)) + "\n")
+        return
+    console = Console()
+    if not args.overhead_only:
+        fit_and_score_table(console, args)
+    overhead = Table(title=f"CLIP baselines' scoring vs bare open_clip encode_image, same batch "
+                           f"(fastest of {args.repeats})")
+    for column in ("detector", "CLIP model", "batch", "bare img/s", "detector img/s", "throughput ratio",
+                   f">= {RATIO_TARGET}"):
         overhead.add_column(column)
     for model in args.clip_models:
-        overhead.add_row(*univfd_overhead(model, args.device, args.batch, args.repeats))
+        for name in [n for n in CLIP_DETECTORS if n in args.detectors]:
+            overhead.add_row(*clip_overhead(name, model, args.device, args.batch, args.repeats))
     console.print(overhead)
+    console.print("* fatformer runs adapters inside the encoder and the text tower on each image's own prompts: "
+                  "it is not a pure-feature method, its ratio is shown as measured", highlight=False)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,25 @@ FORMAT = "mfx-checkpoint"
 FORMAT_VERSION = "1"
 
 
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so no reader sees half a file."""
+    """Write ``data`` to ``path`` through a temporary file and a rename, so no reader sees half a file.
+
+    The file gets the permissions of a plainly created one (0666 minus the
+    umask), not the 0600 of the temporary file it was written as.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Mapping
@@ -19,6 +20,28 @@ from .errors import ConfigError
 @dataclasses.dataclass
 class EmptyConfig:
     """Config of a plugin that has no options."""
+
+
+POSITIVE_KEYS = frozenset({"epochs", "batch_size", "lr", "top_k"})
+"""Hyper-parameters that mean nothing at zero or below, whatever plugin's config holds them."""
+
+
+def validate_config(config: Any) -> None:
+    """Refuse non-finite floats, non-positive :data:`POSITIVE_KEYS` and values outside a field's declared range."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for item in values:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if not math.isfinite(item):
+                raise ConfigError(f"config key {field.name!r}: {item!r} is not a finite number")
+            positive = field.name in POSITIVE_KEYS or field.name.endswith("temperature")
+            if positive and item <= 0:
+                raise ConfigError(f"config key {field.name!r}: must be above 0, not {item!r}")
+            low, high = field.metadata.get("min"), field.metadata.get("max")
+            if (low is not None and item < low) or (high is not None and item > high):
+                raise ConfigError(f"config key {field.name!r}: {item!r} is outside [{low}, {high}]")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -81,7 +104,9 @@ def build_config(config_class: type, presets: Mapping[str, Mapping[str, Any]], p
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)} for {config_class.__name__}; "
                           f"known keys: {', '.join(sorted(fields))}")
     coerced = {k: _coerce(v, hints.get(k, Any), k) for k, v in values.items()}
-    return config_class(**coerced)
+    config = config_class(**coerced)
+    validate_config(config)
+    return config
 
 
 def config_from_dict(config_class: type, data: Mapping[str, Any]) -> Any:

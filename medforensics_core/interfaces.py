@@ -338,6 +338,8 @@ class Perturbation(Plugin, abc.ABC):
 
     kind: ClassVar[str] = "perturbation"
     default_strength: ClassVar[float] = 0.0
+    strength_range: ClassVar[tuple[float, float]] = (float("-inf"), float("inf"))
+    """Strengths that make sense (inclusive); ``--perturb`` refuses others at plan time."""
 
     def __init__(self, strength: float | None = None):
         self.strength = self.default_strength if strength is None else float(strength)

@@ -21,6 +21,10 @@ def cache_root(*parts: str) -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         root = Path(env).expanduser()
+        if root.exists() and not root.is_dir():
+            from .errors import MfxError
+
+            raise MfxError(f"{CACHE_ENV}={env} is a file, not a folder: point it at a folder mfx may write")
     else:
         import platformdirs
 

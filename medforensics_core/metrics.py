@@ -334,22 +334,43 @@ def paired_bootstrap(labels, scores_a, scores_b, metric: str = "auc", n_boot: in
     """Compare two detectors scored on the same images: ``metric(a) - metric(b)``, its 95% CI and p-value.
 
     Both detectors are evaluated on the same resamples (of ``clusters`` when given, else of images),
-    so image difficulty cancels out. The two-sided
-    p-value is twice the smaller tail of the resampled differences around 0 (with the usual +1
-    correction, capped at 1): identical detectors give p = 1, a difference no resample reverses
-    gives p about 2 / (n_boot + 1). Undefined metrics give ``delta``/``ci``/``p_value`` of ``None``.
+    so image difficulty cancels out. The two-sided p-value is twice the smaller tail of the
+    resampled differences around 0 (with the usual +1 correction, capped at 1): identical detectors
+    give p = 1, a difference no resample reverses gives p about 2 / (n_boot + 1). Undefined metrics
+    give ``delta``/``ci``/``p_value`` of ``None``.
     """
-    y, a = _as_arrays(labels, scores_a)
-    _, b = _as_arrays(labels, scores_b)
+    return paired_bootstrap_over_seeds(labels, [scores_a], [scores_b], metric=metric, n_boot=n_boot, seed=seed,
+                                       clusters=clusters)
+
+
+def paired_bootstrap_over_seeds(labels, runs_a: Sequence, runs_b: Sequence, metric: str = "auc",
+                                n_boot: int = 1000, seed: int = 0, clusters: Sequence | None = None) -> dict:
+    """:func:`paired_bootstrap` for detectors trained once per seed: the mean over seeds of ``a_s - b_s``.
+
+    ``runs_a[i]`` and ``runs_b[i]`` are the two detectors' scores from the same training seed, so
+    the seed's luck (initialisation, data order) is paired as the images are; every seed's
+    difference is computed on the same resamples, and the resampled means give the CI and p-value.
+    With one run each this *is* the paired bootstrap. ``per_run`` lists each seed's own difference.
+    """
+    if len(runs_a) != len(runs_b) or not runs_a:
+        raise ValueError(f"need the same number (>= 1) of runs of each detector, got {len(runs_a)} and {len(runs_b)}")
+    y = _as_arrays(labels, runs_a[0])[0]
+    pairs = [(_as_arrays(labels, a)[1], _as_arrays(labels, b)[1]) for a, b in zip(runs_a, runs_b)]
     result: dict = {"metric": metric, "delta": None, "ci": None, "p_value": None, "n_boot": n_boot,
                     "resampled": "images" if clusters is None else "sources"}
+    if len(pairs) > 1:
+        result["per_run"] = None
     if not _is_defined(metric, y):
         return result
-    result["delta"] = _point_value(metric, y, a) - _point_value(metric, y, b)
+    per_run = [_point_value(metric, y, a) - _point_value(metric, y, b) for a, b in pairs]
+    result["delta"] = float(np.mean(per_run))
+    if len(pairs) > 1:
+        result["per_run"] = per_run
     if n_boot <= 0:
         return result
-    boot_a, boot_b = _bootstrap_metric_arrays(y, [a, b], [metric], n_boot, seed, clusters=clusters)
-    deltas = boot_a[metric] - boot_b[metric]
+    flat = [s for pair in pairs for s in pair]
+    boot = _bootstrap_metric_arrays(y, flat, [metric], n_boot, seed, clusters=clusters)
+    deltas = np.mean([boot[2 * i][metric] - boot[2 * i + 1][metric] for i in range(len(pairs))], axis=0)
     result["ci"] = list(_percentile_ci(deltas, 0.05))
     tail = min(int((deltas <= 0).sum()), int((deltas >= 0).sum()))
     result["p_value"] = min(1.0, 2.0 * (tail + 1) / (n_boot + 1))

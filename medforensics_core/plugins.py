@@ -377,6 +377,26 @@ def reset_registry() -> None:
         _registry = None
 
 
+def check_plugin_references(config: Any, registry: Registry | None = None) -> None:
+    """A config field named after a plugin kind (``retriever``, ``noise_extractors``...) must name registered ones.
+
+    Run at plan time, so ``--set dski.retriever=faiss-flt`` fails in one line
+    (with a suggestion) before a run directory exists or any image is decoded.
+    """
+    registry = registry or get_registry()
+    for field in dataclasses.fields(config):
+        kind = field.name[:-1] if field.name.endswith("s") and field.name[:-1] in KIND_HOOKS else field.name
+        if kind not in KIND_HOOKS:
+            continue
+        value = getattr(config, field.name)
+        for name in (value if isinstance(value, (tuple, list)) else (value,)):
+            if isinstance(name, str) and name:
+                try:
+                    registry.get(kind, name)
+                except UnknownPluginError as exc:
+                    raise UnknownPluginError(f"config key {field.name!r}: {exc}") from None
+
+
 def plugin_rows(registry: Registry | None = None) -> list[dict[str, Any]]:
     """JSON-able rows describing every registered class (used by ``mfx plugins`` and the docs)."""
     registry = registry or get_registry()

@@ -151,4 +151,36 @@ def small_bad_files(folder: Path) -> dict[str, Path]:
     write("thin_64x3.png", _png(64, 3, 8, 0, zlib.compress(bytes(65 * 3))))
     write("gzip_not_nifti.nii.gz", gzip.compress(b"not a volume"))
     write("random.dcm", bytes(range(256)) * 4)
+    write("hash#1.png", _png(64, 64, 8, 0, zlib.compress(bytes(65 * 64))[:10]))  # '#' is no frame suffix here
+    files["nan_affine.nii"] = nifti_with_affine(folder, np.full((4, 4), np.nan), "nan_affine.nii")
+    files["zero_affine.nii"] = nifti_with_affine(folder, np.zeros((4, 4)), "zero_affine.nii")
+    files["lying_100k.dcm"] = dicom_lying_frames(folder, 100_000, "lying_100k.dcm")
     return files
+
+
+def nifti_with_affine(folder: Path, affine: np.ndarray, name: str) -> Path:
+    """A small valid volume whose stored affine (sform and qform) is ``affine`` (NaN, all zero...)."""
+    import nibabel
+
+    data = (np.arange(16 * 16 * 4, dtype=np.int16) % 300).reshape(16, 16, 4)
+    header = nibabel.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape(data.shape)
+    header["sform_code"] = 1
+    header["qform_code"] = 0
+    for row, key in enumerate(("srow_x", "srow_y", "srow_z")):
+        header[key] = affine[row]
+    path = folder / name
+    with open(path, "wb") as handle:
+        handle.write(header.binaryblock + b"\0" * 4 + data.tobytes(order="F"))
+    return path
+
+
+def links(folder: Path) -> dict[str, Path]:
+    """A symlink loop (a folder linking to its parent) and a dangling link, for the folder walkers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    loop = folder / "loop"
+    loop.symlink_to(folder.resolve(), target_is_directory=True)
+    dangling = folder / "dangling.png"
+    dangling.symlink_to(folder / "does-not-exist.png")
+    return {"loop": loop, "dangling": dangling}

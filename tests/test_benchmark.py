@@ -223,9 +223,11 @@ def test_cli_refuses_unknown_generator_and_foreign_folder_in_one_line(tmp_path):
     assert result.exit_code != 0 and "large" in result.output and "Traceback" not in result.output
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine", encoding="utf-8")
-    result = runner.invoke(cli, ["data", "demo", "--quick", "--out", str(tmp_path / "busy")])
-    assert result.exit_code != 0 and "--force" in result.output
-    assert (tmp_path / "busy" / "notes.txt").read_text(encoding="utf-8") == "mine"
+    for force in ([], ["--force"]):  # a folder without the build marker is never deleted, and --force not advised
+        result = runner.invoke(cli, ["data", "demo", "--quick", "--out", str(tmp_path / "busy"), *force])
+        assert result.exit_code != 0 and "not an mfx benchmark build" in result.output, result.output
+        assert "use --force" not in result.output and "Traceback" not in result.output
+        assert (tmp_path / "busy" / "notes.txt").read_text(encoding="utf-8") == "mine"
 
 
 def test_show_draws_a_montage(quick_benchmark, tmp_path):

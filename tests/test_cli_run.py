@@ -65,7 +65,10 @@ def test_evaluate_reproduces_compare_with_the_trained_checkpoint(dataset, freq_c
     a = json.loads((tmp_path / "eval" / "report.json").read_text())["detectors"]["freq"]
     b = json.loads((only_run_dir(tmp_path / "cmp") / "report.json").read_text())["detectors"]["freq"]
     assert a["overall"] == b["overall"] and a["by_generator"] == b["by_generator"]
-    assert a["train_seconds"] == 0 and a["checkpoint"] == str(freq_checkpoint)
+    assert a["train_seconds"] is None and a["source"] == "loaded" and a["checkpoint"] == str(freq_checkpoint)
+    assert a["threshold"] == b["threshold"] and a["threshold_rule"].startswith("5% FPR on the validation split")
+    flat = " ".join(evaluated.output.split())  # the detector line wraps at the console width
+    assert "loaded from checkpoint" in flat and "train 0.0 s" not in flat
 
 
 def test_evaluate_other_split_and_refused_checkpoint(dataset, freq_checkpoint, tmp_path):
@@ -91,7 +94,7 @@ def test_predict_scores_every_frame_of_real_dicom_and_nifti(freq_checkpoint, dat
     frames: dict[str, list] = {}
     for p in out["predictions"]:
         frames.setdefault(Path(p["path"]).name, []).append(p["frame"])
-        assert 0.0 <= p["score"] <= 1.0 and p["verdict"] == verdict(p["score"])
+        assert 0.0 <= p["score"] <= 1.0 and p["verdict"] == verdict(p["score"], out["threshold"])
     assert frames["emri_small.dcm"] == list(range(10))          # a 10-frame MR cine: one score per frame
     assert frames["anatomical.nii"] == list(range(25))          # every slice of the volume
     assert frames["CT_small.dcm"] == [None] and frames["crop.png"] == [None]
@@ -138,6 +141,10 @@ def test_compare_dski_cnnspot_univfd_quick_end_to_end(quick_benchmark, tmp_path)
                 assert group["auc_ci"][0] <= group["auc"] <= group["auc_ci"][1]
                 assert group["ap_ci"] is not None
     assert {p["b"] for p in report["paired"]} | {report["paired"][0]["a"]} == {"dski", "cnnspot", "univfd"}
+    stages = report["detectors"]["dski"]
+    assert all(0 <= stages[key] <= 1 for key in ("stage1_auc", "retrieval_auc", "fused_auc"))
+    assert stages["fused_auc"] == pytest.approx(stages["overall"]["auc"], abs=1e-4)
+    assert "stage1_auc" not in report["detectors"]["cnnspot"]
     html = (run / "report.html").read_text()
     assert all(name in html for name in ("dski", "cnnspot", "univfd"))
     for plot in ("roc.png", "by_modality.png"):

@@ -271,6 +271,38 @@ def test_in_domain_compare_writes_full_run_directory(small_dataset, test_detecto
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(labels, probe_scores) == pytest.approx(report["detectors"]["test-probe"]["overall"]["auc"])
+    _check_forensic_conventions(run, report, rows)
+
+
+def _check_forensic_conventions(run: Path, report: dict, rows: list[dict]) -> None:
+    """TPR per generator at the validated threshold, TPR at 1%/5% FPR, histograms, example grid, file modes."""
+    import os
+    import stat
+
+    from medforensics_core.metrics import threshold_at_fpr, tpr_at_fpr
+
+    freq = report["detectors"]["freq"]
+    assert freq["source"] == "trained" and freq["weights_status"] == "from-scratch"
+    assert freq["threshold_rule"].startswith("5% FPR on the validation split")
+    labels = np.array([int(r["label"]) for r in rows if r["detector"] == "freq"])
+    scores = np.array([float(r["score"]) for r in rows if r["detector"] == "freq"])
+    generators = np.array([r["generator"] for r in rows if r["detector"] == "freq"])
+    for generator, metrics in freq["by_generator"].items():
+        fakes = scores[(generators == generator) & (labels == 1)]
+        assert metrics["tpr"] == pytest.approx(float((fakes > freq["threshold"]).mean()))
+    for fpr in (0.01, 0.05):
+        value = freq["overall"][f"tpr_at_fpr_{fpr:g}"]
+        cut = threshold_at_fpr(scores[labels == 0], fpr)  # at most fpr of the reals above the cut
+        assert (scores[labels == 0] > cut).mean() <= fpr and value >= (scores[labels == 1] > cut).mean()
+        assert value == pytest.approx(tpr_at_fpr(labels, scores, fpr))
+    html = (run / "report.html").read_text()
+    assert "histograms.png" in html and "<h2>Examples</h2>" in html and "fakes caught" in html
+    caught = freq["examples"]["caught"]
+    assert caught and all(item["label"] == 1 and item["score"] > freq["threshold"] for item in caught)
+    assert all((run / item["overlay"]).is_file() for items in freq["examples"].values() for item in items)
+    for name in ("report.json", "report.html", "scores.csv", "checkpoints/freq.safetensors"):
+        mode = stat.S_IMODE(os.stat(run / name).st_mode)
+        assert mode & stat.S_IRGRP, (name, oct(mode))  # readable by the group (mkstemp alone gives 0600)
 
 
 def test_leave_one_generator_out_has_one_fold_per_generator(small_dataset, tmp_path):

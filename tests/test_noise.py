@@ -163,3 +163,51 @@ def test_gradients_flow_through_wavelet_and_bayar_to_the_input():
         image = _real_ct().requires_grad_(True)
         get_registry().noise_extractor(name)()(image).pow(2).sum().backward()
         assert image.grad is not None and image.grad.abs().sum() > 0, name
+
+
+def _textured(seed: int, sigma: float) -> torch.Tensor:
+    """A smooth grey image plus white noise of standard deviation ``sigma`` (3 equal channels)."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = F.interpolate(torch.rand(1, 1, 4, 4, generator=g), size=(64, 64), mode="bilinear", align_corners=False)
+    noisy = 0.4 + 0.1 * smooth + sigma * torch.randn(1, 1, 64, 64, generator=g)
+    return noisy.expand(1, 3, 64, 64).contiguous()
+
+
+def test_noise_stats_ignore_the_noise_level_but_see_its_structure():
+    """Per-image MAD normalisation: 4x more white noise leaves the statistics nearly unchanged,
+    while smoothing the same noise (a low-pass generator's footprint) changes them clearly."""
+    extractor = get_registry().noise_extractor("noise-stats")()
+    weak, strong = _textured(0, 0.02), _textured(0, 0.08)
+    stats = [extractor(x).mean(dim=(2, 3)) for x in (weak, strong)]
+    assert extractor(weak).shape == (1, extractor.out_channels, 64, 64)
+    raw_srm = [get_registry().noise_extractor("srm")(get_registry().noise_extractor("srm").make_config(
+        normalise=False, truncation=1e9))(x).square().mean() for x in (weak, strong)]
+    assert raw_srm[1] > 10 * raw_srm[0]  # the unnormalised residual energy tracks the level
+    torch.testing.assert_close(stats[0], stats[1], atol=0.15, rtol=0.05)
+    kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
+    blurred = F.conv2d(F.pad(strong, (1, 1, 1, 1), mode="circular"),
+                       torch.outer(kernel, kernel).expand(3, 1, 3, 3).contiguous(), groups=3)
+    smoothed = extractor(blurred).mean(dim=(2, 3))
+    assert (smoothed - stats[1]).abs().max() > 0.3
+
+
+def test_noise_stats_run_in_float32_under_autocast():
+    extractor = get_registry().noise_extractor("noise-stats")()
+    image = _textured(1, 0.02)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = extractor(image)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, extractor(image), atol=0, rtol=0)
+
+
+def test_folded_kernels_equal_srm_and_haar_filters_applied_separately():
+    from mfx_noise import SRM_KERNELS, folded_kernels
+
+    image = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    padded = F.pad(image, (2, 2, 2, 2), mode="circular")
+    folded = F.conv2d(padded, folded_kernels())
+    torch.testing.assert_close(folded[:, :3], F.conv2d(padded, SRM_KERNELS.unsqueeze(1)))
+    # Haar horizontal detail at (i, j) uses rows i, i+1 and columns j, j+1: (a + b - c - d) / 2
+    x = padded[0, 0]
+    expected = (x[2:-2, 2:-2] + x[2:-2, 3:-1] - x[3:-1, 2:-2] - x[3:-1, 3:-1]) / 2
+    torch.testing.assert_close(folded[0, 3], expected)

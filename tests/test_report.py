@@ -207,8 +207,9 @@ def test_write_reports_produces_all_files(tmp_path, report_and_data):
     run = RunDir(tmp_path)
     _write_scores_csv(run, data)
     written = write_reports(run, report)
-    assert set(written) == {"report.json", "metrics.csv", "report.md", "report.html", "roc.png", "by_modality.png"}
-    for name in ("roc.png", "by_modality.png"):
+    assert set(written) == {"report.json", "metrics.csv", "report.md", "report.html", "roc.png", "by_modality.png",
+                            "histograms.png"}
+    for name in ("roc.png", "by_modality.png", "histograms.png"):
         assert written[name].read_bytes().startswith(PNG_MAGIC)
 
     assert json.loads(written["report.json"].read_text()) == json.loads(json.dumps(report))
@@ -216,7 +217,7 @@ def test_write_reports_produces_all_files(tmp_path, report_and_data):
     page = written["report.html"].read_text(encoding="utf-8")
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert sorted(base64.b64decode(e) for e in embedded) == sorted(
-        written[n].read_bytes() for n in ("roc.png", "by_modality.png"))
+        written[n].read_bytes() for n in ("roc.png", "by_modality.png", "histograms.png"))
     for name in report["detectors"]:
         assert name in page
     assert "FAILED" in page and "<style>" in page

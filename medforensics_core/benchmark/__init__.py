@@ -109,15 +109,6 @@ def is_complete(folder: Path, key: str | None = None) -> bool:
     return all(manifest.path_of(row).is_file() for row in manifest.rows)
 
 
-def is_our_build(folder: Path) -> bool:
-    """A folder an mfx build wrote (complete or not): it holds a build.json naming a MedForensics-mini builder."""
-    try:
-        info = json.loads((folder / BUILD_INFO).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return str(info.get("builder", "")).startswith("medforensics-mini/")
-
-
 def remove_stale(destination: Path) -> list[Path]:
     """Delete the temporary folders that killed builds of ``destination`` left (call under the build lock)."""
     stale = [p for p in destination.parent.glob(f".{destination.name}.building-*") if p.is_dir()]
@@ -131,14 +122,54 @@ def remove_stale(destination: Path) -> list[Path]:
 @contextlib.contextmanager
 def build_lock(destination: Path) -> Iterator[None]:
     """An exclusive lock beside ``destination`` (held by one builder at a time, released on exit or crash)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
     lock_path = destination.parent / f".{destination.name}.lock"
-    with open(lock_path, "a+") as handle:
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")
+    except OSError as exc:  # read-only or missing parent, a file in the way: before any work, one line
+        raise MfxError(f"{destination}: cannot build there ({exc.strerror or exc})") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _has_key(folder: Path, key: str | None) -> bool:
+    try:
+        return key is not None and json.loads((folder / BUILD_INFO).read_text(encoding="utf-8")).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def is_mfx_build(folder: Path) -> bool:
+    """Whether ``folder`` carries the marker of an mfx benchmark build (its ``build.json`` with a build key)."""
+    try:
+        return isinstance(json.loads((folder / BUILD_INFO).read_text(encoding="utf-8")).get("key"), str)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_replaceable(destination: Path, force: bool, key: str | None = None) -> None:
+    """Refuse to build over anything but an empty folder, an interrupted build of the same ``key``, or (with
+    ``force``) an earlier mfx build.
+
+    ``--force`` never deletes a folder without the build marker: pointing
+    ``--out`` at a folder of one's own data must not lose it.
+    """
+    if not destination.exists():
+        return
+    if not destination.is_dir():
+        raise MfxError(f"{destination}: exists and is not a folder; pick another --out")
+    if not any(destination.iterdir()):
+        return
+    if not is_mfx_build(destination):
+        raise MfxError(f"{destination}: folder is not empty and is not an mfx benchmark build (no {BUILD_INFO}); "
+                       "mfx never deletes it, with or without --force: pick a new or empty folder with --out")
+    if not force and not _has_key(destination, key):
+        raise MfxError(f"{destination}: holds an mfx benchmark build of other parameters; "
+                       "use --force to replace it or --out to pick another folder")
 
 
 def build_benchmark(out: Path | None = None, *, quick: bool = False, size: int | str | None = None,
@@ -160,12 +191,9 @@ def build_benchmark(out: Path | None = None, *, quick: bool = False, size: int |
         if is_complete(destination, key) and not force:
             log.info("reusing the benchmark built at %s", destination)
             return destination
-        in_cache = out is None
+        _check_replaceable(destination, force, key)
         if destination.exists() and any(destination.iterdir()) and not force:
-            if not (in_cache or is_our_build(destination)):
-                raise MfxError(f"{destination}: folder exists and is not a build of these parameters; "
-                               "use --force to replace it or --out to pick another folder")
-            log.warning("%s: an incomplete or outdated build (interrupted?); rebuilding it", destination)
+            log.warning("%s: an incomplete build of these parameters (interrupted?); rebuilding it", destination)
         from .builder import build_into
 
         # a warning, not info: without --data, a user's first command waits for this build and must know why

@@ -134,17 +134,24 @@ def data_options(function):
                    "share a trained network go out together, so none of its output reaches training; family: a "
                    "whole generator family; generator: each setting alone (falls back to this, with a note, when "
                    "the manifest records no network).")
+@click.option("--seeds", metavar="0,1,2",
+              help="Train every detector once per seed and report mean +- sd over seeds beside each seed's CIs "
+                   "(overrides --seed; each seed's run is kept in RUN_DIR/seeds/<seed>/).")
 @click.option("--n-boot", type=int, default=1000, show_default=True,
-              help="Bootstrap resamples for CIs and paired tests.")
-def compare_command(detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
+              help="Bootstrap resamples (of test sources) for CIs and paired tests.")
+@click.option("--log", "log_sink", type=click.Choice(["tensorboard"]),
+              help="Also log per-epoch metrics to TensorBoard (RUN_DIR/tensorboard; needs `pip install tensorboard`)."
+                   " mfx.log and loss.png always have them.")
+def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
                     checkpoints, settings, perturb, out, resume, train_modalities, shots, holdout, holdout_by,
-                    n_boot) -> None:
+                    seeds, n_boot) -> None:
     """Train (or load) DETECTORS on the same data, evaluate them on the same images, report.
 
     \b
     Examples:
       mfx compare dski cnnspot univfd                    offline benchmark, tiny presets
       mfx compare freq npr --protocol leave-one-generator-out
+      mfx compare freq npr --seeds 0,1,2                 mean +- sd over three trainings
       mfx compare dski univfd --perturb jpeg:50,blur:1.5
       mfx compare --resume runs/20261125-180000-compare  finish an interrupted run
     """
@@ -157,7 +164,7 @@ def compare_command(detectors, data, device, seed, on_bad, quick, protocol, pres
         epochs=epochs, budget_minutes=budget_minutes, checkpoints=_pairs(checkpoints, "--checkpoint"),
         overrides=_detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
         train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, holdout_by=holdout_by,
-        n_boot=n_boot,
+        seeds=_seed_list(seeds), n_boot=n_boot, log=log_sink,
         label="compare-" + "-".join(detectors), command=_command_line())
     _check_names(detectors)
     if resume and detectors:
@@ -170,6 +177,19 @@ def compare_command(detectors, data, device, seed, on_bad, quick, protocol, pres
         _report_outcome(report, run_dir, _rank())
     finally:
         _finish_distributed()
+
+
+def _seed_list(text: str | None) -> list[int]:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]``; anything else is one error line."""
+    if text is None:
+        return []
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MfxError(f"--seeds takes comma-separated integers (e.g. 0,1,2), not {text!r}") from None
+    if not seeds:
+        raise MfxError("--seeds: give at least one seed (e.g. 0,1,2)")
+    return seeds
 
 
 def _check_names(detectors) -> None:
@@ -210,12 +230,13 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
     from ..engine.device import resolve_device
     from ..engine.progress import RichProgress
     from ..engine.protocols import DataBundle, ProtocolOptions, in_domain
+    from ..outputs import writable_file
 
     options = CompareOptions(detectors=[detector], data=data, preset=preset, device=device, seed=seed, epochs=epochs,
                              budget_minutes=budget_minutes, overrides={detector: parse_overrides(settings)},
                              on_bad=on_bad, quick=quick, command=_command_line())
     plan = plan_run(options)
-    target = Path(output or f"{detector}.safetensors")
+    target = writable_file(output or f"{detector}.safetensors", "checkpoint (-o)")  # fail now, not after training
     try:
         rank, world_size, torch_device = distributed.init_from_env(resolve_device(device))
         with RichProgress(console, enabled=console.is_terminal and rank == 0) as progress:

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
+MIN_SIDE = 8
+"""Smallest side (px) of a dataset image: smaller ones are bad files, so one 1x1 image cannot fail a detector's
+whole batch (frequency and patch detectors need a few pixels each way)."""
+
+
 def pack(image: torch.Tensor) -> torch.Tensor:
     """Cache form of a decoded image: uint8 when that is lossless (8-bit sources), else float32 unchanged."""
     quantised = (image * 255).round().clamp(0, 255).to(torch.uint8)
@@ -71,7 +76,11 @@ class ImageSet(torch.utils.data.Dataset):
     def _read(self, row: ManifestRow) -> torch.Tensor | None:
         path = row.resolved(self.root)
         try:
-            return read_image(path).tensor
+            image = read_image(path).tensor
+            if min(image.shape[-2:]) < MIN_SIDE:  # a detector's preprocessing would fail on it, for every image
+                raise BadInputError(path, f"image too small to score ({image.shape[-1]}x{image.shape[-2]} px; "
+                                          f"every side needs at least {MIN_SIDE} px)")
+            return image
         except BadInputError as exc:
             if self.on_bad == "fail":
                 raise

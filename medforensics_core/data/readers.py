@@ -68,31 +68,48 @@ class LoadedImage:
     meta: dict[str, Any]
 
 
+DEFAULT_MAX_DECODE_BYTES = 1024**3
+"""Default of ``MFX_MAX_DECODE_BYTES``: the memory one decode may take (1 GiB)."""
+
+WORKING_BYTES_PER_PIXEL = 16
+"""Float32 working copies per decoded pixel on top of the stored samples (a grey float plane + the RGB tensor)."""
+
+
 @dataclasses.dataclass
 class ReadLimits:
-    """Guards against decompression bombs and oversized files.
+    """Guards against decompression bombs and oversized files, all checked from headers before decoding.
 
-    ``max_pixels`` bounds one decoded image (one frame or slice), checked from
-    the header before any decoding; ``max_file_bytes`` bounds the file on disk
-    and the decoded size of a whole NIfTI volume (which is decoded at once).
-    The environment variables ``MFX_MAX_PIXELS`` and ``MFX_MAX_FILE_BYTES``
-    override the defaults (see :func:`default_limits`).
+    ``max_decode_bytes`` is the memory budget of one decode: what is decoded at
+    once (one frame or slice; a whole NIfTI volume) counted as width x height x
+    samples per pixel x bytes per sample x frames, plus the float32 working
+    copies (:data:`WORKING_BYTES_PER_PIXEL` per pixel; 4 bytes per voxel for the
+    sorted copy a volume's percentile range needs). Samples per pixel and bit
+    depth count, so a 3,000-sample TIFF or a 16-bit image is sized for what it
+    is. ``max_pixels`` bounds one image's pixel count and ``max_file_bytes``
+    the file on disk. The environment variables ``MFX_MAX_DECODE_BYTES``,
+    ``MFX_MAX_PIXELS`` and ``MFX_MAX_FILE_BYTES`` override the defaults (see
+    :func:`default_limits`).
     """
 
     max_pixels: int = 120_000_000
     max_file_bytes: int = 2 * 1024**3
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
 
 
 def default_limits() -> ReadLimits:
-    """The limits in force: the defaults, overridden by ``MFX_MAX_PIXELS`` / ``MFX_MAX_FILE_BYTES``."""
+    """The limits in force: the defaults, overridden by ``MFX_MAX_PIXELS`` / ``MFX_MAX_FILE_BYTES`` /
+    ``MFX_MAX_DECODE_BYTES``."""
     limits = ReadLimits()
-    for field, env in (("max_pixels", "MFX_MAX_PIXELS"), ("max_file_bytes", "MFX_MAX_FILE_BYTES")):
+    for field, env in (("max_pixels", "MFX_MAX_PIXELS"), ("max_file_bytes", "MFX_MAX_FILE_BYTES"),
+                       ("max_decode_bytes", "MFX_MAX_DECODE_BYTES")):
         raw = os.environ.get(env)
         if raw:
             try:
                 value = int(float(raw))
             except ValueError:
-                raise MfxError(f"{env} must be a number of {field.split('_', 1)[1]}, not {raw!r}") from None
+                raise MfxError(f"{env} must be a number of {field.split('_', 2)[-1]}, not {raw!r}") from None
+            if value <= 0:
+                raise MfxError(f"{env} must be positive, not {raw!r}")
             setattr(limits, field, value)
     return limits
 
@@ -258,6 +275,32 @@ def _check_pixels(path: Path, height: int, width: int, limits: ReadLimits) -> No
                                   f"{limits.max_pixels:,} (decompression-bomb guard; set MFX_MAX_PIXELS to raise it)")
 
 
+MAX_SAMPLES_PER_PIXEL = 4
+"""Grey, grey + alpha, RGB or RGBA: anything wider is refused from the header (it cannot be shown as RGB)."""
+
+
+def _check_decode(path: Path, width: int, height: int, limits: ReadLimits, *, samples: int = 1,
+                  bytes_per_sample: float = 1, frames: int = 1) -> None:
+    """Refuse, from header numbers alone, an image whose decode would exceed the memory budget.
+
+    Counts what is decoded at once (``frames`` frames of ``width x height x
+    samples`` samples of ``bytes_per_sample`` bytes) plus the float32 working
+    copies, against ``limits.max_decode_bytes`` (``MFX_MAX_DECODE_BYTES``).
+    """
+    _check_pixels(path, height, width, limits)
+    if not 1 <= samples <= MAX_SAMPLES_PER_PIXEL:
+        raise BadInputError(path, f"unsupported pixel layout: {samples} samples per pixel "
+                                  f"(expected 1 to {MAX_SAMPLES_PER_PIXEL}: grey, RGB or RGBA)")
+    pixels = int(width) * int(height) * int(frames)
+    need = int(pixels * (samples * bytes_per_sample + WORKING_BYTES_PER_PIXEL))
+    if need > limits.max_decode_bytes:
+        depth = f" x {samples} samples" if samples > 1 else ""
+        depth += f" x {frames} frames" if frames > 1 else ""
+        raise BadInputError(path, f"image too large to decode: header says {width}x{height}{depth} at "
+                                  f"{bytes_per_sample:g} byte(s) per sample, about {need:,} bytes to decode > limit "
+                                  f"{limits.max_decode_bytes:,} (set MFX_MAX_DECODE_BYTES to raise it)")
+
+
 def _finite_or_fail(path: Path, arr: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     """Float arrays: refuse all-NaN/inf, replace scattered non-finite values by the finite minimum."""
     if not np.issubdtype(arr.dtype, np.floating):
@@ -319,9 +362,11 @@ def _to_rgb_tensor(path: Path, unit: np.ndarray) -> torch.Tensor:
 
 
 def _finish(path: Path, arr: np.ndarray, meta: dict[str, Any]) -> LoadedImage:
-    """Non-DICOM pixel arrays: finite check, scaling, 3 channels."""
+    """Non-DICOM pixel arrays: layout check (before any float copy), finite check, scaling, 3 channels."""
     meta.setdefault("dtype", str(arr.dtype))
     meta.setdefault("shape", list(arr.shape))
+    if not (arr.ndim == 2 or (arr.ndim == 3 and 1 <= arr.shape[2] <= MAX_SAMPLES_PER_PIXEL)):
+        raise BadInputError(path, f"unsupported pixel layout {tuple(arr.shape)} (expected grey, RGB or RGBA)")
     arr = _finite_or_fail(path, arr, meta)
     return LoadedImage(_to_rgb_tensor(path, _to_unit_range(arr, meta)), meta)
 
@@ -351,7 +396,8 @@ def _read_pillow(path: Path, frame: int | None, axis: int, window: Any, limits: 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
             with Image.open(path, formats=[_PIL_FORMATS[kind]]) as img:
                 width, height = img.size
-                _check_pixels(path, height, width, limits)
+                _check_decode(path, width, height, limits, samples=len(img.getbands()),
+                              bytes_per_sample=_pillow_bytes_per_sample(img.mode))
                 mode = img.mode
                 arr = _pillow_array(img)
     except Image.DecompressionBombError as exc:
@@ -375,6 +421,15 @@ def _declared_size(path: Path, kind: str) -> tuple[int, int] | None:
         width, height = struct.unpack("<ii", head[18:26])
         return abs(width), abs(height)  # a negative height means a top-down BMP
     return None
+
+
+def _pillow_bytes_per_sample(mode: str) -> float:
+    """Bytes per decoded sample of a Pillow mode (1-bit images are unpacked to one byte per pixel)."""
+    if mode.startswith("I;16"):
+        return 2
+    if mode in ("I", "F"):
+        return 4
+    return 1
 
 
 def _pillow_array(img) -> np.ndarray:
@@ -420,7 +475,9 @@ def _read_tiff(path: Path, frame: int | None, axis: int, window: Any, limits: Re
     with tif:
         index = _frame_or_fail(path, frame, len(pages), 0)
         page = pages[index]
-        _check_pixels(path, page.imagelength, page.imagewidth, limits)
+        _check_decode(path, page.imagewidth, page.imagelength, limits, samples=int(page.samplesperpixel),
+                      bytes_per_sample=page.dtype.itemsize if page.dtype is not None else 8,
+                      frames=max(1, int(getattr(page, "imagedepth", 1) or 1)))
         try:
             arr = page.asarray()
         except KeyError as exc:
@@ -483,11 +540,42 @@ def _dicom_header_checked(path: Path, ds, limits: ReadLimits):
     for tag in ("Rows", "Columns", "PhotometricInterpretation", "BitsAllocated"):
         if tag not in ds:
             raise BadInputError(path, f"DICOM image lacks {tag}")
-    _check_pixels(path, int(ds.Rows), int(ds.Columns), limits)
+    _check_decode(path, int(ds.Columns), int(ds.Rows), limits, samples=int(ds.get("SamplesPerPixel") or 1),
+                  bytes_per_sample=max(1, int(ds.BitsAllocated) // 8))
     _guess_missing_transfer_syntax(ds)
     _check_decoder(path, ds)
-    int(ds.get("NumberOfFrames") or 1)  # a malformed frame count fails here, as a header error
+    _check_frame_count(path, ds)
     return ds
+
+
+def _check_frame_count(path: Path, ds) -> None:
+    """A NumberOfFrames the pixel data cannot hold is refused (a lying header would make phantom frames).
+
+    Native data must hold ``frames x frame size`` bytes; encapsulated
+    (compressed) data needs at least one fragment per frame.
+    """
+    from pydicom.encaps import generate_fragments
+
+    raw = ds.get("NumberOfFrames") or 1
+    frames = int(raw)  # a malformed frame count fails here, as a header error
+    if frames < 1:
+        raise BadInputError(path, f"DICOM header gives NumberOfFrames = {raw}")
+    if frames == 1 or "PixelData" not in ds:
+        return
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    data = ds.PixelData
+    if syntax is not None and syntax.is_encapsulated:
+        fragments = sum(1 for _ in generate_fragments(data[8 + int.from_bytes(data[4:8], "little"):]))
+        if frames > fragments:
+            raise BadInputError(path, f"DICOM header claims {frames:,} frames but the compressed pixel data holds "
+                                      f"only {fragments:,} fragment(s)")
+        return
+    bits = int(ds.BitsAllocated)
+    frame_bytes = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * bits / 8
+    held = int(len(data) // frame_bytes) if frame_bytes else 0
+    if frames > held:
+        raise BadInputError(path, f"DICOM header claims {frames:,} frames but the pixel data holds only {held:,} "
+                                  f"({len(data):,} bytes)")
 
 
 def _guess_missing_transfer_syntax(ds) -> None:
@@ -694,6 +782,9 @@ def _nifti_header(path: Path):
         raise BadInputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
     if not isinstance(img, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
         raise BadInputError(path, f"{type(img).__name__}, not a NIfTI image volume")
+    rotation = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(rotation).all() or abs(float(np.linalg.det(rotation))) < 1e-12:
+        raise BadInputError(path, "NIfTI affine is not usable (NaN/inf or singular): the volume cannot be oriented")
     return img
 
 
@@ -729,9 +820,27 @@ def _count_nifti(path: Path, axis: int, limits: ReadLimits) -> int:
     return _canonical_shape(_nifti_header(path))[axis]
 
 
+def _check_nifti_budget(path: Path, img, limits: ReadLimits) -> None:
+    """The whole volume is decoded at once: size it from the header before anything is decompressed.
+
+    Counts the stored voxels, the float32 volume and the float32 copy its
+    percentile range sorts (see :class:`ReadLimits`).
+    """
+    shape = tuple(int(s) for s in img.shape)
+    if any(s <= 0 for s in shape):
+        raise BadInputError(path, f"header gives an empty volume ({'x'.join(map(str, shape))})")
+    voxels = int(np.prod(shape[:3], dtype=np.int64))
+    itemsize = img.get_data_dtype().itemsize
+    need = voxels * (itemsize + 8)
+    if need > limits.max_decode_bytes:
+        raise BadInputError(path, f"volume too large to decode: header says {'x'.join(map(str, shape[:3]))} voxels "
+                                  f"of {itemsize} byte(s), about {need:,} bytes to decode > limit "
+                                  f"{limits.max_decode_bytes:,} (set MFX_MAX_DECODE_BYTES to raise it)")
+
+
 @functools.lru_cache(maxsize=2)
 def _nifti_volume(path_text: str, size: int, mtime_ns: int,
-                  max_file_bytes: int) -> tuple[np.ndarray, float, float, int]:
+                  max_decode_bytes: int) -> tuple[np.ndarray, float, float, int]:
     """The RAS+ volume (float32, first time point), its robust 0.5-99.5% range and non-finite count.
 
     Cached (two volumes) because a manifest lists many slices of one volume in a row.
@@ -741,10 +850,7 @@ def _nifti_volume(path_text: str, size: int, mtime_ns: int,
     path = Path(path_text)
     img = _nifti_header(path)
     shape = tuple(int(s) for s in img.shape)
-    voxels = int(np.prod(shape[:3]))
-    if voxels * 4 > max_file_bytes:
-        raise BadInputError(path, f"volume too large: {'x'.join(map(str, shape))} would take {voxels * 4:,} bytes "
-                                  f"decoded (> {max_file_bytes:,}; set MFX_MAX_FILE_BYTES to raise it)")
+    _check_nifti_budget(path, img, ReadLimits(max_decode_bytes=max_decode_bytes))
     try:
         img = nibabel.as_closest_canonical(img)
         data = np.asanyarray(img.dataobj, dtype=np.float32) if len(shape) <= 3 else \
@@ -756,6 +862,10 @@ def _nifti_volume(path_text: str, size: int, mtime_ns: int,
         data = data[..., 0]
     data = np.ascontiguousarray(data)
     finite = np.isfinite(data)
+    if finite.all():  # the common case: no boolean-indexed copy of the whole volume
+        del finite
+        low, high = np.percentile(data, [0.5, 99.5])
+        return data, float(low), float(high), 0
     if not finite.any():
         raise BadInputError(path, "voxel values are all NaN/inf")
     low, high = np.percentile(data[finite], [0.5, 99.5])
@@ -768,9 +878,10 @@ def _read_nifti(path: Path, frame: int | None, axis: int, window: Any, limits: R
     shape = _canonical_shape(img)
     height, width = [s for i, s in enumerate(shape) if i != axis]
     _check_pixels(path, height, width, limits)
+    _check_nifti_budget(path, img, limits)
     stat = path.stat()
     volume, low, high, nonfinite = _nifti_volume(str(path.resolve()), stat.st_size, stat.st_mtime_ns,
-                                                 limits.max_file_bytes)
+                                                 limits.max_decode_bytes)
     index = _frame_or_fail(path, frame, shape[axis], shape[axis] // 2)
     plane = np.take(volume, index, axis=axis)
     scaling = "robust 0.5-99.5 percentile"

@@ -88,6 +88,79 @@ def blur_jpeg_transform(recipe: BlurJpegRecipe) -> Transform:
     return BlurJpegAugment(recipe)
 
 
+@dataclasses.dataclass(frozen=True)
+class TraceRecipe:
+    """Degradations that make "how much high frequency" useless as a label (applied to reals and fakes alike).
+
+    A detector that sees blur, down-up resampling, JPEG and mild sensor-like noise
+    on both classes cannot separate them by high-frequency *level*: smoothing and
+    re-noising move every image along that axis. Each step fires with its own
+    probability, in this order (blur, resample, JPEG, noise); ranges are in
+    [0, 1] pixel units. Defaults are mild, so the traces a generator leaves are
+    damaged on some images only; a detector's preset sets its own probabilities.
+    Blur, JPEG and noise are the registry's perturbations (the same operations
+    robustness protocols apply at test time); resampling draws its kernel.
+    """
+
+    blur_prob: float = 0.1
+    blur_sigma: tuple[float, float] = (0.2, 1.5)
+    resample_prob: float = 0.1
+    resample_scale: tuple[float, float] = (0.5, 0.9)
+    resample_modes: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "area")
+    jpeg_prob: float = 0.1
+    jpeg_quality: tuple[int, int] = (65, 100)
+    noise_prob: float = 0.1
+    noise_sigma: tuple[float, float] = (0.002, 0.02)
+
+    @property
+    def enabled(self) -> bool:
+        return any(p > 0 for p in (self.blur_prob, self.resample_prob, self.jpeg_prob, self.noise_prob))
+
+
+def _uniform(u: float, bounds: tuple[float, float]) -> float:
+    return bounds[0] + u * (bounds[1] - bounds[0])
+
+
+def resample(image: torch.Tensor, scale: float, mode: str) -> torch.Tensor:
+    """Down-sample by ``scale`` with ``mode`` and back to the original size with ``mode`` (a resampling trace)."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    small = (max(1, round(h * scale)), max(1, round(w * scale)))
+    down = F.interpolate(image[None], size=small, mode=mode)
+    up_mode = "bilinear" if mode == "area" else mode
+    return F.interpolate(down, size=(h, w), mode=up_mode)[0].clamp(0, 1)
+
+
+class TraceAugment:
+    """A transform applying a fresh draw of a :class:`TraceRecipe` to each image (picklable for loaders)."""
+
+    def __init__(self, recipe: TraceRecipe):
+        self.recipe = recipe
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from ..plugins import get_registry
+
+        recipe = self.recipe
+        if not recipe.enabled:
+            return image
+        u = torch.rand(9).tolist()
+        registry = get_registry()
+        unused = np.random.default_rng(0)  # blur and JPEG are deterministic; the draw above is the randomness
+        if u[0] < recipe.blur_prob:
+            image = registry.perturbation("blur")(_uniform(u[1], recipe.blur_sigma))(image, unused)
+        if u[2] < recipe.resample_prob and recipe.resample_modes:
+            mode = recipe.resample_modes[min(int(u[4] * len(recipe.resample_modes)), len(recipe.resample_modes) - 1)]
+            image = resample(image, _uniform(u[3], recipe.resample_scale), mode)
+        if u[5] < recipe.jpeg_prob:
+            quality = round(_uniform(u[6], (float(recipe.jpeg_quality[0]), float(recipe.jpeg_quality[1]))))
+            image = registry.perturbation("jpeg")(quality)(image, unused)
+        if u[7] < recipe.noise_prob:
+            sigma = _uniform(u[8], recipe.noise_sigma)
+            image = (image + sigma * torch.randn(image.shape)).clamp(0, 1)
+        return image
+
+
 def resize_shorter(size: int) -> Transform:
     """Resize so the shorter side is ``size`` (bilinear, antialiased), keeping the aspect ratio."""
     return v2.Resize(size, antialias=True)

@@ -46,6 +46,11 @@ class FitContext:
     rank: int = 0
     world_size: int = 1
     started: float = dataclasses.field(default_factory=time.monotonic)
+    #: Per-epoch records (``{"detector", "epoch", "epochs", "loss", ...}``) that :meth:`log_epoch` collects;
+    #: the engine draws ``loss.png`` from them and writes them to ``mfx.log``.
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: Optional extra sink for epoch metrics (``--log tensorboard``): ``(tag, value, step)``.
+    scalar_sink: Callable[[str, float, int], None] | None = None
 
     @classmethod
     def create(cls, device: str = "auto", **kwargs: Any) -> "FitContext":
@@ -90,6 +95,36 @@ class FitContext:
             dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
             num_workers=self.num_workers, generator=self.generator(epoch_offset) if shuffle else None,
             pin_memory=self.device.type == "cuda")
+
+    def epoch_range(self, total: int, name: str) -> Iterator[int]:
+        """``range(total)`` under a progress bar "NAME epochs i/N" with elapsed time and ETA.
+
+        The batch loops inside an epoch show their own bar below it; :meth:`status` writes the
+        running loss beside the epoch bar.
+        """
+        return self.track(range(total), total, f"{name} epochs")
+
+    def status(self, text: str) -> None:
+        """Show ``text`` (e.g. the running loss) beside the outermost live progress bar, if any is drawn."""
+        setter = getattr(self.progress, "status", None)
+        if setter is not None and self.rank == 0:
+            setter(text)
+
+    def log_epoch(self, name: str, epoch: int, epochs: int, loss: float | None = None, **metrics: Any) -> None:
+        """Record one finished epoch (1-based): the run's ``mfx.log``, ``loss.png`` and TensorBoard read it."""
+        record = {"detector": name, "epoch": epoch, "epochs": epochs, "loss": loss,
+                  **{k: v for k, v in metrics.items() if v is not None}}
+        self.history.append(record)
+        if self.rank != 0:
+            return
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in record.items() if k not in ("detector", "epoch", "epochs") and v is not None)
+        logging.getLogger("mfx.run").info("%s epoch %d/%d: %s", name, epoch, epochs, shown or "done")
+        self.status(shown)
+        if self.scalar_sink is not None:
+            for key, value in record.items():
+                if key not in ("detector", "epoch", "epochs") and isinstance(value, (int, float)):
+                    self.scalar_sink(f"{name}/{key}", float(value), epoch)
 
     def track(self, iterable: Iterable[T], total: int | None, description: str) -> Iterator[T]:
         """Wrap a loop in the run's progress display (rich on a terminal, nothing in tests)."""

@@ -41,14 +41,31 @@ def autocast(device: torch.device, enabled: bool = True):
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak on a GPU, max RSS on the CPU."""
+    """Peak memory since :func:`~engine.rundir.reset_peak_memory`: CUDA allocator peak, else peak RSS.
+
+    On Linux the peak RSS is ``VmHWM`` (resettable, so per detector); elsewhere the lifetime max RSS.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _vm_hwm_kib()
+    if hwm is not None:
+        return hwm / 1024
     import resource
     import sys
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def _vm_hwm_kib() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def timed_call(fn, device: str | torch.device) -> float:

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from ..data.dataset import ImageSet
 from ..interfaces import Detector
 from .context import FitContext
@@ -46,7 +47,16 @@ def score_with_timing(detector: Detector, images: ImageSet, ctx: FitContext | No
     elapsed = max(time.perf_counter() - start, 1e-9)
     indices = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
     scores = gather_in_order(scores, indices, len(images), ctx.world_size)
+    check_finite_scores(detector.name, scores)
     return scores, len(images) / elapsed
+
+
+def check_finite_scores(name: str, scores: np.ndarray) -> None:
+    """NaN/inf scores are an error, never a verdict: ``nan >= threshold`` is False, so they would all read "real"."""
+    bad = ~np.isfinite(np.asarray(scores, dtype=np.float64))
+    if bad.any():
+        raise CheckpointError(f"{name} produced {int(bad.sum())} non-finite score(s) (NaN/inf) of {bad.size}: "
+                              "its weights are corrupt or its training diverged")
 
 
 def accepts_modalities(detector: Detector) -> bool:

@@ -137,3 +137,14 @@ def encode_images(images: ImageSet, encode: Encoder, transform: Transform, ctx: 
             chunks.append(encode(inputs.to(ctx.device, non_blocking=True)).float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
+
+
+def feature_loader(features: torch.Tensor, labels, batch_size: int, ctx: FitContext,
+                   shuffle: bool = True, epoch_offset: int = 0) -> torch.utils.data.DataLoader:
+    """Batches of ``(features, labels, indices)`` over cached features — the shape the epoch loop expects.
+
+    Shuffled from the run's seed plus ``epoch_offset`` (pass the epoch for a new, reproducible order each epoch).
+    """
+    dataset = torch.utils.data.TensorDataset(features, torch.as_tensor(labels), torch.arange(len(labels)))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                       generator=ctx.generator(epoch_offset) if shuffle else None)

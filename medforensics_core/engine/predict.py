@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,7 +23,7 @@ from ..data.modality import normalise as normalise_modality
 from ..data.modality import resolve as resolve_modality
 from ..data.readers import LoadedImage, count_frames, iter_frames, read_image
 from ..decision import DEFAULT_THRESHOLD, verdict
-from ..errors import BadInputError, MfxError
+from ..errors import BadInputError, CheckpointError, MfxError
 from ..interfaces import Detector
 from ..report.overlay import overlay_png
 from .context import FitContext
@@ -106,11 +107,23 @@ def checkpoint_threshold(detector: Detector, given: float | None = None) -> tupl
     a two-class validation split fall back to 0.5, and the output says so.
     """
     if given is not None:
-        return float(given), "--threshold"
+        return _finite_threshold(given, "--threshold"), "--threshold"
     info = detector.train_info or {}
     if info.get("threshold") is not None:
-        return float(info["threshold"]), f"checkpoint: {info.get('threshold_rule') or 'chosen on validation'}"
+        value = _finite_threshold(info["threshold"], "the checkpoint's threshold")
+        return value, f"checkpoint: {info.get('threshold_rule') or 'chosen on validation'}"
     return DEFAULT_THRESHOLD, "default 0.5 (the checkpoint holds no validated threshold)"
+
+
+def _finite_threshold(value, what: str) -> float:
+    """A threshold must be a finite number: NaN would call every image real (``score >= nan`` is False)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MfxError(f"{what} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise MfxError(f"{what} must be a finite number, not {value!r}")
+    return number
 
 
 def check_explain_dir(folder: Path) -> Path:
@@ -191,7 +204,16 @@ def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitCont
     for path in ctx.track(files, len(files), f"scoring with {detector.name}"):
         done = len(predictions)
         try:
-            _score_file(path, scorer, options, known, explainer, predictions)
+            try:
+                _score_file(path, scorer, options, known, explainer, predictions)
+            except (BadInputError, CheckpointError, KeyboardInterrupt, MemoryError):
+                raise
+            except MfxError as exc:  # e.g. a detector that cannot score an image this small: that image's failure
+                raise BadInputError(path, str(exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - one image's unforeseen failure stays that image's failure
+                log.debug("scoring %s failed", path, exc_info=True)
+                raise BadInputError(path, f"unexpected error ({type(exc).__name__}: {exc}); please report it") \
+                    from exc
         except BadInputError as exc:
             if options.on_bad == "fail":
                 raise
@@ -210,6 +232,9 @@ def _score_file(path: Path, scorer: TileScorer, options: PredictOptions, known, 
         if modality is None:
             modality = resolve_modality(loaded.meta, path, options.modality, known)
         result = scorer.score(loaded.tensor, modality.name)
+        if not math.isfinite(result.score):  # the model's fault, not the file's: stop, never a verdict on NaN
+            raise CheckpointError(f"{scorer.detector.name} gave a non-finite score (NaN/inf) for {path}: "
+                                  "its weights are corrupt or its training diverged")
         top = result.top(options.tiles.top_k)
         predictions.append(Prediction(
             str(path), frame, result.score, verdict(result.score, options.threshold),

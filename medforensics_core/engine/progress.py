@@ -27,8 +27,10 @@ class RichProgress:
         self.console = console
         self.enabled = console.is_terminal if enabled is None else enabled
         self._progress = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"),
-                                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                  BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TimeRemainingColumn(), TextColumn("{task.fields[status]}", style="cyan"),
                                   console=console, transient=True, disable=not self.enabled)
+        self._live: list = []  # task ids of the loops now running, outermost first
 
     def __enter__(self) -> "RichProgress":
         self._progress.start()
@@ -42,11 +44,18 @@ class RichProgress:
             return no_progress(iterable, total, description)
         return self._tracked(iterable, total, description)
 
+    def status(self, text: str) -> None:
+        """Text beside the outermost live bar (a training loop's epochs bar: running loss, val metrics)."""
+        if self.enabled and self._live:
+            self._progress.update(self._live[0], status=text)
+
     def _tracked(self, iterable: Iterable[T], total: int | None, description: str) -> Iterator[T]:
-        task = self._progress.add_task(description, total=total)
+        task = self._progress.add_task(description, total=total, status="")
+        self._live.append(task)
         try:
             for item in iterable:
                 yield item
                 self._progress.advance(task)
         finally:
+            self._live.remove(task)
             self._progress.remove_task(task)

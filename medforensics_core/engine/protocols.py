@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
 import numpy as np
 
@@ -213,13 +213,14 @@ def resolve_holdout_by(data: DataBundle, requested: str | None) -> tuple[str, li
     if requested is None and len(blank) == len(fakes):
         return "generator", [f"held out by generator: {data.path} records no network for its fakes, so settings "
                              "that share a trained network cannot be held out together (add a network column)"]
+    option = f"--holdout-by {by}" + (" (the default)" if requested is None else "")
     if by not in data.manifest.columns:
-        raise MfxError(f"--holdout-by {by}: {data.path} has no {by!r} column (which {_WHAT[by]} made each fake); "
+        raise MfxError(f"{option}: {data.path} has no {by!r} column (which {_WHAT[by]} made each fake); "
                        "add it, or hold out by generator")
     if len(blank) == len(fakes):
-        raise MfxError(f"--holdout-by {by}: no fake image in {data.path} records its {by} (the {by!r} column is "
+        raise MfxError(f"{option}: no fake image in {data.path} records its {by} (the {by!r} column is "
                        "empty); fill it, or hold out by generator")
-    raise MfxError(f"--holdout-by {by}: {len(blank)} of {len(fakes)} fake images in {data.path} have no {by} "
+    raise MfxError(f"{option}: {len(blank)} of {len(fakes)} fake images in {data.path} have no {by} "
                    f"(first: {blank[0].path}); fill the {by!r} column, or hold out by generator")
 
 
@@ -322,7 +323,7 @@ def cross_modality(data: DataBundle, options: ProtocolOptions) -> list[Fold]:
 
 
 def few_shot(data: DataBundle, options: ProtocolOptions) -> list[Fold]:
-    """Hold one generator (and what ``--holdout-by`` ties to it) out; banks then get ``shots`` of its fakes."""
+    """Hold one generator (and what ``--holdout-by`` ties to it) out; banks then get ``shots`` references per class."""
     generators = data.fake_generators(options.test_split)
     held_out = options.holdout or (generators[0] if generators else None)
     if held_out not in generators:
@@ -337,17 +338,37 @@ def few_shot(data: DataBundle, options: ProtocolOptions) -> list[Fold]:
     fold.make_support = lambda: _support_shots(
         _keep(data.split("train"), lambda row: row.source_key not in test_sources), unit, options.shots, options.seed)
     fold.notes.append(f"few-shot: {unit.name} held out of training; detectors with a reference bank then get "
-                      f"{options.shots} of its training fakes ('+{options.shots}-shot' rows)")
+                      f"{options.shots} of its training fakes and {options.shots} training reals of the same "
+                      f"modalities ('+{options.shots}-shot' rows: K references per class)")
     return [fold]
 
 
 def _support_shots(train: ImageSet, unit: HeldOut, shots: int, seed: int) -> ImageSet:
-    """``shots`` fakes of the held-out unit drawn from the training split with the run's seed."""
-    candidates = [i for i, r in enumerate(train.rows) if r.label == 1 and r.generator in unit.generators]
+    """The few-shot references of a held-out unit: :func:`support_shots` of its generators."""
+    return support_shots(train, unit.generators, shots, seed, name=unit.name)
+
+
+def support_shots(train: ImageSet, generators: Collection[str], shots: int, seed: int,
+                  name: str | None = None) -> ImageSet:
+    """``shots`` fakes of ``generators`` and ``shots`` reals of the same modalities, drawn with ``seed``.
+
+    References of both classes: fakes alone would pull every image that resembles
+    them towards "fake", a new scanner's reals included; one real of the same
+    modality per fake keeps the bank's evidence balanced where it grows.
+    """
+    candidates = [i for i, r in enumerate(train.rows) if r.label == 1 and r.generator in generators]
     if not candidates:
-        raise MfxError(f"few-shot: the train split has no fakes of {unit.name!r} to draw support images from")
-    chosen = np.random.default_rng(seed).permutation(candidates)[:shots]
-    return train.subset(sorted(int(i) for i in chosen))
+        raise MfxError(f"few-shot: the train split has no fakes of {name or ', '.join(sorted(generators))!r} "
+                       f"to draw support images from")
+    rng = np.random.default_rng(seed)
+    fakes = [int(i) for i in rng.permutation(candidates)[:shots]]
+    pools: dict[str, list[int]] = {}
+    for i, row in enumerate(train.rows):
+        if row.label == 0:
+            pools.setdefault(row.modality, []).append(i)
+    pools = {m: [int(i) for i in rng.permutation(members)] for m, members in sorted(pools.items())}
+    reals = [pools[train.rows[i].modality].pop() for i in fakes if pools.get(train.rows[i].modality)]
+    return train.subset(sorted(fakes + reals))
 
 
 PROTOCOLS: dict[str, Callable[[DataBundle, ProtocolOptions], list[Fold]]] = {

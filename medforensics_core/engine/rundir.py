@@ -119,8 +119,9 @@ def _slug(label: str) -> str:
 
 def new_run_dir(root: str | os.PathLike, label: str) -> RunDir:
     """Create ``root/<UTC timestamp>-<label>``; a clash (same second) gets ``-2``, ``-3``... never reuses a folder."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    from ..outputs import writable_dir
+
+    root = writable_dir(root, "--out folder")  # a file or a read-only folder is one line, before any work
     stem = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{_slug(label)}"
     for attempt in range(1, 1000):
         candidate = root / (stem if attempt == 1 else f"{stem}-{attempt}")
@@ -196,12 +197,21 @@ def _cuda_device_name(device: Any) -> str | None:
 
 
 def reset_peak_memory(device: Any) -> None:
-    """Start a new CUDA peak-memory window (per detector); on the CPU the max RSS cannot be reset."""
+    """Start a new peak-memory window (per detector): the CUDA allocator peak, or on Linux the peak RSS.
+
+    Writing ``5`` to ``/proc/self/clear_refs`` resets the kernel's peak RSS (``VmHWM``) of this
+    process, so each detector's peak is its own, not the largest so far.
+    """
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not allowed: peak_memory_mb falls back to the lifetime max RSS
+        pass
 
 
 class Timer:

@@ -24,7 +24,7 @@ import torch
 from ..decision import accuracy
 from ..seeding import seeded  # noqa: F401 - re-exported for the baselines
 from .context import FitContext
-from .training import predict_loader, run_epoch
+from .training import LossFn, binary_logit_loss, predict_loader, run_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,25 +64,30 @@ def detector_loaders(detector, train, val, ctx, batch_size: int):
 def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
                  predict: Callable[[torch.Tensor], np.ndarray], optimizer: torch.optim.Optimizer,
                  train_loader: Callable[[int], Iterable], val_loader: Iterable | None, ctx: FitContext,
-                 schedule: Schedule, name: str) -> dict[str, Any]:
+                 schedule: Schedule, name: str, loss_fn: LossFn = binary_logit_loss) -> dict[str, Any]:
     """Train ``module`` (through ``forward``) epoch by epoch; returns the run's ``train_info``.
 
     ``train_loader(epoch)`` gives that epoch's loader of ``(inputs, labels, indices)``;
-    ``predict`` maps a validation batch to fake probabilities.
+    ``predict`` maps a validation batch to fake probabilities; ``loss_fn(forward(inputs), labels)``
+    is the training objective (default: BCE on one logit per image).
     """
     best_acc, best_state, stale = -1.0, None, 0
     info: dict[str, Any] = {"epochs": 0, "lr_drops": 0}
-    for epoch in range(schedule.epochs):
+    for epoch in ctx.epoch_range(schedule.epochs, name):
         module.train()
-        info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx,
+        info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx, loss_fn=loss_fn,
                                        description=f"{name} epoch {epoch + 1}")
         info["epochs"] = epoch + 1
         if schedule.step_every and (epoch + 1) % schedule.step_every == 0:
             scale_lr(optimizer, schedule.step_gamma)
         if val_loader is not None:
             module.eval()
-            acc = accuracy(*predict_loader(predict, val_loader, ctx, description="validation"))
-            info["val_acc"] = acc
+            info["val_acc"] = accuracy(*predict_loader(predict, val_loader, ctx, description="validation"))
+        ctx.log_epoch(name, epoch + 1, schedule.epochs, loss=info["final_loss"],
+                      val_acc=info.get("val_acc") if val_loader is not None else None,
+                      lr=min(group["lr"] for group in optimizer.param_groups))
+        if val_loader is not None:
+            acc = info["val_acc"]
             if acc > best_acc + 1e-3:
                 best_acc, stale = acc, 0
                 best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}

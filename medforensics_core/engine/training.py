@@ -40,6 +40,7 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader, optimizer
         optimizer.step()
         total += float(loss.detach()) * len(labels)
         count += len(labels)
+        ctx.status(f"loss {total / count:.4f}")
     return total / max(count, 1)
 
 

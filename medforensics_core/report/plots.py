@@ -117,3 +117,65 @@ def _bars(axes, x: np.ndarray, width: float, name: str, groups: list[dict | None
     for xj, height in zip(x, heights):
         if np.isnan(height):
             axes.text(xj, 0.02, views.NOT_DEFINED, ha="center", va="bottom", fontsize=7, rotation=90)
+
+
+def histograms_png(scores: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: dict[str, float]) -> bytes:
+    """Score histograms per class (real, fake), one panel per detector, its threshold as a vertical line.
+
+    Shows what a single AUC hides: whether the classes are separated, overlap at the
+    threshold, or sit in a narrow band (a detector whose scores barely move).
+    """
+    names = list(scores)
+    columns = min(3, max(len(names), 1))
+    rows = max(1, -(-len(names) // columns))
+    figure = Figure(figsize=(3.6 * columns, 2.8 * rows), dpi=100)
+    bins = np.linspace(0.0, 1.0, 26)
+    for i, name in enumerate(names):
+        axes = figure.add_subplot(rows, columns, i + 1)
+        labels, values = scores[name]
+        for label, colour, text in ((0, "#2f81f7", "real"), (1, "#d1242f", "fake")):
+            chosen = values[labels == label]
+            if chosen.size:
+                axes.hist(np.clip(chosen, 0, 1), bins=bins, alpha=0.55, color=colour,
+                          label=f"{text} (n={chosen.size})")
+        if name in thresholds:
+            axes.axvline(thresholds[name], color="black", linestyle="--", linewidth=1,
+                         label=f"threshold {thresholds[name]:.3f}")
+        axes.set(title=name, xlabel="fake probability", ylabel="images", xlim=(0, 1))
+        axes.legend(fontsize=7)
+    if not names:
+        figure.add_subplot().text(0.5, 0.5, "no scores", ha="center", va="center")
+    figure.tight_layout()
+    return _png(figure)
+
+
+def has_history(report: dict) -> bool:
+    return any(entry.get("history") for entry in views.detectors(report).values())
+
+
+def loss_png(report: dict) -> bytes:
+    """Training loss per epoch of every trained detector; validation accuracy dashed where recorded."""
+    figure = Figure(figsize=(6, 3.6), dpi=110)
+    axes = figure.add_subplot()
+    other = None
+    for name, entry in views.detectors(report).items():
+        history = [r for r in entry.get("history") or [] if r.get("loss") is not None]
+        if not history:
+            continue
+        line, = axes.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o", markersize=3,
+                          label=f"{name} loss")
+        val = [(r["epoch"], r["val_acc"]) for r in history if r.get("val_acc") is not None]
+        if val:
+            other = other or axes.twinx()
+            other.plot(*zip(*val), linestyle="--", color=line.get_color(), label=f"{name} val acc")
+    axes.set(xlabel="epoch", ylabel="training loss", title="Training loss per epoch")
+    axes.grid(alpha=0.3)
+    handles, labels = axes.get_legend_handles_labels()
+    if other is not None:
+        other.set(ylabel="validation accuracy", ylim=(0, 1.02))
+        more = other.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:
+        axes.legend(handles, labels, fontsize=7, loc="best")
+    figure.tight_layout()
+    return _png(figure)

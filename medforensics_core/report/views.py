@@ -76,6 +76,11 @@ def fmt_ci(ci: Any, digits: int = 3) -> str:
     return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
+def fmt_sd(sd: float, digits: int = 3) -> str:
+    """``+-0.012``: the spread over seeds shown under a mean (ASCII, so every terminal and log reads it)."""
+    return f"+-{sd:.{digits}f}"
+
+
 def fmt_range(ci: Any, digits: int = 3) -> str:
     """``lo-hi``: the compact form of an interval of non-negative metrics, so the overall table fits 80 columns."""
     if not ci or ci[0] is None:
@@ -134,11 +139,17 @@ def overall_table(report: dict) -> TableView:
             interval = fmt_range(overall.get(f"{key}_ci")) if with_ci else ""
             if interval:
                 cell.append(Line(interval, aside=True))
+            elif overall.get(f"{key}_sd") is not None:  # --seeds: a mean over seeds, with its spread
+                cell.append(Line(fmt_sd(overall[f"{key}_sd"]), aside=True))
             cells.append(cell)
             values[(r, c, 0)] = overall.get(key)
         rows.append(Row(name, cells))
-    view = TableView("Overall", [h for _, h, _ in OVERALL_COLUMNS], rows,
-                     note="AUC and AP with their 95% bootstrap CI; " + THRESHOLD_NOTE + "; TPR@1%/@5% = best TPR "
+    seeds = report.get("seeds") or []
+    view = TableView("Overall" + (f" (mean +- sd over seeds {', '.join(map(str, seeds))})" if seeds else ""),
+                     [h for _, h, _ in OVERALL_COLUMNS], rows,
+                     note=("each value is the mean over seeds, +- its standard deviation (the per-seed table has "
+                           "each seed's CIs); " if seeds else "AUC and AP with their 95% bootstrap CI; ")
+                          + THRESHOLD_NOTE + "; TPR@1%/@5% = best TPR "
                           "with at most 1%/5% of the test reals flagged; oracle = ACC at the best threshold on the "
                           "test set itself (an upper bound, not comparable with ACC).")
     for c, (key, _, _) in enumerate(OVERALL_COLUMNS):
@@ -191,12 +202,46 @@ def _union_of_groups(entries: dict[str, dict], view: str) -> list[str]:
 def view_tables(report: dict) -> list[TableView]:
     """Overall table, then one table per view (modality, generator) for the clean test set."""
     tables = [overall_table(report)]
+    if report.get("per_seed"):
+        tables.append(seeds_table(report))
     for view, mean_key, noun in VIEWS:
         if view == "by_holdout" and _same_groups(report, view, "by_generator"):
             continue  # one generator per fold: the generator table already is the fold table
         if any(is_ok(e) and e.get(view) for e in detectors(report).values()):
             tables.append(group_table(detectors(report), view, mean_key, f"By {noun}"))
     return tables
+
+
+#: Columns of the per-seed table: (metric key, header, shows CI).
+SEED_COLUMNS = (("auc", "AUC", True), ("ap", "AP", True), ("tpr", "TPR", False), ("fpr", "FPR", False),
+                ("acc", "ACC", False))
+
+
+def seeds_table(report: dict) -> TableView:
+    """``--seeds``: each detector's overall metrics per seed (with 95% CIs), then its mean +- sd over seeds."""
+    rows = []
+    by_detector: dict[str, list[dict]] = {}
+    for row in report.get("per_seed") or []:
+        by_detector.setdefault(row["detector"], []).append(row)
+    for name, seed_rows in by_detector.items():
+        for row in seed_rows:
+            label = f"{name} seed {row['seed']}"
+            if row.get("status") != "ok":
+                rows.append(Row(label, failed=str(row.get("error") or "failed")))
+                continue
+            rows.append(Row(label, [[Line(fmt(row.get(key)))] + ([Line(fmt_range(row.get(f"{key}_ci")), aside=True)]
+                                                                 if with_ci and row.get(f"{key}_ci") else [])
+                                    for key, _, with_ci in SEED_COLUMNS]))
+        overall = (detectors(report).get(name) or {}).get("overall")
+        if overall is not None:
+            rows.append(Row(f"{name} mean+-sd", [[Line(fmt(overall.get(key)), best=True)]
+                                                 + ([Line(fmt_sd(overall[f"{key}_sd"]), aside=True)]
+                                                    if overall.get(f"{key}_sd") is not None else [])
+                                                 for key, _, _ in SEED_COLUMNS]))
+    return TableView("Per seed", [h for _, h, _ in SEED_COLUMNS], rows,
+                     note="one training per seed: each seed's metrics with their 95% bootstrap CI (over test "
+                          "sources), then the mean over seeds +- its standard deviation (n-1).",
+                     mark_meaning="mean over seeds", lead_header="detector / seed")
 
 
 def _same_groups(report: dict, view: str, other: str) -> bool:
@@ -230,7 +275,9 @@ def paired_table(report: dict) -> TableView | None:
             [Line(NOT_DEFINED if p_value is None else _fmt_p(p_value), best=p_value is not None and p_value < 0.05)],
         ]))
     unit = "sources" if all(item.get("resampled") == "sources" for item in comparisons) else "images"
-    return TableView(f"Paired comparison (same images, paired bootstrap over {unit})",
+    seeds = comparisons[0].get("seeds")
+    paired_on = f"; delta = mean over seeds {', '.join(map(str, seeds))}, paired seed by seed" if seeds else ""
+    return TableView(f"Paired comparison (same images, paired bootstrap over {unit}{paired_on})",
                      ["metric", "delta", "95% CI", "p"], rows,
                      note="delta = metric(a) - metric(b).", mark_meaning="p < 0.05",
                      lead_header="comparison")
@@ -284,7 +331,8 @@ def header_lines(report: dict) -> list[str]:
     commit = git.get("commit")
     lines = [
         f"command: {report.get('command', '')}",
-        f"protocol: {report.get('protocol', '')}   preset: {report.get('preset', '')}   seed: {report.get('seed', '')}",
+        f"protocol: {report.get('protocol', '')}   preset: {report.get('preset', '')}   "
+        + (f"seeds: {', '.join(map(str, report['seeds']))}" if report.get("seeds") else f"seed: {report.get('seed', '')}"),
         (f"data: {data.get('path', '')}   train {data.get('n_train', '?')} / test {data.get('n_test', '?')} images"
          f"   modalities: {', '.join(map(str, data.get('modalities') or [])) or '-'}"
          f"   generators: {', '.join(map(str, data.get('generators') or [])) or '-'}"),

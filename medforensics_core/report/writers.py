@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ..engine.rundir import RunDir
+from ..errors import MfxError
 from . import plots, views
 
 METRICS_CSV_COLUMNS = ("detector", "view", "group", "metric", "value", "ci_lo", "ci_hi")
@@ -35,13 +36,19 @@ def write_reports(run_dir: RunDir | str | os.PathLike, report: dict) -> dict[str
     written = {"report.json": run_dir.write_json("report.json", report)}
     written["metrics.csv"] = run_dir.write_text("metrics.csv", metrics_csv(report))
     figures = {"by_modality.png": plots.by_group_png(report, "by_modality")}
+    if plots.has_history(report):
+        figures["loss.png"] = plots.loss_png(report)
     scores = plots.read_clean_scores(run_dir.file("scores.csv"))
     if scores:
         figures["roc.png"] = plots.roc_png(scores)
+        thresholds = {name: float(entry["threshold"]) for name, entry in views.detectors(report).items()
+                      if entry.get("threshold") is not None}
+        figures["histograms.png"] = plots.histograms_png(scores, thresholds)
     for name, png in figures.items():
         written[name] = run_dir.write_bytes(name, png)
     written["report.md"] = run_dir.write_text("report.md", markdown_report(report, list(figures)))
-    written["report.html"] = run_dir.write_text("report.html", html_report(report, figures))
+    examples = _example_images(run_dir, report)
+    written["report.html"] = run_dir.write_text("report.html", html_report(report, figures, examples))
     return written
 
 
@@ -99,16 +106,34 @@ def metrics_csv(report: dict) -> str:
 def markdown_report(report: dict, figures: list[str]) -> str:
     """GitHub-flavoured Markdown: header, detector lines, tables (best in bold), figure links."""
     parts = [f"# mfx report: {report.get('protocol') or 'run'}", ""]
+    parts += [f"> **{_md_escape(line)}**\n" for line in views.banner_lines(report)]
     parts += [f"- {line}" for line in views.header_lines(report)] + ["", "## Detectors", ""]
     parts += [f"- {_md_escape(line)}" for line in views.detector_summaries(report)] + [""]
     for table in _all_tables(report):
         parts += _markdown_table(table)
     for figure in figures:
         parts += [f"![{figure}]({figure})", ""]
+    parts += _markdown_examples(report)
     notes = report.get("notes") or []
     if notes:
         parts += ["## Notes", ""] + [f"- {_md_escape(n)}" for n in notes] + [""]
     return "\n".join(parts)
+
+
+def _markdown_examples(report: dict) -> list[str]:
+    from ..engine.examples import KINDS
+
+    parts: list[str] = []
+    for name, entry in views.detectors(report).items():
+        examples = entry.get("examples") or {}
+        if not any(examples.values()):
+            continue
+        parts += [f"## Examples: {_md_escape(name)}", ""]
+        for kind, heading in KINDS:
+            items = examples.get(kind) or []
+            cells = " ".join(f"![{_md_escape(i['path'])} {i['score']:.3f}]({i['overlay']})" for i in items)
+            parts += [f"**{heading}**: {cells or 'none'}", ""]
+    return parts
 
 
 def _all_tables(report: dict) -> list[views.TableView]:
@@ -161,6 +186,10 @@ td.labels { text-align: left; color: #656d76; }
 .best { font-weight: 700; color: #1a7f37; }
 tr.failed td { background: #ffebe9; color: #cf222e; text-align: left; }
 .aside { color: #656d76; font-size: .8rem; }
+.banner { background: #fff8c5; border: 1px solid #d4a72c; padding: .6rem .9rem; font-weight: 600; margin: .4rem 0; }
+table.examples td { text-align: center; vertical-align: top; font-size: .8rem; }
+table.examples img { width: 190px; border: 1px solid #d0d7de; }
+td.kind { text-align: left; font-weight: 600; width: 9rem; }
 .note, .meta { color: #656d76; font-size: .88rem; }
 ul.meta { padding-left: 1.2rem; }
 figure { display: inline-block; margin: 1rem 1rem 0 0; }
@@ -168,11 +197,62 @@ figure img { max-width: 100%; border: 1px solid #d0d7de; }
 """
 
 
-def html_report(report: dict, figures: dict[str, bytes]) -> str:
+def _example_images(run_dir: RunDir, report: dict) -> dict[str, bytes]:
+    """The example overlays the report names (``examples/...png``) that exist in the run directory."""
+    found: dict[str, bytes] = {}
+    for entry in views.detectors(report).values():
+        for items in (entry.get("examples") or {}).values():
+            for item in items:
+                relative = item.get("overlay")
+                if not relative:
+                    continue
+                try:
+                    path = run_dir.file(relative)
+                except MfxError:  # a report naming a path outside its run directory: not embedded
+                    continue
+                if path.is_file():
+                    found[relative] = path.read_bytes()
+    return found
+
+
+def _png_src(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _html_examples(report: dict, images: dict[str, bytes]) -> list[str]:
+    """Per detector, a grid: fakes caught, fakes missed, reals flagged, each image with its tile heat map."""
+    from ..engine.examples import KINDS
+
+    esc = html.escape
+    out: list[str] = []
+    for name, entry in views.detectors(report).items():
+        examples = entry.get("examples") or {}
+        if not any(examples.values()):
+            continue
+        if not out:
+            out += ["<h2>Examples</h2>", '<p class="note">Each image with the heat map of its tile scores (the '
+                    "box: the most suspicious tile), at the detector's threshold "
+                    f"({esc(views.fmt(entry.get('threshold')))} for {esc(name)}).</p>"]
+        out += [f"<h3>{esc(name)}</h3>", '<table class="examples">']
+        for kind, heading in KINDS:
+            cells = []
+            for item in examples.get(kind) or []:
+                png = images.get(item.get("overlay", ""))
+                image = f'<img alt="{esc(item["path"])}" src="{_png_src(png)}"><br>' if png else ""
+                cells.append(f"<td>{image}{esc(item['generator'])} &middot; {item['score']:.3f}<br>"
+                             f'<span class="aside">{esc("/".join(Path(item["path"]).parts[-3:]))}</span></td>')
+            out.append(f'<tr><td class="kind">{esc(heading)}</td>{"".join(cells) or "<td>none</td>"}</tr>')
+        out.append("</table>")
+    return out
+
+
+def html_report(report: dict, figures: dict[str, bytes], examples: dict[str, bytes] | None = None) -> str:
     """One self-contained HTML page (inline CSS, base64 PNG figures, no JavaScript)."""
     esc = html.escape
     title = f"mfx report: {report.get('protocol') or 'run'}"
-    body = [f"<h1>{esc(title)}</h1>", '<ul class="meta">']
+    body = [f"<h1>{esc(title)}</h1>"]
+    body += [f'<div class="banner">{esc(line)}</div>' for line in views.banner_lines(report)]
+    body += ['<ul class="meta">']
     body += [f"<li>{esc(line)}</li>" for line in views.header_lines(report)] + ["</ul>", "<h2>Detectors</h2>", "<ul>"]
     body += [f"<li>{esc(line)}</li>" for line in views.detector_summaries(report)] + ["</ul>"]
     for table in _all_tables(report):
@@ -183,6 +263,7 @@ def html_report(report: dict, figures: dict[str, bytes]) -> str:
             data = base64.b64encode(png).decode("ascii")
             body.append(f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{esc(name)}</figcaption></figure>")
+    body += _html_examples(report, examples or {})
     notes = report.get("notes") or []
     if notes:
         body += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{esc(str(n))}</li>" for n in notes] + ["</ul>"]

@@ -1,8 +1,13 @@
 """DSKI — dual-stage knowledge infusing on a frozen CLIP space — as the ``mfx_dski`` plugin.
 
 Registers the ``dski`` detector and its ablations (``dski-no-noise``,
-``dski-no-cdfa``, ``dski-no-mfrm``), and the ``mfx index`` command group that
-adds references to a trained model's MFRM bank.
+``dski-no-descriptor``, ``dski-no-cdfa``, ``dski-no-mfrm``), and the ``mfx index``
+command group that adds references to a trained model's MFRM bank.
+
+Layout, one concept per module: ``config`` (typed config and presets), ``cdfa``
+and ``model`` (the adapters, the noise branch, per-module seeded initialisation),
+``prompts``, ``training`` (stage-1 loop and tuning hold-out), ``mfrm`` and
+``bank`` (retrieval fusion and the bank), ``detector``, ``ablations``, ``cli``.
 """
 
 from __future__ import annotations
@@ -10,9 +15,10 @@ from __future__ import annotations
 from medforensics_core.hookspecs import hookimpl
 
 from .config import DSKIConfig
-from .detector import DETECTORS, DSKIBase, DSKIDetector, DSKINoCDFA, DSKINoMFRM, DSKINoNoise
+from .ablations import DETECTORS, DSKINoCDFA, DSKINoDescriptor, DSKINoMFRM, DSKINoNoise
+from .detector import DSKIBase, DSKIDetector
 
-__all__ = ["DSKIBase", "DSKIConfig", "DSKIDetector", "DSKINoCDFA", "DSKINoMFRM", "DSKINoNoise"]
+__all__ = ["DSKIBase", "DSKIConfig", "DSKIDetector", "DSKINoCDFA", "DSKINoDescriptor", "DSKINoMFRM", "DSKINoNoise"]
 
 
 @hookimpl

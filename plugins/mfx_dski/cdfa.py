@@ -5,6 +5,9 @@ frozen backbone stays exactly the object :func:`load_clip` returned (shared
 caches, ``encode_image`` untouched), the adapters live in one small module that
 is all the checkpoint needs, and the noise tokens are computed once per image
 and handed to every adapted block explicitly rather than through hidden state.
+Per-module initialisation (each adapter, the noise branch) is done by
+:func:`~mfx_dski.model.reset_parameters` from seeds derived from the module's
+name, so two ablations share the initial weights of the parts they share.
 The loop reuses open_clip's own pieces (``_embeds``, each block's ``ln_1``,
 ``attention``, ``ls_1``, ``ln_2``, ``mlp``, ``ls_2``, then ``_pool`` and
 ``proj``), so with zero-initialised adapters it reproduces ``encode_image``.
@@ -12,14 +15,13 @@ The loop reuses open_clip's own pieces (``_embeds``, each block's ``ln_1``,
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medforensics_core.errors import ConfigError
-from medforensics_core.interfaces import NoiseExtractor
 
 BLOCK_PARTS = ("ln_1", "attention", "ls_1", "ln_2", "mlp", "ls_2")
 
@@ -31,36 +33,50 @@ def evenly_spaced_blocks(num_blocks: int, count: int) -> tuple[int, ...]:
 
 
 class NoiseTokens(nn.Module):
-    """Noise residuals of the input pixels as tokens on the ViT's patch grid, shared by every adapter.
+    """Per-patch noise statistics as tokens on the ViT's patch grid, shared by every adapter.
 
-    Each extractor's residual map is patch-embedded by a convolution whose kernel
-    and stride equal the ViT patch size in the residual's own resolution (patch /
-    the extractor's down-sampling), so one noise token covers the same pixels as
-    one image token; odd sizes are brought to the grid by adaptive pooling. The
-    tokens of all extractors are concatenated along the sequence, so the
-    cross-attention can choose both position and kind of trace.
+    The statistics maps (computed by the preprocessing at native resolution,
+    ``in_channels`` of them) are average-pooled onto the token grid, so one noise
+    token summarises exactly the pixels of one image token, and embedded by a
+    two-layer MLP: a nonlinear function of the statistics, not one more linear
+    view of the pixels. The pooling runs in float32 whatever autocast says (tiny
+    residual statistics do not survive half precision). During training the whole
+    branch is dropped for an image with probability ``dropout``: :meth:`forward`
+    also returns a per-image keep mask that the adapters apply to what they attend.
     """
 
-    def __init__(self, extractors: Mapping[str, NoiseExtractor], patch_size: int, grid: tuple[int, int], dim: int):
+    def __init__(self, in_channels: int, grid: tuple[int, int], dim: int, dropout: float = 0.0):
         super().__init__()
         self.grid = grid
-        self.extractors = nn.ModuleDict(dict(extractors))
-        self.embeds = nn.ModuleDict({
-            name: nn.Conv2d(ex.out_channels, dim, kernel_size=max(1, patch_size // ex.downsample),
-                            stride=max(1, patch_size // ex.downsample))
-            for name, ex in extractors.items()})
-        self.position = nn.Parameter(torch.randn(len(extractors) * grid[0] * grid[1], dim) * 0.02)
+        self.in_channels = in_channels
+        self.dropout = dropout
+        self.embed = nn.Sequential(nn.Linear(in_channels, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.position = nn.Parameter(torch.randn(grid[0] * grid[1], dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``pixels`` ``(N, 3, H, W)`` in [0, 1] -> noise tokens ``(N, extractors x grid cells, dim)``."""
-        tokens = []
-        for name, extractor in self.extractors.items():
-            embedded = self.embeds[name](extractor(pixels).to(pixels.dtype))
-            if tuple(embedded.shape[-2:]) != self.grid:
-                embedded = F.adaptive_avg_pool2d(embedded, self.grid)
-            tokens.append(embedded.flatten(2).transpose(1, 2))
-        return self.norm(torch.cat(tokens, dim=1) + self.position.to(pixels.dtype))
+    def forward(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``stats`` ``(N, C, H, W)`` -> noise tokens ``(N, grid cells, dim)`` and a keep mask ``(N, 1, 1)`` or None."""
+        with torch.autocast(stats.device.type, enabled=False):
+            pooled = patch_means(stats.float(), self.grid)
+        tokens = self.norm(self.embed(pooled) + self.position)
+        keep = None
+        if self.training and self.dropout > 0:
+            keep = (torch.rand(len(stats), 1, 1, device=stats.device) >= self.dropout).to(tokens.dtype)
+        return tokens, keep
+
+
+def patch_means(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Mean of ``maps`` ``(N, C, H, W)`` over each cell of a ``grid``: ``(N, cells, C)``.
+
+    A reshape-and-mean when the grid divides the map (always, for a ViT input), which is several
+    times faster than ``adaptive_avg_pool2d`` on a channel slice; adaptive pooling otherwise.
+    """
+    n, c, h, w = maps.shape
+    gh, gw = grid
+    if h % gh or w % gw:
+        return F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2)
+    cells = maps.reshape(n, c, gh, h // gh, gw, w // gw).mean(dim=(3, 5))
+    return cells.flatten(2).transpose(1, 2)
 
 
 class CDFAAdapter(nn.Module):
@@ -85,27 +101,33 @@ class CDFAAdapter(nn.Module):
             self.cross = nn.MultiheadAttention(bottleneck, noise_heads, batch_first=True)
             self.gate = nn.Parameter(torch.zeros(()))
 
-    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
         hidden = F.gelu(self.down(tokens))
         if self.cross is not None and noise is not None:
-            attended, _ = self.cross(hidden, noise, noise, need_weights=False)
+            attended, _ = self.cross(hidden, noise.to(hidden.dtype), noise.to(hidden.dtype), need_weights=False)
+            if keep is not None:
+                attended = attended * keep.to(attended.dtype)
             hidden = hidden + torch.tanh(self.gate) * attended
         return self.scale * self.up(hidden)
 
 
 class CDFA(nn.Module):
-    """All trainable image-side parameters: one adapter per chosen block plus the shared noise tokens."""
+    """All trainable image-side parameters: one adapter per chosen block plus the shared noise tokens.
+
+    ``noise_channels`` is the number of statistics maps the preprocessing packs after the three
+    colour channels (0 = no noise branch).
+    """
 
     def __init__(self, visual: Any, blocks: Sequence[int], bottleneck: int, scale: float,
-                 extractors: Mapping[str, NoiseExtractor], noise_heads: int):
+                 noise_channels: int, noise_heads: int, noise_dropout: float = 0.0):
         super().__init__()
         check_vision_tower(visual, blocks)
         width = visual.transformer.width
-        patch = visual.patch_size[0] if isinstance(visual.patch_size, (tuple, list)) else int(visual.patch_size)
         grid = tuple(visual.grid_size)
         self.blocks = tuple(blocks)
-        self.noise = NoiseTokens(extractors, patch, grid, bottleneck) if extractors else None
-        heads = noise_heads if extractors else None
+        self.noise = NoiseTokens(noise_channels, grid, bottleneck, noise_dropout) if noise_channels else None
+        heads = noise_heads if noise_channels else None
         self.adapters = nn.ModuleDict({str(i): CDFAAdapter(width, bottleneck, scale, heads) for i in self.blocks})
 
 
@@ -126,27 +148,28 @@ def check_vision_tower(visual: Any, blocks: Sequence[int]) -> None:
 
 
 def adapted_image_features(visual: Any, images: torch.Tensor, cdfa: CDFA | None,
-                           pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                           stats: torch.Tensor | None = None) -> torch.Tensor:
     """open_clip's ``visual(images)`` with the CDFA adapters added in their blocks.
 
-    ``pixels`` are the same images in [0, 1] for the noise branch (needed only when it exists).
-    Returns the unnormalised image features and the noise tokens (``None`` without a noise branch).
+    ``stats`` are the images' noise-statistics maps for the noise branch (needed only when it exists).
+    Returns the unnormalised image features.
     """
     tokens = visual._embeds(images)
     batch_first = getattr(visual.transformer, "batch_first", True)
-    noise = cdfa.noise(pixels) if cdfa is not None and cdfa.noise is not None else None
+    noise, keep = (cdfa.noise(stats) if cdfa is not None and cdfa.noise is not None and stats is not None
+                   else (None, None))
     for index, block in enumerate(visual.transformer.resblocks):
         adapter = cdfa.adapters[str(index)] if cdfa is not None and index in cdfa.blocks else None
         if adapter is None:
             tokens = block(tokens) if batch_first else block(tokens.transpose(0, 1)).transpose(0, 1)
             continue
-        tokens = _adapted_block(block, tokens, adapter, noise, batch_first)
+        tokens = _adapted_block(block, tokens, adapter, noise, keep, batch_first)
     pooled, _ = visual._pool(tokens)
-    return (pooled @ visual.proj if visual.proj is not None else pooled), noise
+    return pooled @ visual.proj if visual.proj is not None else pooled
 
 
 def _adapted_block(block: Any, tokens: torch.Tensor, adapter: CDFAAdapter, noise: torch.Tensor | None,
-                   batch_first: bool) -> torch.Tensor:
+                   keep: torch.Tensor | None, batch_first: bool) -> torch.Tensor:
     """``x + attn(ln_1 x)``, then ``x + mlp(ln_2 x) + adapter(ln_2 x)`` (FatFormer's parallel placement)."""
     attn_in = block.ln_1(tokens)
     if not batch_first:
@@ -155,4 +178,4 @@ def _adapted_block(block: Any, tokens: torch.Tensor, adapter: CDFAAdapter, noise
         attended = block.attention(attn_in)
     tokens = tokens + block.ls_1(attended)
     normed = block.ln_2(tokens)
-    return tokens + block.ls_2(block.mlp(normed)) + adapter(normed, noise)
+    return tokens + block.ls_2(block.mlp(normed)) + adapter(normed, noise, keep)

@@ -54,35 +54,51 @@ class DSKIConfig:
       (``x + mlp(ln_2 x) + adapter(ln_2 x)``) with bottleneck ``bottleneck_dim`` (FatFormer: 64) and
       output scale ``adapter_scale`` (FatFormer: 0.1); its up-projection starts at zero so training
       starts from plain CLIP.
-      ``use_noise``: the noise branch. ``noise_extractors`` (registered noise-extractor names) are applied
-      to the input pixels, patch-embedded onto the ViT's token grid and fused into each adapter's
-      bottleneck tokens by cross-attention (``noise_heads`` heads) through a gate initialised to 0.
-      Default ``("srm", "wavelet")``: SRM high-pass residuals see local pixel correlations (the
-      up-sampling and denoising footprints of generators), wavelet sub-bands see band energy (FatFormer's
-      frequency branch); they are complementary and cost two small patch embeddings.
+      ``use_noise``: the noise branch. ``noise_extractors`` (registered, parameter-free noise-extractor
+      names) run on each image's native-resolution pixels before any resize (in ``preprocess``, float32),
+      their per-pixel maps travel with the image as extra channels through crop and flip, and are pooled
+      per patch onto the ViT's token grid; a small MLP (nonlinear) embeds each patch's statistics into a
+      noise token, and each adapter's bottleneck tokens attend to the noise tokens (``noise_heads`` heads)
+      through a gate initialised to 0. Default ``("noise-stats",)``: SRM + Haar residuals divided by the
+      image's own robust noise level, then clipped magnitudes, log local energies and cross-band
+      correlations -- noise *structure*, not noise *level*, which a smoother unseen generator would
+      invert (see ``mfx_noise.stats``). ``noise_dropout``: during training the whole branch is dropped
+      for an image with this probability, and its parameters get weight decay ``noise_weight_decay``,
+      so the adapters cannot lean on it alone and the gate does not open on a shortcut.
 
-    Training (FatFormer's recipe)
-      Adam ``lr`` 4e-4, ``epochs`` 25, ``batch_size`` 256, lr x ``lr_decay`` every ``lr_decay_every``
+    Training (FatFormer's recipe, plus regularisation for unseen generators)
+      Adam(W) ``lr`` 4e-4, ``epochs`` 25, ``batch_size`` 256, lr x ``lr_decay`` every ``lr_decay_every``
       epochs. Loss: cross-entropy over the image-text logits, plus ``contrastive_weight`` x a supervised
-      contrastive term on the adapted embeddings (temperature ``contrastive_temperature``). It is small
-      by default (0.1): MFRM votes among neighbours, so embeddings that cluster by real/fake help it,
-      but a large weight collapses the per-generator structure that few-shot references rely on.
+      contrastive term on the adapted embeddings (temperature ``contrastive_temperature``).
+      Augmentation on both classes (``aug_*_prob``: blur, down-up resampling with a random kernel, JPEG,
+      mild Gaussian noise; :class:`~medforensics_core.engine.augment.TraceRecipe`), so high-frequency
+      level alone stops being a label. The run always trains ``epochs`` epochs (ablations compare at
+      equal training); ``select_best_epoch`` keeps the weights of the epoch with the best stage-1 AUC
+      on the tuning hold-out (below). A ``--budget-minutes`` run may stop early: its train_info and
+      warnings say so, and its ablation rows are then not comparable.
+
+    Tuning for generalisation
+      ``tune_holdout``: ``"generator"`` (default) holds one fake generator of the *training* data out of
+      stage-1 training (with a matching share of the reals), chosen from the run's seed, and tunes the
+      fusion (alpha, beta, descriptor weight) and the best epoch on it: tuning rewards what transfers
+      to a generator the model did not see, not memorisation. Any manifest column works
+      (``"network"`` once a benchmark has it). ``"val"`` tunes on the engine's validation set; ``"none"``
+      keeps the defaults. The held-out images join the MFRM bank after tuning.
 
     MFRM (medical forensic retrieval module)
       ``use_mfrm``: at the end of ``fit`` the adapted, L2-normalised embeddings of a labelled support
       bank go into the ``retriever`` (a registered retriever name). ``bank_shots``: 0 = the whole
-      training set, K = K images per (label, modality, generator). ``bank_noise_weight`` > 0 appends the
-      CDFA noise descriptor (mean noise token, L2-normalised, times this weight) to each embedding before
-      retrieval: neighbours then share how an image was made, not only what it shows (with a weak,
-      e.g. random-init, backbone the embedding alone is dominated by content). A test image's ``top_k`` neighbours
-      vote (weights softmax(similarity / ``knn_temperature``)) for a fake probability that is fused with
-      the stage-1 probability: ``p = (1 - mfrm_weight) * p_clip + mfrm_weight * p_knn`` (Tip-Adapter's
-      alpha, in probability form so that it stays in [0, 1] whatever k is). ``tune_on_val``: pick
-      ``mfrm_weight`` and ``knn_temperature`` on the validation set (val AUC, grids below), as
-      Tip-Adapter tunes alpha and beta; the defaults are used when no usable validation set is given.
-      The weight grid starts at 0.25, not 0: validation holds only generators seen in training, where
-      stage 1 alone may look best, yet MFRM's purpose is the generators it has not seen (references
-      added later); weight 0 is the ``dski-no-mfrm`` ablation, not a tuning outcome.
+      training set, K = K images per (label, modality, generator). ``use_descriptor`` with
+      ``descriptor_weight`` > 0 appends a fixed noise descriptor (the image's mean noise statistics
+      minus those of white Gaussian noise, L2-normalised, times the weight) to each embedding:
+      neighbours then share how an image was made, not only what it shows. It does not depend on the
+      CDFA noise branch, so ``dski-no-noise`` keeps it and ``dski-no-descriptor`` drops it.
+      Fusion (Tip-Adapter): affinities ``exp(-beta (1 - cos))`` of the ``top_k`` nearest references give
+      fake and real evidence ``F`` and ``R`` (sums over the k neighbours divided by k); the fused logit
+      is ``logit(p_stage1) + alpha (F - R)``. A query far from every reference has affinities near 0
+      and keeps its stage-1 score; a top-k softmax vote would be as confident for far neighbours as
+      for near ones. ``same_modality`` restricts the neighbours to the query's modality when known.
+      ``alpha_grid`` x ``beta_grid`` x ``descriptor_grid`` (0 included) are tuned on the hold-out.
     """
 
     # backbone
@@ -103,8 +119,10 @@ class DSKIConfig:
     bottleneck_dim: int = 64
     adapter_scale: float = 0.1
     use_noise: bool = True
-    noise_extractors: tuple[str, ...] = ("srm", "wavelet")
+    noise_extractors: tuple[str, ...] = ("noise-stats",)
     noise_heads: int = 4
+    noise_dropout: float = 0.2
+    noise_weight_decay: float = 0.05
     # training
     lr: float = 4e-4
     epochs: int = 25
@@ -113,18 +131,26 @@ class DSKIConfig:
     lr_decay_every: int = 10
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 0.1
+    aug_blur_prob: float = 0.1
+    aug_resample_prob: float = 0.1
+    aug_jpeg_prob: float = 0.1
+    aug_noise_prob: float = 0.1
+    select_best_epoch: bool = True
+    # tuning
+    tune_holdout: str = "generator"
     # MFRM
     use_mfrm: bool = True
     retriever: str = "faiss-flat"
     bank_shots: int = 0
-    bank_noise_weight: float = 1.0
+    use_descriptor: bool = True
+    descriptor_weight: float = 0.5
     top_k: int = 16
-    knn_temperature: float = 0.05
-    mfrm_weight: float = 0.5
-    tune_on_val: bool = True
-    weight_grid: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    temperature_grid: tuple[float, ...] = (0.02, 0.05, 0.1)
-
+    same_modality: bool = False
+    mfrm_alpha: float = 1.0
+    mfrm_beta: float = 5.0
+    alpha_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    beta_grid: tuple[float, ...] = (1.0, 5.0, 20.0)
+    descriptor_grid: tuple[float, ...] = (0.0, 0.5, 1.0)
 
 # The tiny preset runs on a random-init 2-block CLIP in seconds on a CPU. Its real and fake prompts are
 # nearly parallel (cosine 0.93-0.96: a random text tower barely separates the words), so the image

@@ -1,12 +1,14 @@
-"""The ``dski`` detector: frozen CLIP + CDFA (stage 1, trained) + MFRM (stage 2, test time), and its ablations.
+"""The ``dski`` detector: frozen CLIP + CDFA (stage 1, trained) + MFRM (stage 2, test time).
 
 Stage 1 trains only the CDFA adapters (with their noise branch) and the prompt
-context against cross-entropy over image-text logits; the CLIP backbone stays
-frozen and is rebuilt from its name, weights and seed, so a checkpoint holds
-just the adapters, the context and the MFRM bank. Stage 2 needs no training: the
-adapted embeddings of labelled references go into a retriever and a test
-image's neighbours vote; references can be added later (:meth:`add_references`,
-``mfx index add``) to adapt to a new generator or scanner without retraining.
+context against cross-entropy over image-text logits (:mod:`.training`); the
+CLIP backbone stays frozen and is rebuilt from its name, weights and seed, so a
+checkpoint holds just the adapters, the context and the MFRM bank. Stage 2
+needs no training: the adapted embeddings of labelled references go into a
+retriever and a test image's neighbours add evidence (:mod:`.bank`,
+:mod:`.mfrm`); references of both classes can be added later
+(:meth:`DSKIDetector.add_references`, ``mfx index add``) to adapt to a new
+generator or scanner without retraining. The ablations are in :mod:`.ablations`.
 """
 
 from __future__ import annotations
@@ -25,30 +27,24 @@ from torchvision.transforms import v2
 from medforensics_core.backbones import ClipBackbone, load_clip
 from medforensics_core.config import config_to_dict
 from medforensics_core.data.dataset import ImageSet
-from medforensics_core.engine.augment import normalise, resize_shorter, train_geometry
+from medforensics_core.engine.augment import TraceAugment, TraceRecipe, resize_shorter, train_geometry
 from medforensics_core.engine.context import FitContext
 from medforensics_core.errors import CheckpointError, ConfigError, MfxError
 from medforensics_core.interfaces import Detector, Retriever
 from medforensics_core.plugins import get_registry
 
-from . import mfrm
-from .cdfa import CDFA, adapted_image_features, evenly_spaced_blocks
+from . import bank as mfrm_bank
+from . import mfrm, training
+from .cdfa import CDFA, evenly_spaced_blocks
 from .config import PRESETS, DSKIConfig
+from .model import (DSKIModules, NoiseMaps, check_extractors, descriptor, noise_channel_count, reset_parameters,
+                    split_channels)
 from .prompts import PromptContext, PromptEncoder
 
 log = logging.getLogger(__name__)
 
 BANK_PREFIX = "bank."
-EVAL_BATCH = 64
-
-
-class DSKIModules(nn.Module):
-    """Every trainable (and saved) part of DSKI: the CDFA adapters and the prompt context, each optional."""
-
-    def __init__(self, cdfa: CDFA | None, context: PromptContext | None):
-        super().__init__()
-        self.cdfa = cdfa
-        self.context = context
+EVAL_BATCH = mfrm_bank.EVAL_BATCH
 
 
 class DSKIBase(Detector):
@@ -66,25 +62,39 @@ class DSKIBase(Detector):
         cfg = self.config
         self.backbone: ClipBackbone = load_clip(cfg.clip_model, cfg.clip_pretrained, device="cpu",
                                                 seed=cfg.backbone_seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.backbone_seed)
-            self.net = DSKIModules(self._build_cdfa(), self._build_context())
+        self.noise_maps = self._build_noise_maps()
+        self.net = DSKIModules(self._build_cdfa(), self._build_context())
+        reset_parameters(self.net, cfg.backbone_seed)
+        self.net.eval()  # training mode (noise-branch dropout) only inside the stage-1 loop
         self.prompts = PromptEncoder(self.backbone.model, self.backbone.tokenizer, cfg.real_templates,
                                      cfg.fake_templates, self.net.context)
         self.bank: Retriever | None = None
         self.known_modalities: list[str] = []
-        self.mfrm_weight = cfg.mfrm_weight
-        self.knn_temperature = cfg.knn_temperature
+        self.fusion = mfrm.Fusion(cfg.mfrm_alpha, cfg.mfrm_beta, cfg.descriptor_weight if cfg.use_descriptor else 0.0)
         self._pending_bank: dict[str, Any] | None = None
         self._empty_bank_logged = False
         size = self.backbone.image_size
-        self._normalise = normalise(self.backbone.mean, self.backbone.std)
+        self._mean = torch.tensor(self.backbone.mean).view(-1, 1, 1)
+        self._std = torch.tensor(self.backbone.std).view(-1, 1, 1)
         self._test_geometry = v2.CenterCrop(size)
         self._train_geometry = train_geometry(size, flip=True)
         self._upscale = resize_shorter(size)
+        self._augment = TraceAugment(TraceRecipe(blur_prob=cfg.aug_blur_prob, resample_prob=cfg.aug_resample_prob,
+                                                 jpeg_prob=cfg.aug_jpeg_prob, noise_prob=cfg.aug_noise_prob))
         self.to(device)
 
     # ------------------------------------------------------------------ construction
+    def _needs_noise_maps(self) -> bool:
+        cfg = self.config
+        return (cfg.use_cdfa and cfg.use_noise) or (cfg.use_mfrm and cfg.use_descriptor)
+
+    def _build_noise_maps(self) -> NoiseMaps | None:
+        if not self._needs_noise_maps():
+            return None
+        check_extractors(self.config.noise_extractors)
+        registry = get_registry()
+        return NoiseMaps({name: registry.noise_extractor(name)() for name in self.config.noise_extractors})
+
     def _build_cdfa(self) -> CDFA | None:
         cfg = self.config
         if not cfg.use_cdfa:
@@ -92,12 +102,9 @@ class DSKIBase(Detector):
         visual = self.backbone.model.visual
         depth = len(visual.transformer.resblocks)
         blocks = tuple(cfg.adapter_blocks) or evenly_spaced_blocks(depth, cfg.num_adapters)
-        registry = get_registry()
-        extractors = {name: registry.noise_extractor(name)() for name in cfg.noise_extractors} \
-            if cfg.use_noise else {}
-        if cfg.use_noise and not extractors:
-            raise ConfigError("use_noise=True needs at least one name in noise_extractors")
-        return CDFA(visual, blocks, cfg.bottleneck_dim, cfg.adapter_scale, extractors, cfg.noise_heads)
+        channels = noise_channel_count(self.noise_maps) if cfg.use_noise else 0
+        return CDFA(visual, blocks, cfg.bottleneck_dim, cfg.adapter_scale, channels, cfg.noise_heads,
+                    cfg.noise_dropout)
 
     def _build_context(self) -> PromptContext | None:
         if self.config.n_ctx <= 0:
@@ -126,12 +133,22 @@ class DSKIBase(Detector):
 
     # ------------------------------------------------------------------ preprocessing
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
-        """Centre crop at native resolution (``crop``) or a full resize (``resize``), then CLIP normalisation."""
-        return self._normalise(self._test_geometry(self._fit_size(image)))
+        """Noise statistics at native resolution, then centre crop (``crop``) or resize, CLIP normalisation.
+
+        Returns ``3 + C`` channels: the CLIP input, then the ``C`` noise-statistics maps (none when neither
+        the noise branch nor the retrieval descriptor is used).
+        """
+        return self._prepare(image, self._test_geometry)
 
     def train_transform(self, image: torch.Tensor) -> torch.Tensor:
-        """Random crop at native resolution plus a horizontal flip (no resampling of the traces)."""
-        return self._normalise(self._train_geometry(self._fit_size(image)))
+        """Trace augmentation (both classes), noise statistics, random crop at native resolution and flip."""
+        return self._prepare(self._augment(image), self._train_geometry)
+
+    def _prepare(self, image: torch.Tensor, geometry) -> torch.Tensor:
+        packed = image if self.noise_maps is None else torch.cat([image, self.noise_maps.maps(image[None])[0]])
+        packed = geometry(self._fit_size(packed))
+        colour = (packed[:3] - self._mean) / self._std
+        return torch.cat([colour, packed[3:]]) if self.noise_maps is not None else colour
 
     def _fit_size(self, image: torch.Tensor) -> torch.Tensor:
         size = self.backbone.image_size
@@ -141,44 +158,38 @@ class DSKIBase(Detector):
             raise ConfigError(f"preprocess_mode must be 'crop' or 'resize', not {self.config.preprocess_mode!r}")
         return self._upscale(image) if min(image.shape[-2:]) < size else image
 
-    def _pixels(self, batch: torch.Tensor) -> torch.Tensor:
-        """Undo CLIP normalisation: the noise extractors work on pixels in [0, 1]."""
-        mean = torch.tensor(self.backbone.mean, device=batch.device, dtype=batch.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.backbone.std, device=batch.device, dtype=batch.dtype).view(1, -1, 1, 1)
-        return batch * std + mean
-
     # ------------------------------------------------------------------ forward
     def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Adapted, L2-normalised image embeddings ``(N, d)`` and the noise tokens (or ``None``)."""
-        batch = batch.to(self.device)
-        pixels = self._pixels(batch) if self.net.cdfa is not None and self.net.cdfa.noise is not None else None
-        features, noise = adapted_image_features(self.backbone.model.visual, batch, self.net.cdfa, pixels)
-        return F.normalize(features.float(), dim=-1), noise
+        """Adapted, L2-normalised image embeddings ``(N, d)`` and retrieval descriptors ``(N, C)`` (or ``None``)."""
+        from .cdfa import adapted_image_features
+
+        images, stats = split_channels(batch.to(self.device), noise_channel_count(self.noise_maps))
+        noise_stats = stats if self.net.cdfa is not None and self.net.cdfa.noise is not None else None
+        features = adapted_image_features(self.backbone.model.visual, images, self.net.cdfa, noise_stats)
+        desc = descriptor(stats, self.noise_maps.reference()) if self.uses_descriptor() and stats is not None else None
+        return F.normalize(features.float(), dim=-1), desc
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Adapted, L2-normalised image embeddings ``(N, d)`` of a preprocessed batch."""
         return self.encode(batch)[0]
 
+    def uses_descriptor(self) -> bool:
+        return bool(self.config.use_mfrm and self.config.use_descriptor and self.noise_maps is not None)
+
     def bank_dim(self) -> int:
         """Length of the MFRM vectors: the embedding, plus the noise descriptor when it is used."""
-        return self.backbone.embed_dim + (self.config.bottleneck_dim if self._uses_noise_descriptor() else 0)
+        extra = noise_channel_count(self.noise_maps) if self.uses_descriptor() and self.fusion.descriptor_weight > 0 \
+            else 0
+        return self.backbone.embed_dim + extra
 
-    def _uses_noise_descriptor(self) -> bool:
-        return self.config.bank_noise_weight > 0 and self.net.cdfa is not None and self.net.cdfa.noise is not None
-
-    def retrieval_vectors(self, embeddings: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        """What MFRM stores and searches: the adapted embedding, joined by the CDFA noise descriptor.
-
-        The descriptor is the mean of the noise tokens (L2-normalised, weighted by ``bank_noise_weight``).
-        Why: a random-content neighbour search is dominated by *what* an image shows; the noise
-        tokens describe *how* it was made, which is what a new generator's references share.
-        """
-        if not self._uses_noise_descriptor() or noise is None:
+    def retrieval_vectors(self, embeddings: torch.Tensor, desc: torch.Tensor | None) -> torch.Tensor:
+        """What MFRM stores and searches: the embedding joined by the weighted noise descriptor, L2-normalised."""
+        weight = self.fusion.descriptor_weight
+        if desc is None or weight <= 0:
             return embeddings
-        descriptor = F.normalize(noise.float().mean(dim=1), dim=-1) * self.config.bank_noise_weight
-        return F.normalize(torch.cat([embeddings, descriptor], dim=-1), dim=-1)
+        return F.normalize(torch.cat([embeddings, weight * desc.to(embeddings.dtype)], dim=-1), dim=-1)
 
-    def _modalities(self, modalities: Sequence[str | None] | None, n: int) -> list[str]:
+    def prompt_modalities(self, modalities: Sequence[str | None] | None, n: int) -> list[str]:
         """The prompt modality of each image: its own if trained on, else the (trained) generic prompts.
 
         A modality never seen in training would get prompts whose words the model never learned to
@@ -198,112 +209,92 @@ class DSKIBase(Detector):
         scale = self.backbone.model.logit_scale.exp().clamp(max=100.0).float()
         return scale * torch.einsum("nd,ncd->nc", embeddings, text)
 
+    def stage1_probability(self, embeddings: torch.Tensor, modalities: Sequence[str] | None) -> np.ndarray:
+        logits = self.clip_logits(embeddings, self.prompt_modalities(modalities, len(embeddings)))
+        return torch.softmax(logits, dim=-1)[:, 1].detach().cpu().numpy().astype(np.float64)
+
+    def stage_scores(self, batch: torch.Tensor, modalities: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Each stage's score: ``stage1`` probability, ``retrieval`` evidence ``F - R`` (0 without a bank), ``fused``.
+
+        The engine reports each stage's AUC from these (``stage1_auc``, ``retrieval_auc``, ``fused_auc``), so a
+        comparison shows which stage carries (or loses) a held-out generator.
+        """
+        embeddings, desc = self.encode(batch)
+        stage1 = self.stage1_probability(embeddings, modalities)
+        if not self.mfrm_active():
+            return {"stage1": stage1, "retrieval": np.zeros_like(stage1), "fused": stage1}
+        neighbours = self._search(self.retrieval_vectors(embeddings, desc), modalities)
+        return {"stage1": stage1, "retrieval": mfrm.evidence(neighbours, self.fusion.beta),
+                "fused": mfrm.fused_probability(stage1, neighbours, self.fusion.alpha, self.fusion.beta)}
+
     def predict_proba(self, batch: torch.Tensor, modalities: Sequence[str] | None = None) -> np.ndarray:
-        """Fake probability of each preprocessed image: stage 1 fused with the MFRM vote.
+        """Fake probability of each preprocessed image: stage 1 fused with the MFRM evidence.
 
         ``modalities`` (one per image, e.g. ``imageset.rows[i].modality``) selects each image's class
         prompts. It is optional because the engine's scoring loop hands a detector only pixels;
         without it every image uses the generic prompts, which stage 1 trains as well.
         """
-        embeddings, noise = self.encode(batch)
-        stage1 = torch.softmax(self.clip_logits(embeddings, self._modalities(modalities, len(batch))), dim=-1)[:, 1]
-        return self._fuse(stage1.detach().cpu().numpy().astype(np.float64), self.retrieval_vectors(embeddings, noise))
+        if not self.mfrm_active() and self.config.use_mfrm and not self._empty_bank_logged:
+            log.warning("DSKI: MFRM skipped, the reference bank is empty (stage-1 scores only)")
+            self._empty_bank_logged = True
+        return self.stage_scores(batch, modalities)["fused"]
 
-    def _fuse(self, stage1: np.ndarray, vectors: torch.Tensor | np.ndarray) -> np.ndarray:
-        if not self.mfrm_active():
-            if self.config.use_mfrm and not self._empty_bank_logged:
-                log.warning("DSKI: MFRM skipped, the reference bank is empty (stage-1 scores only)")
-                self._empty_bank_logged = True
-            return stage1
-        if isinstance(vectors, torch.Tensor):
-            vectors = vectors.detach().cpu().numpy()
-        neighbours = mfrm.search(self.bank, vectors, self.config.top_k)
-        return mfrm.fused_probability(stage1, neighbours, self.mfrm_weight, self.knn_temperature)
+    def _search(self, vectors: torch.Tensor, modalities: Sequence[str] | None) -> mfrm.Neighbours:
+        restrict = list(modalities) if self.config.same_modality and modalities is not None else None
+        return mfrm.search(self.bank, vectors.detach().cpu().numpy().astype(np.float32), self.config.top_k, restrict)
 
     def mfrm_active(self) -> bool:
         """Whether test-time retrieval is used: MFRM on and a non-empty bank."""
         return bool(self.config.use_mfrm and self.bank is not None and len(self.bank) > 0)
 
-    # ------------------------------------------------------------------ stage 1: training
+    def reset_bank_warning(self) -> None:
+        self._empty_bank_logged = False
+
+    # ------------------------------------------------------------------ stage 1 + tuning
     def fit(self, train: ImageSet, val: ImageSet | None = None, ctx: FitContext | None = None) -> "DSKIBase":
-        """Train CDFA + prompt context (stage 1), then build the MFRM bank and tune its fusion on ``val``."""
+        """Train CDFA + prompt context (stage 1) on all but a held-out generator, tune MFRM on it, build the bank."""
         ctx = ctx or FitContext()
         self.to(ctx.device)
+        reset_parameters(self.net, ctx.seed)
+        self.net.to(self.device)
         self.known_modalities = sorted({row.modality for row in train.rows})
+        rest, holdout, how = training.tuning_split(self, train, val, ctx.seed)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed)  # the random crops and flips of train_transform
-            losses = self._train_stage1(train, ctx) if self.trainable_parameters() else []
+            torch.manual_seed(ctx.seed)  # the random crops, flips and trace augmentation of train_transform
+            info = training.train_stage1(self, rest, holdout, ctx) if self.trainable_parameters() else {"losses": []}
         self.prompts.clear_cache()
-        self.train_info = {"losses": losses, "train_images": len(train),
+        self.train_info = {**info, "train_images": len(train), "tuning": how,
+                           "tuning_images": len(holdout) if holdout is not None else 0,
                            "trainable_parameters": sum(p.numel() for p in self.trainable_parameters()),
                            "modalities": self.known_modalities}
         if self.config.use_mfrm:
-            self._build_bank(train, ctx)
-            if val is not None and self.config.tune_on_val:
-                self._tune_fusion(val, ctx)
+            self._build_and_tune_bank(rest, holdout, ctx)
         self.fitted = True
         return self
 
-    def _train_stage1(self, train: ImageSet, ctx: FitContext) -> list[float]:
-        """FatFormer's recipe (Adam, step decay) over CE on image-text logits (+ optional contrastive term).
+    def stage1_auc(self, images: ImageSet, ctx: FitContext) -> float | None:
+        """Stage-1 AUC on a labelled set (the best-epoch criterion)."""
+        embedded = mfrm_bank.embed_imageset(self, images, ctx)
+        return mfrm.auc_or_none(embedded.labels, embedded.stage1)
 
-        A loop of its own rather than ``engine.training.run_epoch``: the loss needs each image's
-        modality, which only the loader's indices give.
-        """
-        cfg = self.config
-        params = self.trainable_parameters()
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.lr_decay_every),
-                                                    gamma=cfg.lr_decay)
-        batch_size = min(ctx.batch_size_for(cfg.batch_size), max(1, len(train)))
-        losses = []
-        self.net.train()
-        try:
-            for epoch in range(ctx.epochs_for(cfg.epochs)):
-                loader = ctx.loader(train, self.train_transform, batch_size, shuffle=True,
-                                    drop_last=len(train) > batch_size, epoch_offset=epoch)
-                losses.append(self._train_epoch(loader, train, optimizer, ctx, epoch))
-                scheduler.step()
-                if ctx.out_of_time():
-                    log.warning("DSKI: time budget spent after epoch %d", epoch + 1)
-                    break
-        finally:
-            self.net.eval()
-            self.prompts.clear_cache()
-        return losses
-
-    def _train_epoch(self, loader, train: ImageSet, optimizer, ctx: FitContext, epoch: int) -> float:
-        total, count = 0.0, 0
-        for inputs, labels, indices in ctx.track(loader, len(loader), f"dski epoch {epoch + 1}"):
-            labels = labels.to(self.device)
-            modalities = [train.rows[int(i)].modality for i in indices]
-            with ctx.autocast():
-                loss = self.stage1_loss(inputs, labels, modalities)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(labels)
-            count += len(labels)
-        return total / max(count, 1)
-
-    def stage1_loss(self, inputs: torch.Tensor, labels: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
-        """CE over image-text logits for the images' modalities and for the generic prompts, + contrastive."""
-        cfg = self.config
-        labels = labels.to(self.device).long()
-        embeddings = self.embed(inputs)
-        loss = F.cross_entropy(self.clip_logits(embeddings, self._modalities(modalities, len(labels))), labels)
-        if cfg.generic_loss_weight > 0:
-            generic = self.clip_logits(embeddings, self._modalities(None, len(labels)))
-            loss = loss + cfg.generic_loss_weight * F.cross_entropy(generic, labels)
-        if cfg.contrastive_weight > 0:
-            loss = loss + cfg.contrastive_weight * supervised_contrastive(embeddings, labels,
-                                                                          cfg.contrastive_temperature)
-        return loss
+    def _build_and_tune_bank(self, rest: ImageSet, holdout: ImageSet | None, ctx: FitContext) -> None:
+        """Tune the fusion on the hold-out against a bank of the rest, then bank every training image."""
+        chosen = mfrm.support_indices(rest.rows, self.config.bank_shots, ctx.rng(offset=101))
+        support_set = rest.subset(chosen)
+        support = mfrm_bank.embed_imageset(self, support_set, ctx)
+        parts, rows = [support], [mfrm_bank.row_meta(r) for r in support_set.rows]
+        if holdout is not None and len(support.labels):
+            held = mfrm_bank.embed_imageset(self, holdout, ctx)
+            self.train_info["holdout"] = mfrm_bank.tune(self, held, support)
+            parts.append(held)
+            rows += [mfrm_bank.row_meta(r) for r in holdout.rows]
+        mfrm_bank.build(self, mfrm_bank.concat(parts), rows)
 
     # ------------------------------------------------------------------ stage 2: MFRM bank
     def bank_info(self) -> dict[str, Any]:
         """What produced the bank's vectors; a bank is only used by a model with the same info."""
-        return {"backbone": self.backbone.key(), "preset": self.preset, "adapters": self.adapter_digest()}
+        return {"backbone": self.backbone.key(), "preset": self.preset, "adapters": self.adapter_digest(),
+                "descriptor_weight": self.fusion.descriptor_weight}
 
     def adapter_digest(self) -> str:
         """A short hash of the image-side adapters (the bank's embeddings depend on them)."""
@@ -315,43 +306,13 @@ class DSKIBase(Detector):
             digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
-    def _new_bank(self) -> Retriever:
+    def new_bank(self) -> Retriever:
         return mfrm.new_bank(self.config.retriever, self.bank_dim(), self.bank_info())
 
-    def _build_bank(self, train: ImageSet, ctx: FitContext) -> None:
-        chosen = mfrm.support_indices(train.rows, self.config.bank_shots, ctx.rng(offset=101))
-        support = train.subset(chosen)
-        self.bank = self._new_bank()
-        embeddings, _ = self.embed_imageset(support, ctx)
-        self.bank.add(embeddings, support.labels, [_row_meta(r) for r in support.rows])
-        self._empty_bank_logged = False
-
-    def _tune_fusion(self, val: ImageSet, ctx: FitContext) -> None:
-        if len(val) == 0 or not self.mfrm_active():
-            return
-        embeddings, stage1 = self.embed_imageset(val, ctx)
-        neighbours = mfrm.search(self.bank, embeddings, self.config.top_k)
-        best = mfrm.tune_fusion(stage1, neighbours, val.labels, self.config.weight_grid,
-                                self.config.temperature_grid, (self.mfrm_weight, self.knn_temperature))
-        if best is not None:
-            self.mfrm_weight, self.knn_temperature, auc = best
-            self.train_info["mfrm_tuning"] = {"weight": self.mfrm_weight, "temperature": self.knn_temperature,
-                                              "val_auc": auc}
-
-    @torch.no_grad()
     def embed_imageset(self, images: ImageSet, ctx: FitContext | None = None) -> tuple[np.ndarray, np.ndarray]:
         """MFRM vectors ``(n, bank_dim)`` and stage-1 fake probabilities ``(n,)`` with each row's modality."""
-        ctx = ctx or FitContext(device=self.device)
-        loader = ctx.loader(images, self.preprocess, EVAL_BATCH, shuffle=False)
-        features, probs = [], []
-        for inputs, _, indices in loader:
-            modalities = self._modalities([images.rows[int(i)].modality for i in indices], len(indices))
-            embeddings, noise = self.encode(inputs)
-            probs.append(torch.softmax(self.clip_logits(embeddings, modalities), -1)[:, 1].cpu().numpy())
-            features.append(self.retrieval_vectors(embeddings, noise).cpu().numpy())
-        if not features:
-            return np.zeros((0, self.bank_dim()), np.float32), np.zeros(0)
-        return np.concatenate(features), np.concatenate(probs).astype(np.float64)
+        embedded = mfrm_bank.embed_imageset(self, images, ctx)
+        return embedded.vectors(self.fusion.descriptor_weight), embedded.stage1
 
     def check_modalities(self, modalities: Sequence[str]) -> None:
         """Refuse, in one line naming the known ones, modalities this model was not trained on."""
@@ -385,6 +346,10 @@ class DSKIBase(Detector):
                          f"scores test the pipeline, not DSKI's published accuracy")
         if self.config.use_mfrm and not self.mfrm_active():
             notes.append("DSKI: MFRM skipped, the reference bank is empty (stage-1 scores only)")
+        if self.train_info.get("stopped_by_budget"):
+            notes.append(f"DSKI: the time budget stopped training after {self.train_info.get('epochs_trained')} of "
+                         f"{self.train_info.get('epochs_planned')} epochs; ablations trained for different lengths "
+                         f"cannot be compared (use --epochs, not --budget-minutes)")
         return notes
 
     # ------------------------------------------------------------------ persistence
@@ -417,7 +382,7 @@ class DSKIBase(Detector):
             bank = {"retriever": self.bank.name, "dim": self.bank.dim, "info": self.bank.info,
                     "config": config_to_dict(self.bank.config), "extra": self.bank.extra_state()}
         return {"backbone": self.backbone.key(), "known_modalities": self.known_modalities,
-                "mfrm_weight": self.mfrm_weight, "knn_temperature": self.knn_temperature, "bank": bank}
+                "fusion": dataclasses.asdict(self.fusion), "bank": bank}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         saved = state.get("backbone")
@@ -425,32 +390,11 @@ class DSKIBase(Detector):
             raise CheckpointError(f"checkpoint trained on backbone {saved!r}, but this config builds "
                                   f"{self.backbone.key()!r}")
         self.known_modalities = list(state.get("known_modalities", []))
-        self.mfrm_weight = float(state.get("mfrm_weight", self.config.mfrm_weight))
-        self.knn_temperature = float(state.get("knn_temperature", self.config.knn_temperature))
+        fusion = state.get("fusion")
+        if fusion is not None:
+            self.fusion = mfrm.Fusion(float(fusion["alpha"]), float(fusion["beta"]),
+                                      float(fusion["descriptor_weight"]))
         self._pending_bank = state.get("bank")
-
-
-def _row_meta(row: Any) -> dict[str, Any]:
-    return {"label": int(row.label), "modality": row.modality, "generator": row.generator,
-            "source": row.source, "path": row.path}
-
-
-def supervised_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SupCon (Khosla et al. 2020) on unit embeddings: pull same-label images together, push others apart."""
-    n = len(labels)
-    if n < 2:
-        return embeddings.sum() * 0.0
-    similarities = embeddings @ embeddings.T / temperature
-    self_mask = torch.eye(n, dtype=torch.bool, device=embeddings.device)
-    similarities = similarities.masked_fill(self_mask, float("-inf"))
-    log_prob = similarities - torch.logsumexp(similarities, dim=1, keepdim=True)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask
-    counts = positives.sum(1)
-    has_positive = counts > 0
-    if not bool(has_positive.any()):
-        return embeddings.sum() * 0.0
-    summed = log_prob.masked_fill(~positives, 0.0).sum(1)
-    return -(summed[has_positive] / counts[has_positive]).mean()
 
 
 class DSKIDetector(DSKIBase):
@@ -464,10 +408,12 @@ class DSKIDetector(DSKIBase):
     def add_references(self, images: Sequence[torch.Tensor] | torch.Tensor, labels: Sequence[int],
                        modalities: Sequence[str], generators: Sequence[str],
                        sources: Sequence[str] | None = None) -> int:
-        """Add labelled reference images (raw ``(3, H, W)`` in [0, 1]) to the MFRM bank, without retraining.
+        """Add labelled reference images (raw ``(3, H, W)`` in [0, 1]) of either class to the bank, no retraining.
 
-        Returns the bank size. A modality the model was not trained on is refused (its prompts and
-        adapters have never seen it), as is a model trained without MFRM.
+        Reals count as much as fakes: reals of a new scanner keep its images from being voted fake
+        by the new generator's references. Returns the bank size. A modality the model was not
+        trained on is refused (its prompts and adapters have never seen it), as is a model
+        trained without MFRM.
         """
         n = len(images)
         if not (len(labels) == len(modalities) == len(generators) == n):
@@ -479,7 +425,7 @@ class DSKIDetector(DSKIBase):
         if any(int(label) not in (0, 1) for label in labels):
             raise MfxError("reference labels must be 0 (real) or 1 (fake)")
         if self.bank is None:
-            self.bank = self._new_bank()
+            self.bank = self.new_bank()
         sources = sources if sources is not None else [""] * n
         for start in range(0, n, EVAL_BATCH):
             stop = min(n, start + EVAL_BATCH)
@@ -490,48 +436,3 @@ class DSKIDetector(DSKIBase):
             self.bank.add(vectors.cpu().numpy(), [int(x) for x in labels[start:stop]], meta)
         self._empty_bank_logged = False
         return len(self.bank)
-
-
-# ---------------------------------------------------------------------- ablations
-
-
-@dataclasses.dataclass
-class DSKINoNoiseConfig(DSKIConfig):
-    """DSKI without the CDFA noise branch (spatial adapters only)."""
-
-    use_noise: bool = False
-
-
-@dataclasses.dataclass
-class DSKINoCDFAConfig(DSKIConfig):
-    """DSKI without CDFA: frozen CLIP, (learnable) prompts and MFRM."""
-
-    use_cdfa: bool = False
-
-
-@dataclasses.dataclass
-class DSKINoMFRMConfig(DSKIConfig):
-    """DSKI without MFRM: stage-1 scores only."""
-
-    use_mfrm: bool = False
-
-
-class DSKINoNoise(DSKIDetector):
-    name: ClassVar[str] = "dski-no-noise"
-    description: ClassVar[str] = "DSKI ablation: CDFA without its noise branch (spatial adapters + MFRM)"
-    config_class: ClassVar[type] = DSKINoNoiseConfig
-
-
-class DSKINoCDFA(DSKIDetector):
-    name: ClassVar[str] = "dski-no-cdfa"
-    description: ClassVar[str] = "DSKI ablation: frozen CLIP + prompts + MFRM, no adapters"
-    config_class: ClassVar[type] = DSKINoCDFAConfig
-
-
-class DSKINoMFRM(DSKIBase):
-    name: ClassVar[str] = "dski-no-mfrm"
-    description: ClassVar[str] = "DSKI ablation: CDFA only, no retrieval at test time"
-    config_class: ClassVar[type] = DSKINoMFRMConfig
-
-
-DETECTORS = (DSKIDetector, DSKINoNoise, DSKINoCDFA, DSKINoMFRM)

@@ -1,10 +1,17 @@
-"""MFRM — the medical forensic retrieval module: a labelled bank of adapted embeddings and its vote.
+"""MFRM — the medical forensic retrieval module: a labelled bank of adapted embeddings, and Tip-Adapter fusion.
 
-The retriever itself, the kNN vote and the compatibility check are shared
-building blocks of ``mfx_retrieval`` (asked for by registry name, or used
-through its helper functions), so DSKI and UnivFD-NN score neighbours with one
-formula. What is DSKI's own is here: which training images go into the bank,
-how the vote is fused with the stage-1 probability, and how the fusion is tuned.
+The retriever itself and the compatibility check are shared building blocks of
+``mfx_retrieval`` (asked for by registry name). What is DSKI's own is here:
+which training images go into the bank, how neighbours become evidence, how
+that evidence is fused with the stage-1 probability, and how the fusion is tuned.
+
+Evidence (Tip-Adapter, Zhang et al. 2022): each of the ``k`` nearest references
+contributes an affinity ``exp(-beta (1 - cos))`` to its class; ``F`` and ``R``
+are the fake and real affinity sums divided by ``k``. The fused score is
+``logit(p_stage1) + alpha (F - R)``. The affinity decays with distance, so a
+query far from every reference (an unseen generator the bank knows nothing
+about) adds almost nothing and stage 1 stays in charge; a softmax vote over the
+top k would be just as confident for far neighbours as for near ones.
 """
 
 from __future__ import annotations
@@ -21,14 +28,24 @@ from medforensics_core.interfaces import Retriever
 from medforensics_core.plugins import get_registry
 
 log = logging.getLogger(__name__)
+_EPS = 1e-6
 
 
 @dataclasses.dataclass
 class Neighbours:
-    """Top-k search result of a batch of queries: similarities and neighbour labels, each ``(n, k)``."""
+    """Top-k search result of a batch of queries: similarities and neighbour labels, each ``(n, k)`` (-1 = empty)."""
 
     similarities: np.ndarray
     labels: np.ndarray
+
+
+@dataclasses.dataclass
+class Fusion:
+    """The tuned fusion: evidence weight ``alpha``, affinity sharpness ``beta``, descriptor weight."""
+
+    alpha: float
+    beta: float
+    descriptor_weight: float
 
 
 def new_bank(retriever_name: str, dim: int, info: Mapping[str, Any],
@@ -56,37 +73,86 @@ def support_indices(rows: Sequence[Any], shots: int, rng: np.random.Generator) -
     return sorted(chosen)
 
 
-def search(bank: Retriever, features: np.ndarray, k: int) -> Neighbours:
-    """Top-``k`` neighbours of ``features`` with their labels (-1 in slots the bank cannot fill)."""
+def search(bank: Retriever, features: np.ndarray, k: int, modalities: Sequence[str] | None = None) -> Neighbours:
+    """Top-``k`` neighbours of ``features`` with their labels; with ``modalities``, only references of the same one.
+
+    Restricting to a modality searches the whole bank and keeps each query's
+    ``k`` best of its own modality (banks are thousands of vectors, not millions).
+    """
     from mfx_retrieval import bank_labels
 
-    similarities, indices = bank.search(features, k)
-    return Neighbours(similarities, bank_labels(bank, indices))
+    if modalities is None:
+        similarities, indices = bank.search(features, k)
+        return Neighbours(similarities, bank_labels(bank, indices))
+    similarities, indices = bank.search(features, len(bank))
+    stored = np.array([m.get("modality", "") for m in bank.meta] or [""], dtype=object)
+    same = (indices >= 0) & (stored[np.clip(indices, 0, None)] == np.asarray(modalities, dtype=object)[:, None])
+    order = np.argsort(~same, axis=1, kind="stable")[:, :k]
+    kept = np.take_along_axis(same, order, 1)
+    sims = np.where(kept, np.take_along_axis(similarities, order, 1), 0.0)
+    labels = np.where(kept, bank_labels(bank, np.take_along_axis(indices, order, 1)), -1)
+    return Neighbours(sims, labels)
 
 
-def fused_probability(stage1: np.ndarray, neighbours: Neighbours, weight: float, temperature: float) -> np.ndarray:
-    """``(1 - weight) * stage1 + weight * p_knn``; a query without neighbours keeps its stage-1 probability."""
-    from mfx_retrieval import knn_fake_probability
+def evidence(neighbours: Neighbours, beta: float) -> np.ndarray:
+    """``F - R``: fake minus real affinity ``exp(-beta (1 - cos))``, summed over the neighbours and divided by k."""
+    sims = np.asarray(neighbours.similarities, dtype=np.float64)
+    labels = np.asarray(neighbours.labels)
+    affinity = np.where(labels >= 0, np.exp(-beta * (1.0 - sims)), 0.0)
+    signed = np.where(labels == 1, affinity, -affinity)
+    return signed.sum(axis=1) / max(sims.shape[1], 1)
 
-    knn = knn_fake_probability(neighbours.similarities, neighbours.labels, temperature, empty_value=np.nan)
-    knn = np.where(np.isnan(knn), stage1, knn)
-    return (1.0 - weight) * stage1 + weight * knn
+
+def logit(probability: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(probability, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
 
 
-def tune_fusion(stage1: np.ndarray, neighbours: Neighbours, labels: np.ndarray, weights: Sequence[float],
-                temperatures: Sequence[float], default: tuple[float, float]) -> tuple[float, float, float] | None:
-    """The (weight, temperature) of the grid with the best AUC on a labelled set, and that AUC.
+def fused_probability(stage1: np.ndarray, neighbours: Neighbours, alpha: float, beta: float) -> np.ndarray:
+    """``sigmoid(logit(stage1) + alpha (F - R))``; a query with no (or only far) neighbours keeps ``stage1``."""
+    return 1.0 / (1.0 + np.exp(-(logit(stage1) + alpha * evidence(neighbours, beta))))
 
-    ``None`` when the set cannot rank (one class only). Ties keep the default
-    first, then the smaller weight, so tuning never moves away from the recipe
-    without evidence.
+
+def exact_neighbours(query_sims: np.ndarray, bank_labels: np.ndarray, k: int) -> Neighbours:
+    """Top-``k`` of a dense similarity matrix ``(n, bank)`` (what ``faiss-flat`` returns), for tuning."""
+    k = min(k, query_sims.shape[1])
+    order = np.argsort(-query_sims, axis=1, kind="stable")[:, :k]
+    return Neighbours(np.take_along_axis(query_sims, order, 1), np.asarray(bank_labels)[order])
+
+
+def combined_similarity(embed_sims: np.ndarray, descriptor_sims: np.ndarray | None, weight: float) -> np.ndarray:
+    """Cosine of ``[e, w d]`` vectors (e, d unit norm) from the two parts' cosines: ``(e.e' + w^2 d.d') / (1 + w^2)``."""
+    if descriptor_sims is None or weight <= 0:
+        return embed_sims
+    return (embed_sims + weight**2 * descriptor_sims) / (1.0 + weight**2)
+
+
+def auc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2 or not np.all(np.isfinite(scores)):
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def tune_fusion(stage1: np.ndarray, labels: np.ndarray, neighbours_for: Mapping[float, Neighbours],
+                alphas: Sequence[float], betas: Sequence[float], default: Fusion) -> tuple[Fusion, float] | None:
+    """The (alpha, beta, descriptor weight) with the best AUC on a labelled hold-out, and that AUC.
+
+    ``neighbours_for`` maps each descriptor weight to the hold-out's neighbours
+    under it. ``None`` when the hold-out cannot rank (one class only). Ties keep
+    the default first, then the smaller alpha, so tuning never moves away from
+    the recipe without evidence.
     """
     if len(np.unique(labels)) < 2:
         return None
-    candidates = [default, *sorted(itertools.product(weights, temperatures))]
-    best: tuple[float, float, float] | None = None
-    for weight, temperature in candidates:
-        auc = float(roc_auc_score(labels, fused_probability(stage1, neighbours, weight, temperature)))
-        if best is None or auc > best[2] + 1e-9:
-            best = (float(weight), float(temperature), auc)
+    candidates = [default] + [Fusion(a, b, w) for w, a, b in
+                              itertools.product(sorted(neighbours_for), sorted(alphas), sorted(betas))]
+    best: tuple[Fusion, float] | None = None
+    for fusion in candidates:
+        if fusion.descriptor_weight not in neighbours_for:
+            continue
+        scores = fused_probability(stage1, neighbours_for[fusion.descriptor_weight], fusion.alpha, fusion.beta)
+        auc = float(roc_auc_score(labels, scores))
+        if best is None or auc > best[1] + 1e-9:
+            best = (fusion, auc)
     return best

@@ -1,4 +1,4 @@
-"""Noise extractors for forensic traces: ``srm``, ``bayar``, ``wavelet``, ``npr``.
+"""Noise extractors for forensic traces: ``srm``, ``bayar``, ``wavelet``, ``npr``, and ``noise-stats``.
 
 Each is a :class:`~medforensics_core.interfaces.NoiseExtractor` (a ``torch.nn.Module``)
 mapping ``(N, 3, H, W)`` images in [0, 1] to residual maps
@@ -14,13 +14,15 @@ from medforensics_core.hookspecs import hookimpl
 from .bayar import BayarConfig, BayarExtractor, bayar_project
 from .npr import NprConfig, NprExtractor, npr_residual
 from .srm import SRM_KERNELS, SrmConfig, SrmExtractor
+from .stats import NoiseStatsConfig, NoiseStatsExtractor, folded_kernels, robust_noise_level
 from .wavelet import WaveletConfig, WaveletExtractor, dwt2, wavelet_kernels
 
 __all__ = ["BayarConfig", "BayarExtractor", "bayar_project", "NprConfig", "NprExtractor", "npr_residual",
-           "SRM_KERNELS", "SrmConfig", "SrmExtractor", "WaveletConfig", "WaveletExtractor", "dwt2",
+           "SRM_KERNELS", "SrmConfig", "SrmExtractor", "NoiseStatsConfig", "NoiseStatsExtractor", "folded_kernels",
+           "robust_noise_level", "WaveletConfig", "WaveletExtractor", "dwt2",
            "wavelet_kernels"]
 
-EXTRACTORS = (NprExtractor, SrmExtractor, BayarExtractor, WaveletExtractor)
+EXTRACTORS = (NprExtractor, SrmExtractor, BayarExtractor, WaveletExtractor, NoiseStatsExtractor)
 
 
 @hookimpl

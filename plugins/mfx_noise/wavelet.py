@@ -57,9 +57,7 @@ def _periodic_pad(planes: torch.Tensor, filter_length: int) -> torch.Tensor:
     h, w = planes.shape[-2:]
     planes = F.pad(planes, (0, w % 2, 0, h % 2), mode="replicate") if (h % 2 or w % 2) else planes
     before, after = filter_length // 2 - 1, filter_length // 2
-    rows = torch.arange(-before, planes.shape[-2] + after, device=planes.device) % planes.shape[-2]
-    cols = torch.arange(-before, planes.shape[-1] + after, device=planes.device) % planes.shape[-1]
-    return planes.index_select(-2, rows).index_select(-1, cols)
+    return F.pad(planes, (before, after, before, after), mode="circular")
 
 
 def dwt2(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:

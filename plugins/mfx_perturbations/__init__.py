@@ -30,6 +30,7 @@ def _from_pil(image: Image.Image) -> torch.Tensor:
 
 class JpegPerturbation(Perturbation):
     name: ClassVar[str] = "jpeg"
+    strength_range: ClassVar[tuple[float, float]] = (1, 100)
     description: ClassVar[str] = "JPEG re-compression at quality STRENGTH (1-100, Pillow encoder)"
     default_strength: ClassVar[float] = 75
 
@@ -43,6 +44,7 @@ class JpegPerturbation(Perturbation):
 
 class BlurPerturbation(Perturbation):
     name: ClassVar[str] = "blur"
+    strength_range: ClassVar[tuple[float, float]] = (0, 50)
     description: ClassVar[str] = "Gaussian blur with sigma STRENGTH pixels (kernel 2*ceil(3 sigma)+1)"
     default_strength: ClassVar[float] = 1.0
 
@@ -55,7 +57,9 @@ class BlurPerturbation(Perturbation):
         kernel = torch.exp(-(x**2) / (2 * sigma**2))
         kernel = kernel / kernel.sum()
         c = image.shape[0]
-        padded = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+        # reflect needs the pad below the image size; a wide kernel on a small image falls back to replicate
+        mode = "reflect" if radius < min(image.shape[-2:]) else "replicate"
+        padded = F.pad(image[None], (radius, radius, radius, radius), mode=mode)
         out = F.conv2d(padded, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
         out = F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
         return out[0].clamp(0, 1)
@@ -63,6 +67,7 @@ class BlurPerturbation(Perturbation):
 
 class ResizePerturbation(Perturbation):
     name: ClassVar[str] = "resize"
+    strength_range: ClassVar[tuple[float, float]] = (0.01, 1)
     description: ClassVar[str] = "Downscale by factor STRENGTH (bilinear, antialiased) and back to the original size"
     default_strength: ClassVar[float] = 0.5
 
@@ -75,6 +80,7 @@ class ResizePerturbation(Perturbation):
 
 class NoisePerturbation(Perturbation):
     name: ClassVar[str] = "noise"
+    strength_range: ClassVar[tuple[float, float]] = (0, 1)
     description: ClassVar[str] = "Additive Gaussian noise with standard deviation STRENGTH (images in [0, 1])"
     default_strength: ClassVar[float] = 0.02
 

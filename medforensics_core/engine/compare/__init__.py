@@ -19,6 +19,7 @@ protocol fold by fold.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback
 from pathlib import Path
@@ -56,8 +57,10 @@ from .plan import (
     parse_perturbations,
     plan_run,
     resolve_data,
+    run_seeds,
 )
 from .report_build import LOG_FILE, SCORE_COLUMNS, fold_report, ok_rows, paired_tests, summarize_scores, write_scores
+from .seed_merge import combine_seeds, seed_paired_tests
 from .run_dirs import CONFIG_FILE, load_resume_options, prepare_run_dir, resolved_config, run_logging
 from .session import Session, run_log
 
@@ -114,11 +117,10 @@ def run_compare(options: CompareOptions, *, console: Console | None = None, prog
     resumed = None
     if resume is not None:
         options, resumed = load_resume_options(resume)
-    plan = plan_run(options)
+    plan = plan_run(options, progress)
     data = DataBundle(open_manifest(plan.data_path), plan.data_path, on_bad=options.on_bad, progress=progress)
-    folds = make_folds(options.protocol, data, ProtocolOptions(
-        test_split=options.test_split, train_modalities=tuple(options.train_modalities), shots=options.shots,
-        holdout=options.holdout, holdout_by=options.holdout_by, seed=options.seed))  # protocol errors come before any folder is made
+    seeds = run_seeds(options)
+    folds = protocol_folds(options, data, seeds[0])  # protocol errors come before any folder is made
     rank, world_size, device = distributed.init_from_env(resolve_device(options.device))
     session = Session(device, rank, world_size, progress, console if rank == 0 else None, resumed=resumed is not None)
     run_dir = prepare_run_dir(plan, session, resumed)
@@ -127,30 +129,76 @@ def run_compare(options: CompareOptions, *, console: Console | None = None, prog
         run_log.info("%s %s", "resuming" if resumed else "starting", options.command or options.detectors)
         if resumed:
             session.say(f"resuming [bold]{run_dir.path}[/] (its config.json is the source of truth)")
-        report = _run_protocol(plan, data, folds, run_dir, session)
+        if len(seeds) == 1:
+            report = _run_protocol(_with_seed(plan, seeds[0]), data, folds, run_dir, session)
+        else:
+            report = _run_seeds(plan, data, seeds, run_dir, session)
     return report, run_dir
+
+
+def protocol_folds(options: CompareOptions, data: DataBundle, seed: int) -> list[Fold]:
+    return make_folds(options.protocol, data, ProtocolOptions(
+        test_split=options.test_split, train_modalities=tuple(options.train_modalities), shots=options.shots,
+        holdout=options.holdout, holdout_by=options.holdout_by, seed=seed))
+
+
+def _with_seed(plan: RunPlan, seed: int) -> RunPlan:
+    return dataclasses.replace(plan, options=dataclasses.replace(plan.options, seed=seed, seeds=[]))
+
+
+def _run_seeds(plan: RunPlan, data: DataBundle, seeds: list[int], run_dir: RunDir,
+               session: Session) -> dict[str, Any]:
+    """The whole protocol once per seed (each in ``seeds/<seed>/``), then one report: mean +- sd over seeds."""
+    if session.rank == 0:
+        run_dir.write_json("environment.json", environment(session.device))
+    reports: dict[int, dict[str, Any]] = {}
+    runs: dict[int, dict[str, tuple[Fold, dict[str, dict[str, Any]]]]] = {}
+    for i, seed in enumerate(seeds, start=1):
+        session.say(f"[bold]seed {seed}[/] ({i} of {len(seeds)})")
+        seed_dir = RunDir(run_dir.path / "seeds" / str(seed))
+        seed_dir.path.mkdir(parents=True, exist_ok=True)
+        seed_plan = _with_seed(plan, seed)
+        reports[seed], runs[seed] = _run_folds(seed_plan, data, protocol_folds(seed_plan.options, data, seed),
+                                               seed_dir, session)
+        if session.rank == 0:
+            _write_reports(seed_dir, reports[seed])
+    single = all(len(r) == 1 for r in runs.values())
+    paired = seed_paired_tests({s: next(iter(r.values())) for s, r in runs.items()}, plan.options) if single else []
+    report = combine_seeds(reports, paired, folds=1 if single else len(next(iter(runs.values()))))
+    if session.rank == 0:
+        _write_reports(run_dir, report)
+    return report
 
 
 def _run_protocol(plan: RunPlan, data: DataBundle, folds: list[Fold], run_dir: RunDir,
                   session: Session) -> dict[str, Any]:
     """Every fold of the protocol, then one report (folds combined for leave-one-generator-out)."""
+    report, _ = _run_folds(plan, data, folds, run_dir, session)
+    if session.rank == 0:
+        _write_reports(run_dir, report)
+    return report
+
+
+def _run_folds(plan: RunPlan, data: DataBundle, folds: list[Fold], run_dir: RunDir,
+               session: Session) -> tuple[dict[str, Any], dict[str, tuple[Fold, dict[str, dict[str, Any]]]]]:
+    """Every fold's detectors and report; returns the (combined) report and each fold's raw results."""
     env = environment(session.device)
     if session.rank == 0:
         run_dir.write_json("environment.json", env)
     reports: dict[str, dict[str, Any]] = {}
+    runs: dict[str, tuple[Fold, dict[str, dict[str, Any]]]] = {}
     for fold in folds:
         fold_dir = RunDir(run_dir.path / "folds" / fold.name) if len(folds) > 1 else run_dir
         fold_dir.path.mkdir(parents=True, exist_ok=True)
         results = run_fold(plan, fold, fold_dir, session)
+        runs[fold.name] = (fold, results)
         reports[fold.name] = fold_report(plan, fold, results, data, env)
         if session.rank == 0:
             write_scores(fold_dir, fold, results)
             if len(folds) > 1:
                 _write_reports(fold_dir, reports[fold.name])
     report = combine_folds(plan, reports) if len(folds) > 1 else reports[folds[0].name]
-    if session.rank == 0:
-        _write_reports(run_dir, report)
-    return report
+    return report, runs
 
 
 def _write_reports(run_dir: RunDir, report: dict[str, Any]) -> None:

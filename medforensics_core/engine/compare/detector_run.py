@@ -7,6 +7,7 @@ skips it); a detector that raises becomes a FAILED row (:func:`failed_result`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from ...decision import DEFAULT_THRESHOLD, flag_fake
+from ...errors import MfxError
 from ...interfaces import Detector, Perturbation
 from ...metrics import VALIDATION_FPR, threshold_at_fpr
 from ...seeding import seed_everything
@@ -32,8 +34,23 @@ def make_context(options: CompareOptions, device: torch.device, rank: int = 0, w
                  progress: ProgressFn = no_progress, work_dir: Path | None = None) -> FitContext:
     """A fresh context per detector, so each one gets the whole budget."""
     budget = options.budget_minutes * 60 if options.budget_minutes is not None else None
+    sink = tensorboard_sink(work_dir / "tensorboard") if options.log == "tensorboard" and work_dir and rank == 0 \
+        else None
     return FitContext(device=device, seed=options.seed, epochs=options.epochs, budget_seconds=budget,
-                      progress=progress, rank=rank, world_size=world_size, work_dir=work_dir)
+                      progress=progress, rank=rank, world_size=world_size, work_dir=work_dir, scalar_sink=sink)
+
+
+def tensorboard_sink(folder: Path):
+    """``(tag, value, step)`` -> a TensorBoard event file in ``folder`` (flushed at once: runs are short)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder))
+
+    def add(tag: str, value: float, step: int) -> None:
+        writer.add_scalar(tag, value, step)
+        writer.flush()
+
+    return add
 
 
 def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
@@ -163,6 +180,19 @@ def _origin(name: str) -> dict[str, str]:
     return get_registry().origin("detector", name)
 
 
+def report_examples(detector: Detector, images, scores: np.ndarray, threshold: float, fold_dir: RunDir,
+                    name: str, ctx: FitContext) -> dict[str, Any]:
+    """Heat-map overlays of caught fakes, missed fakes and flagged reals; a drawing problem is logged, not fatal."""
+    from ..examples import write_examples
+
+    try:
+        return write_examples(detector, images, scores, threshold, fold_dir, name, ctx)
+    except (OSError, ValueError, RuntimeError, MfxError) as exc:
+        logging.getLogger("mfx.run").warning("%s: no example images in the report (%s: %s)", name,
+                                             type(exc).__name__, exc)
+        return {}
+
+
 def add_references(detector: Detector, support, ctx: FitContext) -> None:
     """Give a detector with a reference bank (``add_references``) the few-shot support images."""
     images = torch.stack([support.image(i) for i in range(len(support))])
@@ -184,13 +214,39 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
     threshold = detector_threshold(detector)
     entry = _entry(detector, spec, train_seconds, speed, checkpoint,
                    summarize_scores(fold.test, scores, options, threshold), ctx.device)
+    entry["history"] = [dict(record) for record in ctx.history]
+    entry.update(stage_aucs(detector, fold.test, ctx, options.batch_size))
+    if fold_dir is not None and ctx.rank == 0:
+        entry["examples"] = report_examples(detector, fold.test, scores, threshold, fold_dir, spec.name, ctx)
     rows[spec.name]["entry"] = entry
     if fold.support is not None and hasattr(detector, "add_references"):
         add_references(detector, fold.support, ctx)
         shot_scores, _ = score_with_timing(detector, fold.test, ctx, batch_size=options.batch_size)
         shot_entry = dict(entry, **summarize_scores(fold.test, shot_scores, options, threshold), checkpoint=None)
-        rows[f"{spec.name} +{len(fold.support)}-shot"] = {"entry": shot_entry, "scores": {"": shot_scores.tolist()}}
+        shot_entry.update(stage_aucs(detector, fold.test, ctx, options.batch_size))
+        shots = int(np.asarray(fold.support.labels).sum())  # K references per class: K fakes (and K reals)
+        rows[f"{spec.name} +{shots}-shot"] = {"entry": shot_entry, "scores": {"": shot_scores.tolist()}}
     return {"status": "ok", "rows": rows}
+
+
+def stage_aucs(detector: Detector, images, ctx: FitContext, batch_size: int) -> dict[str, float | None]:
+    """``{stage}_auc`` for a detector that scores its stages separately (``stage_scores``, e.g. DSKI's
+    ``stage1``, ``retrieval`` and ``fused``), so a report shows which stage carries or loses a generator."""
+    if not callable(getattr(detector, "stage_scores", None)) or len(images) == 0:
+        return {}
+    from sklearn.metrics import roc_auc_score
+
+    loader = ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
+    collected: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for inputs, _, indices in loader:
+            modalities = [images.rows[int(i)].modality for i in indices]
+            for stage, values in detector.stage_scores(inputs, modalities).items():
+                collected.setdefault(stage, []).append(np.asarray(values, dtype=np.float64))
+    labels = np.asarray(images.labels)
+    two_classes = len(np.unique(labels)) == 2
+    return {f"{stage}_auc": round(float(roc_auc_score(labels, np.concatenate(parts))), 6) if two_classes else None
+            for stage, parts in collected.items()}
 
 
 def failed_result(spec: DetectorSpec, exc: BaseException) -> dict[str, Any]:

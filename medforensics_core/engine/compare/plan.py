@@ -7,6 +7,7 @@ detector, a bad perturbation, a missing dataset) before a run directory exists.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class CompareOptions:
     train_modalities: list[str] = dataclasses.field(default_factory=list)
     shots: int = 5
     holdout: str | None = None
+    seeds: list[int] = dataclasses.field(default_factory=list)  # train once per seed (empty: just ``seed``)
     holdout_by: str | None = None  # leave-one-out: generator | network | family (None: network, see protocols)
     test_split: str = "test"
     batch_size: int = DEFAULT_EVAL_BATCH
@@ -47,6 +49,7 @@ class CompareOptions:
     label: str = "compare"
     command: str = ""
     run_dir: str | None = None  # write exactly here (mfx evaluate --out) instead of a new folder under ``out``
+    log: str | None = None  # "tensorboard": per-epoch scalars under RUN_DIR/tensorboard as well as mfx.log
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompareOptions:
@@ -85,21 +88,19 @@ class RunPlan:
     perturbations: list[Perturbation]
 
 
-def resolve_data(data: str | None, quick: bool = False) -> tuple[Path, bool]:
-    """The dataset path and whether it is the offline benchmark (used when ``--data`` is not given)."""
+def resolve_data(data: str | None, quick: bool = False, progress=None) -> tuple[Path, bool]:
+    """The dataset path and whether it is the offline benchmark (used when ``--data`` is not given).
+
+    A first use builds the benchmark; ``progress`` (the run's progress display) shows that build.
+    """
     if data:
         path = Path(data).expanduser()
         if not path.exists():
             raise MfxError(f"{path}: dataset not found (give a folder, a folder holding manifest.csv, or a manifest)")
         return path, False
-    from rich.console import Console
-
     from ...benchmark import default_dataset
-    from ..progress import RichProgress
 
-    # a first run builds the benchmark (minutes): show each stage's progress on stderr (nothing when reused)
-    with RichProgress(Console(stderr=True)) as progress:
-        return Path(default_dataset(quick=quick, progress=progress)), True
+    return Path(default_dataset(quick=quick, progress=progress)), True
 
 
 def open_manifest(path: Path) -> Manifest:
@@ -123,10 +124,15 @@ def parse_perturbations(specs: Sequence[str]) -> list[Perturbation]:
         name, _, strength = item.partition(":")
         cls = get_registry().perturbation(name.strip())
         try:
-            found.append(cls(float(strength)) if strength else cls())
+            value = float(strength) if strength else float(cls.default_strength)
         except ValueError:
             raise MfxError(f"--perturb {item!r}: strength must be a number (e.g. {name}:{cls.default_strength:g})") \
                 from None
+        low, high = getattr(cls, "strength_range", (-math.inf, math.inf))
+        if not (math.isfinite(value) and low <= value <= high):
+            raise MfxError(f"--perturb {item!r}: strength must be a finite number in [{low:g}, {high:g}] "
+                           f"({cls.description})")
+        found.append(cls(value))
     return found
 
 
@@ -155,7 +161,54 @@ def check_checkpoint(detector: str, path: str | Path) -> None:
         raise CheckpointError(f"{path}: checkpoint of detector {owner!r}, not {detector!r}")
 
 
-def plan_run(options: CompareOptions) -> RunPlan:
+def check_seeds(seeds: Sequence[int]) -> None:
+    """``--seeds``: distinct integers (a repeated seed would train the same model twice and halve the sd)."""
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        raise MfxError(f"--seeds: seed(s) {', '.join(map(str, repeated))} given twice")
+
+
+def check_numbers(options: CompareOptions) -> None:
+    """The numeric options, refused at plan time when they make no sense (before a run directory exists)."""
+    import math
+
+    def number(value, flag: str, minimum: float, inclusive: bool = True) -> None:
+        if value is None:
+            return
+        ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+        if not ok:
+            bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
+            raise MfxError(f"{flag} must be {bound}, not {value!r}")
+
+    number(options.epochs, "--epochs", 1)
+    number(options.budget_minutes, "--budget-minutes", 0, inclusive=False)
+    number(options.shots, "--shots", 1)
+    number(options.batch_size, "--batch-size", 1)
+    number(options.n_boot, "--n-boot", 0)
+
+
+def run_seeds(options: CompareOptions) -> list[int]:
+    """The seeds a comparison trains with: ``--seeds``, else the one ``--seed``."""
+    return list(options.seeds) or [options.seed]
+
+
+LOG_SINKS = ("tensorboard",)
+
+
+def check_log_option(log: str | None) -> None:
+    """``--log tensorboard`` needs the ``tensorboard`` package: refused in one line before any work."""
+    if log is None:
+        return
+    if log not in LOG_SINKS:
+        raise MfxError(f"--log must be one of {', '.join(LOG_SINKS)}, not {log!r}")
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise MfxError("--log tensorboard needs the tensorboard package (pip install tensorboard); "
+                       "per-epoch metrics are in mfx.log and loss.png without it")
+
+
+def plan_run(options: CompareOptions, progress=None) -> RunPlan:
     """Check names, presets, overrides, checkpoints and perturbations; resolve the data. No training yet."""
     from ...plugins import get_registry
 
@@ -174,12 +227,18 @@ def plan_run(options: CompareOptions) -> RunPlan:
     from ..protocols import check_holdout_by
 
     check_holdout_by(options.holdout_by)
+    check_seeds(options.seeds)
+    check_numbers(options)
+    check_log_option(options.log)
     perturbations = parse_perturbations(options.perturb)
-    data_path, is_benchmark = resolve_data(options.data, options.quick)
+    data_path, is_benchmark = resolve_data(options.data, options.quick, progress)
     preset = options.preset or ("tiny" if is_benchmark else "full")
     specs = [DetectorSpec(name, cls, preset, dict(options.overrides.get(name, {})), options.checkpoints.get(name))
              for name, cls in classes.items()]
+    from ...plugins import check_plugin_references
+
     for spec in specs:
         if spec.checkpoint is None:
-            spec.config()  # an unknown preset or key fails here, in one line
+            config = spec.config()  # an unknown preset or key, a value out of range fails here, in one line
+            check_plugin_references(config)
     return RunPlan(options, specs, data_path, preset, perturbations)

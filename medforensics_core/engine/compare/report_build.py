@@ -126,7 +126,10 @@ def _bankless_notes(plan: RunPlan, fold: Fold) -> list[str]:
 
 def _notes(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> list[str]:
     on_gpu = str(env.get("device") or "").startswith("cuda")
-    memory = "the CUDA allocator peak per detector" if on_gpu else "the process max RSS so far (not per detector)"
+    per_detector = Path("/proc/self/clear_refs").exists()
+    memory = ("the CUDA allocator peak per detector" if on_gpu else
+              "the process peak RSS while each detector ran (reset per detector)" if per_detector else
+              "the process max RSS so far (not per detector)")
     notes = [f"peak_memory_mb is {memory}"]
     failed = [n for n, r in results.items() if r["status"] != "ok"]
     if failed:

@@ -52,11 +52,12 @@ def prepare_run_dir(plan: RunPlan, session: Session, resume: RunDir | None) -> R
 
 
 def _fixed_run_dir(path: str) -> RunDir:
+    from ...outputs import writable_dir
+
     folder = Path(path)
-    if folder.exists() and any(folder.iterdir()):
+    if folder.is_dir() and any(folder.iterdir()):
         raise MfxError(f"{folder}: run directory exists and is not empty (choose a new --out)")
-    folder.mkdir(parents=True, exist_ok=True)
-    return RunDir(folder)
+    return RunDir(writable_dir(folder, "run directory (--out)"))
 
 
 def resolved_config(plan: RunPlan) -> dict[str, Any]:

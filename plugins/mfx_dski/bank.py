@@ -1,0 +1,125 @@
+"""DSKI's MFRM bank in use: building it from training images, tuning the fusion, stage-wise AUCs.
+
+The formulas live in :mod:`mfx_dski.mfrm`; this module feeds them a detector's
+embeddings. Tuning runs on dense similarity matrices (exactly what
+``faiss-flat`` computes), so every descriptor weight of the grid is tried
+without building a bank per weight; the real bank is built once, with the
+weight chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from medforensics_core.data.dataset import ImageSet
+from medforensics_core.engine.context import FitContext
+
+from . import mfrm
+
+if TYPE_CHECKING:
+    from .detector import DSKIBase
+
+EVAL_BATCH = 64
+
+
+@dataclasses.dataclass
+class Embedded:
+    """What DSKI computes for a labelled image set: embeddings, descriptors, stage-1 probabilities, labels."""
+
+    embeddings: np.ndarray
+    descriptors: np.ndarray | None
+    stage1: np.ndarray
+    labels: np.ndarray
+    modalities: list[str]
+
+    def vectors(self, weight: float) -> np.ndarray:
+        """The bank vectors with descriptor weight ``weight``: ``normalise([e, w d])``."""
+        if self.descriptors is None or weight <= 0:
+            return self.embeddings
+        joined = np.concatenate([self.embeddings, weight * self.descriptors], axis=1)
+        return joined / np.linalg.norm(joined, axis=1, keepdims=True).clip(min=1e-12)
+
+
+@torch.no_grad()
+def embed_imageset(detector: "DSKIBase", images: ImageSet, ctx: FitContext | None = None) -> Embedded:
+    """Embeddings, descriptors and stage-1 probabilities of every image (each with its own modality's prompts)."""
+    ctx = ctx or FitContext(device=detector.device)
+    loader = ctx.loader(images, detector.preprocess, EVAL_BATCH, shuffle=False)
+    embeddings, descriptors, probs, modalities = [], [], [], []
+    for inputs, _, indices in loader:
+        rows = [images.rows[int(i)].modality for i in indices]
+        embedded, desc = detector.encode(inputs)
+        probs.append(detector.stage1_probability(embedded, rows))
+        embeddings.append(embedded.cpu().numpy())
+        if desc is not None:
+            descriptors.append(desc.cpu().numpy())
+        modalities.extend(rows)
+    dim = detector.backbone.embed_dim
+    return Embedded(np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
+                    np.concatenate(descriptors) if descriptors else None,
+                    np.concatenate(probs) if probs else np.zeros(0), np.asarray(images.labels), modalities)
+
+
+def build(detector: "DSKIBase", support: Embedded, rows: list[dict[str, Any]]) -> None:
+    """A fresh bank holding ``support`` with the detector's current descriptor weight."""
+    detector.bank = detector.new_bank()
+    if len(support.labels):
+        detector.bank.add(support.vectors(detector.fusion.descriptor_weight).astype(np.float32), support.labels, rows)
+    detector.reset_bank_warning()
+
+
+def _neighbours(query: Embedded, support: Embedded, weight: float, k: int, same_modality: bool) -> mfrm.Neighbours:
+    embed_sims = query.embeddings @ support.embeddings.T
+    desc_sims = (query.descriptors @ support.descriptors.T
+                 if query.descriptors is not None and support.descriptors is not None else None)
+    sims = mfrm.combined_similarity(embed_sims, desc_sims, weight)
+    if same_modality:
+        other = np.asarray(query.modalities, dtype=object)[:, None] != np.asarray(support.modalities, dtype=object)
+        sims = np.where(other, -np.inf, sims)
+    found = mfrm.exact_neighbours(sims, support.labels, k)
+    empty = ~np.isfinite(found.similarities)
+    return mfrm.Neighbours(np.where(empty, 0.0, found.similarities), np.where(empty, -1, found.labels))
+
+
+def tune(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str, Any]:
+    """Pick (alpha, beta, descriptor weight) on the hold-out against a bank of ``support``; stage-wise AUCs."""
+    cfg = detector.config
+    weights = sorted(set(cfg.descriptor_grid) | {detector.fusion.descriptor_weight}) \
+        if detector.uses_descriptor() else [0.0]
+    neighbours = {w: _neighbours(holdout, support, w, cfg.top_k, cfg.same_modality) for w in weights}
+    default = detector.fusion if detector.fusion.descriptor_weight in neighbours else \
+        mfrm.Fusion(detector.fusion.alpha, detector.fusion.beta, 0.0)
+    best = mfrm.tune_fusion(holdout.stage1, holdout.labels, neighbours, cfg.alpha_grid, cfg.beta_grid, default)
+    if best is None:
+        return {}
+    detector.fusion = best[0]
+    chosen = neighbours[detector.fusion.descriptor_weight]
+    return {"fusion": dataclasses.asdict(detector.fusion), **stage_aucs(holdout.labels, holdout.stage1, chosen,
+                                                                          detector.fusion)}
+
+
+def stage_aucs(labels: np.ndarray, stage1: np.ndarray, neighbours: mfrm.Neighbours,
+               fusion: mfrm.Fusion) -> dict[str, float | None]:
+    """AUC of stage 1 alone, of the retrieval evidence alone (``F - R``), and of the fused score."""
+    return {"stage1_auc": mfrm.auc_or_none(labels, stage1),
+            "retrieval_auc": mfrm.auc_or_none(labels, mfrm.evidence(neighbours, fusion.beta)),
+            "fused_auc": mfrm.auc_or_none(labels, mfrm.fused_probability(stage1, neighbours, fusion.alpha,
+                                                                          fusion.beta))}
+
+
+def row_meta(row: Any) -> dict[str, Any]:
+    return {"label": int(row.label), "modality": row.modality, "generator": row.generator,
+            "source": row.source, "path": row.path}
+
+
+def concat(parts: list[Embedded]) -> Embedded:
+    """One :class:`Embedded` of several (e.g. the training rest and the tuning hold-out)."""
+    descriptors = [p.descriptors for p in parts]
+    return Embedded(np.concatenate([p.embeddings for p in parts]),
+                    np.concatenate(descriptors) if all(d is not None for d in descriptors) else None,
+                    np.concatenate([p.stage1 for p in parts]), np.concatenate([p.labels for p in parts]),
+                    [m for p in parts for m in p.modalities])

@@ -1,0 +1,155 @@
+"""DSKI's trainable modules, their per-module seeded initialisation, and the native-resolution noise maps.
+
+Why per-module seeds: an ablation removes a part, and everything it keeps must
+start from the same weights as in the full model, or the comparison measures a
+different initialisation as well as the missing part. Each sub-module (every
+adapter's spatial part, its cross-attention, the noise embedding, the prompt
+context) is therefore initialised from its own seed derived from (seed, module
+name), independent of which other modules exist or of the order they are built.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medforensics_core.errors import ConfigError, MfxError
+from medforensics_core.interfaces import NoiseExtractor
+from medforensics_core.seeding import derive_seed, torch_generator
+
+from .cdfa import CDFA, CDFAAdapter, NoiseTokens
+from .prompts import PromptContext
+
+REFERENCE_SIZE = 64
+"""Side of the white-noise image whose statistics centre the retrieval descriptor."""
+
+
+class DSKIModules(nn.Module):
+    """Every trainable (and saved) part of DSKI: the CDFA adapters and the prompt context, each optional."""
+
+    def __init__(self, cdfa: CDFA | None, context: PromptContext | None):
+        super().__init__()
+        self.cdfa = cdfa
+        self.context = context
+
+
+def _seeded(seed: int, name: str) -> torch.Generator:
+    return torch_generator(seed, "dski", name)
+
+
+def _reset_linear(layer: nn.Linear, generator: torch.Generator) -> None:
+    """PyTorch's default ``nn.Linear`` initialisation, drawn from ``generator``."""
+    bound = 1.0 / layer.in_features**0.5
+    with torch.no_grad():
+        layer.weight.copy_(torch.empty_like(layer.weight).uniform_(-bound, bound, generator=generator))
+        if layer.bias is not None:
+            layer.bias.copy_(torch.empty_like(layer.bias).uniform_(-bound, bound, generator=generator))
+
+
+def _reset_adapter(adapter: CDFAAdapter, seed: int, name: str) -> None:
+    with torch.no_grad():
+        _reset_linear(adapter.down, _seeded(seed, f"{name}.spatial"))
+        adapter.up.weight.zero_()
+        adapter.up.bias.zero_()
+        if adapter.cross is not None:
+            generator = _seeded(seed, f"{name}.cross")
+            for weight in (adapter.cross.in_proj_weight, adapter.cross.out_proj.weight):
+                bound = (6.0 / sum(weight.shape)) ** 0.5  # xavier-uniform, as MultiheadAttention does
+                weight.copy_(torch.empty_like(weight).uniform_(-bound, bound, generator=generator))
+            adapter.cross.in_proj_bias.zero_()
+            adapter.cross.out_proj.bias.zero_()
+            adapter.gate.zero_()
+
+
+def _reset_noise(noise: NoiseTokens, seed: int) -> None:
+    generator = _seeded(seed, "cdfa.noise")
+    with torch.no_grad():
+        for layer in noise.embed:
+            if isinstance(layer, nn.Linear):
+                _reset_linear(layer, generator)
+        noise.position.copy_(torch.randn(noise.position.shape, generator=generator) * 0.02)
+        noise.norm.reset_parameters()
+
+
+def reset_parameters(net: DSKIModules, seed: int) -> None:
+    """(Re-)initialise every trainable module from its own seed derived from ``(seed, module name)``."""
+    if net.cdfa is not None:
+        for index, adapter in net.cdfa.adapters.items():
+            _reset_adapter(adapter, seed, f"cdfa.adapters.{index}")
+        if net.cdfa.noise is not None:
+            _reset_noise(net.cdfa.noise, seed)
+    if net.context is not None:
+        with torch.no_grad():
+            vectors = torch.randn(net.context.vectors.shape, generator=_seeded(seed, "context")) * 0.02
+            net.context.vectors.copy_(vectors)
+
+
+class NoiseMaps:
+    """Fixed noise extractors applied to one image at native resolution, before any resize (float32).
+
+    Their per-pixel maps are packed after the three colour channels by DSKI's
+    preprocessing and follow the image through resize, crop and flip, so the noise
+    branch and the retrieval descriptor see statistics of the pixels as stored,
+    not of the backbone's resampled copy. Extractors with trainable weights (e.g.
+    ``bayar``) cannot run there and are refused.
+    """
+
+    def __init__(self, extractors: Mapping[str, NoiseExtractor]):
+        trainable = [name for name, ex in extractors.items() if any(True for _ in ex.parameters())]
+        if trainable:
+            raise ConfigError(f"noise extractor {', '.join(trainable)} has trainable weights; DSKI's noise branch "
+                              f"runs extractors once per image at native resolution, so only fixed ones "
+                              f"(e.g. noise-stats, srm, wavelet, npr) can be used")
+        self.extractors = dict(extractors)
+        for extractor in self.extractors.values():
+            extractor.eval()
+        self.channels = sum(ex.out_channels for ex in self.extractors.values())
+        self._reference: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def maps(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` in [0, 1] -> ``(N, channels, H, W)`` float32 (down-sampled maps brought back, nearest)."""
+        images = images.float()
+        size = images.shape[-2:]
+        out = []
+        for extractor in self.extractors.values():
+            with torch.autocast(images.device.type, enabled=False):
+                found = extractor(images).float()
+            out.append(found if found.shape[-2:] == size else F.interpolate(found, size=size, mode="nearest"))
+        return torch.cat(out, dim=1)
+
+    def reference(self) -> torch.Tensor:
+        """Mean statistics of white Gaussian noise ``(channels,)`` (cached): the descriptor's origin."""
+        if self._reference is None:
+            generator = torch.Generator().manual_seed(0)
+            grey = (0.5 + 0.05 * torch.randn(1, 1, REFERENCE_SIZE, REFERENCE_SIZE, generator=generator))
+            self._reference = self.maps(grey.clamp(0, 1).expand(1, 3, -1, -1)).mean(dim=(0, 2, 3))
+        return self._reference
+
+
+def descriptor(stats: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The retrieval descriptor ``(N, C)``: mean statistics minus white noise's, L2-normalised."""
+    centred = stats.float().mean(dim=(2, 3)) - reference.to(stats.device)
+    return F.normalize(centred, dim=-1)
+
+
+def split_channels(batch: torch.Tensor, noise_channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A preprocessed batch -> (CLIP input ``(N, 3, S, S)``, noise statistics ``(N, C, S, S)`` or None)."""
+    if noise_channels == 0:
+        return batch[:, :3], None
+    if batch.shape[1] != 3 + noise_channels:
+        raise MfxError(f"DSKI expects {3 + noise_channels} channels per image (colour + noise statistics), got "
+                       f"{batch.shape[1]}: pass images through detector.preprocess")
+    return batch[:, :3], batch[:, 3:]
+
+
+def noise_channel_count(maps: NoiseMaps | None) -> int:
+    return maps.channels if maps is not None else 0
+
+
+def check_extractors(names: Sequence[str]) -> None:
+    if not names:
+        raise ConfigError("the noise branch or the retrieval descriptor needs at least one name in noise_extractors")

@@ -1,0 +1,184 @@
+"""DSKI's stage-1 training loop: the tuning hold-out, the optimiser, the loss, and best-epoch selection.
+
+Why a hold-out *generator*: fusion weights and early stopping tuned on a
+validation split of the generators training saw reward memorising them. One
+generator (or any manifest column, e.g. ``network``) of the training data is
+therefore held out of stage-1 training, with a matching share of the reals, and
+everything tuned is tuned on it: the question every tuning step answers is
+"what transfers to a generator this model has not seen?".
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medforensics_core.data.dataset import ImageSet
+from medforensics_core.engine.context import FitContext
+from medforensics_core.errors import ConfigError
+from medforensics_core.seeding import numpy_rng
+
+
+if TYPE_CHECKING:
+    from .detector import DSKIBase
+
+log = logging.getLogger(__name__)
+REAL = "real"
+
+
+def holdout_split(train: ImageSet, column: str, seed: int) -> tuple[ImageSet, ImageSet | None, str | None]:
+    """``(rest, held_out, value)``: the fakes of one ``column`` value (chosen from ``seed``) plus a matching share
+    of the reals of each modality; ``(train, None, None)`` when fewer than two values have fakes."""
+    if train.rows and not hasattr(train.rows[0], column):
+        raise ConfigError(f"tune_holdout={column!r}: the manifest has no column {column!r} "
+                          f"(use 'generator', 'val' or 'none')")
+    values = sorted({str(getattr(r, column)) for r in train.rows if r.label == 1})
+    if len(values) < 2:
+        return train, None, None
+    rng = numpy_rng(seed, "dski", "tune-holdout")
+    chosen = values[int(rng.integers(len(values)))]
+    fakes = [i for i, r in enumerate(train.rows) if r.label == 1]
+    held_fakes = [i for i in fakes if str(getattr(train.rows[i], column)) == chosen]
+    share = len(held_fakes) / max(len(fakes), 1)
+    held_reals: list[int] = []
+    for modality in sorted({r.modality for r in train.rows}):
+        reals = [i for i, r in enumerate(train.rows) if r.label == 0 and r.modality == modality]
+        take = min(len(reals) - 1, max(1, round(share * len(reals)))) if len(reals) > 1 else 0
+        if take > 0:
+            held_reals.extend(int(i) for i in rng.choice(reals, size=take, replace=False))
+    held = set(held_fakes) | set(held_reals)
+    rest = [i for i in range(len(train)) if i not in held]
+    return train.subset(rest), train.subset(sorted(held)), chosen
+
+
+def tuning_split(detector: "DSKIBase", train: ImageSet, val: ImageSet | None,
+                 seed: int) -> tuple[ImageSet, ImageSet | None, str]:
+    """What stage 1 trains on, what tuning uses, and a line saying which (recorded in ``train_info``)."""
+    mode = detector.config.tune_holdout
+    if mode == "none":
+        return train, None, "no tuning (defaults)"
+    if mode == "val":
+        usable = val if val is not None and len(val) and len(np.unique(val.labels)) == 2 else None
+        return train, usable, "validation split" if usable is not None else "no usable validation split"
+    rest, held, value = holdout_split(train, mode, seed)
+    if held is None or len(np.unique(held.labels)) < 2:
+        return train, None, f"no {mode} to hold out (fewer than 2 with fakes)"
+    return rest, held, f"held-out {mode} {value!r} of the training data"
+
+
+def optimizer_for(detector: "DSKIBase") -> torch.optim.Optimizer:
+    """AdamW: weight decay ``noise_weight_decay`` on the noise branch (embedding, cross-attention, gates) only."""
+    cfg = detector.config
+    noise, rest = [], []
+    for name, param in detector.net.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_noise = name.startswith("cdfa.noise.") or ".cross." in name or name.endswith(".gate")
+        (noise if is_noise else rest).append(param)
+    groups = [{"params": rest, "weight_decay": 0.0}]
+    if noise:
+        groups.append({"params": noise, "weight_decay": cfg.noise_weight_decay})
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, ctx: FitContext) -> dict[str, Any]:
+    """FatFormer's recipe (Adam, step decay) over CE on image-text logits (+ contrastive), fixed epoch count.
+
+    With a tuning hold-out and ``select_best_epoch`` the weights of the epoch with
+    the best hold-out stage-1 AUC are kept (the run still trains every epoch, so
+    ablations train equally long). A loop of its own rather than
+    ``engine.training.run_epoch``: the loss needs each image's modality.
+    """
+    cfg = detector.config
+    optimizer = optimizer_for(detector)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.lr_decay_every), gamma=cfg.lr_decay)
+    batch_size = min(ctx.batch_size_for(cfg.batch_size), max(1, len(train)))
+    epochs = ctx.epochs_for(cfg.epochs)
+    info: dict[str, Any] = {"losses": [], "epochs_planned": epochs, "holdout_stage1_auc": []}
+    best_auc, best_state = -1.0, None
+    try:
+        for epoch in ctx.epoch_range(epochs, detector.name):
+            detector.net.train()
+            loader = ctx.loader(train, detector.train_transform, batch_size, shuffle=True,
+                                drop_last=len(train) > batch_size, epoch_offset=epoch)
+            info["losses"].append(_train_epoch(detector, loader, train, optimizer, ctx, epoch))
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            detector.net.eval()
+            detector.prompts.clear_cache()
+            if tune is not None and cfg.select_best_epoch:
+                auc = detector.stage1_auc(tune, ctx)
+                info["holdout_stage1_auc"].append(auc)
+                if auc is not None and auc > best_auc:
+                    best_auc, best_state = auc, copy.deepcopy(detector.net.state_dict())
+                    info["best_epoch"] = epoch + 1
+            aucs = info["holdout_stage1_auc"]
+            ctx.log_epoch(detector.name, epoch + 1, epochs, loss=info["losses"][-1], lr=lr,
+                          val_auc=aucs[-1] if len(aucs) == epoch + 1 else None)
+            if ctx.out_of_time() and epoch + 1 < epochs:
+                log.warning("DSKI: time budget spent after epoch %d of %d", epoch + 1, epochs)
+                info["stopped_by_budget"] = True
+                break
+    finally:
+        detector.net.eval()
+        detector.prompts.clear_cache()
+    if best_state is not None:
+        detector.net.load_state_dict(best_state)
+        detector.prompts.clear_cache()
+    info["epochs_trained"] = len(info["losses"])
+    return info
+
+
+def _train_epoch(detector: "DSKIBase", loader, train: ImageSet, optimizer, ctx: FitContext, epoch: int) -> float:
+    total, count = 0.0, 0
+    for inputs, labels, indices in ctx.track(loader, len(loader), f"dski epoch {epoch + 1}"):
+        labels = labels.to(detector.device)
+        modalities = [train.rows[int(i)].modality for i in indices]
+        with ctx.autocast():
+            loss = stage1_loss(detector, inputs, labels, modalities)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(labels)
+        count += len(labels)
+        ctx.status(f"loss {total / count:.4f}")
+    return total / max(count, 1)
+
+
+def stage1_loss(detector: "DSKIBase", inputs: torch.Tensor, labels: torch.Tensor,
+                modalities: Sequence[str]) -> torch.Tensor:
+    """CE over image-text logits for the images' modalities and for the generic prompts, + contrastive."""
+    cfg = detector.config
+    labels = labels.to(detector.device).long()
+    embeddings = detector.embed(inputs)
+    loss = F.cross_entropy(detector.clip_logits(embeddings, detector.prompt_modalities(modalities, len(labels))),
+                           labels)
+    if cfg.generic_loss_weight > 0:
+        generic = detector.clip_logits(embeddings, detector.prompt_modalities(None, len(labels)))
+        loss = loss + cfg.generic_loss_weight * F.cross_entropy(generic, labels)
+    if cfg.contrastive_weight > 0:
+        loss = loss + cfg.contrastive_weight * supervised_contrastive(embeddings, labels, cfg.contrastive_temperature)
+    return loss
+
+
+def supervised_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SupCon (Khosla et al. 2020) on unit embeddings: pull same-label images together, push others apart."""
+    n = len(labels)
+    if n < 2:
+        return embeddings.sum() * 0.0
+    similarities = embeddings @ embeddings.T / temperature
+    self_mask = torch.eye(n, dtype=torch.bool, device=embeddings.device)
+    similarities = similarities.masked_fill(self_mask, float("-inf"))
+    log_prob = similarities - torch.logsumexp(similarities, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    counts = positives.sum(1)
+    has_positive = counts > 0
+    if not bool(has_positive.any()):
+        return embeddings.sum() * 0.0
+    summed = log_prob.masked_fill(~positives, 0.0).sum(1)
+    return -(summed[has_positive] / counts[has_positive]).mean()

@@ -1,0 +1,349 @@
+"""Hostile input: bad files, memory bombs, lying headers, races and read-only targets (issue #15).
+
+Every bad file is generated here at test time (see ``hostile_files.py``; no
+binary fixtures). Each command runs in its own process under a memory cap
+(``RLIMIT_DATA``) and a time cap, and must answer with one line per bad file,
+no traceback, a non-zero exit when it scored nothing, and a peak RSS that shows
+no bomb was decoded.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import hostile_files
+from medforensics_core.cli import cli
+from test_compare import build_small_dataset
+
+MFX = [sys.executable, "-c", "from medforensics_core.cli import main; main()"]
+MEMORY_CAP = 2 * 1024**3  # RLIMIT_DATA of every command: a decoded bomb (>= 1.7 GB) would hit it
+PEAK_RSS_BUDGET_MB = 1400  # interpreter + torch is about 660 MB here; no bomb may add its decoded size to it
+SECONDS_PER_FILE = 15  # time cap per file on a busy 2-core machine (plus a fixed start-up allowance)
+START_UP_SECONDS = 90
+
+
+def run_capped(args: list[str], n_files: int, env: dict | None = None) -> tuple[int, str, float, float]:
+    """(exit status, output, peak RSS in MB, seconds) of one ``mfx`` process under the memory and time caps."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_CAP, MEMORY_CAP))
+
+    timeout = START_UP_SECONDS + SECONDS_PER_FILE * n_files
+    full_env = {**os.environ, "COLUMNS": "400", "MFX_LOCK_TIMEOUT": "60", **(env or {})}
+    start = time.perf_counter()
+    with open(os.devnull, "rb") as stdin, _Capture() as out:
+        proc = subprocess.Popen(MFX + args, stdin=stdin, stdout=out.handle, stderr=subprocess.STDOUT, env=full_env,
+                                preexec_fn=limit)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    assert seconds < timeout, f"mfx {' '.join(args)} ran past its time cap ({timeout} s)"
+    return proc.returncode, out.text, usage.ru_maxrss / 1024, seconds
+
+
+class _Capture:
+    """A temporary file for a child's output (a pipe could fill up while we wait4 on the child)."""
+
+    def __enter__(self):
+        import tempfile
+
+        self.handle = tempfile.TemporaryFile()
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.seek(0)
+        self.text = self.handle.read().decode("utf-8", errors="replace")
+        self.handle.close()
+
+
+def assert_one_line_each(output: str, bad: list[Path]) -> None:
+    """Every bad file is named by exactly one line (a report's "skipped files: N (first: ...)" summary aside)."""
+    assert "Traceback" not in output, output
+    for path in bad:
+        lines = [line for line in output.splitlines() if path.name in line and "skipped files:" not in line]
+        assert len(lines) == 1, (path.name, lines, output[-3000:])
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_small_dataset(tmp_path_factory.mktemp("hostile-data"))
+
+
+@pytest.fixture(scope="module")
+def dski_checkpoint(dataset, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("hostile-ckpt") / "dski.safetensors"
+    result = CliRunner().invoke(cli, ["train", "dski", "--preset", "tiny", "--epochs", "1", "--data", str(dataset),
+                                      "-o", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="module")
+def hostile_dir(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A folder of bad files only: the cheap ones, the three memory bombs of #15 and two lying DICOMs."""
+    folder = tmp_path_factory.mktemp("hostile")
+    files = hostile_files.small_bad_files(folder)
+    for name in ("tiny_1x1.png", "thin_64x3.png"):  # valid, only small: they belong to the per-image tests
+        files.pop(name).unlink()
+    files["tiff"] = hostile_files.tiff_many_samples(folder)
+    files["nifti"] = hostile_files.nifti_gz_bomb(folder)
+    files["png"] = hostile_files.png_bomb(folder)
+    files["dicom"] = hostile_files.dicom_lying_frames(folder)
+    return folder, sorted(files.values())
+
+
+# --------------------------------------------------------------------------- the hostile suite
+
+
+@pytest.mark.slow
+def test_data_check_names_every_bad_file_once_within_the_caps(hostile_dir):
+    folder, bad = hostile_dir
+    status, output, peak_mb, _ = run_capped(["data", "check", str(folder)], len(bad))
+    assert status == 1, output
+    assert_one_line_each(output, bad)
+    assert peak_mb < PEAK_RSS_BUDGET_MB, peak_mb
+
+
+@pytest.mark.slow
+def test_predict_on_only_bad_files_scores_nothing_and_fails(hostile_dir, dski_checkpoint):
+    folder, bad = hostile_dir
+    status, output, peak_mb, _ = run_capped(["predict", "dski", "--checkpoint", str(dski_checkpoint), str(folder)],
+                                            len(bad))
+    assert status != 0, output
+    assert_one_line_each(output, bad)
+    assert peak_mb < PEAK_RSS_BUDGET_MB, peak_mb
+
+
+@pytest.mark.slow
+def test_index_add_skips_bad_files_and_writes_nothing_when_nothing_was_added(hostile_dir, dski_checkpoint, tmp_path):
+    folder, bad = hostile_dir
+    checkpoint = tmp_path / "dski.safetensors"
+    shutil.copy(dski_checkpoint, checkpoint)
+    before = checkpoint.read_bytes()
+    status, output, peak_mb, _ = run_capped(["index", "add", str(checkpoint), str(folder), "--label", "real",
+                                             "--modality", "fundus", "--on-bad", "skip"], len(bad))
+    assert status != 0 and "nothing added" in output, output
+    assert_one_line_each(output, bad)
+    assert checkpoint.read_bytes() == before
+    assert peak_mb < PEAK_RSS_BUDGET_MB, peak_mb
+
+
+@pytest.mark.slow
+def test_compare_on_bad_skip_keeps_per_image_failures_per_image(hostile_dir, dataset, tmp_path):
+    """Bad files and tiny (1x1, 64x3) images in the test split: listed one line each, the rest scored."""
+    folder, bad = hostile_dir
+    tiny = hostile_files.small_bad_files(tmp_path / "tiny")
+    tiny_files = [tiny["tiny_1x1.png"], tiny["thin_64x3.png"]]
+    with open(dataset / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    template = next(r for r in rows if r["split"] == "test")
+    extra = [dict(template, path=str(p), label=str(i % 2), sha256="", source=f"hostile:{p.name}")
+             for i, p in enumerate([*bad, *tiny_files])]
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(dict(row, path=str(dataset / row["path"])))
+        writer.writerows(extra)
+    status, output, peak_mb, _ = run_capped(["compare", "freq", "--data", str(manifest), "--on-bad", "skip",
+                                             "--out", str(tmp_path / "runs"), "--n-boot", "50"], len(bad) + 40)
+    assert status == 0, output
+    assert_one_line_each(output, bad)
+    assert "FAILED" not in output
+    assert peak_mb < PEAK_RSS_BUDGET_MB, peak_mb
+
+
+# --------------------------------------------------------------------------- races
+
+
+def test_two_concurrent_index_add_keep_both_sets_of_references(dataset, dski_checkpoint, tmp_path):
+    from medforensics_core.plugins import get_registry
+
+    checkpoint = tmp_path / "dski.safetensors"
+    shutil.copy(dski_checkpoint, checkpoint)
+    before = len(get_registry().detector("dski").load(checkpoint).bank)
+    reals = sorted((dataset / "test" / "fundus" / "real").glob("*.png"))[:3]
+    fakes = sorted(p for p in (dataset / "test" / "fundus").glob("*/*.png") if p.parent.name != "real")[:4]
+    assert len(reals) == 3 and len(fakes) == 4
+    commands = [["index", "add", str(checkpoint), "--label", "real", "--modality", "fundus", *map(str, reals)],
+                ["index", "add", str(checkpoint), "--label", "fake", "--generator", "gan", "--modality", "fundus",
+                 *map(str, fakes)]]
+    env = {**os.environ, "MFX_LOCK_TIMEOUT": "300"}
+    procs = [subprocess.Popen(MFX + c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+             for c in commands]
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    after = get_registry().detector("dski").load(checkpoint).bank
+    assert len(after) == before + 7, outputs
+
+
+# --------------------------------------------------------------------------- outputs checked before any work
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot write: chmod 555, or (root ignores modes) a sysfs folder."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return folder
+    (folder / "probe").unlink()
+    sysfs = Path("/sys/kernel")
+    if not sysfs.is_dir():
+        pytest.skip("no folder is read-only for this user")
+    return sysfs
+
+
+@pytest.fixture
+def counting_detector(fresh_registry):
+    """A runtime detector that counts its fit calls (a check after training would show a count of 1)."""
+    import numpy as np
+
+    from medforensics_core.hookspecs import hookimpl
+    from medforensics_core.interfaces import Detector
+
+    calls: list[int] = []
+
+    class Counting(Detector):
+        name = "counting"
+        description = "counts fit calls"
+        presets = {"tiny": {}}
+
+        def fit(self, train, val=None, ctx=None):
+            calls.append(len(train))
+            self.fitted = True
+            return self
+
+        def predict_proba(self, batch):
+            return np.full(len(batch), 0.5)
+
+    import types
+
+    plugin = types.ModuleType("counting_plugin")
+    plugin.register_detectors = hookimpl(lambda register: register(Counting))
+    fresh_registry.register_plugin(plugin)
+    yield calls
+    fresh_registry.unregister_plugin(plugin)
+
+
+@pytest.mark.parametrize("where", ["read-only", "file-in-the-way", "folder"])
+def test_train_output_that_cannot_be_written_fails_before_training(where, dataset, counting_detector, tmp_path):
+    if where == "read-only":
+        target = _read_only_folder(tmp_path) / "model.safetensors"
+    elif where == "file-in-the-way":
+        (tmp_path / "a-file").write_text("x")
+        target = tmp_path / "a-file" / "model.safetensors"
+    else:
+        target = tmp_path
+    result = CliRunner().invoke(cli, ["train", "counting", "--data", str(dataset), "-o", str(target)])
+    assert result.exit_code != 0
+    assert counting_detector == [], "trained before checking the output path"
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(target) in errors[0], result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_compare_out_that_is_a_file_or_read_only_is_one_line(dataset, counting_detector, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-file", _read_only_folder(tmp_path)):
+        result = CliRunner().invoke(cli, ["compare", "counting", "--data", str(dataset), "--out", str(out)])
+        assert result.exit_code != 0 and counting_detector == []
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(out) in errors[0], result.output
+
+
+def test_index_add_into_a_read_only_folder_fails_before_reading(dski_checkpoint, tmp_path):
+    target = _read_only_folder(tmp_path) / "adapted.safetensors"
+    image = tmp_path / "one.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    result = CliRunner().invoke(cli, ["index", "add", str(dski_checkpoint), str(image), "--label", "real",
+                                      "--modality", "fundus", "--out", str(target)])
+    assert result.exit_code != 0 and "lock file" in result.output, result.output
+
+
+def test_run_files_get_normal_permissions(tmp_path):
+    from medforensics_core.checkpoint import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "report.md", b"# report")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
+
+
+# --------------------------------------------------------------------------- plan-time validation
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["freq", "--epochs", "0"], "--epochs"),
+    (["freq", "--epochs", "-1"], "--epochs"),
+    (["dski", "--budget-minutes", "-1"], "--budget-minutes"),
+    (["freq", "--perturb", "jpeg:500"], "jpeg:500"),
+    (["freq", "--perturb", "resize:0"], "resize:0"),
+    (["freq", "--perturb", "resize:1e9"], "resize:1e9"),
+    (["freq", "--perturb", "noise:nan"], "noise:nan"),
+    (["freq", "--perturb", "blur:1000"], "blur:1000"),
+    (["dski", "--set", "dski.batch_size=0"], "batch_size"),
+    (["dski", "--set", "dski.lr=nan"], "lr"),
+    (["dski", "--set", "dski.top_k=0"], "top_k"),
+    (["dski", "--set", "dski.retriever=faiss-flt"], "faiss-flt"),
+    (["dski", "--set", "dski.noise_extractors=srm,nosuch"], "nosuch"),
+])
+def test_nonsense_values_fail_at_plan_time_before_a_run_directory(args, expected, dataset, tmp_path):
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(cli, ["compare", *args, "--data", str(dataset), "--out", str(runs)])
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.output
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_train_with_zero_epochs_writes_nothing(dataset, tmp_path):
+    target = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(cli, ["train", "freq", "--data", str(dataset), "--epochs", "0", "-o", str(target)])
+    assert result.exit_code != 0 and "--epochs" in result.output and not target.exists()
+
+
+def test_nan_threshold_is_refused_not_a_verdict(dski_checkpoint, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "one.png"
+    Image.new("RGB", (32, 32)).save(image)
+    result = CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(dski_checkpoint), "--threshold", "nan",
+                                      str(image)])
+    assert result.exit_code != 0 and "finite" in result.output, result.output
+
+
+def test_non_finite_scores_are_an_error():
+    import numpy as np
+
+    from medforensics_core.engine.evaluate import check_finite_scores
+    from medforensics_core.errors import MfxError
+
+    check_finite_scores("ok", np.array([0.1, 0.9]))
+    with pytest.raises(MfxError, match="non-finite"):
+        check_finite_scores("broken", np.array([0.1, np.nan]))

@@ -1,0 +1,114 @@
+"""``mfx compare --seeds``: one training per seed, per-seed rows with CIs, mean +- sd over seeds, seed-paired tests.
+
+Runs on the quick build of the offline benchmark with two cheap detectors: ``freq`` (a spectrum
+classifier) and the seeded logistic probe of ``test_compare`` (its result moves with the seed).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_compare import error_lines, only_run_dir, run_mfx, test_detectors  # noqa: F401 - fixture
+
+from medforensics_core import metrics as M
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_seeds_give_per_seed_rows_and_mean_sd_in_report_json_html_and_terminal(quick_benchmark, test_detectors,
+                                                                                tmp_path):
+    result = run_mfx("compare", "freq", "test-probe", "--quick", "--seeds", "0,1", "--n-boot", "200",
+                     "--out", str(tmp_path), env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    run = only_run_dir(tmp_path)
+    report = json.loads((run / "report.json").read_text())
+    assert report["seeds"] == [0, 1]
+    singles = {s: json.loads((run / "seeds" / str(s) / "report.json").read_text()) for s in (0, 1)}
+    assert [r["seed"] for r in singles.values()] == [0, 1]
+
+    rows = {(r["detector"], r["seed"]): r for r in report["per_seed"]}
+    assert set(rows) == {(d, s) for d in ("freq", "test-probe") for s in (0, 1)}
+    for (name, seed), row in rows.items():
+        own = singles[seed]["detectors"][name]["overall"]
+        assert row["auc"] == own["auc"] and row["auc_ci"] == own["auc_ci"]  # each seed keeps its own CI
+        assert row["auc_ci"][0] <= row["auc"] <= row["auc_ci"][1]
+        assert (run / "seeds" / str(seed) / "checkpoints" / f"{name}.safetensors").is_file()
+    for name in ("freq", "test-probe"):
+        overall = report["detectors"][name]["overall"]
+        aucs = [rows[(name, s)]["auc"] for s in (0, 1)]
+        assert overall["auc"] == pytest.approx(np.mean(aucs))
+        assert overall["auc_sd"] == pytest.approx(np.std(aucs, ddof=1))
+        assert overall["n_seeds"] == 2 and overall["n"] == rows[(name, 0)]["n"]
+        assert set(report["detectors"][name]["seed_runs"]) == {"0", "1"}
+    # the probe's training depends on the seed, so its two runs differ
+    assert report["detectors"]["test-probe"]["overall"]["auc_sd"] > 0
+
+    # the paired test pairs the detectors seed by seed on the same source resamples
+    (paired,) = report["paired"]
+    assert paired["seeds"] == [0, 1] and paired["resampled"] == "sources"
+    best, other = paired["a"], paired["b"]
+    assert paired["delta"] == pytest.approx(np.mean([rows[(best, s)]["auc"] - rows[(other, s)]["auc"] for s in (0, 1)]))
+    assert paired["per_seed"] == {str(s): pytest.approx(rows[(best, s)]["auc"] - rows[(other, s)]["auc"]) for s in (0, 1)}
+    assert paired["ci"][0] <= paired["delta"] <= paired["ci"][1]
+
+    html = (run / "report.html").read_text()
+    for text in ("Per seed", "freq seed 0", "freq seed 1", "test-probe mean+-sd",
+                 f"+-{report['detectors']['test-probe']['overall']['auc_sd']:.3f}"):
+        assert text in html, text
+        assert text in result.output, text  # the terminal shows the same table
+    assert "mean +- sd over seeds 0, 1" in html
+
+
+def test_paired_bootstrap_over_one_seed_is_the_paired_bootstrap():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 300)
+    a = np.clip(rng.normal(0.5 + 0.3 * (labels - 0.5), 0.2), 0, 1)
+    b = np.clip(rng.normal(0.5 + 0.1 * (labels - 0.5), 0.2), 0, 1)
+    assert M.paired_bootstrap_over_seeds(labels, [a], [b], n_boot=300, seed=1) == \
+        M.paired_bootstrap(labels, a, b, n_boot=300, seed=1)
+    # two seeds with the same scores: the same difference, and no wider an interval
+    twice = M.paired_bootstrap_over_seeds(labels, [a, a], [b, b], n_boot=300, seed=1)
+    once = M.paired_bootstrap(labels, a, b, n_boot=300, seed=1)
+    assert twice["delta"] == pytest.approx(once["delta"]) and twice["per_run"] == [once["delta"]] * 2
+    assert twice["ci"] == pytest.approx(once["ci"])
+
+
+def test_bad_seeds_are_one_line(tmp_path):
+    for value, reason in (("0,x", "--seeds takes comma-separated integers"), ("1,1", "seed(s) 1 given twice")):
+        result = run_mfx("compare", "freq", "--seeds", value, "--data", str(tmp_path), "--out", str(tmp_path / "r"))
+        assert result.exit_code == 2 and len(error_lines(result.output)) == 1, result.output
+        assert reason in error_lines(result.output)[0] and "Traceback" not in result.output
+
+
+def test_an_interrupted_multi_seed_run_resumes_without_redoing_finished_seeds(test_detectors, tmp_path):
+    from test_compare import build_small_dataset
+
+    data = build_small_dataset(tmp_path / "data")
+    args = ["compare", "freq", "test-interrupted", "--data", str(data), "--seeds", "3,4", "--n-boot", "100"]
+    straight = tmp_path / "straight"
+    assert run_mfx(*args, "--out", str(straight)).exit_code == 0
+    reference = json.loads((only_run_dir(straight) / "report.json").read_text())
+
+    broken = tmp_path / "broken"
+    interrupted = run_mfx(*args, "--out", str(broken), env={"MFX_TEST_INTERRUPT": "1"})
+    assert interrupted.exit_code == 130
+    run = only_run_dir(broken)
+    kept = (run / "seeds" / "3" / "results" / "freq.json").stat().st_mtime_ns
+    assert not (run / "report.json").exists()
+    resumed = run_mfx("compare", "--resume", str(run))
+    assert resumed.exit_code == 0, resumed.output
+    assert (run / "seeds" / "3" / "results" / "freq.json").stat().st_mtime_ns == kept  # not trained again
+    report = json.loads((run / "report.json").read_text())
+    assert report["seeds"] == [3, 4]
+    for name in ("freq", "test-interrupted"):
+        assert report["detectors"][name]["overall"] == reference["detectors"][name]["overall"]
+    assert report["per_seed"] == reference["per_seed"] and report["paired"] == reference["paired"]

@@ -1,0 +1,64 @@
+"""Training telemetry: epoch bars with i/N, running loss and ETA; per-epoch lines in mfx.log; loss.png; TensorBoard."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import torch
+from click.testing import CliRunner
+
+from medforensics_core.cli import cli
+from test_compare import only_run_dir, small_dataset  # noqa: F401 - shared real-image dataset fixture
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_epoch_bar_shows_i_of_n_running_loss_and_eta():
+    from rich.console import Console
+
+    from medforensics_core.engine.context import FitContext
+    from medforensics_core.engine.progress import RichProgress
+
+    terminal = Console(record=True, force_terminal=True, width=120)
+    with RichProgress(terminal) as progress:
+        ctx = FitContext(progress=progress)
+        for epoch in ctx.epoch_range(3, "probe"):
+            for _ in ctx.track(range(4), 4, f"probe epoch {epoch + 1}"):
+                ctx.status("loss 0.6931")
+            progress._progress.refresh()
+            ctx.log_epoch("probe", epoch + 1, 3, loss=0.5 - 0.1 * epoch, val_acc=0.75)
+            progress._progress.refresh()
+    text = terminal.export_text()
+    assert "probe epochs" in text and "1/3" in text and "2/3" in text
+    assert "loss 0.6931" in text and "loss 0.4000, val_acc 0.7500" in text
+    assert "-:--:--" in text or "0:00:0" in text  # the ETA column
+    assert [r["epoch"] for r in ctx.history] == [1, 2, 3] and ctx.history[-1]["loss"] == 0.3
+
+
+def test_compare_logs_every_epoch_and_draws_loss_png(small_dataset, tmp_path):  # noqa: F811
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(cli, ["compare", "dski", "--data", str(small_dataset), "--preset", "tiny",
+                                      "--epochs", "3", "--out", str(tmp_path), "--n-boot", "20"])
+    assert result.exit_code == 0, result.output
+    run = only_run_dir(tmp_path)
+    log = (run / "mfx.log").read_text()
+    for epoch in (1, 2, 3):
+        assert f"dski epoch {epoch}/3: loss " in log
+    history = json.loads((run / "report.json").read_text())["detectors"]["dski"]["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3] and all(r["loss"] > 0 for r in history)
+    assert (run / "loss.png").read_bytes().startswith(PNG_MAGIC)
+    assert "loss.png" in (run / "report.html").read_text()
+
+
+def test_tensorboard_logging_when_installed_one_line_otherwise(small_dataset, tmp_path):  # noqa: F811
+    args = ["compare", "dski", "--data", str(small_dataset), "--preset", "tiny", "--epochs", "2",
+            "--out", str(tmp_path), "--n-boot", "20", "--log", "tensorboard"]
+    result = CliRunner().invoke(cli, args)
+    if importlib.util.find_spec("tensorboard") is None:
+        assert result.exit_code == 2 and "pip install tensorboard" in result.output
+        assert not list(tmp_path.iterdir())  # refused before any run directory is made
+        return
+    assert result.exit_code == 0, result.output
+    events = list((only_run_dir(tmp_path) / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
