@@ -23,17 +23,17 @@ def manifest(quick_benchmark):
 
 
 def test_quick_build_has_six_modalities_v2_families_and_networks(manifest):
-    from medforensics_core.benchmark.settings import V2_SETTINGS
+    from medforensics_core.benchmark.settings import DEFAULT_SETTINGS
 
     assert len(manifest.modalities) >= 6
     fakes = [r for r in manifest.rows if r.label == 1]
     assert {r.family for r in fakes} == {"autoencoder", "latent-diffusion", "super-resolution"}
     assert all(r.family == json.loads(r.params)["family"] and r.network for r in fakes)
     assert all(not r.family and not r.network for r in manifest.rows if r.label == 0)
-    assert {s.name for s in V2_SETTINGS} == set(manifest.generators) - {"real"}
+    assert {s.name for s in DEFAULT_SETTINGS} == set(manifest.generators) - {"real"}
     # settings naming one network share it; every other setting has its own
     network_of = {r.generator: r.network for r in fakes}
-    assert network_of["ldm-f4-recon"] == network_of["ldm-f4-img2img"] != network_of["ldm-f8-sample"]
+    assert network_of["ldm-f4-recon"] == network_of["ldm-f4-img2img"] != network_of["ldm-f8-inpaint"]
     assert len({network_of[s] for s in ("sr-pixelshuffle", "sr-transposed", "sr-resizeconv")}) == 3
 
 
