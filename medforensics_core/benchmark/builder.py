@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 import zlib
 from pathlib import Path
@@ -39,7 +38,7 @@ from ..data.manifest import ManifestRow, sha256_file, write_manifest
 from ..engine.context import FitContext, no_progress
 from ..interfaces import Generator
 from .card import write_card, write_card_json
-from .realism import GateImage, freq_features_fn, measure_setting, verdict
+from .realism import GateImage, freq_features_fn, measure_setting
 from .settings import BuildPlan, Setting
 from .sources import SOURCES, SPLIT_FRACTIONS, Crop, cap_per_modality, check_sources, crops_of
 
