@@ -74,6 +74,12 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         metadata = json.loads(header["mfx"])
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint metadata ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: damaged checkpoint metadata (a JSON {type(metadata).__name__}, not an object)")
+    for key in ("config", "extra", "train_info", "info"):  # hostile metadata: one line here, not a traceback later
+        if metadata.get(key) is not None and not isinstance(metadata[key], dict):
+            raise CheckpointError(f"{path}: damaged checkpoint metadata ({key!r} is a JSON "
+                                  f"{type(metadata[key]).__name__}, not an object)")
     return tensors, metadata
 
 

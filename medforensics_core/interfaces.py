@@ -18,6 +18,7 @@ Conventions shared by all of them:
 from __future__ import annotations
 
 import abc
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
@@ -26,6 +27,7 @@ import torch
 
 from .checkpoint import load_state_strict, load_tensors, save_tensors
 from .config import EmptyConfig, build_config, config_from_dict, config_to_dict
+from .contract import Batch
 from .errors import CheckpointError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,16 +62,31 @@ class Detector(Plugin, abc.ABC):
     """A fake-image detector with a scikit-learn-like surface.
 
     ``fit`` trains on a labelled image set (label 1 = fake), ``predict_proba``
-    returns the probability that each image of a *preprocessed* batch is fake.
-    The engine owns data loading, devices, mixed precision and batching; the
-    detector owns its preprocessing (``preprocess`` for evaluation,
-    ``train_transform`` with augmentation for training) and its training recipe.
+    returns the probability that each image of a *preprocessed*
+    :class:`~medforensics_core.contract.Batch` is fake (a bare tensor is
+    accepted too and wrapped into a batch without rows). The engine owns data
+    loading, devices (:meth:`to`, called by the engine before ``fit``), mixed
+    precision and batching; the detector owns its preprocessing (``preprocess``
+    for evaluation, ``train_transform`` with augmentation for training) and its
+    training recipe. Optional capabilities are declared by inheriting
+    :class:`~medforensics_core.contract.ReferenceBank` or
+    :class:`~medforensics_core.contract.SupportsDistributed`.
 
     Saving goes through :meth:`state_tensors` (tensors -> safetensors) and
-    :meth:`extra_state` (JSON), never a pickle.
+    :meth:`extra_state` (JSON), never a pickle; loading is one call,
+    :meth:`load_state` ``(tensors, extra)``.
     """
 
     kind: ClassVar[str] = "detector"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for old in ("load_extra_state", "load_state_tensors"):
+            if old in cls.__dict__:
+                raise TypeError(f"{cls.__qualname__}.{old}: loading is one call now, "
+                                f"load_state(tensors, extra, source) (see medforensics_core.interfaces.Detector)")
+        if "predict_proba" in cls.__dict__ and not getattr(cls.__dict__["predict_proba"], "_takes_batch", False):
+            cls.predict_proba = _accepting_tensors(cls.__dict__["predict_proba"])
 
     def __init__(self, config: Any = None, *, preset: str | None = None, device: str | torch.device = "cpu"):
         self.config = config if config is not None else self.make_config(preset)
@@ -93,8 +110,8 @@ class Detector(Plugin, abc.ABC):
         """Train on ``train`` (a :class:`~medforensics_core.data.dataset.ImageSet`); return ``self``."""
 
     @abc.abstractmethod
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        """Probability that each image of a preprocessed batch ``(N, C, H, W)`` is fake, shape ``(N,)``."""
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        """Probability that each image of a preprocessed batch (``batch.inputs`` ``(N, C, H, W)``) is fake, ``(N,)``."""
 
     def to(self, device: str | torch.device) -> "Detector":
         """Move the detector's modules to ``device`` (override when it holds several)."""
@@ -139,8 +156,18 @@ class Detector(Plugin, abc.ABC):
                 state[f"{prefix}.{key}"] = value
         return state
 
-    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-        """Restore :meth:`state_tensors`; refuses anything that does not match exactly."""
+    def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
+                   source: str = "checkpoint") -> None:
+        """Restore a saved detector from its :meth:`state_tensors` and :meth:`extra_state`, in one call.
+
+        The default restores the modules' tensors strictly and ignores ``extra``;
+        a detector with more state (a bank, a fitted threshold) overrides this and
+        reads both together. ``source`` names the checkpoint in error messages.
+        """
+        self.load_module_tensors(tensors, source)
+
+    def load_module_tensors(self, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Restore the :meth:`modules`' tensors; refuses anything that does not match exactly."""
         modules = self.modules()
         grouped: dict[str, dict[str, torch.Tensor]] = {name: {} for name in modules}
         for key, value in tensors.items():
@@ -154,9 +181,6 @@ class Detector(Plugin, abc.ABC):
     def extra_state(self) -> dict[str, Any]:
         """JSON-able state beside the tensors (e.g. a fitted threshold); default none."""
         return {}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`extra_state`."""
 
     def save(self, path: str | Path) -> Path:
         """Write a safetensors checkpoint holding tensors, config and metadata."""
@@ -187,11 +211,24 @@ class Detector(Plugin, abc.ABC):
         except Exception as exc:  # noqa: BLE001 - any config mismatch is a checkpoint problem
             raise CheckpointError(f"{path}: its config does not fit {cls.name!r} ({exc})") from None
         detector = cls(config, preset=meta.get("preset"), device="cpu")
-        detector.load_extra_state(meta.get("extra", {}))
-        detector.load_state_tensors(tensors, source=str(path))
+        try:
+            detector.load_state(tensors, meta.get("extra", {}) or {}, source=str(path))
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # hostile or damaged metadata
+            raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
         detector.train_info = meta.get("train_info", {})
         detector.fitted = True
         return detector.to(device)
+
+
+def _accepting_tensors(predict_proba):
+    """Wrap a detector's ``predict_proba`` so that a bare tensor arrives as a :class:`Batch` without rows."""
+
+    @functools.wraps(predict_proba)
+    def wrapper(self, batch, *args, **kwargs):
+        return predict_proba(self, Batch.of(batch), *args, **kwargs)
+
+    wrapper._takes_batch = True
+    return wrapper
 
 
 # --------------------------------------------------------------------------- noise extractors
@@ -252,6 +289,11 @@ class Retriever(Plugin, abc.ABC):
     @abc.abstractmethod
     def labels(self) -> np.ndarray:
         """Labels of the stored vectors, in insertion order."""
+
+    @property
+    def meta(self) -> list[dict[str, Any]]:
+        """Metadata rows of the stored vectors (generator, modality, file...), in insertion order."""
+        return [{} for _ in range(len(self))]
 
     @abc.abstractmethod
     def state_tensors(self) -> dict[str, torch.Tensor]:

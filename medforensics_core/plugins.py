@@ -377,6 +377,13 @@ def reset_registry() -> None:
         _registry = None
 
 
+def capabilities(cls: type) -> list[str]:
+    """The optional capabilities a detector class declares (``reference-bank``, ``distributed``)."""
+    from .contract import capabilities as declared
+
+    return declared(cls)
+
+
 def check_plugin_references(config: Any, registry: Registry | None = None) -> None:
     """A config field named after a plugin kind (``retriever``, ``noise_extractors``...) must name registered ones.
 
@@ -407,5 +414,6 @@ def plugin_rows(registry: Registry | None = None) -> list[dict[str, Any]]:
             "kind": reg.kind, "name": reg.name, "description": cls.description,
             "distribution": reg.distribution, "plugin": reg.plugin,
             "presets": cls.preset_names(), "config": cls.config_class.__name__,
+            "capabilities": capabilities(cls) if reg.kind == "detector" else [],
         })
     return rows

@@ -121,7 +121,7 @@ def test_wrong_architecture_is_refused(trained):
     cls = get_registry().detector("cnnspot")
     other = cls(cls.make_config("tiny", arch="resnet34"))
     with pytest.raises(CheckpointError, match="architecture does not match"):
-        other.load_state_tensors(small.state_tensors(), source="resnet18.safetensors")
+        other.load_state(small.state_tensors(), {}, source="resnet18.safetensors")
 
 
 # --------------------------------------------------------------------------- recipes

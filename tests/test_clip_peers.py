@@ -210,6 +210,16 @@ def test_rine_head_shapes_and_block_softmax():
     assert torch.allclose(torch.softmax(head.alpha, 1).sum(1), torch.ones(1, 1024))
 
 
+@pytest.mark.parametrize("layers,dim,official", [(1, 128, 183937), (2, 1024, 6323201), (4, 1024, 10521601),
+                                                 (2, 256, 597761)])
+def test_rine_trainable_parameters_match_the_official_counts(layers, dim, official):
+    """The official repo lists its trainable parameter counts for ViT-L/14 (scripts/results.py)."""
+    from mfx_rine.model import RINEHead
+
+    head = RINEHead(blocks=24, width=1024, dim=dim, layers=layers, dropout=0.5)
+    assert sum(p.numel() for p in head.parameters()) == official
+
+
 def test_supervised_contrastive_matches_a_per_anchor_loop():
     from mfx_rine.model import supervised_contrastive
 

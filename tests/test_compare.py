@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medforensics_core.cli import cli
+from medforensics_core.contract import Batch, ReferenceBank, SupportsDistributed
 from medforensics_core.data.manifest import ManifestRow, write_manifest
 from medforensics_core.engine.training import run_epoch
 from medforensics_core.hookspecs import hookimpl
@@ -118,14 +119,13 @@ class ProbeConfig:
     batch_size: int = 16
 
 
-class HighPassProbe(Detector):
+class HighPassProbe(Detector, SupportsDistributed):
     """Logistic probe on image statistics (log Laplacian energy, its square, contrast), trained with run_epoch."""
 
     name: ClassVar[str] = "test-probe"
     description: ClassVar[str] = "test detector: logistic probe on Laplacian energy and contrast"
     config_class: ClassVar[type] = ProbeConfig
     presets: ClassVar[dict] = {"tiny": {"epochs": 30}}
-    distributed_fit: ClassVar[bool] = True
 
     def __init__(self, config=None, *, preset=None, device="cpu"):
         super().__init__(config, preset=preset, device=device)
@@ -146,8 +146,8 @@ class HighPassProbe(Detector):
         return self
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(self.model(batch.float())).reshape(-1).cpu().numpy()
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        return torch.sigmoid(self.model(batch.inputs.float())).reshape(-1).cpu().numpy()
 
 
 class BrokenDetector(HighPassProbe):
@@ -170,7 +170,7 @@ class InterruptedDetector(HighPassProbe):
         return super().fit(train, val, ctx)
 
 
-class BankProbe(HighPassProbe):
+class BankProbe(HighPassProbe, ReferenceBank):
     """The probe plus a reference bank: a support image's features pull the scores of similar images."""
 
     name: ClassVar[str] = "test-bank"
@@ -179,8 +179,9 @@ class BankProbe(HighPassProbe):
     def __init__(self, config=None, *, preset=None, device="cpu"):
         super().__init__(config, preset=preset, device=device)
         self.references: list[tuple[torch.Tensor, int]] = []
+        self.bank = None
 
-    def add_references(self, images, labels, modalities, generators):
+    def add_references(self, images, labels, modalities, generators, sources=None):
         self.references += [(self.preprocess(img), int(lab)) for img, lab in zip(images, labels)]
         return len(self.references)
 
@@ -191,8 +192,8 @@ class BankProbe(HighPassProbe):
             return base
         bank = torch.stack([f for f, _ in self.references])
         labels = torch.tensor([float(lab) for _, lab in self.references])
-        nearest = torch.cdist(batch.float(), bank).argmin(1)
-        close = torch.cdist(batch.float(), bank).min(1).values < 0.5
+        nearest = torch.cdist(batch.inputs.float(), bank).argmin(1)
+        close = torch.cdist(batch.inputs.float(), bank).min(1).values < 0.5
         vote = labels[nearest].numpy()
         return np.where(close.numpy(), 0.5 * base + 0.5 * vote, base)
 

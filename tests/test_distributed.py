@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -130,3 +131,86 @@ def test_distributed_fit_keeps_ranks_in_lockstep(odd_dataset, tmp_path):
     seed_everything(0)
     initial = {k: v.tolist() for k, v in HighPassProbe(preset="tiny").model.state_dict().items()}
     assert rank0 != initial  # it did train
+
+
+# --------------------------------------------------------------------------- DistributedDataParallel, for real
+
+
+def _univfd_fit(rank: int, world_size: int, port: int, dataset: str, out: str, batch_size: int) -> None:
+    """Fit the built-in univfd probe for one epoch on this rank's shard; record its head and the images it saw."""
+    import torch
+    import torch.distributed as dist
+
+    from medforensics_core.data.dataset import ImageSet
+    from medforensics_core.data.manifest import read_manifest
+    from medforensics_core.engine.context import FitContext
+    from medforensics_core.plugins import get_registry
+
+    torch.set_num_threads(1)
+    if world_size > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        train = _even_train_set(ImageSet(read_manifest(Path(dataset) / "manifest.csv").split("train")))
+        seen: list[int] = []
+
+        class Recorded:
+            """A training loader that notes the dataset index of every image it yields."""
+
+            def __init__(self, loader):
+                self.loader = loader
+
+            def __getattr__(self, name):
+                return getattr(self.loader, name)
+
+            def __len__(self):
+                return len(self.loader)
+
+            def __iter__(self):
+                for batch in self.loader:
+                    seen.extend(int(i) for i in batch.indices)
+                    yield batch
+
+        class RecordingContext(FitContext):
+            def _loader(self, *args, **kwargs):
+                loader = super()._loader(*args, **kwargs)
+                return Recorded(loader) if kwargs.get("shuffle") else loader
+
+        ctx = RecordingContext(seed=0, epochs=1, batch_size=batch_size, rank=rank, world_size=world_size,
+                               cache_dir=Path(out) / f"cache-{world_size}")
+        detector = get_registry().detector("univfd")(preset="tiny")
+        detector.fit(train, None, ctx)
+        head = {k: v.tolist() for k, v in detector.head.state_dict().items()}
+        Path(out, f"univfd-{world_size}-{rank}.json").write_text(json.dumps({"head": head, "seen": seen,
+                                                                              "n": len(train)}))
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def _even_train_set(train):
+    """An even number of training images, so two ranks hold equal shards (no padding duplicate)."""
+    return train.subset(range(len(train) - len(train) % 2))
+
+
+def test_ddp_epoch_equals_one_process_with_the_doubled_batch(quick_benchmark, tmp_path):
+    """2 gloo processes x batch 8 (univfd's shared epoch loop, DDP) == 1 process x batch 16, after one epoch.
+
+    Each rank trains on its half of the images (the shard sampler splits one shared order), DDP
+    averages the gradients in backward, so every step equals the single process's step on the
+    union batch; the cached frozen features are encoded once per shard and gathered.
+    """
+    import torch.multiprocessing as mp
+
+    _univfd_fit(0, 1, 0, str(quick_benchmark), str(tmp_path), 16)
+    mp.spawn(_univfd_fit, args=(2, _free_port(), str(quick_benchmark), str(tmp_path), 8), nprocs=2, join=True)
+    single = json.loads((tmp_path / "univfd-1-0.json").read_text())
+    ranks = [json.loads((tmp_path / f"univfd-2-{r}.json").read_text()) for r in (0, 1)]
+    n = single["n"]
+    assert sorted(single["seen"]) == list(range(n))  # a single process trains on everything
+    assert all(len(r["seen"]) == n // 2 for r in ranks)  # each rank on half of the images
+    assert set(ranks[0]["seen"]).isdisjoint(ranks[1]["seen"])
+    assert sorted(ranks[0]["seen"] + ranks[1]["seen"]) == list(range(n))
+    assert ranks[0]["head"] == ranks[1]["head"]  # the ranks stay in lockstep
+    for key, value in single["head"].items():
+        np.testing.assert_allclose(np.array(ranks[0]["head"][key]), np.array(value), rtol=1e-4, atol=1e-6)
+    assert any(abs(b) > 0 for b in single["head"]["bias"])  # it did train (the head's bias starts at 0)

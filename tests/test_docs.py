@@ -117,3 +117,19 @@ def test_tutorial_runs_as_written(name, tmp_path):
     result = docblocks.run_page(page, tmp_path, REPO, timeout=1800)
     assert result.returncode == 0, (f"{name}: a marked block failed\n--- stdout\n{result.stdout[-4000:]}\n"
                                     f"--- stderr\n{result.stderr[-6000:]}")
+
+
+def test_readme_python_example_runs(quick_benchmark, tmp_path):
+    """The README's five-line Python API example runs as written and prints one score per test image."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"<!-- mfx:test -->\n```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1 and len(blocks[0].strip().splitlines()) == 5
+    result = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env=docblocks.tutorial_env({}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    n_test = sum(1 for line in (Path(quick_benchmark) / "manifest.csv").read_text().splitlines()[1:]
+                 if ",test," in line)
+    printed = result.stdout.replace("[", " ").replace("]", " ").split()
+    assert len(printed) == n_test and all(0.0 <= float(v) <= 1.0 for v in printed)

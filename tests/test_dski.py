@@ -149,7 +149,7 @@ def test_few_shot_references_of_both_classes_raise_auc_on_an_unseen_generator(he
         files = [str(r.resolved(support.root)) for r in support.rows if int(r.label) == label and r.modality == modality]
         options = ["--label", "fake", "--generator", held_out] if label else ["--label", "real"]
         result = CliRunner().invoke(cli, ["index", "add", str(source), *options, "--modality", modality,
-                                          "--out", str(out), *files])
+                                          "--output", str(out), *files])
         assert result.exit_code == 0, result.output
         source = out
     adapted = get_registry().detector("dski").load(out)
@@ -164,7 +164,7 @@ def test_index_add_refuses_unknown_modality_naming_known_ones(splits, trained, t
     detector, path = trained
     image = splits["test"].rows[0].resolved(splits["test"].root)
     result = CliRunner().invoke(cli, ["index", "add", str(path), "--label", "real", "--modality", "sonar",
-                                      "--out", str(tmp_path / "x.safetensors"), str(image)])
+                                      "--output", str(tmp_path / "x.safetensors"), str(image)])
     assert result.exit_code != 0
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
@@ -296,3 +296,20 @@ def test_budget_stop_is_reported_as_not_comparable(splits):
     detector.fit(train, None, FitContext(seed=0, epochs=3, budget_seconds=0.0))
     assert detector.train_info["stopped_by_budget"] and detector.train_info["epochs_trained"] == 1
     assert any("cannot be compared" in w for w in detector.warnings())
+
+
+def test_same_modality_search_keeps_only_references_of_the_query_modality():
+    from medforensics_core.retrieval import new_bank
+    from mfx_dski import mfrm
+
+    bank = new_bank("faiss-flat", 2, {})
+    vectors = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]], dtype=np.float32)
+    bank.add(vectors, [1, 0, 0], [{"modality": m} for m in ("ct", "xray", "xray")])
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    everything = mfrm.search(bank, query, 2)
+    assert everything.labels.tolist() == [[1, 0]]
+    xray = mfrm.search(bank, query, 2, modalities=["xray"])
+    assert xray.labels.tolist() == [[0, 0]] and xray.similarities[0, 0] > xray.similarities[0, 1]
+    mri = mfrm.search(bank, query, 2, modalities=["mri"])
+    assert mri.labels.tolist() == [[-1, -1]]
+    np.testing.assert_allclose(mfrm.fused_probability(np.array([0.2]), mri, 4.0, 5.0), [0.2])

@@ -33,12 +33,13 @@ import torchvision
 from torchvision.transforms import v2
 
 from medforensics_core.checkpoint import load_state_strict
-from medforensics_core.engine.augment import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, blur_jpeg_transform,
-                                              normalise, resize_shorter, test_geometry, train_geometry)
-from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
+from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.errors import MfxError, WeightsNotFoundError
 from medforensics_core.hookspecs import hookimpl
 from medforensics_core.interfaces import Detector
+from medforensics_core.toolkit import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, Schedule, blur_jpeg_transform,
+                                       detector_loaders, linear_head, normalise, resize_shorter, seeded, test_geometry,
+                                       train_binary, train_geometry)
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,7 @@ def build_resnet(arch: str, fc_init_std: float) -> torch.nn.Module:
 
 
 def new_head(in_features: int, std: float) -> torch.nn.Linear:
-    head = torch.nn.Linear(in_features, 1)
-    torch.nn.init.normal_(head.weight, 0.0, std)
-    torch.nn.init.zeros_(head.bias)
-    return head
+    return linear_head(in_features, std)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -123,7 +121,7 @@ def imagenet_weights_file(arch: str, spec: str) -> Path:
     return path
 
 
-class CNNSpotDetector(Detector):
+class CNNSpotDetector(Detector, SupportsDistributed):
     """CNNSpot (Wang et al., CVPR 2020) — see the module docstring for the recipe.
 
     Presets: ``full`` = the paper (ResNet-50, 256 -> 224 px, batch 64, up to 100
@@ -175,7 +173,6 @@ class CNNSpotDetector(Detector):
 
         ctx = ctx or FitContext(device=self.device)
         with seeded(ctx.seed):
-            self.device = torch.device(ctx.device)
             self.model = build_resnet(self.config.arch, self.config.fc_init_std).to(self.device)
             self.backbone_weights = RANDOM_INIT
             if self.config.imagenet_weights:
@@ -192,13 +189,13 @@ class CNNSpotDetector(Detector):
         train_loader, val_loader = detector_loaders(self, train, val, ctx, batch_size)
 
         schedule = Schedule(ctx.epochs_for(cfg.epochs), patience=cfg.patience, lr_drop=cfg.lr_drop, min_lr=cfg.min_lr)
-        return train_binary(self.model, self.model, self.predict_proba, optimizer, train_loader, val_loader, ctx,
+        return train_binary(self.model, None, self.predict_proba, optimizer, train_loader, val_loader, ctx,
                             schedule, self.name)
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, batch: Batch) -> np.ndarray:
         self.model.eval()
-        logits = self.model(batch.to(self.device))
+        logits = self.model(batch.inputs.to(self.device))
         return torch.sigmoid(logits.float().reshape(-1)).cpu().numpy()
 
     # -- reporting and state
@@ -217,8 +214,9 @@ class CNNSpotDetector(Detector):
     def extra_state(self) -> dict[str, Any]:
         return {"backbone_weights": self.backbone_weights}
 
-    def load_extra_state(self, state: Any) -> None:
-        self.backbone_weights = state.get("backbone_weights", RANDOM_INIT)
+    def load_state(self, tensors: Any, extra: Any, source: str = "checkpoint") -> None:
+        self.load_module_tensors(tensors, source)
+        self.backbone_weights = extra.get("backbone_weights", RANDOM_INIT)
 
 
 @hookimpl

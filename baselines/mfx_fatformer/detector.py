@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from medforensics_core.clip_parts import (check_vision_tower, encode_text_embeddings, evenly_spaced_blocks,
                                           project_tokens, run_image_tower, used_length)
+from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.engine.augment import IMAGENET_MEAN, IMAGENET_STD, normalise, train_geometry
 from medforensics_core.decision import accuracy
 from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
@@ -63,7 +64,7 @@ TINY = {"clip_model": "mfx-tiny-clip", "pretrained": "random", "load_size": 64, 
         "lr": 1e-3, "lr_step_every": 4, "flip": False}
 
 
-class FatFormerDetector(Detector):
+class FatFormerDetector(Detector, SupportsDistributed):
     """FatFormer: forgery-aware adapters in a frozen CLIP image encoder plus language-guided alignment.
 
     Presets: ``full`` = the paper (ViT-L/14 OpenAI weights, which must be on the
@@ -189,9 +190,9 @@ class FatFormerDetector(Detector):
         return logits[:, 1] - logits[:, 0]
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, batch: Batch) -> np.ndarray:
         self.ensure_model().eval()
-        return torch.sigmoid(self.forward(batch)).cpu().numpy()
+        return torch.sigmoid(self.forward(batch.inputs)).cpu().numpy()
 
     # -- training
     def fit(self, train: Any, val: Any | None = None, ctx: Any | None = None) -> "FatFormerDetector":
@@ -231,8 +232,10 @@ class FatFormerDetector(Detector):
     def extra_state(self) -> dict[str, Any]:
         return {"backbone": self.backbone.key()}
 
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        expected = state.get("backbone")
+    def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
+                   source: str = "checkpoint") -> None:
+        expected = extra.get("backbone")
         if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{self.name}: checkpoint was trained on backbone {expected!r}, "
+            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
                                   f"but this config loads {self.backbone.key()!r}")
+        self.load_module_tensors(tensors, source)

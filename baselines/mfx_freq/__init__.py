@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from medforensics_core.contract import Batch
 from medforensics_core.decision import accuracy
 from medforensics_core.errors import MfxError
 from medforensics_core.hookspecs import hookimpl
@@ -157,9 +158,9 @@ class FreqDetector(Detector):
         """Profiles and labels of every image of an ImageSet, in order."""
         loader = ctx.loader(images, self.preprocess, ctx.batch_size_for(self.config.batch_size), shuffle=False)
         features, labels = [], []
-        for batch, batch_labels, _ in ctx.track(loader, len(loader), f"{self.name}: spectra"):
-            features.append(batch.numpy())
-            labels.append(batch_labels.numpy())
+        for batch in ctx.track(loader, len(loader), f"{self.name}: spectra"):
+            features.append(batch.inputs.numpy())
+            labels.append(batch.labels.numpy())
         return np.concatenate(features), np.concatenate(labels)
 
     def fit(self, train: Any, val: Any | None = None, ctx: Any | None = None) -> "FreqDetector":
@@ -181,13 +182,14 @@ class FreqDetector(Detector):
                            "lr_iterations": int(np.max(classifier.n_iter_))}
         if val is not None and len(val):
             val_features, val_labels = self.profiles(val, ctx)
-            val_scores = self.predict_proba(torch.from_numpy(val_features))
+            val_scores = self.predict_proba(Batch(torch.from_numpy(val_features)))
             self.train_info["val_acc"] = accuracy(val_scores, val_labels)
         self.fitted = True
         return self
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        batch = batch.inputs
         if batch.ndim != 2 or batch.shape[1] != self.config.n_bins:
             raise MfxError(f"{self.name}: expected spectrum profiles of shape (N, {self.config.n_bins}), "
                            f"got {tuple(batch.shape)} (pass images through detector.preprocess)")

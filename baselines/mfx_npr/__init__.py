@@ -28,12 +28,12 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
-from medforensics_core.engine.augment import (IMAGENET_MEAN, IMAGENET_STD, normalise, resize_shorter,
-                                              test_geometry, train_geometry)
-from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
+from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.errors import MfxError
 from medforensics_core.hookspecs import hookimpl
 from medforensics_core.interfaces import Detector
+from medforensics_core.toolkit import (IMAGENET_MEAN, IMAGENET_STD, Schedule, detector_loaders, normalise,
+                                       resize_shorter, seeded, test_geometry, train_binary, train_geometry)
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 
@@ -78,7 +78,7 @@ class NPRNet(torch.nn.Module):
         return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(features, 1), 1))
 
 
-class NPRDetector(Detector):
+class NPRDetector(Detector, SupportsDistributed):
     """NPR (Tan et al., CVPR 2024) — see the module docstring for the recipe.
 
     Presets: ``full`` = the paper (ResNet-50 stages, 256 -> 224 px, batch 32, 50
@@ -121,7 +121,6 @@ class NPRDetector(Detector):
 
         ctx = ctx or FitContext(device=self.device)
         with seeded(ctx.seed):
-            self.device = torch.device(ctx.device)
             self.model = self.build_model().to(self.device)
             self.train_info = self._train(train, val, ctx)
         self.fitted = True
@@ -135,13 +134,13 @@ class NPRDetector(Detector):
         train_loader, val_loader = detector_loaders(self, train, val, ctx, batch_size)
 
         schedule = Schedule(ctx.epochs_for(cfg.epochs), step_every=cfg.lr_step_every, step_gamma=cfg.lr_step_gamma)
-        return train_binary(self.model, self.model, self.predict_proba, optimizer, train_loader, val_loader, ctx,
+        return train_binary(self.model, None, self.predict_proba, optimizer, train_loader, val_loader, ctx,
                             schedule, self.name)
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, batch: Batch) -> np.ndarray:
         self.model.eval()
-        return torch.sigmoid(self.model(batch.to(self.device)).float().reshape(-1)).cpu().numpy()
+        return torch.sigmoid(self.model(batch.inputs.to(self.device)).float().reshape(-1)).cpu().numpy()
 
     def weights_info(self) -> str:
         return f"{self.config.arch} stem + layer1-2 on the {self.config.noise_extractor} residual, random init " \

@@ -11,6 +11,7 @@ import torch
 from torchvision.transforms import v2
 
 from medforensics_core.clip_parts import block_class_tokens, check_vision_tower
+from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.engine.augment import BlurJpegDraw, apply_blur_jpeg, normalise, train_geometry
 from medforensics_core.decision import accuracy
 from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
@@ -80,7 +81,7 @@ class RineAugment:
         return apply_blur_jpeg(image, self.draw())
 
 
-class RINEDetector(Detector):
+class RINEDetector(Detector, SupportsDistributed):
     """RINE: every block's class token from a frozen CLIP, importance-weighted, into a small trained network.
 
     Presets: ``full`` = the paper's best 4-class model (ViT-L/14 OpenAI weights,
@@ -180,8 +181,8 @@ class RINEDetector(Detector):
             return torch.sigmoid(head(self._tokens(flat))[0].float()).cpu().numpy()
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        return self.scores_from_features(self.encode(batch))
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        return self.scores_from_features(self.encode(batch.inputs))
 
     # -- training
     def fit(self, train: Any, val: Any | None = None, ctx: Any | None = None) -> "RINEDetector":
@@ -199,7 +200,8 @@ class RINEDetector(Detector):
             forward, predict = self.forward, self.predict_proba
         else:
             train_loader, val_loader = self._cached_loaders(train, val, ctx, batch_size)
-            forward, predict = self.forward_features, self.scores_from_features
+            forward = self.forward_features
+            predict = lambda batch: self.scores_from_features(batch.inputs)  # noqa: E731 - cached features
         with seeded(ctx.seed):
             self.head = None
             head = self.ensure_head()
@@ -252,8 +254,10 @@ class RINEDetector(Detector):
     def extra_state(self) -> dict[str, Any]:
         return {"backbone": self.backbone.key()}
 
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        expected = state.get("backbone")
+    def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
+                   source: str = "checkpoint") -> None:
+        expected = extra.get("backbone")
         if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{self.name}: checkpoint was trained on backbone {expected!r}, "
+            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
                                   f"but this config loads {self.backbone.key()!r}")
+        self.load_module_tensors(tensors, source)

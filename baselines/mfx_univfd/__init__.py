@@ -25,8 +25,11 @@ keeps the paper's augmentation.
 ``univfd-nn`` is the paper's nearest-neighbour variant: no training, a bank of
 the training images' features (the ``faiss-flat`` retriever plugin), and a test
 image is called fake when its nearest fake neighbour is closer (cosine) than its
-nearest real one; the score is the shared neighbour vote of ``mfx_retrieval``
-over those two neighbours, a sigmoid of the similarity gap.
+nearest real one; the score is the core's neighbour vote
+(:func:`medforensics_core.retrieval.knn_fake_probability`) over those two
+neighbours, a sigmoid of the similarity gap. It declares the
+:class:`~medforensics_core.contract.ReferenceBank` capability, so ``mfx index add``
+and the few-shot protocol add references to its bank without retraining.
 """
 
 from __future__ import annotations
@@ -39,12 +42,15 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from medforensics_core.engine.augment import (BlurJpegRecipe, blur_jpeg_transform, normalise, resize_shorter,
-                                              test_geometry, train_geometry)
-from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
+from medforensics_core import toolkit
+from medforensics_core.contract import Batch, ReferenceBank, SupportsDistributed
 from medforensics_core.errors import CheckpointError, MfxError
 from medforensics_core.hookspecs import hookimpl
 from medforensics_core.interfaces import Detector
+from medforensics_core.retrieval import (bank_labels, bank_state, knn_fake_probability, nearest_per_label, restore_bank,
+                                         split_bank_tensors)
+from medforensics_core.toolkit import (BlurJpegRecipe, Schedule, blur_jpeg_transform, detector_loaders, linear_head,
+                                       normalise, resize_shorter, seeded, test_geometry, train_binary, train_geometry)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +91,7 @@ class UnivFDConfig:
 TINY_BACKBONE = {"clip_model": "mfx-tiny-clip", "pretrained": "random", "load_size": 64}
 
 
-class UnivFDDetector(Detector):
+class UnivFDDetector(Detector, SupportsDistributed):
     """UnivFD linear probe on a frozen CLIP image encoder (see the module docstring).
 
     Presets: ``full`` = the paper (ViT-L/14 OpenAI weights, which must be on the
@@ -114,10 +120,8 @@ class UnivFDDetector(Detector):
     @property
     def backbone(self) -> Any:
         if self._backbone is None:
-            from medforensics_core.backbones import load_clip
-
             cfg = self.config
-            self._backbone = load_clip(cfg.clip_model, cfg.pretrained, device=self.device, seed=cfg.backbone_seed)
+            self._backbone = toolkit.load_clip(cfg.clip_model, cfg.pretrained, device=self.device, seed=cfg.backbone_seed)
         return self._backbone
 
     @property
@@ -127,10 +131,7 @@ class UnivFDDetector(Detector):
 
     def ensure_head(self) -> torch.nn.Linear:
         if self.head is None:
-            head = torch.nn.Linear(self.feature_dim, 1)
-            torch.nn.init.normal_(head.weight, 0.0, self.config.head_init_std)
-            torch.nn.init.zeros_(head.bias)
-            self.head = head.to(self.device)
+            self.head = linear_head(self.feature_dim, self.config.head_init_std).to(self.device)
         return self.head
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -172,9 +173,7 @@ class UnivFDDetector(Detector):
 
     def cached_features(self, images: Any, ctx: Any) -> torch.Tensor:
         """Test-time features of every image, through the on-disk cache."""
-        from medforensics_core.engine.features import cached_features
-
-        features, stats = cached_features(images, self.encode, self.preprocess, backbone_key=self.backbone.key(),
+        features, stats = toolkit.cached_features(images, self.encode, self.preprocess, backbone_key=self.backbone.key(),
                                           preprocess_key=self.preprocess_key(), ctx=ctx,
                                           batch_size=self.config.encode_batch_size)
         for key, value in dataclasses.asdict(stats).items():
@@ -206,8 +205,8 @@ class UnivFDDetector(Detector):
             self.train_info["feature_cache"] = dict(self.feature_cache_stats)
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(self.forward(batch).reshape(-1)).cpu().numpy()
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        return torch.sigmoid(self.forward(batch.inputs).reshape(-1)).cpu().numpy()
 
     # -- reporting and state
     def weights_info(self) -> str:
@@ -222,24 +221,37 @@ class UnivFDDetector(Detector):
     def extra_state(self) -> dict[str, Any]:
         return {"backbone": self.backbone.key()}
 
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        expected = state.get("backbone")
+    def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
+                   source: str = "checkpoint") -> None:
+        self.check_backbone(extra, source)
+        self.load_module_tensors(tensors, source)
+
+    def check_backbone(self, extra: Mapping[str, Any], source: str) -> None:
+        """Refuse a checkpoint trained on another backbone, in one line."""
+        expected = extra.get("backbone")
         if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{self.name}: checkpoint was trained on backbone {expected!r}, "
+            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
                                   f"but this config loads {self.backbone.key()!r}")
 
 
 def train_probe_on_features(detector: UnivFDDetector, optimizer: torch.optim.Optimizer, train: Any, val: Any | None,
                             ctx: Any, schedule: Schedule, batch_size: int) -> dict[str, Any]:
     """Train the head on cached frozen features (no augmentation): seconds instead of minutes."""
-    train_loader = feature_loader(detector.cached_features(train, ctx), train.labels, batch_size, ctx)
+    features = detector.cached_features(train, ctx)
     val_loader = None
     if val is not None and len(val):
-        val_loader = feature_loader(detector.cached_features(val, ctx), val.labels, batch_size, ctx, shuffle=False)
+        val_loader = ctx.tensor_loader(detector.cached_features(val, ctx), val.labels, batch_size, shuffle=False)
     head = detector.ensure_head()
-    predict = lambda feats: torch.sigmoid(head(feats.float()).reshape(-1)).cpu().numpy()  # noqa: E731
-    return train_binary(head, head, predict, optimizer, lambda epoch: train_loader, val_loader, ctx, schedule,
-                        detector.name)
+    predict = lambda batch: torch.sigmoid(head(batch.inputs.float()).reshape(-1)).cpu().numpy()  # noqa: E731
+
+    loader = ctx.tensor_loader(features, train.labels, batch_size, shuffle=True)  # one shuffling stream for all epochs
+
+    def train_loader(epoch: int):
+        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new shard order per epoch
+            loader.sampler.set_epoch(epoch)
+        return loader
+
+    return train_binary(head, None, predict, optimizer, train_loader, val_loader, ctx, schedule, detector.name)
 
 
 def train_probe_on_images(detector: UnivFDDetector, optimizer: torch.optim.Optimizer, train: Any, val: Any | None,
@@ -247,16 +259,8 @@ def train_probe_on_images(detector: UnivFDDetector, optimizer: torch.optim.Optim
     """Train the head on augmented images, encoding each batch with the frozen backbone (the paper's recipe)."""
     train_loader, val_loader = detector_loaders(detector, train, val, ctx, batch_size)
 
-    return train_binary(detector.ensure_head(), detector.forward, detector.predict_proba, optimizer, train_loader,
-                        val_loader, ctx, schedule, detector.name)
-
-
-def feature_loader(features: torch.Tensor, labels: np.ndarray, batch_size: int, ctx: Any,
-                   shuffle: bool = True) -> torch.utils.data.DataLoader:
-    """Batches of ``(features, labels, indices)`` — the shape ``run_epoch`` expects from image loaders."""
-    dataset = torch.utils.data.TensorDataset(features, torch.as_tensor(labels), torch.arange(len(labels)))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                                       generator=ctx.generator() if shuffle else None)
+    return train_binary(detector.ensure_head(), None, detector.predict_proba, optimizer, train_loader,
+                        val_loader, ctx, schedule, detector.name, frozen=detector.encode)
 
 
 # --------------------------------------------------------------------------- nearest neighbour
@@ -275,7 +279,7 @@ class UnivFDNNConfig:
     encode_batch_size: int = 64
 
 
-class UnivFDNNDetector(UnivFDDetector):
+class UnivFDNNDetector(UnivFDDetector, ReferenceBank):
     """UnivFD-NN (Ojha et al. 2023, k = 1 cosine nearest neighbour per class over the training features).
 
     The score is ``sigmoid((s_fake - s_real) / temperature)`` — the shared
@@ -288,12 +292,10 @@ class UnivFDNNDetector(UnivFDDetector):
     description: ClassVar[str] = "nearest neighbour (cosine) over frozen CLIP features (Ojha et al., CVPR 2023)"
     config_class: ClassVar[type] = UnivFDNNConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {"clip_model": "mfx-tiny-clip", "pretrained": "random"}}
-    BANK_PREFIX: ClassVar[str] = "bank."
 
     def __init__(self, config: Any = None, *, preset: str | None = None, device: str | torch.device = "cpu"):
         super().__init__(config, preset=preset, device=device)
         self.bank = None
-        self._pending_bank: Mapping[str, Any] = {}
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {}
@@ -306,9 +308,9 @@ class UnivFDNNDetector(UnivFDDetector):
         return {"backbone": self.backbone.key(), "preprocess": self.preprocess_key()}
 
     def new_bank(self, dim: int | None = None) -> Any:
-        from medforensics_core.plugins import get_registry
+        from medforensics_core.retrieval import new_bank
 
-        return get_registry().retriever(self.config.retriever)(dim=dim, info=self.bank_info())
+        return new_bank(self.config.retriever, dim, self.bank_info())
 
     def fit(self, train: Any, val: Any | None = None, ctx: Any | None = None) -> "UnivFDNNDetector":
         from medforensics_core.engine.context import FitContext
@@ -320,7 +322,8 @@ class UnivFDNNDetector(UnivFDDetector):
         if len(np.unique(train.labels)) < 2:
             raise MfxError(f"{self.name}: the training set needs both real and fake images")
         self.bank = self.new_bank(features.shape[1])
-        meta = [{"generator": r.generator, "modality": r.modality, "path": r.path} for r in train.rows]
+        meta = [{"generator": r.generator, "modality": r.modality, "source": r.source, "path": r.path}
+                for r in train.rows]
         self.bank.add(features.numpy(), train.labels, meta)
         self.train_info = {"epochs": 0, "bank_size": len(self.bank), "feature_cache": dict(self.feature_cache_stats)}
         if val is not None and len(val):
@@ -333,60 +336,63 @@ class UnivFDNNDetector(UnivFDDetector):
 
     def scores_from_features(self, features: np.ndarray) -> np.ndarray:
         """Fake probability from the nearest real and nearest fake bank neighbours."""
-        from mfx_retrieval import knn_fake_probability  # the shared neighbour vote (see mfx_retrieval.scoring)
-
         if self.bank is None or len(self.bank) == 0:
             raise MfxError(f"{self.name}: no feature bank — fit the detector or load a checkpoint first")
         k = min(len(self.bank), self.config.search_k)
         similarities, indices = self.bank.search(features, k)
-        labels = np.where(indices >= 0, self.bank.labels[np.clip(indices, 0, None)], -1)
-        nearest = np.stack([first_of_label(similarities, labels, 0), first_of_label(similarities, labels, 1)], 1)
+        labels = bank_labels(self.bank, indices)
+        nearest = np.stack([nearest_per_label(similarities, labels, 0), nearest_per_label(similarities, labels, 1)],
+                           1)
         pair_labels = np.broadcast_to(np.array([0, 1]), nearest.shape)
         pair_labels = np.where(np.isfinite(nearest), pair_labels, -1)
         return knn_fake_probability(nearest, pair_labels, temperature=self.config.temperature)
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        return self.scores_from_features(self.encode(batch).float().cpu().numpy())
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        return self.scores_from_features(self.encode(batch.inputs).float().cpu().numpy())
+
+    @torch.no_grad()
+    def add_references(self, images: Any, labels: Any, modalities: Any, generators: Any,
+                       sources: Any = None) -> int:
+        """Add labelled raw images to the nearest-neighbour bank (no retraining): UnivFD-NN's few-shot path."""
+        n = len(images)
+        if not (len(labels) == len(modalities) == len(generators) == n):
+            raise ValueError(f"{n} images but {len(labels)} labels, {len(modalities)} modalities, "
+                             f"{len(generators)} generators")
+        if any(int(label) not in (0, 1) for label in labels):
+            raise MfxError("reference labels must be 0 (real) or 1 (fake)")
+        sources = sources if sources is not None else [""] * n
+        step = self.config.encode_batch_size
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            features = self.encode(torch.stack([self.preprocess(images[i]) for i in range(start, stop)]))
+            if self.bank is None:
+                self.bank = self.new_bank(features.shape[1])
+            meta = [{"generator": generators[i], "modality": modalities[i], "source": sources[i],
+                     "added": "reference"} for i in range(start, stop)]
+            self.bank.add(features.float().cpu().numpy(), [int(x) for x in labels[start:stop]], meta)
+        return len(self.bank) if self.bank is not None else 0
 
     def weights_info(self) -> str:
         size = len(self.bank) if self.bank is not None else 0
         return f"frozen {self.backbone.weights_info} + nearest-neighbour bank of {size} training features"
 
-    # -- state: the bank's tensors under a prefix, its JSON state in extra_state
+    # -- state: the bank in the core's bank layout (tensors under ``bank.``, one JSON entry)
     def state_tensors(self) -> dict[str, torch.Tensor]:
         if self.bank is None:
             raise MfxError(f"{self.name}: nothing to save — fit the detector first")
-        return {self.BANK_PREFIX + key: value for key, value in self.bank.state_tensors().items()}
+        return bank_state(self.bank)[0]
 
     def extra_state(self) -> dict[str, Any]:
-        return {"backbone": self.backbone.key(), "bank": self.bank.extra_state() if self.bank is not None else {},
-                "bank_dim": self.bank.dim if self.bank is not None else None, "bank_info": self.bank_info()}
+        return {"backbone": self.backbone.key(), "bank": bank_state(self.bank)[1]}
 
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        super().load_extra_state(state)
-        self._pending_bank = state
-
-    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-        from mfx_retrieval import check_compatible
-
-        stray = sorted(k for k in tensors if not k.startswith(self.BANK_PREFIX))
+    def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
+                   source: str = "checkpoint") -> None:
+        self.check_backbone(extra, source)
+        bank_tensors, stray = split_bank_tensors(tensors)
         if stray:
-            raise CheckpointError(f"{source}: unexpected tensor {stray[0]!r} for detector {self.name!r}")
-        state = self._pending_bank
-        bank = self.new_bank(state.get("bank_dim"))
-        bank.info = dict(state.get("bank_info", {}))
-        check_compatible(bank, self.bank_info())
-        bank.load_state_tensors({k[len(self.BANK_PREFIX):]: v for k, v in tensors.items()}, state.get("bank", {}))
-        self.bank = bank
-
-
-def first_of_label(similarities: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
-    """Per row, the similarity of the best-ranked neighbour with ``label`` (``-inf`` when none is in the top k)."""
-    hit = labels == label
-    first = np.argmax(hit, axis=1)
-    found = hit[np.arange(len(hit)), first]
-    return np.where(found, similarities[np.arange(len(hit)), first], -np.inf)
+            raise CheckpointError(f"{source}: unexpected tensor {sorted(stray)[0]!r} for detector {self.name!r}")
+        self.bank = restore_bank(bank_tensors, extra.get("bank"), self.bank_info(), source)
 
 
 @hookimpl

@@ -3,7 +3,7 @@
 import importlib
 import logging
 
-for _module in ("plugins_cmd", "data_cmds", "demo_cmds", "run_cmds"):
+for _module in ("plugins_cmd", "data_cmds", "demo_cmds", "run_cmds", "index_cmds"):
     try:
         importlib.import_module(f"{__package__}.{_module}")
     except ModuleNotFoundError as exc:  # a command module still being written must not break the others

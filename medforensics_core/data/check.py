@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import BadInputError
-from .manifest import ManifestRow, read_manifest, sha256_file
-from .readers import ReadLimits, default_limits, is_image_file, read_image
+from .manifest import ManifestRow, manifest_problems, read_manifest, sha256_file
+from .readers import ReadLimits, default_limits, read_image
+from .walk import image_files
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ def check_target(target: str | os.PathLike, *, verify_hash: bool = True, stop_at
     target = Path(target)
     items, ignored = _items(target)
     report = CheckReport(str(target), ignored=[str(p) for p in ignored])
+    manifest_path = _manifest_path(target)
+    if manifest_path is not None:  # leakage, dropped rows, stray paths: reported before the per-file reads
+        report.bad.extend(CheckIssue(str(manifest_path), f"manifest: {problem.message}")
+                          for problem in manifest_problems(read_manifest(manifest_path)))
     limits = limits or default_limits()
     iterator: Iterable[_Item] = items
     if progress is not None:
@@ -88,6 +93,14 @@ def _items(target: Path) -> tuple[list[_Item], list[Path]]:
     raise BadInputError(target, "not found (give a manifest CSV, a dataset folder or an image file)")
 
 
+def _manifest_path(target: Path) -> Path | None:
+    if target.is_file() and target.suffix.lower() == ".csv":
+        return target
+    if target.is_dir() and (target / "manifest.csv").is_file():
+        return target / "manifest.csv"
+    return None
+
+
 def _is_frame_path(target: Path) -> bool:
     head, sep, tail = str(target).rpartition("#")
     return bool(sep) and tail.isdigit() and Path(head).is_file()
@@ -104,18 +117,8 @@ def _display_path(root: Path, row: ManifestRow) -> str:
 
 def _folder_items(folder: Path) -> tuple[list[_Item], list[Path]]:
     """Every image-like file under a folder (hidden files skipped; other files listed as ignored)."""
-    items, ignored = [], []
-    for dirpath, dirnames, files in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(dirpath) / name
-            if name.startswith(".") or name == "manifest.csv":
-                continue
-            if is_image_file(path):
-                items.append(_Item(str(path)))
-            else:
-                ignored.append(path)
-    return items, ignored
+    images, others = image_files(folder)
+    return [_Item(str(path)) for path in images], [path for path in others if path.name != "manifest.csv"]
 
 
 def _problem(item: _Item, limits: ReadLimits, hashed: dict[str, str] | None) -> str:

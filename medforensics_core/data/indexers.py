@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Iterator
 from ..errors import BadInputError, MfxError
 from .manifest import ManifestRow, sha256_file
 from .readers import count_frames, is_image_file
+from .walk import walk_files
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +165,7 @@ def _collect(root: Path, layout: str, modality: str | None) -> tuple[list[tuple[
 
 
 def _walk_files(folder: Path) -> Iterator[Path]:
-    for dirpath, dirnames, files in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+    return walk_files(folder)
 
 
 def _fields_from_parents(root: Path, label_dir: Path, layout: str, modality: str | None) -> dict:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import numpy as np
 import torch
 
+from ..contract import Batch
 from ..data.dataset import ImageSet, Transform, TransformedSet
 from .device import autocast, resolve_device
 
@@ -83,18 +84,36 @@ class FitContext:
 
     def loader(self, images: ImageSet, transform: Transform, batch_size: int, *, shuffle: bool,
                drop_last: bool = False, epoch_offset: int = 0) -> torch.utils.data.DataLoader:
-        """A seeded DataLoader of ``(inputs, labels, indices)``; a DistributedSampler when distributed."""
-        dataset = TransformedSet(images, transform)
+        """A seeded DataLoader of :class:`~medforensics_core.contract.Batch` (rows included); sharded when distributed."""
+        return self._loader(TransformedSet(images, transform), BatchCollate(images.rows), batch_size, shuffle=shuffle,
+                            drop_last=drop_last, epoch_offset=epoch_offset)
+
+    def tensor_loader(self, inputs: torch.Tensor, labels, batch_size: int, *, shuffle: bool, rows=(),
+                      drop_last: bool = False, epoch_offset: int = 0) -> torch.utils.data.DataLoader:
+        """Batches of precomputed inputs (e.g. cached frozen features), with the same sharding and seeding."""
+        dataset = torch.utils.data.TensorDataset(inputs, torch.as_tensor(labels), torch.arange(len(inputs)))
+        return self._loader(dataset, BatchCollate(rows), batch_size, shuffle=shuffle, drop_last=drop_last,
+                            epoch_offset=epoch_offset)
+
+    def _loader(self, dataset, collate, batch_size: int, *, shuffle: bool, drop_last: bool,
+                epoch_offset: int) -> torch.utils.data.DataLoader:
+        """A :class:`ShardSampler` when distributed (each rank its shard of one shared order), else a seeded shuffle."""
         sampler = None
         if self.distributed:
-            sampler = torch.utils.data.distributed.DistributedSampler(
-                dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=self.seed,
-                drop_last=drop_last)
+            sampler = ShardSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle,
+                                   seed=self.seed, drop_last=drop_last)
+            sampler.set_epoch(epoch_offset)
             shuffle = False
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, drop_last=drop_last,
             num_workers=self.num_workers, generator=self.generator(epoch_offset) if shuffle else None,
-            pin_memory=self.device.type == "cuda")
+            pin_memory=self.device.type == "cuda", collate_fn=collate)
+
+    def parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` wrapped in ``DistributedDataParallel`` when distributed (gradients averaged), else itself."""
+        from .distributed import wrap_module
+
+        return wrap_module(module, self)
 
     def epoch_range(self, total: int, name: str) -> Iterator[int]:
         """``range(total)`` under a progress bar "NAME epochs i/N" with elapsed time and ETA.
@@ -131,3 +150,43 @@ class FitContext:
         if self.rank != 0:
             return iter(iterable)
         return self.progress(iterable, total, description)
+
+
+class BatchCollate:
+    """Collate ``(input, label, index)`` items into a :class:`Batch` carrying the images' manifest rows."""
+
+    def __init__(self, rows=()):
+        self.rows = list(rows)
+
+    def __call__(self, items) -> Batch:
+        inputs, labels, indices = torch.utils.data.default_collate(items)
+        rows = [self.rows[int(i)] for i in indices] if self.rows else ()
+        return Batch(inputs=inputs, labels=labels, rows=rows, indices=indices)
+
+
+class ShardSampler(torch.utils.data.distributed.DistributedSampler):
+    """A ``DistributedSampler`` whose shared order is the single-process loader's order.
+
+    Rank ``r`` of ``N`` takes items ``r, r + N, r + 2N...`` of the order a
+    single-process ``ctx.loader`` would use for the same seed and epoch, so batch
+    ``k`` of all ranks together is batch ``k`` of one process with an N-times
+    larger batch: distributed training reproduces single-process training
+    (``tests/test_distributed.py`` checks it). The single-process order is
+    ``DataLoader(shuffle=True, generator=ctx.generator(epoch))``: the loader
+    draws one int64 from the generator (its worker base seed) before the
+    sampler's ``randperm``; the same draw is made here.
+    """
+
+    def __iter__(self):
+        n = len(self.dataset)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        if self.drop_last:
+            order = order[:self.total_size]
+        elif len(order) < self.total_size:  # pad by repeating the start, as DistributedSampler does
+            order += (order * (self.total_size // max(len(order), 1) + 1))[:self.total_size - len(order)]
+        return iter(order[self.rank:self.total_size:self.num_replicas])

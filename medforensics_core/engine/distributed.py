@@ -7,10 +7,13 @@ process group (NCCL on GPUs, Gloo on CPUs) and the :class:`FitContext` carries
 ``DistributedSampler``. Three rules keep a distributed run equal to a single
 process:
 
-* every rank seeds and initialises identically, and :func:`average_gradients`
-  (called by ``engine.training.run_epoch``) averages gradients before each step,
-  which is what ``DistributedDataParallel`` does, without wrapping the
-  detector's modules (detectors stay unaware of distribution);
+* a detector that declares :class:`~medforensics_core.contract.SupportsDistributed`
+  trains on its shard: the shared epoch loop wraps the trained module in
+  ``DistributedDataParallel`` (:func:`wrap_module`, through ``ctx.parallel``), which
+  averages gradients in ``backward``, so every rank steps with the gradient of the
+  whole global batch; frozen features are encoded once per shard and gathered
+  (:func:`gather_tensor_rows`). Any other detector trains on the whole set on
+  every rank (identical, seeded runs);
 * after ``fit``, rank 0 saves the checkpoint and the other ranks load it, so
   every rank scores with one and the same model (this also covers detectors
   whose fit is not gradient based, e.g. a scikit-learn probe);
@@ -107,4 +110,39 @@ def gather_in_order(values: np.ndarray, indices: np.ndarray, total: int, world_s
         seen[part_indices] = True
     if not seen.all():
         raise RuntimeError(f"{int((~seen).sum())} of {total} images got no score from any rank")
+    return out
+
+
+def wrap_module(module: torch.nn.Module, ctx) -> torch.nn.Module:
+    """``DistributedDataParallel(module)`` when ``ctx`` is distributed (gloo on CPU, nccl on CUDA), else ``module``.
+
+    DDP broadcasts rank 0's parameters at construction and averages gradients
+    during ``backward``. The wrapper shares the module's parameters, so the
+    detector keeps using (and saving) the unwrapped module.
+    """
+    if not active(ctx.world_size) or not any(p.requires_grad for p in module.parameters()):
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" and ctx.device.index is not None else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def gather_tensor_rows(rows: torch.Tensor, indices: np.ndarray, total: int, world_size: int) -> torch.Tensor:
+    """Per-rank ``rows`` (n_i, ...) at dataset ``indices`` -> one ``(total, ...)`` tensor in dataset order, every rank."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if active(world_size):
+        parts: list = [None] * world_size
+        dist.all_gather_object(parts, (rows.cpu(), indices))
+    else:
+        parts = [(rows.cpu(), indices)]
+    first = next((r for r, _ in parts if len(r)), rows)
+    out = torch.zeros((total, *first.shape[1:]), dtype=first.dtype)
+    seen = np.zeros(total, dtype=bool)
+    for part_rows, part_indices in parts:
+        if len(part_indices):
+            out[torch.as_tensor(part_indices)] = part_rows
+            seen[part_indices] = True
+    if not seen.all():
+        raise RuntimeError(f"{int((~seen).sum())} of {total} rows came from no rank")
     return out

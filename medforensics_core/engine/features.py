@@ -29,6 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..checkpoint import atomic_write_bytes, load_tensors, save_tensors
@@ -37,6 +38,7 @@ from ..data.manifest import sha256_file
 from ..errors import CheckpointError
 from ..locations import cache_root
 from .context import FitContext
+from .distributed import gather_tensor_rows
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,8 @@ def cached_features(images: ImageSet, encode: Encoder, transform: Transform, *, 
     if missing:
         fresh = encode_images(images.subset(missing), encode, transform, ctx, batch_size)
         new_hashes = [hashes[i] for i in missing]
-        cache.store(new_hashes, fresh)
+        if ctx.rank == 0:  # every rank holds the gathered features; one writes them
+            cache.store(new_hashes, fresh)
         known.update(dict(zip(new_hashes, fresh)))
     if not hashes:
         return torch.zeros(0, 0), stats
@@ -129,22 +132,28 @@ def cached_features(images: ImageSet, encode: Encoder, transform: Transform, *, 
 @torch.no_grad()
 def encode_images(images: ImageSet, encode: Encoder, transform: Transform, ctx: FitContext,
                   batch_size: int) -> torch.Tensor:
-    """Run ``encode`` over every image (in order) under the context's device and precision."""
+    """Run ``encode`` over every image (in order) under the context's device and precision.
+
+    Under ``torchrun`` each rank encodes its shard once and the shards are
+    gathered, so every rank returns all the features in the image set's order.
+    """
     loader = ctx.loader(images, transform, batch_size, shuffle=False)
-    chunks = []
-    for inputs, _, _ in ctx.track(loader, len(loader), "encoding features"):
+    chunks, seen = [], []
+    for batch in ctx.track(loader, len(loader), "encoding features"):
         with ctx.autocast():
-            chunks.append(encode(inputs.to(ctx.device, non_blocking=True)).float().cpu())
-    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+            chunks.append(encode(batch.inputs.to(ctx.device, non_blocking=True)).float().cpu())
+        seen.append(batch.indices.numpy())
+    if not chunks:
+        return torch.zeros(0, 0)
+    return gather_tensor_rows(torch.cat(chunks), np.concatenate(seen), len(images), ctx.world_size)
 
 
 
 def feature_loader(features: torch.Tensor, labels, batch_size: int, ctx: FitContext,
                    shuffle: bool = True, epoch_offset: int = 0) -> torch.utils.data.DataLoader:
-    """Batches of ``(features, labels, indices)`` over cached features — the shape the epoch loop expects.
+    """Batches (:class:`~medforensics_core.contract.Batch`) over cached features — what the epoch loop expects.
 
-    Shuffled from the run's seed plus ``epoch_offset`` (pass the epoch for a new, reproducible order each epoch).
+    Shuffled from the run's seed plus ``epoch_offset`` (pass the epoch for a new, reproducible order each epoch);
+    sharded across ranks under ``torchrun`` (``ctx.tensor_loader``).
     """
-    dataset = torch.utils.data.TensorDataset(features, torch.as_tensor(labels), torch.arange(len(labels)))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                                       generator=ctx.generator(epoch_offset) if shuffle else None)
+    return ctx.tensor_loader(features, labels, batch_size, shuffle=shuffle, epoch_offset=epoch_offset)

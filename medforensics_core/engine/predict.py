@@ -22,6 +22,7 @@ import torch
 from ..data.modality import normalise as normalise_modality
 from ..data.modality import resolve as resolve_modality
 from ..data.readers import LoadedImage, count_frames, iter_frames, read_image
+from ..data.walk import expand_inputs
 from ..decision import DEFAULT_THRESHOLD, verdict
 from ..errors import BadInputError, CheckpointError, MfxError
 from ..interfaces import Detector
@@ -31,7 +32,6 @@ from .tiles import ImageScore, TileConfig, TileScorer
 
 log = logging.getLogger(__name__)
 
-FALLBACK_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 
 
 @dataclasses.dataclass
@@ -64,38 +64,6 @@ class PredictOptions:
     modality: str | None = None
     tiles: TileConfig = dataclasses.field(default_factory=TileConfig)
     explain: Path | None = None
-
-
-def _suffixes() -> tuple[str, ...]:
-    try:
-        from ..data.readers import IMAGE_SUFFIXES
-    except ImportError:  # the placeholder reader has no suffix list
-        return FALLBACK_SUFFIXES
-    return tuple(s.lower() for s in IMAGE_SUFFIXES)
-
-
-def _is_image_name(path: Path, suffixes: tuple[str, ...]) -> bool:
-    name = path.name.lower()
-    return any(name.endswith(s) for s in suffixes)
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given plus image files found (recursively, sorted) in folders; missing paths are bad."""
-    suffixes = _suffixes()
-    files: list[Path] = []
-    bad: list[tuple[str, str]] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image_name(p, suffixes))
-            if not found:
-                bad.append((str(path), "folder holds no image files"))
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            bad.append((str(path), "no such file or folder"))
-    return files, bad
 
 
 def checkpoint_threshold(detector: Detector, given: float | None = None) -> tuple[float, str]:

@@ -11,7 +11,7 @@ one function, never an ``if protocol == ...`` branch elsewhere.
   the unit's fakes;
 * ``cross-modality``: train on ``--train-modalities``, test on every other modality;
 * ``few-shot``: hold one generator out as in leave-one-generator-out, then give
-  detectors with a reference bank (an ``add_references`` method) ``--shots``
+  detectors that declare a reference bank (:class:`~medforensics_core.contract.ReferenceBank`) ``--shots``
   support fakes of it from the train split and score again.
 
 **What is held out** (``--holdout-by``, leave-one-generator-out and few-shot):
@@ -82,10 +82,10 @@ class DataBundle:
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = []
+        found: dict[tuple[str, str], None] = {}  # ordered set: 60k skipped files stay linear, not quadratic
         for images in self._splits.values():
-            found.extend(s for s in images.skipped if s not in found)
-        return found
+            found.update(dict.fromkeys(images.skipped))
+        return list(found)
 
 
 @dataclasses.dataclass

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from ..contract import Batch
 from ..decision import accuracy
 from ..seeding import seeded  # noqa: F401 - re-exported for the baselines
 from .context import FitContext
@@ -37,6 +38,18 @@ class Schedule:
     min_lr: float = 1e-6
     step_every: int | None = None
     step_gamma: float = 1.0
+
+
+def _module_forward(module: torch.nn.Module, frozen: Callable[[torch.Tensor], torch.Tensor] | None):
+    if frozen is None:
+        return module
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = frozen(inputs)
+        return module(features.float())
+
+    return forward
 
 
 def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
@@ -61,22 +74,32 @@ def detector_loaders(detector, train, val, ctx, batch_size: int):
     return train_loader, val_loader
 
 
-def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                 predict: Callable[[torch.Tensor], np.ndarray], optimizer: torch.optim.Optimizer,
+def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torch.Tensor] | None,
+                 predict: Callable[[Batch], np.ndarray], optimizer: torch.optim.Optimizer,
                  train_loader: Callable[[int], Iterable], val_loader: Iterable | None, ctx: FitContext,
-                 schedule: Schedule, name: str, loss_fn: LossFn = binary_logit_loss) -> dict[str, Any]:
-    """Train ``module`` (through ``forward``) epoch by epoch; returns the run's ``train_info``.
+                 schedule: Schedule, name: str, loss_fn: LossFn = binary_logit_loss, *,
+                 frozen: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+    """Train ``module`` epoch by epoch; returns the run's ``train_info``.
 
-    ``train_loader(epoch)`` gives that epoch's loader of ``(inputs, labels, indices)``;
-    ``predict`` maps a validation batch to fake probabilities; ``loss_fn(forward(inputs), labels)``
+    The logits are ``module(frozen(inputs))`` (``frozen``: e.g. a frozen encoder,
+    run without gradients) when ``forward`` is ``None`` or ``module`` itself — the
+    form that trains distributed for real: ``module`` is wrapped by
+    ``ctx.parallel`` (``DistributedDataParallel`` under ``torchrun``). Any other
+    ``forward`` callable is used as given (gradients then averaged by hand).
+    ``train_loader(epoch)`` gives that epoch's loader of batches; ``predict`` maps
+    a validation :class:`Batch` to fake probabilities (gathered over ranks, so
+    every rank takes the same early-stopping decision); ``loss_fn(logits, labels)``
     is the training objective (default: BCE on one logit per image).
     """
     best_acc, best_state, stale = -1.0, None, 0
     info: dict[str, Any] = {"epochs": 0, "lr_drops": 0}
+    synchronised = forward is None or forward is module
+    if synchronised:
+        forward = _module_forward(ctx.parallel(module), frozen)
     for epoch in ctx.epoch_range(schedule.epochs, name):
         module.train()
         info["final_loss"] = run_epoch(forward, train_loader(epoch), optimizer, ctx, loss_fn=loss_fn,
-                                       description=f"{name} epoch {epoch + 1}")
+                                       description=f"{name} epoch {epoch + 1}", synchronised=synchronised)
         info["epochs"] = epoch + 1
         if schedule.step_every and (epoch + 1) % schedule.step_every == 0:
             scale_lr(optimizer, schedule.step_gamma)

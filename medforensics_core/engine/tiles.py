@@ -28,10 +28,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..contract import Batch
 from ..errors import ConfigError
 from ..interfaces import Detector
 from .context import FitContext
-from .evaluate import accepts_modalities
 
 MODES = ("tiles", "center")
 AGGREGATES = ("max", "mean")
@@ -144,7 +144,6 @@ class TileScorer:
         self.config = config
         self.ctx = ctx or FitContext(device=detector.device)
         self.size = input_size(detector)
-        self._with_modalities = accepts_modalities(detector)
 
     def describe(self) -> dict:
         """The scoring settings, as the JSON output and the report state them."""
@@ -179,10 +178,7 @@ class TileScorer:
     def _predict(self, inputs: Sequence[torch.Tensor], modality: str) -> np.ndarray:
         batch = torch.stack(list(inputs)).to(self.ctx.device)
         with torch.inference_mode(), self.ctx.autocast():
-            if self._with_modalities:
-                scores = self.detector.predict_proba(batch, modalities=[modality] * len(batch))
-            else:
-                scores = self.detector.predict_proba(batch)
+            scores = self.detector.predict_proba(Batch.of(batch, modalities=[modality] * len(batch)))
         return np.asarray(scores, dtype=np.float64).reshape(-1)
 
 

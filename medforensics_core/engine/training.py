@@ -2,7 +2,8 @@
 
 They exist so that each detector's ``fit`` states only its recipe (optimiser,
 schedule, stopping rule) and not the plumbing (device moves, mixed precision,
-progress, budget), which is the same for every detector.
+progress, budget, distribution), which is the same for every detector. Loaders
+yield :class:`~medforensics_core.contract.Batch` (``ctx.loader`` / ``ctx.tensor_loader``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..contract import Batch
 from ..decision import accuracy  # noqa: F401 - re-exported: the one accuracy rule
 from .context import FitContext
-from .distributed import average_gradients
+from .distributed import average_gradients, gather_in_order
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -25,42 +27,51 @@ def binary_logit_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader, optimizer: torch.optim.Optimizer,
-              ctx: FitContext, loss_fn: LossFn = binary_logit_loss, description: str = "train") -> float:
-    """One pass over ``loader``: forward under autocast, loss, backward, step. Returns the mean loss."""
+              ctx: FitContext, loss_fn: LossFn = binary_logit_loss, description: str = "train", *,
+              synchronised: bool = False) -> float:
+    """One pass over ``loader``: forward under autocast, loss, backward, step. Returns the mean loss.
+
+    Under ``torchrun`` every rank must step with the mean gradient of the global
+    batch: ``synchronised`` says ``forward`` is a ``DistributedDataParallel``
+    module (``ctx.parallel``) that already averages in ``backward``; otherwise the
+    gradients are averaged here by hand (the same rule).
+    """
     total, count = 0.0, 0
-    for inputs, labels, _ in ctx.track(loader, len(loader), description):
-        inputs = inputs.to(ctx.device, non_blocking=True)
-        labels = labels.to(ctx.device, non_blocking=True)
+    for batch in ctx.track(loader, len(loader), description):
+        batch = batch.to(ctx.device)
         with ctx.autocast():
-            loss = loss_fn(forward(inputs), labels)
+            loss = loss_fn(forward(batch.inputs), batch.labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if ctx.distributed:  # the DistributedDataParallel rule: every rank steps with the mean gradient
+        if ctx.distributed and not synchronised:
             average_gradients(optimizer, ctx.world_size)
         optimizer.step()
-        total += float(loss.detach()) * len(labels)
-        count += len(labels)
+        total += float(loss.detach()) * len(batch)
+        count += len(batch)
         ctx.status(f"loss {total / count:.4f}")
     return total / max(count, 1)
 
 
 @torch.no_grad()
-def predict_loader(predict: Callable[..., np.ndarray], loader, ctx: FitContext,
-                   description: str = "score", *, pass_indices: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and labels over a loader (``predict`` maps a batch on ``ctx.device`` to probabilities).
+def predict_loader(predict: Callable[[Batch], np.ndarray], loader, ctx: FitContext,
+                   description: str = "score") -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels over a loader of batches, in dataset order (``predict`` maps a Batch to probabilities).
 
-    With ``pass_indices`` the batch's dataset indices are handed to ``predict`` as
-    a second argument (the engine uses them to pass per-image modalities and to
-    put scores gathered from several ranks back in order).
+    Under ``torchrun`` each rank scores its shard and the scores are gathered back
+    into the dataset's order, so every rank returns the same arrays.
     """
-    scores, labels = [], []
-    for inputs, batch_labels, indices in ctx.track(loader, len(loader), description):
-        inputs = inputs.to(ctx.device, non_blocking=True)
+    scores, labels, seen = [], [], []
+    for batch in ctx.track(loader, len(loader), description):
+        batch = batch.to(ctx.device)
         with ctx.autocast():
-            batch_scores = predict(inputs, indices) if pass_indices else predict(inputs)
+            batch_scores = predict(batch)
         scores.append(np.asarray(batch_scores, dtype=np.float64).reshape(-1))
-        labels.append(batch_labels.numpy())
+        labels.append(batch.labels.cpu().numpy())
+        seen.append(batch.indices.numpy().astype(np.int64))
+    total = len(loader.dataset)
     if not scores:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
-    return np.concatenate(scores), np.concatenate(labels)
-
+    indices = np.concatenate(seen)
+    ordered = gather_in_order(np.concatenate(scores), indices, total, ctx.world_size)
+    ordered_labels = gather_in_order(np.concatenate(labels), indices, total, ctx.world_size).astype(np.int64)
+    return ordered, ordered_labels

@@ -17,6 +17,7 @@ import torch
 
 from medforensics_core.data.dataset import ImageSet
 from medforensics_core.engine.context import FitContext
+from medforensics_core.engine.distributed import gather_tensor_rows
 
 from . import mfrm
 
@@ -46,22 +47,31 @@ class Embedded:
 
 @torch.no_grad()
 def embed_imageset(detector: "DSKIBase", images: ImageSet, ctx: FitContext | None = None) -> Embedded:
-    """Embeddings, descriptors and stage-1 probabilities of every image (each with its own modality's prompts)."""
+    """Embeddings, descriptors and stage-1 probabilities of every image (each with its own modality's prompts).
+
+    Under ``torchrun`` each rank embeds its shard once and the shards are gathered, so every
+    rank holds every row, in the image set's order.
+    """
     ctx = ctx or FitContext(device=detector.device)
     loader = ctx.loader(images, detector.preprocess, EVAL_BATCH, shuffle=False)
-    embeddings, descriptors, probs, modalities = [], [], [], []
-    for inputs, _, indices in loader:
-        rows = [images.rows[int(i)].modality for i in indices]
-        embedded, desc = detector.encode(inputs)
-        probs.append(detector.stage1_probability(embedded, rows))
-        embeddings.append(embedded.cpu().numpy())
+    embeddings, descriptors, probs, seen = [], [], [], []
+    for batch in loader:
+        embedded, desc = detector.encode(batch.inputs)
+        probs.append(torch.from_numpy(detector.stage1_probability(embedded, batch.modalities)))
+        embeddings.append(embedded.float().cpu())
         if desc is not None:
-            descriptors.append(desc.cpu().numpy())
-        modalities.extend(rows)
+            descriptors.append(desc.float().cpu())
+        seen.append(batch.indices.numpy())
     dim = detector.backbone.embed_dim
-    return Embedded(np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32),
-                    np.concatenate(descriptors) if descriptors else None,
-                    np.concatenate(probs) if probs else np.zeros(0), np.asarray(images.labels), modalities)
+    if not embeddings:
+        return Embedded(np.zeros((0, dim), np.float32), None, np.zeros(0), np.asarray(images.labels), [])
+    index, total = np.concatenate(seen), len(images)
+
+    def gathered(parts: list[torch.Tensor]) -> np.ndarray:
+        return gather_tensor_rows(torch.cat(parts), index, total, ctx.world_size).numpy()
+
+    return Embedded(gathered(embeddings), gathered(descriptors) if descriptors else None, gathered(probs),
+                    np.asarray(images.labels), [row.modality for row in images.rows])
 
 
 def build(detector: "DSKIBase", support: Embedded, rows: list[dict[str, Any]]) -> None:

@@ -25,13 +25,14 @@ from torch import nn
 from torchvision.transforms import v2
 
 from medforensics_core.backbones import ClipBackbone, load_clip
-from medforensics_core.config import config_to_dict
+from medforensics_core.contract import Batch, ReferenceBank, SupportsDistributed
 from medforensics_core.data.dataset import ImageSet
 from medforensics_core.engine.augment import TraceAugment, TraceRecipe, resize_shorter, train_geometry
 from medforensics_core.engine.context import FitContext
 from medforensics_core.errors import CheckpointError, ConfigError, MfxError
 from medforensics_core.interfaces import Detector, Retriever
 from medforensics_core.plugins import get_registry
+from medforensics_core.retrieval import bank_state, check_compatible, new_bank, restore_bank, split_bank_tensors
 
 from . import bank as mfrm_bank
 from . import mfrm, training
@@ -43,14 +44,13 @@ from .prompts import PromptContext, PromptEncoder
 
 log = logging.getLogger(__name__)
 
-BANK_PREFIX = "bank."
 EVAL_BATCH = mfrm_bank.EVAL_BATCH
 
 
-class DSKIBase(Detector):
+class DSKIBase(Detector, SupportsDistributed):
     """Everything of DSKI but the few-shot reference API (see :class:`DSKIDetector`); not registered.
 
-    ``dski-no-mfrm`` derives from this class, not from ``dski``, so that it has no ``add_references``:
+    ``dski-no-mfrm`` derives from this class, not from ``dski``, so that it does not declare ReferenceBank:
     the engine's few-shot protocol offers references only to detectors that have that method.
     """
 
@@ -71,7 +71,6 @@ class DSKIBase(Detector):
         self.bank: Retriever | None = None
         self.known_modalities: list[str] = []
         self.fusion = mfrm.Fusion(cfg.mfrm_alpha, cfg.mfrm_beta, cfg.descriptor_weight if cfg.use_descriptor else 0.0)
-        self._pending_bank: dict[str, Any] | None = None
         self._empty_bank_logged = False
         size = self.backbone.image_size
         self._mean = torch.tensor(self.backbone.mean).view(-1, 1, 1)
@@ -227,17 +226,17 @@ class DSKIBase(Detector):
         return {"stage1": stage1, "retrieval": mfrm.evidence(neighbours, self.fusion.beta),
                 "fused": mfrm.fused_probability(stage1, neighbours, self.fusion.alpha, self.fusion.beta)}
 
-    def predict_proba(self, batch: torch.Tensor, modalities: Sequence[str] | None = None) -> np.ndarray:
+    def predict_proba(self, batch: Batch) -> np.ndarray:
         """Fake probability of each preprocessed image: stage 1 fused with the MFRM evidence.
 
-        ``modalities`` (one per image, e.g. ``imageset.rows[i].modality``) selects each image's class
-        prompts. It is optional because the engine's scoring loop hands a detector only pixels;
-        without it every image uses the generic prompts, which stage 1 trains as well.
+        The batch's rows give each image's modality, which selects its class prompts (and, with
+        ``same_modality``, its references); a batch without rows (a bare tensor) uses the generic
+        prompts, which stage 1 trains as well.
         """
         if not self.mfrm_active() and self.config.use_mfrm and not self._empty_bank_logged:
             log.warning("DSKI: MFRM skipped, the reference bank is empty (stage-1 scores only)")
             self._empty_bank_logged = True
-        return self.stage_scores(batch, modalities)["fused"]
+        return self.stage_scores(batch.inputs, batch.modalities)["fused"]
 
     def _search(self, vectors: torch.Tensor, modalities: Sequence[str] | None) -> mfrm.Neighbours:
         restrict = list(modalities) if self.config.same_modality and modalities is not None else None
@@ -307,7 +306,7 @@ class DSKIBase(Detector):
         return digest.hexdigest()[:16]
 
     def new_bank(self) -> Retriever:
-        return mfrm.new_bank(self.config.retriever, self.bank_dim(), self.bank_info())
+        return new_bank(self.config.retriever, self.bank_dim(), self.bank_info())
 
     def embed_imageset(self, images: ImageSet, ctx: FitContext | None = None) -> tuple[np.ndarray, np.ndarray]:
         """MFRM vectors ``(n, bank_dim)`` and stage-1 fake probabilities ``(n,)`` with each row's modality."""
@@ -323,8 +322,6 @@ class DSKIBase(Detector):
 
     def attach_bank(self, bank: Retriever) -> None:
         """Use ``bank`` (e.g. ``Retriever.load(path)``) as the MFRM bank; a bank of another model is refused."""
-        from mfx_retrieval import check_compatible
-
         check_compatible(bank, self.bank_info())
         self.bank = bank
         self._empty_bank_logged = False
@@ -354,50 +351,32 @@ class DSKIBase(Detector):
 
     # ------------------------------------------------------------------ persistence
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        state = super().state_tensors()
-        if self.bank is not None:
-            state.update({BANK_PREFIX + k: v for k, v in self.bank.state_tensors().items()})
-        return state
-
-    def load_state_tensors(self, tensors: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-        bank_tensors = {k[len(BANK_PREFIX):]: v for k, v in tensors.items() if k.startswith(BANK_PREFIX)}
-        model_tensors = {k: v for k, v in tensors.items() if not k.startswith(BANK_PREFIX)}
-        super().load_state_tensors(model_tensors, source)
-        self.prompts.clear_cache()
-        pending, self._pending_bank = self._pending_bank, None
-        if pending is None:
-            if bank_tensors:
-                raise CheckpointError(f"{source}: bank tensors without bank metadata")
-            return
-        bank = mfrm.new_bank(pending["retriever"], pending["dim"], pending["info"], pending.get("config"))
-        bank.load_state_tensors(bank_tensors, pending.get("extra", {}))
-        try:
-            self.attach_bank(bank)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{source}: {exc}") from None
+        return {**super().state_tensors(), **bank_state(self.bank)[0]}
 
     def extra_state(self) -> dict[str, Any]:
-        bank = None
-        if self.bank is not None:
-            bank = {"retriever": self.bank.name, "dim": self.bank.dim, "info": self.bank.info,
-                    "config": config_to_dict(self.bank.config), "extra": self.bank.extra_state()}
         return {"backbone": self.backbone.key(), "known_modalities": self.known_modalities,
-                "fusion": dataclasses.asdict(self.fusion), "bank": bank}
+                "fusion": dataclasses.asdict(self.fusion), "bank": bank_state(self.bank)[1]}
 
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        saved = state.get("backbone")
+    def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
+                   source: str = "checkpoint") -> None:
+        """Adapters, prompt context, fusion settings and the MFRM bank, in one call."""
+        saved = extra.get("backbone")
         if saved is not None and saved != self.backbone.key():
-            raise CheckpointError(f"checkpoint trained on backbone {saved!r}, but this config builds "
+            raise CheckpointError(f"{source}: checkpoint trained on backbone {saved!r}, but this config builds "
                                   f"{self.backbone.key()!r}")
-        self.known_modalities = list(state.get("known_modalities", []))
-        fusion = state.get("fusion")
+        self.known_modalities = list(extra.get("known_modalities", []))
+        fusion = extra.get("fusion")
         if fusion is not None:
             self.fusion = mfrm.Fusion(float(fusion["alpha"]), float(fusion["beta"]),
                                       float(fusion["descriptor_weight"]))
-        self._pending_bank = state.get("bank")
+        bank_tensors, model_tensors = split_bank_tensors(tensors)
+        self.load_module_tensors(model_tensors, source)
+        self.prompts.clear_cache()
+        self.bank = restore_bank(bank_tensors, extra.get("bank"), self.bank_info(), source)
+        self._empty_bank_logged = False
 
 
-class DSKIDetector(DSKIBase):
+class DSKIDetector(DSKIBase, ReferenceBank):
     """DSKI (MICCAI 2025) as built in mfx: see :class:`~mfx_dski.config.DSKIConfig` for every choice."""
 
     name: ClassVar[str] = "dski"
@@ -436,3 +415,6 @@ class DSKIDetector(DSKIBase):
             self.bank.add(vectors.cpu().numpy(), [int(x) for x in labels[start:stop]], meta)
         self._empty_bank_logged = False
         return len(self.bank)
+
+    def check_reference_modalities(self, modalities: Sequence[str]) -> None:
+        self.check_modalities(modalities)

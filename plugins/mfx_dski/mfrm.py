@@ -1,7 +1,8 @@
 """MFRM — the medical forensic retrieval module: a labelled bank of adapted embeddings, and Tip-Adapter fusion.
 
-The retriever itself and the compatibility check are shared building blocks of
-``mfx_retrieval`` (asked for by registry name). What is DSKI's own is here:
+The retriever (asked for by registry name), bank labels, the compatibility
+check and bank persistence live in the core (:mod:`medforensics_core.retrieval`),
+shared with UnivFD-NN. What is DSKI's own is here:
 which training images go into the bank, how neighbours become evidence, how
 that evidence is fused with the stage-1 probability, and how the fusion is tuned.
 
@@ -25,7 +26,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from medforensics_core.interfaces import Retriever
-from medforensics_core.plugins import get_registry
+from medforensics_core.retrieval import bank_labels
 
 log = logging.getLogger(__name__)
 _EPS = 1e-6
@@ -46,16 +47,6 @@ class Fusion:
     alpha: float
     beta: float
     descriptor_weight: float
-
-
-def new_bank(retriever_name: str, dim: int, info: Mapping[str, Any],
-             config: Mapping[str, Any] | None = None) -> Retriever:
-    """An empty bank from the registered retriever ``retriever_name``."""
-    from medforensics_core.config import config_from_dict
-
-    cls = get_registry().retriever(retriever_name)
-    retriever_config = config_from_dict(cls.config_class, config) if config else None
-    return cls(retriever_config, dim=dim, info=dict(info))
 
 
 def support_indices(rows: Sequence[Any], shots: int, rng: np.random.Generator) -> list[int]:
@@ -79,8 +70,6 @@ def search(bank: Retriever, features: np.ndarray, k: int, modalities: Sequence[s
     Restricting to a modality searches the whole bank and keeps each query's
     ``k`` best of its own modality (banks are thousands of vectors, not millions).
     """
-    from mfx_retrieval import bank_labels
-
     if modalities is None:
         similarities, indices = bank.search(features, k)
         return Neighbours(similarities, bank_labels(bank, indices))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from medforensics_core.data.dataset import ImageSet
 from medforensics_core.engine.context import FitContext
+from medforensics_core.engine.distributed import average_gradients
 from medforensics_core.errors import ConfigError
 from medforensics_core.seeding import numpy_rng
 
@@ -106,7 +107,7 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
             detector.net.train()
             loader = ctx.loader(train, detector.train_transform, batch_size, shuffle=True,
                                 drop_last=len(train) > batch_size, epoch_offset=epoch)
-            info["losses"].append(_train_epoch(detector, loader, train, optimizer, ctx, epoch))
+            info["losses"].append(_train_epoch(detector, loader, optimizer, ctx, epoch))
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             detector.net.eval()
@@ -134,18 +135,23 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
     return info
 
 
-def _train_epoch(detector: "DSKIBase", loader, train: ImageSet, optimizer, ctx: FitContext, epoch: int) -> float:
+def _train_epoch(detector: "DSKIBase", loader, optimizer, ctx: FitContext, epoch: int) -> float:
+    """One pass of stage 1 over batches whose rows give each image's modality (its class prompts).
+
+    The adapters run inside the frozen backbone's forward, not through one module's ``forward``,
+    so under ``torchrun`` the gradients are averaged by hand (the ``DistributedDataParallel`` rule).
+    """
     total, count = 0.0, 0
-    for inputs, labels, indices in ctx.track(loader, len(loader), f"dski epoch {epoch + 1}"):
-        labels = labels.to(detector.device)
-        modalities = [train.rows[int(i)].modality for i in indices]
+    for batch in ctx.track(loader, len(loader), f"dski epoch {epoch + 1}"):
         with ctx.autocast():
-            loss = stage1_loss(detector, inputs, labels, modalities)
+            loss = stage1_loss(detector, batch.inputs, batch.labels.to(detector.device), batch.modalities)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if ctx.distributed:
+            average_gradients(optimizer, ctx.world_size)
         optimizer.step()
-        total += float(loss.detach()) * len(labels)
-        count += len(labels)
+        total += float(loss.detach()) * len(batch)
+        count += len(batch)
         ctx.status(f"loss {total / count:.4f}")
     return total / max(count, 1)
 

@@ -1,9 +1,11 @@
-"""Retrievers on faiss (``faiss-flat`` exact, ``faiss-hnsw`` approximate) and the shared kNN scoring.
+"""Retrievers on faiss (``faiss-flat`` exact, ``faiss-hnsw`` approximate).
 
 Detectors ask the registry for a retriever by name
-(``get_registry().retriever("faiss-flat")``) and use the helpers here to turn
-neighbours into a fake probability (:func:`knn_fake_probability`) and to
-refuse a bank built by another model (:func:`check_compatible`).
+(``get_registry().retriever("faiss-flat")``); what they do with a bank (the
+kNN vote, bank labels, the compatibility check, bank persistence) lives once in
+the core, :mod:`medforensics_core.retrieval`, and works with any registered
+retriever. The helpers are re-exported here for code written against this
+package's earlier API.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from medforensics_core.hookspecs import hookimpl
 
 from .banks import (MISSING_SIMILARITY, FaissBank, FaissFlatRetriever, FaissHnswRetriever, FlatConfig, HnswConfig,
                     normalised)
-from .scoring import check_compatible, knn_fake_probability, bank_labels, retrieval_fake_probability
+from medforensics_core.retrieval import (bank_labels, check_compatible, knn_fake_probability,
+                                         retrieval_fake_probability)
 
 __all__ = ["MISSING_SIMILARITY", "FaissBank", "FaissFlatRetriever", "FaissHnswRetriever", "FlatConfig", "HnswConfig",
            "normalised",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...contract import ReferenceBank, SupportsDistributed
 from ...decision import DEFAULT_THRESHOLD, flag_fake
 from ...errors import MfxError
 from ...interfaces import Detector, Perturbation
@@ -56,14 +57,14 @@ def tensorboard_sink(folder: Path):
 def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
     """The context a detector's ``fit`` sees under torchrun.
 
-    Only a detector that declares ``distributed_fit = True`` (its training loop
-    is ``engine.training.run_epoch``, which averages gradients across ranks)
-    trains on shards. Any other detector trains on the full training set on
+    Only a detector that declares :class:`~medforensics_core.contract.SupportsDistributed`
+    (its training goes through the shared epoch loop, which wraps the trained
+    module in ``DistributedDataParallel``) trains on shards. Any other detector trains on the full training set on
     every rank — identical, seeded runs — because training it on a shard
     without gradient synchronisation would silently give rank 0 a model fitted
     to 1/N of the data. Scoring is always sharded.
     """
-    if ctx.distributed and not getattr(cls, "distributed_fit", False):
+    if ctx.distributed and not issubclass(cls, SupportsDistributed):
         return dataclasses.replace(ctx, world_size=1)
     return ctx
 
@@ -194,7 +195,7 @@ def report_examples(detector: Detector, images, scores: np.ndarray, threshold: f
 
 
 def add_references(detector: Detector, support, ctx: FitContext) -> None:
-    """Give a detector with a reference bank (``add_references``) the few-shot support images."""
+    """Give a :class:`~medforensics_core.contract.ReferenceBank` detector the few-shot support images."""
     images = torch.stack([support.image(i) for i in range(len(support))])
     detector.add_references(images, support.labels.tolist(), [r.modality for r in support.rows],
                             [r.generator for r in support.rows])
@@ -219,7 +220,7 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
     if fold_dir is not None and ctx.rank == 0:
         entry["examples"] = report_examples(detector, fold.test, scores, threshold, fold_dir, spec.name, ctx)
     rows[spec.name]["entry"] = entry
-    if fold.support is not None and hasattr(detector, "add_references"):
+    if fold.support is not None and isinstance(detector, ReferenceBank):
         add_references(detector, fold.support, ctx)
         shot_scores, _ = score_with_timing(detector, fold.test, ctx, batch_size=options.batch_size)
         shot_entry = dict(entry, **summarize_scores(fold.test, shot_scores, options, threshold), checkpoint=None)
@@ -239,9 +240,8 @@ def stage_aucs(detector: Detector, images, ctx: FitContext, batch_size: int) -> 
     loader = ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
     collected: dict[str, list[np.ndarray]] = {}
     with torch.inference_mode():
-        for inputs, _, indices in loader:
-            modalities = [images.rows[int(i)].modality for i in indices]
-            for stage, values in detector.stage_scores(inputs, modalities).items():
+        for batch in loader:
+            for stage, values in detector.stage_scores(batch.inputs, batch.modalities).items():
                 collected.setdefault(stage, []).append(np.asarray(values, dtype=np.float64))
     labels = np.asarray(images.labels)
     two_classes = len(np.unique(labels)) == 2

@@ -120,8 +120,10 @@ def bootstrap_note(fold: Fold, options: CompareOptions) -> str:
 def _bankless_notes(plan: RunPlan, fold: Fold) -> list[str]:
     if fold.make_support is None:
         return []
-    return [f"{spec.name} has no reference bank (no add_references): no few-shot row"
-            for spec in plan.specs if not hasattr(spec.cls, "add_references")]
+    from ...contract import ReferenceBank
+
+    return [f"{spec.name} has no reference bank (does not declare ReferenceBank): no few-shot row"
+            for spec in plan.specs if not issubclass(spec.cls, ReferenceBank)]
 
 
 def _notes(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> list[str]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medforensics_core.contract import Batch
 from medforensics_core.decision import accuracy
 from medforensics_core.errors import MfxError
 from medforensics_core.interfaces import Detector
@@ -146,9 +147,9 @@ class ExampleDetector(Detector):
         """Feature vectors and labels of every image of an ImageSet, in order."""
         loader = ctx.loader(images, self.preprocess, ctx.batch_size_for(self.config.batch_size), shuffle=False)
         features, labels = [], []
-        for batch, batch_labels, _ in ctx.track(loader, len(loader), f"{self.name}: residual statistics"):
-            features.append(batch.numpy())
-            labels.append(batch_labels.numpy())
+        for batch in ctx.track(loader, len(loader), f"{self.name}: residual statistics"):
+            features.append(batch.inputs.numpy())  # a Batch: inputs, labels, rows (modality, generator...)
+            labels.append(batch.labels.numpy())
         if not features:
             raise MfxError(f"{self.name}: no images to fit on")
         return np.concatenate(features), np.concatenate(labels)
@@ -172,17 +173,18 @@ class ExampleDetector(Detector):
                            "train_acc": float(classifier.score(scaler.transform(features), labels))}
         if val is not None and len(val):
             val_features, val_labels = self.features(val, ctx)
-            val_scores = self.predict_proba(torch.from_numpy(val_features))
+            val_scores = self.predict_proba(Batch(torch.from_numpy(val_features)))
             self.train_info["val_acc"] = accuracy(val_scores, val_labels)
         self.fitted = True
         return self
 
     @torch.no_grad()
-    def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        if batch.ndim != 2 or batch.shape[1] != self.n_features:
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        features = batch.inputs  # what preprocess made of each image
+        if features.ndim != 2 or features.shape[1] != self.n_features:
             raise MfxError(f"{self.name}: expected feature vectors of shape (N, {self.n_features}), got "
-                           f"{tuple(batch.shape)} (pass images through detector.preprocess first)")
-        return self.model(batch.to(self.model.mean.device)).float().cpu().numpy()
+                           f"{tuple(features.shape)} (pass images through detector.preprocess first)")
+        return self.model(features.to(self.model.mean.device)).float().cpu().numpy()
 
     # --8<-- [end:fit]
     def weights_info(self) -> str:
