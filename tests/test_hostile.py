@@ -549,3 +549,19 @@ def test_damaged_saved_result_is_run_again_not_a_crash(tmp_path):
     (tmp_path / "results" / "npr.json").write_text("[1]")
     store = ResultStore(RunDir(tmp_path))
     assert store.finished("freq", []) is None and store.finished("npr", []) is None
+
+
+def test_disk_full_is_one_line_and_leaves_no_half_file(tmp_path, monkeypatch):
+    import errno
+
+    from medforensics_core.checkpoint import atomic_write_bytes
+    from medforensics_core.errors import MfxError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(MfxError, match="No space left on device") as info:
+        atomic_write_bytes(tmp_path / "report.json", b"{}")
+    assert isinstance(info.value, OSError) and str(tmp_path / "report.json") in str(info.value)
+    assert list(tmp_path.iterdir()) == []
