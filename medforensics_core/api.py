@@ -58,7 +58,7 @@ def checkpoint_detector_name(path: str | os.PathLike) -> str:
         meta = json.loads(header.get("mfx", "{}"))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"{path}: not a readable mfx checkpoint ({type(exc).__name__}: {exc})") from None
-    if meta.get("kind") != "detector" or not meta.get("detector"):
+    if not isinstance(meta, dict) or meta.get("kind") != "detector" or not meta.get("detector"):
         raise CheckpointError(f"{path}: not a detector checkpoint")
     return str(meta["detector"])
 

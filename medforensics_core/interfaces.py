@@ -211,7 +211,10 @@ class Detector(Plugin, abc.ABC):
         except Exception as exc:  # noqa: BLE001 - any config mismatch is a checkpoint problem
             raise CheckpointError(f"{path}: its config does not fit {cls.name!r} ({exc})") from None
         detector = cls(config, preset=meta.get("preset"), device="cpu")
-        detector.load_state(tensors, meta.get("extra", {}) or {}, source=str(path))
+        try:
+            detector.load_state(tensors, meta.get("extra", {}) or {}, source=str(path))
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # hostile or damaged metadata
+            raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
         detector.train_info = meta.get("train_info", {})
         detector.fitted = True
         return detector.to(device)
@@ -329,10 +332,16 @@ class Generator(Plugin, abc.ABC):
     Unconditional families implement :meth:`sample`; image-to-image families
     (SDEdit, autoencoder reconstruction) implement :meth:`transform`. Hub-backed
     generators (diffusers pipelines) fit the same interface with a no-op ``fit``.
+
+    A ``conditional`` generator is trained once on the images of *every*
+    modality, like a modality-conditioned medical generator: its ``fit``,
+    ``sample`` and ``transform`` take ``conditions=`` (a long tensor with one
+    modality index per image) and it may ignore them.
     """
 
     kind: ClassVar[str] = "generator"
     family: ClassVar[str] = ""
+    conditional: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, *, device: str | torch.device = "cpu"):
         self.config = config if config is not None else self.make_config()

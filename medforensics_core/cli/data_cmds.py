@@ -61,9 +61,9 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
     console.print(f"{result.layout} layout{', detected' if layout == 'auto' else ''} "
                   f"({'use --layout to force another' if layout == 'auto' else 'as asked'})", highlight=False)
     for path in result.ignored:
-        console.print(f"[yellow]not indexed[/] {path} (not an image, or outside a 0_real/1_fake folder)",
+        console.print(f"[yellow]not indexed[/] {escape(str(path))} (not an image, or outside a 0_real/1_fake folder)",
                       markup=True, highlight=False)
-    console.print(f"wrote {len(rows)} rows to {output}")
+    console.print(f"wrote {len(rows)} rows to {escape(str(output))}")
 
 
 def _counts_table(rows, title: str) -> Table:
@@ -78,7 +78,7 @@ def _counts_table(rows, title: str) -> Table:
     order = {"train": 0, "val": 1, "test": 2}
     for (split, modality, generator, label), n in sorted(counts.items(),
                                                          key=lambda kv: (order.get(kv[0][0], 3),) + kv[0]):
-        table.add_row(split, modality, generator, "fake" if label else "real", str(n))
+        table.add_row(*(escape(text) for text in (split, modality, generator)), "fake" if label else "real", str(n))
     return table
 
 
@@ -91,7 +91,7 @@ def _counts_table(rows, title: str) -> Table:
 def check_command(path: Path, on_bad: str, as_json: bool, no_hash: bool) -> None:
     """Read every image of a manifest, dataset folder or file; list each bad one with its reason.
 
-    Exits with status 1 when any file is bad, 0 when all read cleanly.
+    Exits with status 1 when any file is bad or no image was found, 0 when all read cleanly.
     """
     from ..data.check import check_target
     from ..engine.progress import RichProgress
@@ -102,7 +102,7 @@ def check_command(path: Path, on_bad: str, as_json: bool, no_hash: bool) -> None
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
         _print_check(report)
-    sys.exit(0 if report.ok else 1)
+    sys.exit(0 if report.ok and report.checked else 1)  # nothing read is not "all clean"
 
 
 def _print_check(report) -> None:
@@ -112,9 +112,12 @@ def _print_check(report) -> None:
                       highlight=False, soft_wrap=True)
         for issue in report.bad:
             console.print(f"  {escape(str(issue.path))}: {escape(issue.reason)}", soft_wrap=True, highlight=False)
+    elif not report.checked:
+        err_console.print(f"[bold red]error:[/] no image files found in {escape(str(report.target))}: nothing was "
+                          "checked", highlight=False, soft_wrap=True)
     else:
         console.print(f"[green]all {report.checked} image(s) read cleanly[/] in {escape(str(report.target))}",
                       highlight=False, soft_wrap=True)
     if report.ignored:
         console.print(f"{len(report.ignored)} non-image file(s) not checked: "
-                      + ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else ""), highlight=False, soft_wrap=True)
+                      + escape(", ".join(report.ignored[:5])) + (" ..." if len(report.ignored) > 5 else ""), highlight=False, soft_wrap=True)

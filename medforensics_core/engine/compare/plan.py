@@ -51,6 +51,7 @@ class CompareOptions:
     run_dir: str | None = None  # write exactly here (mfx evaluate --out) instead of a new folder under ``out``
     precision: str | None = None  # fp32|bf16|fp16 for every detector; None: each detector's default (fp32 baselines)
     allow_random_init: bool = False  # missing pretrained weights: random init (marked on every row) instead of failing
+    allow: list[str] = dataclasses.field(default_factory=list)  # manifest problems to run with anyway (--allow)
     log: str | None = None  # "tensorboard": per-epoch scalars under RUN_DIR/tensorboard as well as mfx.log
 
     @classmethod
@@ -159,6 +160,21 @@ def check_seeds(seeds: Sequence[int]) -> None:
         raise MfxError(f"--seeds: seed(s) {', '.join(map(str, repeated))} given twice")
 
 
+def check_manifest_sanity(data_path: Path, allow: Sequence[str], test_split: str = "test") -> None:
+    """Refuse, at plan time, a manifest whose problems would silently change the result (unless allowed)."""
+    from ...data.manifest import PROBLEM_KINDS, SPLITS, manifest_problems
+
+    unknown = sorted(set(allow) - set(PROBLEM_KINDS))
+    if unknown:
+        raise MfxError(f"--allow {', '.join(unknown)}: known problems are {', '.join(PROBLEM_KINDS)}")
+    splits = tuple(dict.fromkeys((*SPLITS, test_split)))
+    problems = [p for p in manifest_problems(open_manifest(data_path), splits) if p.kind not in allow]
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s): mfx data check lists them)" if len(problems) > 1 else ""
+        raise MfxError(f"{data_path}: {problems[0].message}{more}; fix the manifest, or run anyway with "
+                       f"--allow {problems[0].kind}")
+
+
 def check_numbers(options: CompareOptions) -> None:
     """The numeric options, refused at plan time when they make no sense (before a run directory exists)."""
     import math
@@ -166,6 +182,8 @@ def check_numbers(options: CompareOptions) -> None:
     def number(value, flag: str, minimum: float, inclusive: bool = True) -> None:
         if value is None:
             return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MfxError(f"{flag} must be a number, not {value!r}")
         ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
         if not ok:
             bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"
@@ -223,6 +241,7 @@ def plan_run(options: CompareOptions, progress=None) -> RunPlan:
     check_log_option(options.log)
     perturbations = parse_perturbations(options.perturb)
     data_path, is_benchmark = resolve_data(options.data, options.quick, progress)
+    check_manifest_sanity(data_path, options.allow, options.test_split)
     preset = options.preset or ("tiny" if is_benchmark else "full")
     specs = [DetectorSpec(name, cls, preset, dict(options.overrides.get(name, {})), options.checkpoints.get(name))
              for name, cls in classes.items()]
