@@ -11,7 +11,7 @@ from .data_cmds import data_group
 
 
 @data_group.command("demo")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dataset folder (default: the mfx cache, where every command finds it).")
 @click.option("--size", type=int, default=None, help="Crop side in pixels (default 128; 64 with --quick).")
 @click.option("--per-modality", type=int, default=None,
@@ -31,6 +31,11 @@ def demo_command(out: Path | None, size: int | None, per_modality: int | None, g
     sample files of pydicom-data, nilearn, scikit-image and mahotas. Fakes: one
     model per modality and generator setting (GAN, diffusion, SDEdit, autoencoders,
     local regeneration), trained here on the CPU. Writes manifest.csv and DATASET.md.
+
+    \b
+    Examples:
+      mfx data demo --quick                          the small build (about a minute)
+      mfx data demo -o medforensics-mini --generators dcgan,ddpm
     """
     from ..benchmark import build_benchmark
     from ..engine.progress import RichProgress
@@ -48,7 +53,12 @@ def demo_command(out: Path | None, size: int | None, per_modality: int | None, g
               show_default=True, help="PNG file to write.")
 @click.option("--split", default="test", show_default=True, help="Split to take examples from ('all' for any).")
 def show_command(dataset: Path, output: Path, split: str) -> None:
-    """Draw a montage of DATASET: one row per modality, real + one column per generator setting."""
+    """Draw a montage of DATASET: one row per modality, real + one column per generator setting.
+
+    \b
+    Example:
+      mfx data show medforensics-mini -o montage.png --split all
+    """
     from ..benchmark.montage import draw_montage
 
     path = draw_montage(dataset, output, split=None if split == "all" else split)

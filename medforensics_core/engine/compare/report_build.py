@@ -17,6 +17,7 @@ import numpy as np
 
 from ..protocols import DataBundle, Fold
 from ..rundir import RunDir
+from ...report.schema import Report
 from .plan import CompareOptions, RunPlan
 
 LOG_FILE = "mfx.log"
@@ -73,7 +74,7 @@ def perturbation_section(plan: RunPlan, fold: Fold, results: dict[str, dict[str,
 
 
 def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], data: DataBundle,
-                env: dict[str, Any]) -> dict[str, Any]:
+                env: dict[str, Any]) -> Report:
     """The report dict (see the report contract) of one fold."""
     options = plan.options
     detectors = {name: row["entry"] for result in results.values() for name, row in result["rows"].items()}
