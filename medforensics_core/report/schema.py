@@ -21,24 +21,18 @@ ENTRY_META = ("preset", "distribution", "version", "weights", "weights_status", 
               "source", "threshold_rule")
 
 
-class GroupMetrics(TypedDict, total=False):
-    """Metrics of one group of images (see :class:`medforensics_core.metrics.MetricSet`); ``None`` = undefined."""
-
-    n: int
-    n_real: int
-    n_fake: int
-    acc: Optional[float]
-    real_acc: Optional[float]
-    fake_acc: Optional[float]
-    ap: Optional[float]
-    auc: Optional[float]
-    eer: Optional[float]
-    oracle_acc: Optional[float]
-    oracle_threshold: Optional[float]
-    auc_ci: Optional[list[float]]
-    ap_ci: Optional[list[float]]
-    n_folds: int
-    n_groups: int
+#: Metrics of one group of images (see :class:`medforensics_core.metrics.MetricSet`); ``None`` = not defined.
+#: ``tpr``/``fpr`` are taken at the detector's ``threshold``; ``tpr_at_fpr_X`` at a false-positive rate of X;
+#: ``n_sources`` counts the source images/volumes the bootstrap resamples. (Functional form: some keys hold dots.)
+GroupMetrics = TypedDict("GroupMetrics", {
+    "n": int, "n_real": int, "n_fake": int, "n_sources": int,
+    "acc": Optional[float], "real_acc": Optional[float], "fake_acc": Optional[float],
+    "ap": Optional[float], "auc": Optional[float], "eer": Optional[float],
+    "oracle_acc": Optional[float], "oracle_threshold": Optional[float],
+    "threshold": Optional[float], "tpr": Optional[float], "fpr": Optional[float],
+    "tpr_at_fpr_0.01": Optional[float], "tpr_at_fpr_0.05": Optional[float],
+    "auc_ci": Optional[list[float]], "ap_ci": Optional[list[float]], "n_folds": int, "n_groups": int,
+}, total=False)
 
 
 class Summary(TypedDict, total=False):
