@@ -171,3 +171,39 @@ def test_test_split_missing_a_label_is_reported_not_a_crash(dataset, freq_checkp
             assert entry["overall"]["auc"] is None and entry["overall"]["n_fake"] == 0
         else:
             assert entry["by_modality"]["fundus"]["auc"] is not None
+
+
+def test_predict_streams_a_2000_frame_dicom_one_frame_at_a_time(freq_checkpoint, tmp_path, monkeypatch):
+    """A 2,000-frame MR cine is scored frame by frame: never more than a couple of decoded frames alive."""
+    import gc
+    import weakref
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medforensics_core.engine import predict as predict_module
+
+    ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # 10 frames of 64x64, 16-bit, uncompressed
+    ds.PixelData = ds.PixelData * 200
+    ds.NumberOfFrames = 2000
+    cine = tmp_path / "cine-2000.dcm"
+    ds.save_as(cine)
+    alive: list[weakref.ref] = []
+    most = []
+    original = predict_module.iter_frames
+
+    def watched(path, **kwargs):
+        for index, loaded in original(path, **kwargs):
+            if index % 100 == 99:  # a full collection per frame would dominate the test's time
+                gc.collect()
+                most.append(sum(ref() is not None for ref in alive))
+            alive.append(weakref.ref(loaded.tensor))
+            yield index, loaded
+
+    monkeypatch.setattr(predict_module, "iter_frames", watched)
+    result = CliRunner().invoke(cli, ["predict", "freq", "--checkpoint", str(freq_checkpoint), str(cine), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [p["frame"] for p in out["predictions"]] == list(range(2000))
+    assert {p["modality"] for p in out["predictions"]} == {"mri"}
+    assert len(most) == 20 and max(most) <= 2  # earlier frames were released, not collected in a list

@@ -160,6 +160,10 @@ def test_cli_and_python_api_give_the_same_score_for_a_16_bit_dicom(patch_checkpo
                                               ct]).output)["predictions"][0]
     assert out["centre_score"] == pytest.approx(api_centre, abs=1e-6)
     assert out["score"] == pytest.approx(api_tiles, abs=1e-6)
+    import medforensics_core as mfx  # the public Python API: same file, same scores as the command line
+
+    assert mfx.score(detector, ct, crop="center")[0] == pytest.approx(out["centre_score"], abs=1e-6)
+    assert mfx.score(detector, ct, crop="tiles")[0] == pytest.approx(out["score"], abs=1e-6)
     eight_bit = (image * 255).round() / 255
     with torch.inference_mode():
         quantised = float(detector.predict_proba(Batch.of(detector.preprocess(eight_bit)[None], modalities=["ct"]))[0])
@@ -217,3 +221,37 @@ def test_training_cache_keeps_16_bit_dicom_as_float_and_8_bit_as_bytes(tmp_path)
     assert images._cache[0].dtype == torch.float32 and images._cache[1].dtype == torch.uint8
     assert torch.equal(images.image(0), read_image(ct).tensor)
     assert torch.equal(images.image(1), read_image(png).tensor)
+
+
+def test_modality_names_from_dicom_tags_nifti_headers_and_file_names(tmp_path):
+    import nibabel
+    import nibabel.testing
+
+    from medforensics_core.data import modality as M
+    from medforensics_core.errors import MfxError
+
+    expected = {"CT": "ct", "MR": "mri", "CR": "xray", "DX": "xray", "XA": "xray", "MG": "xray", "US": "ultrasound",
+                "NM": "nuclear", "PT": "pet", "SM": "histopathology", "OP": "fundus"}
+    for tag, name in expected.items():
+        found = M.from_dicom_tag(tag)
+        assert found.name == name and tag in found.source
+    assert M.from_dicom_tag("") is None and M.from_dicom_tag("ZZ") is None
+    assert M.resolve({"format": "dicom", "modality": "MR"}, "x.dcm", None, known=["ct", "mri"]).name == "mri"
+    assert M.resolve({"format": "png"}, "x.png", None).name == "unknown"
+    assert M.normalise("mr") == "mri" and M.normalise("CT") == "ct" and M.normalise("dermoscopy", ["dermoscopy"])
+    try:
+        M.normalise("xyz", ["ct"])
+    except MfxError as exc:
+        assert "accepted:" in str(exc) and "mri" in str(exc) and "CT" in str(exc)
+    else:
+        raise AssertionError("an unknown modality must fail")
+    # NIfTI: header description first, then the BIDS suffix of the file name
+    image = nibabel.load(str(Path(nibabel.testing.data_path) / "anatomical.nii"))
+    described = nibabel.Nifti1Image(np.asarray(image.dataobj), image.affine)
+    described.header["descrip"] = b"CT head, HU"
+    nibabel.save(described, tmp_path / "volume.nii")
+    assert M.from_nifti(tmp_path / "volume.nii").name == "ct"
+    plain = nibabel.Nifti1Image(np.asarray(image.dataobj), image.affine)
+    nibabel.save(plain, tmp_path / "sub-01_T1w.nii.gz")
+    found = M.from_nifti(tmp_path / "sub-01_T1w.nii.gz")
+    assert found.name == "mri" and "file name" in found.source

@@ -281,3 +281,16 @@ def test_report_renders_after_json_round_trip(tmp_path):
     print_report(direct, _report(with_perturbation=False)[0])
     print_report(reloaded, loaded)
     assert direct.export_text() == reloaded.export_text()
+
+
+def test_banner_for_random_init_and_for_mixed_weights():
+    from medforensics_core.report import views
+
+    entry = {"status": "ok", "overall": {}}
+    report = {"detectors": {"dski": dict(entry, weights_status="random-init"),
+                            "univfd": dict(entry, weights_status="pretrained"),
+                            "npr": dict(entry, weights_status="from-scratch")}}
+    lines = views.banner_lines(report)
+    assert lines[0].startswith("RANDOM-INIT WEIGHTS: dski runs")
+    assert lines[1].startswith("MIXED WEIGHTS: univfd pretrained vs dski random-init")
+    assert views.banner_lines({"detectors": {"npr": dict(entry, weights_status="from-scratch")}}) == []

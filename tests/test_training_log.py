@@ -62,3 +62,23 @@ def test_tensorboard_logging_when_installed_one_line_otherwise(small_dataset, tm
     assert result.exit_code == 0, result.output
     events = list((only_run_dir(tmp_path) / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_the_benchmark_build_inside_compare_gets_the_runs_progress_display(monkeypatch, tmp_path):
+    """Without --data, compare builds the benchmark on first use: the build draws on compare's progress bars."""
+    import medforensics_core.benchmark as benchmark
+    from medforensics_core.engine.compare import plan
+
+    seen = {}
+
+    def fake_build(quick=False, **kwargs):
+        seen.update(kwargs, quick=quick)
+        return tmp_path
+
+    monkeypatch.setattr(benchmark, "default_dataset", fake_build)
+
+    def display(iterable, total=None, description=""):
+        return iter(iterable)
+
+    assert plan.resolve_data(None, quick=True, progress=display) == (tmp_path, True)
+    assert seen == {"progress": display, "quick": True}
