@@ -49,7 +49,7 @@ def checkpoint_detector_name(path: str | os.PathLike) -> str:
     from .checkpoint import load_metadata
 
     meta = load_metadata(path)
-    if meta.get("kind") != "detector" or not meta.get("detector"):
+    if not isinstance(meta, dict) or meta.get("kind") != "detector" or not meta.get("detector"):
         raise CheckpointError(f"{path}: not a detector checkpoint")
     return str(meta["detector"])
 

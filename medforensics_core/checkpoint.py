@@ -83,6 +83,12 @@ def _read(path: str | os.PathLike, *, with_tensors: bool) -> tuple[dict[str, tor
         metadata = json.loads(header["mfx"])
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint metadata ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: damaged checkpoint metadata (a JSON {type(metadata).__name__}, not an object)")
+    for key in ("config", "extra", "train_info", "info"):  # hostile metadata: one line here, not a traceback later
+        if metadata.get(key) is not None and not isinstance(metadata[key], dict):
+            raise CheckpointError(f"{path}: damaged checkpoint metadata ({key!r} is a JSON "
+                                  f"{type(metadata[key]).__name__}, not an object)")
     return tensors, metadata
 
 

@@ -211,7 +211,10 @@ class Detector(Plugin, abc.ABC):
         except Exception as exc:  # noqa: BLE001 - any config mismatch is a checkpoint problem
             raise CheckpointError(f"{path}: its config does not fit {cls.name!r} ({exc})") from None
         detector = cls(config, preset=meta.get("preset"), device="cpu")
-        detector.load_state(tensors, meta.get("extra", {}) or {}, source=str(path))
+        try:
+            detector.load_state(tensors, meta.get("extra", {}) or {}, source=str(path))
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # hostile or damaged metadata
+            raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
         detector.train_info = meta.get("train_info", {})
         detector.fitted = True
         return detector.to(device)

@@ -165,7 +165,8 @@ def test_compare_on_bad_skip_keeps_per_image_failures_per_image(hostile_dir, dat
             writer.writerow(dict(row, path=str(dataset / row["path"])))
         writer.writerows(extra)
     status, output, peak_mb, _ = run_capped(["compare", "freq", "--data", str(manifest), "--on-bad", "skip",
-                                             "--out", str(tmp_path / "runs"), "--n-boot", "50"], len(bad) + 40)
+                                             "--allow", "outside-root", "--out", str(tmp_path / "runs"),
+                                             "--n-boot", "50"], len(bad) + 40)
     assert status == 0, output
     assert_one_line_each(output, bad)
     assert "FAILED" not in output
@@ -175,6 +176,7 @@ def test_compare_on_bad_skip_keeps_per_image_failures_per_image(hostile_dir, dat
 # --------------------------------------------------------------------------- races
 
 
+@pytest.mark.slow
 def test_two_concurrent_index_add_keep_both_sets_of_references(dataset, dski_checkpoint, tmp_path):
     from medforensics_core.plugins import get_registry
 
@@ -347,3 +349,148 @@ def test_non_finite_scores_are_an_error():
     check_finite_scores("ok", np.array([0.1, 0.9]))
     with pytest.raises(MfxError, match="non-finite"):
         check_finite_scores("broken", np.array([0.1, np.nan]))
+
+
+# --------------------------------------------------------------------------- manifest sanity
+
+
+def _rewrite_manifest(dataset: Path, target: Path, change) -> Path:
+    """A copy of the dataset's manifest (paths kept relative to the dataset) with ``change(rows)`` applied."""
+    with open(dataset / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows = change(rows)
+    with open(target, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def _leak(rows):
+    test_row = next(r for r in rows if r["split"] == "test")
+    return [*rows, dict(test_row, split="train")]
+
+
+def _typo(rows):
+    return [dict(r, split="Train") if i % 7 == 0 and r["split"] == "train" else r for i, r in enumerate(rows)]
+
+
+def _outside(rows):
+    return [*rows[:-1], dict(rows[-1], path="../elsewhere/" + Path(rows[-1]["path"]).name)]
+
+
+@pytest.mark.parametrize("change, kind, words", [
+    (_leak, "split-overlap", "more than one split"),
+    (_typo, "unknown-split", "did you mean 'train'"),
+    (_outside, "outside-root", "outside the dataset folder"),
+])
+def test_manifest_problems_are_reported_by_check_and_refused_by_runs(change, kind, words, dataset, tmp_path):
+    manifest = _rewrite_manifest(dataset, dataset / f"manifest-{kind}.csv", change)
+    try:
+        checked = CliRunner().invoke(cli, ["data", "check", str(manifest), "--no-hash"])
+        assert checked.exit_code == 1 and words in checked.output, checked.output
+        runs = tmp_path / "runs"
+        refused = CliRunner().invoke(cli, ["compare", "freq", "--data", str(manifest), "--out", str(runs)])
+        errors = [line for line in refused.output.splitlines() if line.startswith("error:")]
+        assert refused.exit_code != 0 and len(errors) == 1 and f"--allow {kind}" in errors[0], refused.output
+        assert not runs.exists()
+        from medforensics_core.engine.compare import CompareOptions, plan_run
+
+        plan_run(CompareOptions(detectors=["freq"], data=str(manifest), allow=[kind]))  # allowed: plans fine
+    finally:
+        manifest.unlink()
+
+
+def test_manifest_csv_is_read_the_way_spreadsheets_write_it(dataset, tmp_path):
+    from medforensics_core.data.manifest import read_manifest
+
+    plain = read_manifest(dataset / "manifest.csv")
+    with open(dataset / "manifest.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    header = [f" {name.capitalize()} " for name in rows[0]]
+    label_at = rows[0].index("label")
+    body = [[(f"{float(v):.1f}" if i == label_at else v) for i, v in enumerate(row)] for row in rows[1:]]
+    text = "\r\n".join(";".join(cells) for cells in [header, *body]) + "\r\n\r\n"
+    excel = tmp_path / "manifest.csv"
+    excel.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    read = read_manifest(excel)
+    assert [(r.path, r.label, r.split, r.modality) for r in read.rows] == \
+        [(r.path, r.label, r.split, r.modality) for r in plain.rows]
+
+
+def test_ctrl_c_message_fits_the_command(monkeypatch, tmp_path):
+    """Only a command with a run directory talks about --resume."""
+    import medforensics_core.data.check as check
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check, "check_target", interrupted)
+    (tmp_path / "a.png").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert "--resume" not in result.output
+    from medforensics_core.cli.run_cmds import compare_command
+
+    assert "--resume" in compare_command.interrupt_hint
+
+
+# --------------------------------------------------------------------------- untrusted text
+
+
+def test_untrusted_text_is_shown_literally_everywhere(tmp_path):
+    from rich.console import Console
+
+    from medforensics_core.report.plots import plain
+    from medforensics_core.report.tables import _rich_row
+    from medforensics_core.report.views import Row, TableView
+    from medforensics_core.report.writers import _md_escape
+
+    hostile = "[/]<script>alert(1)</script> $x_1$ | *b*\nnext"
+    (tmp_path / f"{hostile.splitlines()[0].replace('/', '')}.png").write_bytes(b"<html>")
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and "Traceback" not in result.output and "[]<script>" in result.output
+    escaped = _md_escape(hostile)
+    assert "<script>" not in escaped and "&lt;script&gt;" in escaped and "\\|" in escaped and "\n" not in escaped
+    assert plain("$x$") == r"\$x\$"
+    row = _rich_row(TableView(title="t", lead_header="detector", columns=[hostile], rows=[]),
+                    Row(name=hostile, cells=[]))
+    Console(file=open(os.devnull, "w")).print(*row)  # raw text: no MarkupError on "[/]"
+
+
+# --------------------------------------------------------------------------- hostile checkpoints
+
+
+def _with_metadata(source: Path, target: Path, change) -> Path:
+    """A copy of a checkpoint whose JSON metadata is replaced by ``change(metadata)`` (anything JSON)."""
+    import json
+
+    from safetensors.torch import save
+
+    from medforensics_core.checkpoint import FORMAT, FORMAT_VERSION, load_tensors
+
+    tensors, meta = load_tensors(source)
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "mfx": json.dumps(change(meta))}
+    target.write_bytes(save({k: v.contiguous() for k, v in tensors.items()}, metadata=header))
+    return target
+
+
+@pytest.mark.parametrize("label, change", [
+    ("list", lambda meta: [meta]),
+    ("extra-list", lambda meta: dict(meta, extra=[1])),
+    ("weight-text", lambda meta: dict(meta, config=dict(meta["config"], mfrm_weight="heavy"))),
+    ("bank-list", lambda meta: dict(meta, extra=dict(meta.get("extra") or {}, bank=[1]))),
+])
+def test_hostile_checkpoint_metadata_is_one_line(label, change, dski_checkpoint, tmp_path):
+    from PIL import Image
+
+    checkpoint = _with_metadata(dski_checkpoint, tmp_path / f"{label}.safetensors", change)
+    image = tmp_path / "one.png"
+    Image.new("RGB", (32, 32)).save(image)
+    for args in (["predict", "dski", "--checkpoint", str(checkpoint), str(image)],
+                 ["index", "add", str(checkpoint), str(image), "--label", "real", "--modality", "fundus"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code != 0, (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(checkpoint) in errors[0], (args, result.output)

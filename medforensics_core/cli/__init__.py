@@ -68,8 +68,14 @@ class MfxGroup(click.Group):
             err_console.print(f"[bold red]error:[/] {_escape(exc)}", soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: finished work is kept in the run directory (resume with --resume)")
+            err_console.print(f"[yellow]interrupted[/]: {self._interrupt_hint(ctx)}")
             sys.exit(130)
+
+    def _interrupt_hint(self, ctx: click.Context) -> str:
+        """What an interrupted command kept: a command says so in its ``interrupt_hint`` attribute."""
+        command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+        return getattr(command, "interrupt_hint", None) or "stopped; files already written are complete " \
+                                                           "(every write is atomic), nothing else was kept"
 
 
 def _escape(exc: BaseException) -> str:

@@ -67,9 +67,9 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
     console.print(f"{result.layout} layout{', detected' if layout == 'auto' else ''} "
                   f"({'use --layout to force another' if layout == 'auto' else 'as asked'})", highlight=False)
     for path in result.ignored:
-        console.print(f"[yellow]not indexed[/] {path} (not an image, or outside a 0_real/1_fake folder)",
+        console.print(f"[yellow]not indexed[/] {escape(str(path))} (not an image, or outside a 0_real/1_fake folder)",
                       markup=True, highlight=False)
-    console.print(f"wrote {len(rows)} rows to {output}")
+    console.print(f"wrote {len(rows)} rows to {escape(str(output))}")
 
 
 def _counts_table(rows, title: str) -> Table:
@@ -84,7 +84,7 @@ def _counts_table(rows, title: str) -> Table:
     order = {"train": 0, "val": 1, "test": 2}
     for (split, modality, generator, label), n in sorted(counts.items(),
                                                          key=lambda kv: (order.get(kv[0][0], 3),) + kv[0]):
-        table.add_row(split, modality, generator, "fake" if label else "real", str(n))
+        table.add_row(*(escape(text) for text in (split, modality, generator)), "fake" if label else "real", str(n))
     return table
 
 
@@ -128,4 +128,4 @@ def _print_check(report) -> None:
                       highlight=False, soft_wrap=True)
     if report.ignored:
         console.print(f"{len(report.ignored)} non-image file(s) not checked: "
-                      + ", ".join(report.ignored[:5]) + (" ..." if len(report.ignored) > 5 else ""), highlight=False, soft_wrap=True)
+                      + escape(", ".join(report.ignored[:5])) + (" ..." if len(report.ignored) > 5 else ""), highlight=False, soft_wrap=True)

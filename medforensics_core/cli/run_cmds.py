@@ -78,6 +78,16 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _remember_allow(ctx: click.Context, _param, value) -> tuple[str, ...]:
+    ctx.meta["mfx_allow"] = list(value)
+    return value
+
+
+def _allowed() -> list[str]:
+    """The ``--allow`` values of the running command (kept out of every command's signature)."""
+    return list(click.get_current_context().meta.get("mfx_allow", []))
+
+
 def data_options(function):
     """Options every run command shares."""
     options = [
@@ -87,6 +97,9 @@ def data_options(function):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--data", type=click.Path(path_type=str),
                      help="Dataset: folder, folder with manifest.csv, or manifest CSV (default: offline benchmark)."),
+        click.option("--allow", type=click.Choice(["split-overlap", "unknown-split", "outside-root"]), multiple=True,
+                     expose_value=False, callback=_remember_allow,
+                     help="Run despite this manifest problem (repeatable; mfx data check lists them)."),
     ]
     for option in options:
         function = option(function)
@@ -147,7 +160,7 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
     if epochs is not None and budget_minutes is not None:
         raise MfxError("give --epochs or --budget-minutes, not both")
     options = CompareOptions(
-        detectors=list(detectors), data=data, protocol=protocol, preset=preset, device=device, seed=seed,
+        allow=_allowed(), detectors=list(detectors), data=data, protocol=protocol, preset=preset, device=device, seed=seed,
         epochs=epochs, budget_minutes=budget_minutes, checkpoints=_pairs(checkpoints, "--checkpoint"),
         overrides=detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
         train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, holdout_by=holdout_by,
@@ -226,8 +239,8 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
     from ..engine.protocols import DataBundle, ProtocolOptions, in_domain
     from ..outputs import writable_file
 
-    options = CompareOptions(detectors=[detector], data=data, preset=preset, device=device, seed=seed, epochs=epochs,
-                             budget_minutes=budget_minutes,
+    options = CompareOptions(allow=_allowed(), detectors=[detector], data=data, preset=preset, device=device,
+                             seed=seed, epochs=epochs, budget_minutes=budget_minutes,
                              overrides={detector: detector_overrides(settings, detector=detector).get(detector, {})},
                              on_bad=on_bad, quick=quick, command=_command_line())
     plan = plan_run(options)
@@ -273,7 +286,8 @@ def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, sp
     """
     from ..engine.compare import CompareOptions, run_compare
 
-    options = CompareOptions(detectors=[detector], data=data, device=device, seed=seed, on_bad=on_bad, quick=quick,
+    options = CompareOptions(allow=_allowed(), detectors=[detector], data=data, device=device, seed=seed,
+                             on_bad=on_bad, quick=quick,
                              checkpoints={detector: checkpoint}, perturb=list(perturb), test_split=split,
                              n_boot=n_boot, label=f"evaluate-{detector}", command=_command_line(),
                              run_dir=out)
@@ -409,3 +423,7 @@ def _print_predictions(verdict: dict, predictions, bad) -> None:
     console.print(table)
     for path, reason in bad:
         console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", soft_wrap=True)
+
+
+compare_command.interrupt_hint = ("finished detectors are kept in the run directory named above "
+                                  "(finish with mfx compare --resume RUN_DIR)")

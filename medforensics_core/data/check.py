@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import BadInputError
-from .manifest import ManifestRow, read_manifest, sha256_file
+from .manifest import ManifestRow, manifest_problems, read_manifest, sha256_file
 from .readers import ReadLimits, default_limits, read_image
 from .walk import image_files
 
@@ -62,6 +62,10 @@ def check_target(target: str | os.PathLike, *, verify_hash: bool = True, stop_at
     target = Path(target)
     items, ignored = _items(target)
     report = CheckReport(str(target), ignored=[str(p) for p in ignored])
+    manifest_path = _manifest_path(target)
+    if manifest_path is not None:  # leakage, dropped rows, stray paths: reported before the per-file reads
+        report.bad.extend(CheckIssue(str(manifest_path), f"manifest: {problem.message}")
+                          for problem in manifest_problems(read_manifest(manifest_path)))
     limits = limits or default_limits()
     iterator: Iterable[_Item] = items
     if progress is not None:
@@ -87,6 +91,14 @@ def _items(target: Path) -> tuple[list[_Item], list[Path]]:
     if target.exists() or _is_frame_path(target):
         return [_Item(str(target))], []
     raise BadInputError(target, "not found (give a manifest CSV, a dataset folder or an image file)")
+
+
+def _manifest_path(target: Path) -> Path | None:
+    if target.is_file() and target.suffix.lower() == ".csv":
+        return target
+    if target.is_dir() and (target / "manifest.csv").is_file():
+        return target / "manifest.csv"
+    return None
 
 
 def _is_frame_path(target: Path) -> bool:

@@ -139,32 +139,132 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | Path) -> Path:
 
 
 def read_manifest(path: str | Path) -> Manifest:
-    """Read a manifest CSV; a malformed file or row is one :class:`BadInputError` naming the line."""
+    """Read a manifest CSV; a malformed file or row is one :class:`BadInputError` naming the line.
+
+    CSVs are read the way spreadsheets write them: a UTF-8 byte-order mark,
+    Windows line ends, ``;`` or tab as the separator (Excel in many locales),
+    Latin-1/cp1252 text, header names in any case with spaces around them, and
+    labels written as ``1.0``.
+    """
     path = Path(path)
     if not path.is_file():
         raise BadInputError(path, "manifest not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(path, f"unreadable manifest ({exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    text = _manifest_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
+    reader.fieldnames = [name.strip().lower() for name in (reader.fieldnames or [])]
+    missing = [c for c in REQUIRED if c not in reader.fieldnames]
     if missing:
         raise BadInputError(path, f"manifest lacks column(s) {', '.join(missing)}")
     rows = []
     for line_no, raw in enumerate(reader, start=2):
-        try:
-            label = int(raw["label"])
-            if label not in (0, 1):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise BadInputError(path, f"line {line_no}: label must be 0 (real) or 1 (fake), got {raw['label']!r}") from None
+        raw = {k: (v.strip() if isinstance(v, str) else v) for k, v in raw.items() if k is not None}
+        if not any(raw.values()):
+            continue  # a blank line, as spreadsheets leave at the end
+        label = _label(path, line_no, raw.get("label"))
         values = {c: (raw.get(c) or "") for c in COLUMNS if c not in ("label",)}
         values["modality"] = values["modality"] or "unknown"
         values["generator"] = values["generator"] or ("real" if label == 0 else "unknown")
         rows.append(ManifestRow(label=label, **values))
-    present = tuple(c for c in COLUMNS if c in (reader.fieldnames or []))
+    present = tuple(c for c in COLUMNS if c in reader.fieldnames)
     return Manifest(rows, path.parent, present)
+
+
+def _manifest_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(path, f"unreadable manifest ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")  # what spreadsheets on Windows save as "CSV"
+
+
+def _delimiter(text: str) -> str:
+    """``,`` unless the header line is clearly split by ``;`` or tabs (spreadsheets in many locales)."""
+    header = text.split("\n", 1)[0]
+    counts = {sep: header.count(sep) for sep in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > counts[","] else ","
+
+
+def _label(path: Path, line_no: int, value: Any) -> int:
+    try:
+        number = float(value)
+        if number not in (0.0, 1.0):
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError):
+        raise BadInputError(path, f"line {line_no}: label must be 0 (real) or 1 (fake), got {value!r}") from None
+
+
+# --------------------------------------------------------------------------- sanity of a whole manifest
+
+#: Problems a run refuses unless ``--allow KIND`` is given (``mfx data check`` lists them all).
+PROBLEM_KINDS = ("split-overlap", "unknown-split", "outside-root")
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestProblem:
+    """A whole-manifest problem that would silently change a result (leakage, dropped rows, stray files)."""
+
+    kind: str
+    message: str
+
+
+def manifest_problems(manifest: Manifest, splits: Sequence[str] = SPLITS) -> list[ManifestProblem]:
+    """Images in two splits (same sha256 or same file), unknown split names, paths outside the dataset root.
+
+    ``splits`` are the split names a run uses (``mfx evaluate --split external`` adds its own).
+    """
+    return [*_overlaps(manifest, splits), *_unknown_splits(manifest, splits), *_outside_root(manifest)]
+
+
+def _overlaps(manifest: Manifest, splits: Sequence[str]) -> list[ManifestProblem]:
+    splits_of: dict[str, set[str]] = {}
+    example: dict[str, str] = {}
+    for row in manifest.rows:
+        if row.split not in splits:
+            continue
+        for key in (f"sha256:{row.sha256.lower()}" if row.sha256 else "", f"path:{row.resolved(manifest.root)}"):
+            if key:
+                splits_of.setdefault(key, set()).add(row.split)
+                example.setdefault(key, row.path)
+    shared = [key for key, splits in splits_of.items() if len(splits) > 1]
+    if not shared:
+        return []
+    first = shared[0]
+    return [ManifestProblem("split-overlap", f"{len(shared)} image(s) are in more than one split (same sha256 or "
+                                             f"file), e.g. {example[first]} in {', '.join(sorted(splits_of[first]))}:"
+                                             " test results would be inflated by training images")]
+
+
+def _unknown_splits(manifest: Manifest, splits: Sequence[str]) -> list[ManifestProblem]:
+    import difflib
+
+    counts: dict[str, int] = {}
+    for row in manifest.rows:
+        if row.split and row.split not in splits:
+            counts[row.split] = counts.get(row.split, 0) + 1
+    problems = []
+    for name, n in sorted(counts.items()):
+        close = difflib.get_close_matches(name.lower(), list(splits), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(ManifestProblem("unknown-split", f"{n} row(s) have split {name!r}, which no protocol uses "
+                                                         f"(known: {', '.join(splits)}){hint}: they would be dropped"))
+    return problems
+
+
+def _outside_root(manifest: Manifest) -> list[ManifestProblem]:
+    import os
+
+    root = os.path.realpath(manifest.root)
+    outside = [row.path for row in manifest.rows
+               if os.path.commonpath([root, os.path.realpath(row.resolved(manifest.root))]) != root]
+    if not outside:
+        return []
+    return [ManifestProblem("outside-root", f"{len(outside)} path(s) point outside the dataset folder {root}, "
+                                            f"e.g. {outside[0]}")]
 
 
 def count_table(rows: Sequence[ManifestRow]) -> dict[tuple[str, str, str], int]:

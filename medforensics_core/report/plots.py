@@ -20,6 +20,11 @@ from . import views
 
 logger = logging.getLogger(__name__)
 
+def plain(text) -> str:
+    """Untrusted text (detector, modality, generator names) shown literally: ``$`` would start matplotlib mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 SCORES_COLUMNS = ("detector", "perturbation", "path", "label", "modality", "generator", "score")
 
 
@@ -69,7 +74,7 @@ def roc_png(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
             logger.info("ROC of %s skipped: its scores hold a single class", name)
             continue
         fpr, tpr, _ = roc_curve(labels, values)
-        axes.plot(fpr, tpr, linewidth=1.8, label=f"{name} (AUC {roc_auc_score(labels, values):.3f})")
+        axes.plot(fpr, tpr, linewidth=1.8, label=f"{plain(name)} (AUC {roc_auc_score(labels, values):.3f})")
     axes.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
              xlim=(0, 1), ylim=(0, 1.01), title="ROC, clean test set")
     axes.grid(alpha=0.3)
@@ -89,7 +94,7 @@ def by_group_png(report: dict, view: str = "by_modality", metric: str = "auc") -
     for i, (name, entry) in enumerate(entries.items()):
         _bars(axes, positions + (i - (len(entries) - 1) / 2) * width, width, name,
               [(entry.get(view) or {}).get(g) for g in groups], metric)
-    axes.set_xticks(positions, [str(g) for g in groups], rotation=20 if len(groups) > 4 else 0)
+    axes.set_xticks(positions, [plain(g) for g in groups], rotation=20 if len(groups) > 4 else 0)
     axes.set(ylabel=metric.upper(), ylim=(0, 1.05), title=f"{metric.upper()} {view.replace('_', ' ')}")
     if metric == "auc":
         axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
@@ -110,7 +115,7 @@ def _bars(axes, x: np.ndarray, width: float, name: str, groups: list[dict | None
         ci = (group or {}).get(f"{metric}_ci")
         if ci and ci[0] is not None and not np.isnan(heights[j]):
             errors[:, j] = [max(heights[j] - ci[0], 0), max(ci[1] - heights[j], 0)]
-    axes.bar(x, np.nan_to_num(heights), width, label=name)
+    axes.bar(x, np.nan_to_num(heights), width, label=plain(name))
     shown = ~np.isnan(errors[0])
     if shown.any():
         axes.errorbar(x[shown], heights[shown], yerr=errors[:, shown], fmt="none", ecolor="black", capsize=3)
@@ -141,7 +146,7 @@ def histograms_png(scores: dict[str, tuple[np.ndarray, np.ndarray]], thresholds:
         if name in thresholds:
             axes.axvline(thresholds[name], color="black", linestyle="--", linewidth=1,
                          label=f"threshold {thresholds[name]:.3f}")
-        axes.set(title=name, xlabel="fake probability", ylabel="images", xlim=(0, 1))
+        axes.set(title=plain(name), xlabel="fake probability", ylabel="images", xlim=(0, 1))
         axes.legend(fontsize=7)
     if not names:
         figure.add_subplot().text(0.5, 0.5, "no scores", ha="center", va="center")

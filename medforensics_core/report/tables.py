@@ -52,8 +52,8 @@ def render_table(view: views.TableView) -> Table:
                      max_width=DETECTOR_COLUMN_MAX, overflow="fold")
     if view.line_labels:
         table.add_column("", style="dim", no_wrap=True)
-    for column in view.columns:
-        table.add_column(column, justify="right", no_wrap=True)
+    for column in view.columns:  # group names come from the manifest: shown as text, never as rich markup
+        table.add_column(Text(column), justify="right", no_wrap=True)
     for row in view.rows:
         table.add_row(*_rich_row(view, row), end_section=bool(view.line_labels))
     return table
@@ -65,7 +65,7 @@ def _rich_row(view: views.TableView, row: views.Row) -> list[Text | str]:
         name.append(f"FAILED: {row.failed}", style=FAILED_STYLE)
         marks = [Text("FAILED", style=FAILED_STYLE)] + [Text("-")] * max(len(view.columns) - 1, 0)
         return [name] + ([""] if view.line_labels else []) + marks
-    lead: list[Text | str] = [row.name]
+    lead: list[Text | str] = [Text(row.name)]
     if view.line_labels:
         lead.append("\n".join(view.line_labels))
     return lead + [_rich_cell(cell) for cell in row.cells]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import re
 import io
 import os
 from pathlib import Path
@@ -107,7 +108,7 @@ def markdown_report(report: dict, figures: list[str]) -> str:
     """GitHub-flavoured Markdown: header, detector lines, tables (best in bold), figure links."""
     parts = [f"# mfx report: {report.get('protocol') or 'run'}", ""]
     parts += [f"> **{_md_escape(line)}**\n" for line in views.banner_lines(report)]
-    parts += [f"- {line}" for line in views.header_lines(report)] + ["", "## Detectors", ""]
+    parts += [f"- {_md_escape(line)}" for line in views.header_lines(report)] + ["", "## Detectors", ""]
     parts += [f"- {_md_escape(line)}" for line in views.detector_summaries(report)] + [""]
     for table in _all_tables(report):
         parts += _markdown_table(table)
@@ -141,8 +142,14 @@ def _all_tables(report: dict) -> list[views.TableView]:
     return views.view_tables(report) + ([paired] if paired else []) + views.perturbation_tables(report)
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+
+
 def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Untrusted text (paths, names, error messages) shown literally: raw HTML such as ``<script>`` becomes
+    entities, Markdown emphasis/link/table characters are backslash-escaped, line breaks become spaces."""
+    flat = " ".join(str(text).splitlines())
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
 
 
 def _markdown_cell(lines: list[views.Line]) -> str:

@@ -49,6 +49,7 @@ class CompareOptions:
     label: str = "compare"
     command: str = ""
     run_dir: str | None = None  # write exactly here (mfx evaluate --out) instead of a new folder under ``out``
+    allow: list[str] = dataclasses.field(default_factory=list)  # manifest problems to run with anyway (--allow)
     log: str | None = None  # "tensorboard": per-epoch scalars under RUN_DIR/tensorboard as well as mfx.log
 
     @classmethod
@@ -157,6 +158,21 @@ def check_seeds(seeds: Sequence[int]) -> None:
         raise MfxError(f"--seeds: seed(s) {', '.join(map(str, repeated))} given twice")
 
 
+def check_manifest_sanity(data_path: Path, allow: Sequence[str], test_split: str = "test") -> None:
+    """Refuse, at plan time, a manifest whose problems would silently change the result (unless allowed)."""
+    from ...data.manifest import PROBLEM_KINDS, SPLITS, manifest_problems
+
+    unknown = sorted(set(allow) - set(PROBLEM_KINDS))
+    if unknown:
+        raise MfxError(f"--allow {', '.join(unknown)}: known problems are {', '.join(PROBLEM_KINDS)}")
+    splits = tuple(dict.fromkeys((*SPLITS, test_split)))
+    problems = [p for p in manifest_problems(open_manifest(data_path), splits) if p.kind not in allow]
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s): mfx data check lists them)" if len(problems) > 1 else ""
+        raise MfxError(f"{data_path}: {problems[0].message}{more}; fix the manifest, or run anyway with "
+                       f"--allow {problems[0].kind}")
+
+
 def check_numbers(options: CompareOptions) -> None:
     """The numeric options, refused at plan time when they make no sense (before a run directory exists)."""
     import math
@@ -221,6 +237,7 @@ def plan_run(options: CompareOptions, progress=None) -> RunPlan:
     check_log_option(options.log)
     perturbations = parse_perturbations(options.perturb)
     data_path, is_benchmark = resolve_data(options.data, options.quick, progress)
+    check_manifest_sanity(data_path, options.allow, options.test_split)
     preset = options.preset or ("tiny" if is_benchmark else "full")
     specs = [DetectorSpec(name, cls, preset, dict(options.overrides.get(name, {})), options.checkpoints.get(name))
              for name, cls in classes.items()]
