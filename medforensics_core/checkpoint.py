@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 
 FORMAT = "mfx-checkpoint"
 FORMAT_VERSION = "1"
@@ -34,13 +34,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     umask), not the 0600 of the temporary file it was written as.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             os.fchmod(handle.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, a folder in the way: one line naming the file, nothing half-written
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
