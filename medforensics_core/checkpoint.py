@@ -63,6 +63,15 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a file written by :func:`save_tensors`; any corruption becomes a one-line :class:`CheckpointError`."""
+    return _read(path, with_tensors=True)
+
+
+def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a file written by :func:`save_tensors`, without loading any tensor."""
+    return _read(path, with_tensors=False)[1]
+
+
+def _read(path: str | os.PathLike, *, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
@@ -71,7 +80,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()} if with_tensors else {}
     except Exception as exc:  # safetensors raises several exception types for a damaged file
         raise CheckpointError(f"{path}: not a readable mfx checkpoint ({type(exc).__name__}: {exc})") from None
     if header.get("format") != FORMAT:
