@@ -31,10 +31,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from medforensics_core.contract import Batch  # noqa: E402
 from medforensics_core.engine.device import timed_call  # noqa: E402
 from medforensics_core.plugins import get_registry  # noqa: E402
+from mfx_dski.training import optimizer_for, stage1_loss  # noqa: E402 - a benchmark of DSKI itself
 
 MODELS = {"tiny": "mfx-tiny-clip", "ViT-B-16": "ViT-B-16", "ViT-L-14": "ViT-L-14"}
 TRAINABLE_LIMIT = 0.05
-OVERHEAD_TARGET = 0.30
+OVERHEAD_TARGETS = {"tiny": 0.30, "ViT-B-16": 0.05, "ViT-L-14": 0.05}
+"""Issue #11: CDFA <= 1.3x a frozen encode_image on the tiny model, <= 1.05x on ViT-B-16."""
 
 
 def build(model: str, device: str, use_cdfa: bool = True):
@@ -65,20 +67,30 @@ def parameter_row(model: str, device: str) -> tuple[str, ...]:
 
 
 def overhead_row(model: str, device: str, batch: int, repeats: int) -> tuple[str, ...]:
+    """Frozen ``encode_image`` vs the adapted forward, interleaved; plus the per-image noise-statistics cost.
+
+    DSKI computes its noise statistics in ``preprocess`` (native resolution, before any resize), so they
+    are not part of the forward; their cost per image is reported in its own column, as the data loader
+    pays it.
+    """
     detector = build(model, device)
     size = detector.backbone.image_size
-    inputs = torch.stack([detector.preprocess(im) for im in torch.rand(batch, 3, size, size)]).to(device)
+    images = torch.rand(batch, 3, size, size)
+    inputs = torch.stack([detector.preprocess(im) for im in images]).to(device)
     frozen = detector.backbone.model.encode_image
+    colour = inputs[:, :3].contiguous()
     with torch.inference_mode():
-        frozen(inputs), detector.embed(inputs)  # warm-up
+        frozen(colour), detector.embed(inputs)  # warm-up
         plain, adapted = [], []
         for _ in range(repeats):
-            plain.append(timed_call(lambda: frozen(inputs), device))
+            plain.append(timed_call(lambda: frozen(colour), device))
             adapted.append(timed_call(lambda: detector.embed(inputs), device))
+    maps = statistics.median(timed_call(lambda: detector.preprocess(images[0]), "cpu") for _ in range(repeats))
     p, a = statistics.median(plain), statistics.median(adapted)
     extra = a / p - 1
-    return (model, f"{batch}x{size}px", f"{1000 * p:.1f}", f"{1000 * a:.1f}", f"{100 * extra:+.1f}%",
-            "yes" if extra <= OVERHEAD_TARGET else "NO")
+    target = OVERHEAD_TARGETS.get(model, 0.05)
+    return (model, f"{batch}x{size}px", f"{1000 * p:.1f}", f"{1000 * a:.1f}", f"{a / p:.2f}x", f"<= {1 + target:.2f}x",
+            "yes" if extra <= target else "NO", f"{1000 * maps:.1f}")
 
 
 def throughput_row(model: str, device: str, batch: int, repeats: int) -> tuple[str, ...]:
@@ -89,11 +101,11 @@ def throughput_row(model: str, device: str, batch: int, repeats: int) -> tuple[s
     test_batch = torch.stack([detector.preprocess(im) for im in images]).to(device)
     labels = torch.arange(batch, device=device) % 2
     modalities = ["ct", "xray"] * (batch // 2) + ["ct"] * (batch % 2)
-    optimizer = torch.optim.Adam(detector.trainable_parameters(), lr=detector.config.lr)
+    optimizer = optimizer_for(detector)
     detector.net.train()
 
     def step() -> None:
-        loss = detector.stage1_loss(train_batch, labels, modalities)
+        loss = stage1_loss(detector, train_batch, labels, modalities)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -128,9 +140,10 @@ def main() -> None:
         params.add_row(*parameter_row(model, args.device))
     console.print(params)
 
-    overhead = Table(title=f"CDFA forward cost vs frozen encode_image (target <= +{OVERHEAD_TARGET:.0%}), "
-                           f"{args.device}, {torch.get_num_threads()} torch thread(s)")
-    for col in ("model", "input", "frozen ms", "CDFA ms", "extra", "within target"):
+    overhead = Table(title=f"CDFA forward cost vs frozen encode_image, side by side, {args.device}, "
+                           f"{torch.get_num_threads()} torch thread(s)")
+    for col in ("model", "input", "frozen ms", "CDFA ms", "ratio", "target", "within target",
+                "preprocess ms/img (noise stats incl.)"):
         overhead.add_column(col)
     throughput = Table(title=f"DSKI throughput and peak memory, {args.device}, {torch.get_num_threads()} thread(s)")
     for col in ("model", "batch", "train img/s", "inference img/s", "peak MB (process)"):

@@ -296,3 +296,20 @@ def test_budget_stop_is_reported_as_not_comparable(splits):
     detector.fit(train, None, FitContext(seed=0, epochs=3, budget_seconds=0.0))
     assert detector.train_info["stopped_by_budget"] and detector.train_info["epochs_trained"] == 1
     assert any("cannot be compared" in w for w in detector.warnings())
+
+
+def test_same_modality_search_keeps_only_references_of_the_query_modality():
+    from medforensics_core.retrieval import new_bank
+    from mfx_dski import mfrm
+
+    bank = new_bank("faiss-flat", 2, {})
+    vectors = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]], dtype=np.float32)
+    bank.add(vectors, [1, 0, 0], [{"modality": m} for m in ("ct", "xray", "xray")])
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    everything = mfrm.search(bank, query, 2)
+    assert everything.labels.tolist() == [[1, 0]]
+    xray = mfrm.search(bank, query, 2, modalities=["xray"])
+    assert xray.labels.tolist() == [[0, 0]] and xray.similarities[0, 0] > xray.similarities[0, 1]
+    mri = mfrm.search(bank, query, 2, modalities=["mri"])
+    assert mri.labels.tolist() == [[-1, -1]]
+    np.testing.assert_allclose(mfrm.fused_probability(np.array([0.2]), mri, 4.0, 5.0), [0.2])

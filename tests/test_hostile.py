@@ -494,3 +494,35 @@ def test_hostile_checkpoint_metadata_is_one_line(label, change, dski_checkpoint,
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and str(checkpoint) in errors[0], (args, result.output)
+
+
+def test_predict_scores_a_file_whose_name_holds_a_hash(dski_checkpoint, tmp_path):
+    """``scan#1.png`` is a file, not frame 1 of ``scan``: scored, explained and listed under its own name."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "scan#1.png"
+    Image.fromarray((np.random.default_rng(0).random((96, 96, 3)) * 255).astype("uint8")).save(image)
+    result = CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(dski_checkpoint), str(image), "--json",
+                                      "--explain", str(tmp_path / "heat")])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output[result.output.index("{"):])
+    assert [p["path"] for p in payload["predictions"]] == [str(image)]
+
+
+def test_data_check_of_a_folder_without_images_fails(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 1 and "no image files" in result.output
+
+
+def test_cache_dir_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    from medforensics_core.errors import MfxError
+    from medforensics_core.locations import cache_root
+
+    (tmp_path / "cache").write_text("x")
+    monkeypatch.setenv("MFX_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(MfxError, match="MFX_CACHE_DIR"):
+        cache_root("benchmarks")

@@ -91,7 +91,7 @@ def _counts_table(rows, title: str) -> Table:
 def check_command(path: Path, on_bad: str, as_json: bool, no_hash: bool) -> None:
     """Read every image of a manifest, dataset folder or file; list each bad one with its reason.
 
-    Exits with status 1 when any file is bad, 0 when all read cleanly.
+    Exits with status 1 when any file is bad or no image was found, 0 when all read cleanly.
     """
     from ..data.check import check_target
     from ..engine.progress import RichProgress
@@ -102,7 +102,7 @@ def check_command(path: Path, on_bad: str, as_json: bool, no_hash: bool) -> None
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
         _print_check(report)
-    sys.exit(0 if report.ok else 1)
+    sys.exit(0 if report.ok and report.checked else 1)  # nothing read is not "all clean"
 
 
 def _print_check(report) -> None:
@@ -112,6 +112,9 @@ def _print_check(report) -> None:
                       highlight=False, soft_wrap=True)
         for issue in report.bad:
             console.print(f"  {escape(str(issue.path))}: {escape(issue.reason)}", soft_wrap=True, highlight=False)
+    elif not report.checked:
+        err_console.print(f"[bold red]error:[/] no image files found in {escape(str(report.target))}: nothing was "
+                          "checked", highlight=False, soft_wrap=True)
     else:
         console.print(f"[green]all {report.checked} image(s) read cleanly[/] in {escape(str(report.target))}",
                       highlight=False, soft_wrap=True)

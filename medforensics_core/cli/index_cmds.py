@@ -94,6 +94,10 @@ def index_add(checkpoint: str, images: tuple[str, ...], label: str, generator: s
               out: str | None, on_bad: str) -> None:
     """Add IMAGES (files or folders; DICOM/NIfTI frames count one each) to CHECKPOINT's reference bank.
 
+    Give references of both classes, one call per label: K fakes of the new generator
+    (--label fake --generator NAME) and K reals of the same modality (--label real), e.g. from
+    a new scanner, so the bank's evidence grows balanced.
+
     With --on-bad fail (the default) a bad file stops the command and nothing is written.
 
     \b

@@ -33,7 +33,8 @@ class DSKIConfig:
       ``clip_model`` / ``clip_pretrained``: the frozen open_clip model (both towers) and its weights
       (``"random"``, a local checkpoint path, or an open_clip tag such as ``"openai"``);
       ``backbone_seed`` seeds a random-init backbone so a checkpoint can rebuild it exactly, and the
-      initialisation of the trainable parts (the fit's shuffling and augmentation follow the run's seed).
+      initial trainable parts of an unfitted model; ``fit`` re-initialises every trainable module from a
+      seed derived from (run seed, module name), so ablations share the initial weights of shared parts.
       ``preprocess_mode``: ``"crop"`` centre-crops at native resolution (resizing only images smaller
       than the input size), as UnivFD and FatFormer evaluate, because resampling erases the
       pixel-level traces the noise branch looks for; ``"resize"`` resizes the whole image.

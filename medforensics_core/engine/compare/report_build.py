@@ -72,6 +72,13 @@ def perturbation_section(plan: RunPlan, fold: Fold, results: dict[str, dict[str,
     return section
 
 
+def data_fingerprint(path, rows) -> dict[str, Any]:
+    """Images and manifest sha256 and the build's thread count (see benchmark.card.dataset_fingerprint)."""
+    from ...benchmark.card import dataset_fingerprint
+
+    return dataset_fingerprint(Path(path), rows)
+
+
 def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], data: DataBundle,
                 env: dict[str, Any]) -> dict[str, Any]:
     """The report dict (see the report contract) of one fold."""
@@ -85,7 +92,8 @@ def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], d
         "data": {"path": str(plan.data_path), "n_train": len(fold.train) if needs_train else 0,
                  "n_test": len(fold.test), "modalities": sorted({r.modality for r in fold.test.rows}),
                  "generators": sorted({r.generator for r in fold.test.rows if r.label == 1}),
-                 "skipped": [list(s) for s in data.skipped]},
+                 "skipped": [list(s) for s in data.skipped],
+                 **data_fingerprint(plan.data_path, data.manifest.rows)},
         "environment": env, "detectors": detectors,
         "paired": paired_tests(results, fold.test.labels, options, [r.source_key for r in fold.test.rows]),
         "bootstrap": bootstrap_info(fold, options),
