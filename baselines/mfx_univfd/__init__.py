@@ -173,9 +173,10 @@ class UnivFDDetector(Detector, SupportsDistributed):
 
     def cached_features(self, images: Any, ctx: Any) -> torch.Tensor:
         """Test-time features of every image, through the on-disk cache."""
-        features, stats = toolkit.cached_features(images, self.encode, self.preprocess, backbone_key=self.backbone.key(),
-                                          preprocess_key=self.preprocess_key(), ctx=ctx,
-                                          batch_size=self.config.encode_batch_size)
+        features, stats = toolkit.cached_features(images, self.encode, self.preprocess,
+                                                  backbone_key=self.backbone.key(),
+                                                  preprocess_key=self.preprocess_key(), ctx=ctx,
+                                                  batch_size=self.config.encode_batch_size)
         for key, value in dataclasses.asdict(stats).items():
             self.feature_cache_stats[key] = self.feature_cache_stats.get(key, 0) + value
         return features

@@ -11,7 +11,7 @@ from .data_cmds import data_group
 
 
 @data_group.command("demo")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Dataset folder (default: the mfx cache, where every command finds it).")
 @click.option("--size", default=None,
               help="Crop side in pixels (default 128; 64 with --quick), or a build size: quick, default, or large "
@@ -37,6 +37,11 @@ def demo_command(out: Path | None, size: str | None, per_modality: int | None, g
     latent inpainting, DDIM samples) and three learned super-resolution networks,
     trained here on the CPU. Writes manifest.csv, DATASET.md and card.json (with
     the realism gate: first-order and freq AUC per setting, PSNR/SSIM).
+
+    \b
+    Examples:
+      mfx data demo --quick                          the small build (about a minute)
+      mfx data demo -o medforensics-mini --generators ldm-f4-recon,sr-pixelshuffle
     """
     from ..benchmark import build_benchmark
     from ..engine.progress import RichProgress
@@ -57,7 +62,12 @@ def demo_command(out: Path | None, size: str | None, per_modality: int | None, g
               show_default=True, help="PNG file to write.")
 @click.option("--split", default="test", show_default=True, help="Split to take examples from ('all' for any).")
 def show_command(dataset: Path, output: Path, split: str) -> None:
-    """Draw a montage of DATASET: one row per modality, real + one column per generator setting."""
+    """Draw a montage of DATASET: one row per modality, real + one column per generator setting.
+
+    \b
+    Example:
+      mfx data show medforensics-mini -o montage.png --split all
+    """
     from ..benchmark.montage import draw_montage
 
     path = draw_montage(dataset, output, split=None if split == "all" else split)

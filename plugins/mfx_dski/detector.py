@@ -264,7 +264,7 @@ class DSKIBase(Detector, SupportsDistributed):
         self.prompts.clear_cache()
         self.train_info = {**info, "train_images": len(train), "tuning": how,
                            "tuning_images": len(holdout) if holdout is not None else 0,
-                           "trainable_parameters": sum(p.numel() for p in self.trainable_parameters()),
+                           "trainable_params": sum(p.numel() for p in self.trainable_parameters()),
                            "modalities": self.known_modalities}
         if self.config.use_mfrm:
             self._build_and_tune_bank(rest, holdout, ctx)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..protocols import DataBundle, Fold
 from ..rundir import RunDir
+from ...report.schema import Report
 from .plan import CompareOptions, RunPlan
 
 LOG_FILE = "mfx.log"
@@ -80,7 +81,7 @@ def data_fingerprint(path, rows) -> dict[str, Any]:
 
 
 def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], data: DataBundle,
-                env: dict[str, Any]) -> dict[str, Any]:
+                env: dict[str, Any]) -> Report:
     """The report dict (see the report contract) of one fold."""
     options = plan.options
     detectors = {name: row["entry"] for result in results.values() for name, row in result["rows"].items()}
