@@ -18,6 +18,8 @@ import train_binary, Schedule, ...``) instead of copying it; the baselines do.
 * **Backbones**: :func:`load_clip` (open_clip by name, local weights files, the
   tiny random-init ``mfx-tiny-clip``), :class:`ClipBackbone`;
 * **Heads**: :func:`linear_head` (the N(0, std) one-logit head of CNNSpot and UnivFD);
+* **Checkpoints of frozen-backbone detectors**: :func:`check_backbone` refuses, in one line,
+  a checkpoint trained on another backbone (the ``"backbone"`` key of ``extra_state``);
 * **Retrieval** (k-NN vote, bank persistence, compatibility checks) lives in
   :mod:`medforensics_core.retrieval`; the detector contract (``Batch``,
   ``ReferenceBank``, ``SupportsDistributed``) in :mod:`medforensics_core.contract`.
@@ -27,9 +29,12 @@ Each block's full reference is on the toolkit page of the API reference.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 
 from .backbones import ClipBackbone, load_clip
+from .errors import CheckpointError
 from .engine.augment import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, blur_jpeg_transform, normalise,
                              resize_shorter, test_geometry, train_geometry)
 from .engine.features import FeatureCache, cached_features, encode_images
@@ -39,7 +44,7 @@ from .seeding import seeded
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BlurJpegRecipe", "ClipBackbone", "FeatureCache", "Schedule",
            "binary_logit_loss", "blur_jpeg_transform", "cached_features", "detector_loaders", "encode_images",
-           "linear_head", "load_clip", "normalise", "predict_loader", "resize_shorter", "run_epoch", "scale_lr",
+           "check_backbone", "linear_head", "load_clip", "normalise", "predict_loader", "resize_shorter", "run_epoch", "scale_lr",
            "seeded", "test_geometry", "train_binary", "train_geometry"]
 
 
@@ -49,3 +54,11 @@ def linear_head(in_features: int, std: float = 0.02) -> torch.nn.Linear:
     torch.nn.init.normal_(head.weight, 0.0, std)
     torch.nn.init.zeros_(head.bias)
     return head
+
+
+def check_backbone(extra: Mapping[str, Any], backbone: ClipBackbone, name: str, source: str = "checkpoint") -> None:
+    """Refuse a checkpoint whose ``extra["backbone"]`` is not ``backbone.key()`` (trained on other features)."""
+    saved = extra.get("backbone")
+    if saved is not None and saved != backbone.key():
+        raise CheckpointError(f"{source}: {name} checkpoint was trained on backbone {saved!r}, "
+                              f"but this config loads {backbone.key()!r}")
