@@ -14,7 +14,6 @@ engine; the command line uses the same ones.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,7 +36,7 @@ def list_detectors() -> list[str]:
 
 
 def create_detector(name: str, preset: str | None = None, *, device: str = "cpu", **overrides: Any) -> Detector:
-    """A new, untrained detector: ``preset`` (``"full"`` = the paper's recipe, ``"tiny"``...) plus ``key=value`` overrides."""
+    """A new, untrained detector: ``preset`` (``"full"`` = the paper's recipe, ``"tiny"``...) + ``key=value``s."""
     from .plugins import get_registry
 
     cls = get_registry().detector(name)
@@ -47,17 +46,9 @@ def create_detector(name: str, preset: str | None = None, *, device: str = "cpu"
 
 def checkpoint_detector_name(path: str | os.PathLike) -> str:
     """The detector a checkpoint belongs to, read from its header (no tensor is loaded)."""
-    from safetensors import safe_open
+    from .checkpoint import load_metadata
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-        meta = json.loads(header.get("mfx", "{}"))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
-        raise CheckpointError(f"{path}: not a readable mfx checkpoint ({type(exc).__name__}: {exc})") from None
+    meta = load_metadata(path)
     if not isinstance(meta, dict) or meta.get("kind") != "detector" or not meta.get("detector"):
         raise CheckpointError(f"{path}: not a detector checkpoint")
     return str(meta["detector"])
@@ -72,7 +63,7 @@ def load_detector(checkpoint: str | os.PathLike, *, device: str = "cpu") -> Dete
 
 
 def demo_data(quick: bool = False) -> Path:
-    """The folder of the offline benchmark MedForensics-mini (built on first use, then cached; ``quick``: the small build)."""
+    """The folder of the offline benchmark MedForensics-mini (built on first use, then cached; ``quick``: small)."""
     from .benchmark import default_dataset
 
     return Path(default_dataset(quick=quick))

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 
 FORMAT = "mfx-checkpoint"
 FORMAT_VERSION = "1"
@@ -34,13 +34,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     umask), not the 0600 of the temporary file it was written as.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             os.fchmod(handle.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, a folder in the way: one line naming the file, nothing half-written
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -57,6 +63,15 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a file written by :func:`save_tensors`; any corruption becomes a one-line :class:`CheckpointError`."""
+    return _read(path, with_tensors=True)
+
+
+def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a file written by :func:`save_tensors`, without loading any tensor."""
+    return _read(path, with_tensors=False)[1]
+
+
+def _read(path: str | os.PathLike, *, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
@@ -65,7 +80,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()} if with_tensors else {}
     except Exception as exc:  # safetensors raises several exception types for a damaged file
         raise CheckpointError(f"{path}: not a readable mfx checkpoint ({type(exc).__name__}: {exc})") from None
     if header.get("format") != FORMAT:

@@ -37,3 +37,7 @@ class WeightsNotFoundError(MfxError):
 
 class ConfigError(MfxError):
     """A configuration value or override that does not fit the config dataclass."""
+
+
+class OutputError(MfxError, OSError):
+    """A file mfx could not write (disk full, read-only, a file in the way); still an ``OSError`` for callers."""

@@ -332,10 +332,16 @@ class Generator(Plugin, abc.ABC):
     Unconditional families implement :meth:`sample`; image-to-image families
     (SDEdit, autoencoder reconstruction) implement :meth:`transform`. Hub-backed
     generators (diffusers pipelines) fit the same interface with a no-op ``fit``.
+
+    A ``conditional`` generator is trained once on the images of *every*
+    modality, like a modality-conditioned medical generator: its ``fit``,
+    ``sample`` and ``transform`` take ``conditions=`` (a long tensor with one
+    modality index per image) and it may ignore them.
     """
 
     kind: ClassVar[str] = "generator"
     family: ClassVar[str] = ""
+    conditional: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, *, device: str | torch.device = "cpu"):
         self.config = config if config is not None else self.make_config()

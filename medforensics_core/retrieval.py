@@ -78,7 +78,7 @@ def bank_labels(retriever: Retriever, indices: np.ndarray) -> np.ndarray:
 
 
 def nearest_per_label(similarities: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
-    """Per query row, the similarity of the best-ranked neighbour with ``label`` (``-inf`` when none is in the top k)."""
+    """Per query row, the similarity of the best-ranked neighbour with ``label`` (``-inf`` if none in the top k)."""
     hit = np.asarray(labels) == label
     rows = np.arange(len(hit))
     first = np.argmax(hit, axis=1)

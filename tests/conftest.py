@@ -29,3 +29,16 @@ def quick_benchmark():
     from medforensics_core.benchmark import default_dataset
 
     return default_dataset(quick=True)
+
+
+@pytest.fixture(scope="session")
+def quick_benchmark_v1():
+    """The quick build with the first benchmark's generators (``--generators v1``): easy fakes.
+
+    Tests of a detector's *mechanics* (it learns, saves, reloads) use it. On the
+    default (v2) fakes, tiny randomly initialised detectors sit near chance --
+    which is what the v2 benchmark is for, and would make such tests flaky.
+    """
+    from medforensics_core.benchmark import default_dataset
+
+    return default_dataset(quick=True, generators=["v1"])

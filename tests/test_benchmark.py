@@ -22,11 +22,38 @@ def manifest(quick_benchmark):
     return read_manifest(Path(quick_benchmark) / "manifest.csv")
 
 
-def test_quick_build_has_six_modalities_and_four_families(manifest):
+def test_quick_build_has_six_modalities_v2_families_and_networks(manifest):
+    from medforensics_core.benchmark.settings import DEFAULT_SETTINGS
+
     assert len(manifest.modalities) >= 6
-    families = {json.loads(r.params)["family"] for r in manifest.rows if r.label == 1}
-    assert len(families) >= 4, families
-    assert {"ae-bilinear", "ae-pixelshuffle"} <= set(manifest.generators)
+    fakes = [r for r in manifest.rows if r.label == 1]
+    assert {r.family for r in fakes} == {"autoencoder", "latent-diffusion", "super-resolution"}
+    assert all(r.family == json.loads(r.params)["family"] and r.network for r in fakes)
+    assert all(not r.family and not r.network for r in manifest.rows if r.label == 0)
+    assert {s.name for s in DEFAULT_SETTINGS} == set(manifest.generators) - {"real"}
+    # settings naming one network share it; every other setting has its own
+    network_of = {r.generator: r.network for r in fakes}
+    assert network_of["ldm-f4-recon"] == network_of["ldm-f4-img2img"] != network_of["ldm-f8-inpaint"]
+    assert len({network_of[s] for s in ("sr-pixelshuffle", "sr-transposed", "sr-resizeconv")}) == 3
+
+
+def test_card_json_has_the_realism_gate_and_hashes(quick_benchmark, manifest):
+    from medforensics_core.benchmark.card import images_hash
+
+    card = json.loads((Path(quick_benchmark) / "card.json").read_text(encoding="utf-8"))
+    assert card["images_sha256"] == images_hash(manifest.rows)
+    assert card["manifest_sha256"] == sha256_file(Path(quick_benchmark) / "manifest.csv")
+    assert card["threads"] == 1 and card["images"] == len(manifest)
+    by_setting = {g["setting"]: g for g in card["settings"]}
+    assert set(by_setting) == set(manifest.generators) - {"real"}
+    for name, gate in by_setting.items():
+        rows = manifest.where(generator=name, label=1).rows
+        assert gate["n_fake"] == len(rows) and gate["family"] == rows[0].family and gate["network"] == rows[0].network
+        assert 0.0 <= gate["first_order_auc"] <= 1.0 and 0.0 <= gate["freq_auc"] <= 1.0
+        img2img = "from_source" in json.loads(rows[0].params)
+        assert ("psnr" in gate and 0.0 <= gate["ssim"] <= 1.0) == img2img, name
+    assert by_setting["sr-resizeconv"]["psnr"] > 25  # a regeneration resembles its source
+    assert set(card["realism"]) == {"share_at_most_0.80", "any_at_least_0.99", "meets_target"}
 
 
 def test_labels_balanced_per_modality_and_enough_test_images(manifest):
@@ -89,7 +116,8 @@ def test_fakes_inherit_the_source_and_split_of_their_real(manifest):
 
 def test_card_lists_sources_counts_and_training(quick_benchmark):
     card = (Path(quick_benchmark) / "DATASET.md").read_text(encoding="utf-8")
-    for needle in ("pydicom-data", "nilearn", "scikit-image", "BSD-3-Clause", "## Counts", "## Training", "seed 0"):
+    for needle in ("pydicom-data", "nilearn", "scikit-image", "BSD-3-Clause", "## Counts", "## Training", "seed 0",
+                   "## Realism gate", "first-order AUC", "images sha256"):
         assert needle in card
 
 
@@ -99,14 +127,15 @@ def test_default_dataset_is_reused_and_keys_follow_parameters(quick_benchmark):
     assert time.monotonic() - started < 5
     base = benchmark.make_plan(quick=True)
     assert base.key() == benchmark.make_plan(quick=True).key()
-    for changed in (dict(seed=1), dict(size=32), dict(per_modality=20), dict(generators=["dcgan"])):
+    for changed in (dict(seed=1), dict(size=32), dict(per_modality=20), dict(generators=["dcgan"]),
+                    dict(generators=["v1"])):
         assert benchmark.make_plan(quick=True, **changed).key() != base.key(), changed
 
 
 def test_same_seed_same_files_other_seed_other_fakes(tmp_path):
     def shas(out: Path, seed: int) -> dict[str, str]:
-        folder = benchmark.build_benchmark(out, quick=True, size=32, per_modality=12, generators=["ae-bilinear"],
-                                           seed=seed)
+        folder = benchmark.build_benchmark(out, quick=True, size=32, per_modality=12,
+                                           generators=["sr-resizeconv", "ldm-f4-recon"], seed=seed)
         return {r.path: r.sha256 for r in read_manifest(folder / "manifest.csv").rows}
 
     first, second, other = shas(tmp_path / "a", 0), shas(tmp_path / "b", 0), shas(tmp_path / "c", 1)
@@ -129,11 +158,31 @@ def _fake_build(calls: list):
     def build_into(root: Path, plan, *, allow_missing, progress):
         calls.append(root)
         time.sleep(0.3)
-        for name in ("manifest.csv", "DATASET.md"):
+        (root / "manifest.csv").write_text("path,label\n", encoding="utf-8")
+        for name in ("DATASET.md", "card.json"):
             (root / name).write_text("x", encoding="utf-8")
-        (root / "build.json").write_text(json.dumps({"key": plan.key()}), encoding="utf-8")
+        (root / "build.json").write_text(json.dumps({"key": plan.key(), "builder": plan.as_dict()["builder"]}),
+                                         encoding="utf-8")
         return root
     return build_into
+
+
+def test_killed_build_leftovers_are_removed_and_a_half_written_build_is_rebuilt(tmp_path, monkeypatch):
+    from medforensics_core.benchmark import builder
+
+    calls: list = []
+    monkeypatch.setattr(builder, "build_into", _fake_build(calls))
+    monkeypatch.setenv("MFX_CACHE_DIR", str(tmp_path))
+    destination = benchmark.cache_root() / "benchmarks" / f"medforensics-mini-{benchmark.make_plan(quick=True, seed=5).key()}"
+    stale = destination.parent / f".{destination.name}.building-x1y2"  # what a SIGKILLed build leaves
+    (stale / "train").mkdir(parents=True)
+    assert benchmark.default_dataset(quick=True, seed=5) == destination
+    assert not stale.exists() and len(calls) == 1
+    # a build whose manifest lists an image that is not there (half-copied, half-deleted) is not reused
+    (destination / "manifest.csv").write_text("path,label\ntrain/missing.png,0\n", encoding="utf-8")
+    assert not benchmark.is_complete(destination)
+    benchmark.default_dataset(quick=True, seed=5)
+    assert len(calls) == 2 and benchmark.is_complete(destination)
 
 
 def test_interrupted_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
@@ -170,6 +219,8 @@ def test_cli_refuses_unknown_generator_and_foreign_folder_in_one_line(tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["data", "demo", "--out", str(tmp_path / "x"), "--generators", "dcgan,stylegan9"])
     assert result.exit_code != 0 and "stylegan9" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli, ["data", "demo", "--out", str(tmp_path / "x"), "--size", "huge"])
+    assert result.exit_code != 0 and "large" in result.output and "Traceback" not in result.output
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine", encoding="utf-8")
     for force in ([], ["--force"]):  # a folder without the build marker is never deleted, and --force not advised
@@ -198,3 +249,17 @@ def test_leave_one_generator_out_probe_scores_every_setting(quick_benchmark):
     assert [r.setting for r in results] == sorted(g for g in manifest.generators if g != "real")
     assert all(0.0 <= r.auc <= 1.0 and r.test_images > 0 for r in results)
     assert hard_settings(results, threshold=1.01) == [r.setting for r in results]
+
+
+def test_reports_fingerprint_the_data_from_the_card_or_the_manifest(quick_benchmark, manifest, tmp_path):
+    from medforensics_core.benchmark.card import dataset_fingerprint, images_hash
+    from medforensics_core.data.manifest import write_manifest
+
+    card = json.loads((Path(quick_benchmark) / "card.json").read_text(encoding="utf-8"))
+    built = dataset_fingerprint(Path(quick_benchmark), manifest.rows)
+    assert built == {"images_sha256": card["images_sha256"], "manifest_sha256": card["manifest_sha256"],
+                     "build_key": card["key"], "build_threads": 1}
+    own = write_manifest(manifest.rows[:10], tmp_path / "mine.csv")  # a user's manifest: no card.json
+    fingerprint = dataset_fingerprint(own, manifest.rows[:10])
+    assert fingerprint["images_sha256"] == images_hash(manifest.rows[:10]) != card["images_sha256"]
+    assert fingerprint["manifest_sha256"] == sha256_file(own) and fingerprint["build_threads"] is None

@@ -156,3 +156,18 @@ def test_index_refuses_a_detector_without_bank_in_one_line(quick_benchmark, tmp_
     result = CliRunner().invoke(cli, ["index", "show", str(path)])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "no reference bank" in result.output
+
+
+def test_reports_follow_the_typed_schema(tmp_path):
+    """A real run's report.json holds only the keys the schema declares, with the documented entry fields."""
+    from medforensics_core.cli import cli
+    from medforensics_core.report.schema import DetectorEntry, GroupMetrics, Report
+
+    result = CliRunner().invoke(cli, ["compare", "freq", "--quick", "--n-boot", "0", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(next(tmp_path.glob("*/report.json")).read_text())
+    assert set(report) - set(Report.__annotations__) == set()
+    entry = report["detectors"]["freq"]
+    assert set(entry) - set(DetectorEntry.__annotations__) == set() and entry["status"] == "ok"
+    assert set(entry["overall"]) - set(GroupMetrics.__annotations__) == set()
+    assert entry["trainable_params"] == 0  # freq's logistic regression is held as buffers, not parameters

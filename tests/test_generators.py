@@ -140,3 +140,83 @@ def test_autoencoder_decoders_differ_and_bad_kind_is_refused(histo_crops):
 def test_unfitted_generator_says_so():
     with pytest.raises(RuntimeError, match="fit"):
         _make("dcgan").sample(1)
+
+
+# --------------------------------------------------------------------------- v2: latent diffusion, super-resolution
+
+
+@pytest.fixture(scope="module")
+def mixed_crops(ct_crops, histo_crops) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grey and a colour modality together, with their condition ids: how the conditional networks train."""
+    images = torch.cat([ct_crops[:8], histo_crops[:8]])
+    return images, torch.tensor([0] * 8 + [1] * 8)
+
+
+@pytest.fixture(scope="module")
+def ldm(mixed_crops):
+    images, conditions = mixed_crops
+    return _make("ldm", ae_steps=40, unet_steps=20).fit(images, FitContext(seed=0), conditions=conditions)
+
+
+def test_v2_generators_are_conditional_and_have_their_families():
+    registry = get_registry()
+    assert registry.generator("ldm").conditional and registry.generator("superres").conditional
+    assert _make("ldm", mode="reconstruct").family == "autoencoder"
+    assert _make("ldm", mode="sample").family == "latent-diffusion" and not _make("ldm", mode="sample").is_img2img
+    assert registry.generator("superres").family == "super-resolution"
+
+
+def test_ldm_modes_keep_range_grey_and_colour_and_are_deterministic(ldm, mixed_crops):
+    images, conditions = mixed_crops
+    real, cond = images[6:10], conditions[6:10]  # two CT, two histopathology
+    for mode in ("reconstruct", "img2img", "inpaint"):
+        gen = _make("ldm", ae_steps=40, unet_steps=20, mode=mode).adopt(ldm)
+        out = gen.transform(real, torch.Generator().manual_seed(3), conditions=cond)
+        assert out.shape == real.shape and float(out.min()) >= 0 and float(out.max()) <= 1, mode
+        assert torch.equal(out[:2, 0], out[:2, 1]) and torch.equal(out[:2, 0], out[:2, 2]), f"{mode}: grey stays grey"
+        assert not torch.equal(out[2:, 0], out[2:, 1]), f"{mode}: colour stays colour"
+        assert torch.equal(out, gen.transform(real, torch.Generator().manual_seed(3), conditions=cond)), mode
+    sampler = _make("ldm", ae_steps=40, unet_steps=20, mode="sample").adopt(ldm)
+    samples = sampler.sample(4, torch.Generator().manual_seed(1), conditions=torch.tensor([0, 0, 1, 1]))
+    assert samples.shape == (4, 3, SIZE, SIZE)
+    assert torch.equal(samples[:2, 0], samples[:2, 2]) and not torch.equal(samples[2:, 0], samples[2:, 2])
+
+
+def test_ldm_inpaint_keeps_the_real_outside_the_feathered_square(ldm, mixed_crops):
+    images, conditions = mixed_crops
+    gen = _make("ldm", ae_steps=40, unet_steps=20, mode="inpaint", region=0.25, feather=2.0).adopt(ldm)
+    real = images[:3]
+    out = gen.transform(real, torch.Generator().manual_seed(0), conditions=conditions[:3])
+    for fake, original in zip(out, real):
+        rows, cols = torch.nonzero((fake - original).abs().amax(dim=0) > 1e-6, as_tuple=True)
+        assert len(rows) > 0
+        side = round(0.25 * SIZE / 4) * 4
+        assert int(rows.max() - rows.min()) < side and int(cols.max() - cols.min()) < side
+
+
+def test_ldm_autoencoder_learns_to_reconstruct(mixed_crops):
+    images, conditions = mixed_crops
+    untrained = _make("ldm", ae_steps=0, unet_steps=0, mode="reconstruct").fit(images, FitContext(seed=0),
+                                                                                conditions=conditions)
+    trained = _make("ldm", ae_steps=80, unet_steps=0, mode="reconstruct").fit(images, FitContext(seed=0),
+                                                                              conditions=conditions)
+    losses = np.asarray(trained.losses)
+    assert len(losses) == 80 and losses[-10:].mean() < 0.85 * losses[:10].mean()
+    error = [float((g.transform(images, conditions=conditions) - images).abs().mean()) for g in (untrained, trained)]
+    assert error[1] < 0.9 * error[0], error
+    with pytest.raises(RuntimeError, match="U-Net"):
+        _make("ldm", mode="img2img").adopt(trained).transform(images[:1], conditions=conditions[:1])
+
+
+def test_superres_upsamplers_are_different_networks_close_to_the_source(mixed_crops):
+    images, conditions = mixed_crops
+    outs = {}
+    for kind in ("pixelshuffle", "transposed", "resizeconv"):
+        gen = _make("superres", upsampler=kind, steps=40).fit(images, FitContext(seed=0), conditions=conditions)
+        outs[kind] = gen.transform(images[:4])
+        assert outs[kind].shape == images[:4].shape
+        assert float((outs[kind] - images[:4]).abs().mean()) < 0.1, kind  # a regeneration, not a new image
+        assert torch.equal(outs[kind][:2, 0], outs[kind][:2, 1]), "grey stays grey"
+    assert not torch.equal(outs["pixelshuffle"], outs["transposed"])
+    with pytest.raises(ValueError, match="up-sampler"):
+        _make("superres", upsampler="lanczos")

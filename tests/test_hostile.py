@@ -98,7 +98,8 @@ def dski_checkpoint(dataset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hostile_dir(tmp_path_factory) -> tuple[Path, list[Path]]:
-    """A folder of bad files only: the cheap ones, the three memory bombs of #15 and two lying DICOMs."""
+    """A folder of bad files only: the cheap ones, the three memory bombs of #15, two lying DICOMs, a dangling
+    link and a symlink loop."""
     folder = tmp_path_factory.mktemp("hostile")
     files = hostile_files.small_bad_files(folder)
     for name in ("tiny_1x1.png", "thin_64x3.png"):  # valid, only small: they belong to the per-image tests
@@ -107,6 +108,7 @@ def hostile_dir(tmp_path_factory) -> tuple[Path, list[Path]]:
     files["nifti"] = hostile_files.nifti_gz_bomb(folder)
     files["png"] = hostile_files.png_bomb(folder)
     files["dicom"] = hostile_files.dicom_lying_frames(folder)
+    files["dangling"] = hostile_files.links(folder)["dangling"]  # plus a symlink loop the walkers must not follow
     return folder, sorted(files.values())
 
 
@@ -494,3 +496,74 @@ def test_hostile_checkpoint_metadata_is_one_line(label, change, dski_checkpoint,
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and str(checkpoint) in errors[0], (args, result.output)
+
+
+def test_predict_scores_a_file_whose_name_holds_a_hash(dski_checkpoint, tmp_path):
+    """``scan#1.png`` is a file, not frame 1 of ``scan``: scored, explained and listed under its own name."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "scan#1.png"
+    Image.fromarray((np.random.default_rng(0).random((96, 96, 3)) * 255).astype("uint8")).save(image)
+    result = CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(dski_checkpoint), str(image), "--json",
+                                      "--explain", str(tmp_path / "heat")])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output[result.output.index("{"):])
+    assert [p["path"] for p in payload["predictions"]] == [str(image)]
+
+
+def test_data_check_of_a_folder_without_images_fails(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    result = CliRunner().invoke(cli, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 1 and "no image files" in result.output
+
+
+def test_cache_dir_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    from medforensics_core.errors import MfxError
+    from medforensics_core.locations import cache_root
+
+    (tmp_path / "cache").write_text("x")
+    monkeypatch.setenv("MFX_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(MfxError, match="MFX_CACHE_DIR"):
+        cache_root("benchmarks")
+
+
+@pytest.mark.parametrize("config", ["[1]", '{"options": [1]}', '{"options": {"detectors": ["freq"], "epochs": "x"}}',
+                                    '{"options": {"detectors": ["freq"], "no_such_option": 1, "shots": -3}}'])
+def test_resume_from_a_damaged_config_is_one_line(config, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(config)
+    result = CliRunner().invoke(cli, ["compare", "--resume", str(run)])
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1, result.output
+
+
+def test_damaged_saved_result_is_run_again_not_a_crash(tmp_path):
+    from medforensics_core.engine.resume import ResultStore
+    from medforensics_core.engine.rundir import RunDir
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "freq.json").write_text("[1")
+    (tmp_path / "results" / "npr.json").write_text("[1]")
+    store = ResultStore(RunDir(tmp_path))
+    assert store.finished("freq", []) is None and store.finished("npr", []) is None
+
+
+def test_disk_full_is_one_line_and_leaves_no_half_file(tmp_path, monkeypatch):
+    import errno
+
+    from medforensics_core.checkpoint import atomic_write_bytes
+    from medforensics_core.errors import MfxError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(MfxError, match="No space left on device") as info:
+        atomic_write_bytes(tmp_path / "report.json", b"{}")
+    assert isinstance(info.value, OSError) and str(tmp_path / "report.json") in str(info.value)
+    assert list(tmp_path.iterdir()) == []

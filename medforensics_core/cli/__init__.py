@@ -97,7 +97,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
       mfx plugins                        what is installed (detectors, noise extractors, ...)
       mfx data demo                      build the offline benchmark (MedForensics-mini)
       mfx compare dski cnnspot univfd    train, evaluate and report on the same data
-      mfx predict dski --checkpoint runs/.../dski.safetensors scan.dcm
+      mfx predict --checkpoint runs/.../dski.safetensors scan.dcm
 
     Every command that takes --data uses the offline benchmark when --data is not given.
     """

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import cli, console, err_console
+from .options import FILES_ON_BAD, on_bad_option
 
 
 @cli.group("data")
@@ -45,6 +46,11 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
     source image or volume straddles two splits. A generator.json next to a
     generator's 1_fake folder ({"family": ..., "network": ...}) fills the
     family and network columns of its fakes (blank without one).
+
+    \b
+    Examples:
+      mfx data index my-data                         writes my-data/manifest.csv
+      mfx data index cnndet-root --layout cnndetection --modality xray -o cnndet.csv
     """
     from ..data.indexers import index_folder
     from ..data.manifest import write_manifest
@@ -84,14 +90,19 @@ def _counts_table(rows, title: str) -> Table:
 
 @data_group.command("check")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--on-bad", type=click.Choice(["report", "fail"]), default="report", show_default=True,
-              help="report: read everything and list every bad file; fail: stop at the first bad file.")
+@on_bad_option(FILES_ON_BAD, aliases={"report": "skip"})
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--no-hash", is_flag=True, help="Do not compare files with the manifest's sha256.")
 def check_command(path: Path, on_bad: str, as_json: bool, no_hash: bool) -> None:
     """Read every image of a manifest, dataset folder or file; list each bad one with its reason.
 
-    Exits with status 1 when any file is bad, 0 when all read cleanly.
+    Exits with status 1 when any file is bad or no image was found, 0 when all read cleanly.
+    ``--on-bad skip`` (the default) reads everything and lists every bad file; ``fail`` stops at the first.
+
+    \b
+    Examples:
+      mfx data check my-data/manifest.csv
+      mfx data check exports/ --json > check.json
     """
     from ..data.check import check_target
     from ..engine.progress import RichProgress
@@ -102,7 +113,7 @@ def check_command(path: Path, on_bad: str, as_json: bool, no_hash: bool) -> None
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
         _print_check(report)
-    sys.exit(0 if report.ok else 1)
+    sys.exit(0 if report.ok and report.checked else 1)  # nothing read is not "all clean"
 
 
 def _print_check(report) -> None:
@@ -112,6 +123,9 @@ def _print_check(report) -> None:
                       highlight=False, soft_wrap=True)
         for issue in report.bad:
             console.print(f"  {escape(str(issue.path))}: {escape(issue.reason)}", soft_wrap=True, highlight=False)
+    elif not report.checked:
+        err_console.print(f"[bold red]error:[/] no image files found in {escape(str(report.target))}: nothing was "
+                          "checked", highlight=False, soft_wrap=True)
     else:
         console.print(f"[green]all {report.checked} image(s) read cleanly[/] in {escape(str(report.target))}",
                       highlight=False, soft_wrap=True)

@@ -22,7 +22,13 @@ def plugins_command(as_json: bool, kind: str | None) -> None:
     Plugins are found through the ``mfx`` entry-point group (``pip install`` a
     plugin and it appears here). Set MFX_LOAD_PLUGINS=dist1,dist2 to load only
     those distributions (an empty value loads none). Plugins that failed to load
-    are listed with the reason; the others keep working.
+    are listed with the reason; the others keep working. ``--json`` adds each
+    detector's declared capabilities (``reference-bank``, ``distributed``).
+
+    \b
+    Examples:
+      mfx plugins --kind detector
+      MFX_LOAD_PLUGINS=mfx-example-detector mfx plugins --json
     """
     from ..plugins import get_registry, plugin_rows
 

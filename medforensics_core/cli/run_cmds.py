@@ -16,8 +16,7 @@ import click
 
 from ..errors import MfxError
 from . import cli, console
-
-ON_BAD = click.Choice(["skip", "fail"])
+from .options import DATASET_ON_BAD, FILES_ON_BAD, detector_overrides, on_bad_option
 
 
 class DetectorsFailed(MfxError):
@@ -38,17 +37,6 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
         if not sep or not name or not rest:
             raise MfxError(f"{option} expects NAME=VALUE, got {value!r}")
         out[name.strip()] = rest.strip()
-    return out
-
-
-def _detector_overrides(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """``--set dski.epochs=2`` -> ``{"dski": {"epochs": "2"}}``."""
-    out: dict[str, dict[str, str]] = {}
-    for target, value in _pairs(values, "--set").items():
-        name, dot, key = target.partition(".")
-        if not dot or not name or not key:
-            raise MfxError(f"--set expects DETECTOR.key=value, got {target}={value!r}")
-        out.setdefault(name, {})[key] = value
     return out
 
 
@@ -104,8 +92,7 @@ def data_options(function):
     """Options every run command shares."""
     options = [
         click.option("--quick", is_flag=True, help="Without --data: use the quick build of the offline benchmark."),
-        click.option("--on-bad", type=ON_BAD, default="fail", show_default=True,
-                     help="A bad image file: skip it (listed in the report) or stop."),
+        on_bad_option(DATASET_ON_BAD),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
         click.option("--data", type=click.Path(path_type=str),
@@ -135,7 +122,7 @@ def data_options(function):
 @click.option("--set", "settings", multiple=True, metavar="NAME.key=value", help="Override a detector config key.")
 @click.option("--perturb", multiple=True, metavar="jpeg:50,blur:1.5,...",
               help="Also score test images under these perturbations (robustness).")
-@click.option("--out", default="runs", show_default=True, type=click.Path(path_type=str),
+@click.option("-o", "--out", default="runs", show_default=True, type=click.Path(path_type=str),
               help="Folder that receives the run directory.")
 @click.option("--resume", type=click.Path(path_type=str), help="Finish an interrupted run (its config.json rules).")
 @click.option("--train-modalities", help="cross-modality: comma-separated modalities to train on.")
@@ -175,7 +162,7 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
     options = CompareOptions(
         allow=_allowed(), detectors=list(detectors), data=data, protocol=protocol, preset=preset, device=device, seed=seed,
         epochs=epochs, budget_minutes=budget_minutes, checkpoints=_pairs(checkpoints, "--checkpoint"),
-        overrides=_detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
+        overrides=detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
         train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, holdout_by=holdout_by,
         seeds=_seed_list(seeds), n_boot=n_boot, log=log_sink,
         label="compare-" + "-".join(detectors), command=_command_line())
@@ -231,13 +218,20 @@ def _check_resume_detectors(resume: str, detectors: list[str]) -> None:
 @click.option("--preset", help="Detector preset (tiny|full); default tiny on the offline benchmark, full otherwise.")
 @click.option("--epochs", type=int, help="Override the config's epochs.")
 @click.option("--budget-minutes", type=float, help="Wall-clock training budget.")
-@click.option("--set", "settings", multiple=True, metavar="key=value", help="Override a config key.")
+@click.option("--set", "settings", multiple=True, metavar="[NAME.]key=value",
+              help="Override a config key (DETECTOR.key=value as in compare, or just key=value).")
 @click.option("-o", "--output", type=click.Path(path_type=str),
-              help="Checkpoint to write (default DETECTOR.safetensors).")
+              help="Checkpoint file to write (default DETECTOR.safetensors).")
 def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, budget_minutes, settings,
                   output) -> None:
-    """Train DETECTOR on the train split and save a safetensors checkpoint."""
-    from ..config import parse_overrides
+    """Train DETECTOR on the train split and save a safetensors checkpoint.
+
+    \b
+    Examples:
+      mfx train freq -o freq.safetensors                   offline benchmark, tiny preset
+      mfx train univfd --data my-data --set univfd.epochs=5 --device cuda
+      torchrun --nproc_per_node 2 --no-python mfx train cnnspot --data my-data
+    """
     from ..engine import distributed
     from ..engine.compare import CompareOptions, make_context, open_manifest, plan_run, train_detector
     from ..engine.device import resolve_device
@@ -246,8 +240,8 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
     from ..outputs import writable_file
 
     options = CompareOptions(allow=_allowed(), detectors=[detector], data=data, preset=preset, device=device,
-                             seed=seed, epochs=epochs,
-                             budget_minutes=budget_minutes, overrides={detector: parse_overrides(settings)},
+                             seed=seed, epochs=epochs, budget_minutes=budget_minutes,
+                             overrides={detector: detector_overrides(settings, detector=detector).get(detector, {})},
                              on_bad=on_bad, quick=quick, command=_command_line())
     plan = plan_run(options)
     target = writable_file(output or f"{detector}.safetensors", "checkpoint (-o)")  # fail now, not after training
@@ -279,10 +273,17 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
 @data_options
 @click.option("--split", default="test", show_default=True, help="Manifest split to evaluate on.")
 @click.option("--perturb", multiple=True, metavar="jpeg:50,...", help="Also score under these perturbations.")
-@click.option("--out", type=click.Path(path_type=str), help="Run directory to write (default: a new one under runs/).")
+@click.option("-o", "--out", type=click.Path(path_type=str),
+              help="Run directory to write (default: a new one under runs/).")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for CIs.")
 def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, split, perturb, out, n_boot) -> None:
-    """Evaluate a trained DETECTOR checkpoint: metrics per modality and generator, with CIs, and a run directory."""
+    """Evaluate a trained DETECTOR checkpoint: metrics per modality and generator, with CIs, and a run directory.
+
+    \b
+    Examples:
+      mfx evaluate freq --checkpoint freq.safetensors                  offline benchmark, test split
+      mfx evaluate dski --checkpoint dski.safetensors --data my-data -o runs/dski-eval --perturb jpeg:50
+    """
     from ..engine.compare import CompareOptions, run_compare
 
     options = CompareOptions(allow=_allowed(), detectors=[detector], data=data, device=device, seed=seed,
@@ -308,9 +309,9 @@ class NothingScored(MfxError):
 
 
 @cli.command("predict")
-@click.argument("detector")
-@click.argument("inputs", nargs=-1, required=True, metavar="FILES_OR_DIRS...")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=str), help="Checkpoint of DETECTOR.")
+@click.argument("inputs", nargs=-1, required=True, metavar="[DETECTOR] FILES_OR_DIRS...")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=str),
+              help="Checkpoint written by mfx train/compare (it names its detector).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--threshold", type=float, default=None,
               help="Score above which an image is called fake [default: the checkpoint's validated threshold, "
@@ -323,36 +324,36 @@ class NothingScored(MfxError):
 @click.option("--stride", type=float, default=0.5, show_default=True, help="Tile step, as a fraction of a tile.")
 @click.option("--explain", type=click.Path(path_type=Path), metavar="OUTDIR",
               help="Write a heat-map overlay PNG per input (its most suspicious frame) into OUTDIR.")
-@click.option("--on-bad", type=ON_BAD, default="skip", show_default=True,
-              help="A bad file: list it and go on, or stop.")
+@on_bad_option(FILES_ON_BAD)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
 @click.option("--modality",
               help="Modality of every input (ct, mri, xray, ultrasound... or a DICOM code such as MR) "
                    "[default: the DICOM Modality tag / NIfTI header of each file].")
-def predict_command(detector, inputs, checkpoint, as_json, threshold, crop, aggregate, stride, explain, on_bad,
+def predict_command(inputs, checkpoint, as_json, threshold, crop, aggregate, stride, explain, on_bad,
                     device, modality) -> None:
-    """Score real-world files (DICOM incl. multi-frame, NIfTI slices, PNG, JPEG, TIFF) with a trained DETECTOR.
+    """Score real-world files (DICOM incl. multi-frame, NIfTI slices, PNG, JPEG, TIFF) with a trained detector.
+
+    The detector is the one the checkpoint was written by; naming it first is optional (it is checked).
 
     \b
     Examples:
-      mfx predict dski scan.dcm --checkpoint dski.safetensors
+      mfx predict --checkpoint dski.safetensors scan.dcm
       mfx predict dski scans/ --checkpoint dski.safetensors --explain heatmaps/ --json
     """
-    from ..engine.compare import check_checkpoint
+    from ..api import checkpoint_detector_name, load_detector
     from ..engine.context import FitContext
     from ..engine.device import resolve_device
     from ..engine.predict import PredictOptions, check_explain_dir, checkpoint_threshold, predict_files
     from ..engine.progress import RichProgress
     from ..engine.tiles import TileConfig
-    from ..plugins import get_registry
 
-    cls = get_registry().detector(detector)
-    check_checkpoint(detector, checkpoint)
+    detector = checkpoint_detector_name(checkpoint)
+    inputs = _drop_detector_name(inputs, detector, checkpoint)
     tiles = TileConfig(mode=crop, aggregate=aggregate, stride=stride)
     if explain is not None:
         check_explain_dir(explain)
     torch_device = resolve_device(device)
-    model = cls.load(checkpoint, device=torch_device)
+    model = load_detector(checkpoint, device=str(torch_device))
     value, source = checkpoint_threshold(model, threshold)
     options = PredictOptions(threshold=value, on_bad=on_bad, modality=modality, tiles=tiles, explain=explain)
     with RichProgress(console, enabled=console.is_terminal and not as_json) as progress:
@@ -376,6 +377,20 @@ def _scoring_line(model, tiles) -> dict:
 
     size = input_size(model)
     return {"mode": tiles.mode, "aggregate": tiles.aggregate, "tile_size": size, "stride_fraction": tiles.stride}
+
+
+def _drop_detector_name(inputs: tuple[str, ...], detector: str, checkpoint: str) -> tuple[str, ...]:
+    """``mfx predict NAME FILES...``: a first argument naming a detector (not a file) must match the checkpoint."""
+    from ..plugins import get_registry
+
+    first = inputs[0]
+    if Path(first).exists() or first not in {reg.name for reg in get_registry().all() if reg.kind == "detector"}:
+        return inputs
+    if first != detector:
+        raise MfxError(f"{checkpoint}: checkpoint of detector {detector!r}, not {first!r}")
+    if len(inputs) == 1:
+        raise MfxError("name the files or folders to score after the detector")
+    return inputs[1:]
 
 
 def _print_predictions(verdict: dict, predictions, bad) -> None:

@@ -84,7 +84,7 @@ class FitContext:
 
     def loader(self, images: ImageSet, transform: Transform, batch_size: int, *, shuffle: bool,
                drop_last: bool = False, epoch_offset: int = 0) -> torch.utils.data.DataLoader:
-        """A seeded DataLoader of :class:`~medforensics_core.contract.Batch` (rows included); sharded when distributed."""
+        """A seeded DataLoader of :class:`~medforensics_core.contract.Batch` (rows included); sharded if distributed."""
         return self._loader(TransformedSet(images, transform), BatchCollate(images.rows), batch_size, shuffle=shuffle,
                             drop_last=drop_last, epoch_offset=epoch_offset)
 

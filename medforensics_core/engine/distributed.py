@@ -129,7 +129,7 @@ def wrap_module(module: torch.nn.Module, ctx) -> torch.nn.Module:
 
 
 def gather_tensor_rows(rows: torch.Tensor, indices: np.ndarray, total: int, world_size: int) -> torch.Tensor:
-    """Per-rank ``rows`` (n_i, ...) at dataset ``indices`` -> one ``(total, ...)`` tensor in dataset order, every rank."""
+    """Per-rank ``rows`` (n_i, ...) at dataset ``indices`` -> one ``(total, ...)`` tensor in dataset order."""
     indices = np.asarray(indices, dtype=np.int64)
     if active(world_size):
         parts: list = [None] * world_size

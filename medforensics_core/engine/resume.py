@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..errors import MfxError
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,12 @@ class ResultStore:
         name = _file_name(detector)
         if not self.run_dir.exists(name):
             return None
-        result = self.run_dir.read_json(name)
-        if result.get("status") != "ok":
+        try:
+            result = self.run_dir.read_json(name)
+        except MfxError as exc:  # a damaged result costs a re-run of that detector, not the resume
+            log.warning("%s; running that detector again", exc)
+            return None
+        if not isinstance(result, dict) or result.get("status") != "ok":
             return None
         if result.get("test_paths") != test_paths:
             log.warning("saved result of %s was scored on other test images; running it again", detector)

@@ -340,6 +340,11 @@ def header_lines(report: dict) -> list[str]:
         + (f"   git {commit[:10]}{' (dirty)' if git.get('dirty') else ''}" if commit else "")
         + (f"   device {env.get('device')}" if env.get("device") else ""),
     ]
+    if data.get("images_sha256"):
+        lines.append(f"images sha256 {str(data['images_sha256'])[:16]}   manifest sha256 "
+                     f"{str(data.get('manifest_sha256') or '-')[:16]}"
+                     + (f"   built with {data['build_threads']} thread(s)" if data.get("build_threads") else "")
+                     + (f"   torch threads {env['torch_threads']}" if env.get("torch_threads") else ""))
     skipped = data.get("skipped") or []
     if skipped:
         lines.append(f"skipped files: {len(skipped)} (first: {skipped[0][0]}: {skipped[0][1]})")

@@ -9,6 +9,14 @@ CPU cores in minutes:
 * ``autoencoder`` (autoencoder, img2img): reconstruction with a bilinear,
   pixel-shuffle or transposed-convolution decoder;
 * ``inpaint`` (local-regeneration, img2img): one square region re-synthesised.
+
+Those are the v1 generators (one small model per modality). The v2 ones follow
+how medical fakes are made today and are trained once on every modality:
+
+* ``ldm`` (latent-diffusion / autoencoder): a KL autoencoder + modality-conditioned
+  latent U-Net; reconstruction, latent img2img, latent inpainting, DDIM samples;
+* ``superres`` (super-resolution, img2img): learned x2/x4 up-sampling of a
+  down-sampled real, with a pixel-shuffle, transposed-conv or resize+conv up-sampler.
 """
 
 from __future__ import annotations
@@ -19,12 +27,15 @@ from .autoencoder import AutoencoderConfig, AutoencoderGenerator
 from .diffusion import (DDPMGenerator, DiffusionConfig, DiffusionGenerator, InpaintConfig, InpaintGenerator,
                         SDEditConfig, SDEditGenerator)
 from .gan import DCGANConfig, DCGANGenerator
+from .ldm import LDMConfig, LDMGenerator
+from .superres import SuperResConfig, SuperResGenerator
 
-GENERATOR_CLASSES = (DCGANGenerator, DDPMGenerator, SDEditGenerator, InpaintGenerator, AutoencoderGenerator)
+GENERATOR_CLASSES = (DCGANGenerator, DDPMGenerator, SDEditGenerator, InpaintGenerator, AutoencoderGenerator,
+                     LDMGenerator, SuperResGenerator)
 
 __all__ = ["AutoencoderConfig", "AutoencoderGenerator", "DCGANConfig", "DCGANGenerator", "DDPMGenerator",
            "DiffusionConfig", "DiffusionGenerator", "GENERATOR_CLASSES", "InpaintConfig", "InpaintGenerator",
-           "SDEditConfig", "SDEditGenerator"]
+           "LDMConfig", "LDMGenerator", "SDEditConfig", "SDEditGenerator", "SuperResConfig", "SuperResGenerator"]
 
 
 @hookimpl

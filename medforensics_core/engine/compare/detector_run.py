@@ -19,6 +19,7 @@ from ...contract import ReferenceBank, SupportsDistributed
 from ...decision import DEFAULT_THRESHOLD, flag_fake
 from ...errors import MfxError
 from ...interfaces import Detector, Perturbation
+from ...report.schema import TRAINABLE_PARAMS, DetectorEntry
 from ...metrics import VALIDATION_FPR, threshold_at_fpr
 from ...seeding import seed_everything
 from .. import distributed
@@ -120,8 +121,8 @@ def obtain_detector(spec: DetectorSpec, fold: Fold, ctx: FitContext,
 
 
 def trainable_params(detector: Detector) -> int | None:
-    if "trainable_params" in detector.train_info:
-        return int(detector.train_info["trainable_params"])
+    if TRAINABLE_PARAMS in detector.train_info:
+        return int(detector.train_info[TRAINABLE_PARAMS])
     modules = detector.modules()
     if not modules:
         return None
@@ -161,7 +162,7 @@ def detector_threshold(detector: Detector) -> float:
 
 
 def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: float, checkpoint: str | None,
-           summary: dict[str, Any], device: torch.device) -> dict[str, Any]:
+           summary: dict[str, Any], device: torch.device) -> DetectorEntry:
     loaded = spec.checkpoint is not None
     info = detector.train_info or {}
     return {"status": "ok", "error": None, "preset": detector.preset or spec.preset, **_origin(spec.name),

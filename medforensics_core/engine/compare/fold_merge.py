@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ...report.schema import ENTRY_META, DetectorEntry, Report
 from .plan import RunPlan
 from .report_build import BOOTSTRAP_NOTE
 
@@ -25,7 +26,7 @@ def _mean_entries(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> Report:
     """Leave-one-generator-out: one report whose ``by_generator`` holds each held-out generator's fold."""
     first = next(iter(reports.values()))
     combined = {k: v for k, v in first.items() if k not in ("detectors", "paired", "perturbations", "fold")}
@@ -57,11 +58,10 @@ def _total_seconds(entries) -> float | None:
     return round(sum(seconds), 3) if seconds else None
 
 
-def _combined_entry(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _combined_entry(per_fold: dict[str, DetectorEntry]) -> DetectorEntry:
     failed = {g: e for g, e in per_fold.items() if e["status"] != "ok"}
     first = next(iter(per_fold.values()))
-    meta = {k: first.get(k) for k in ("preset", "distribution", "version", "weights", "weights_status", "warnings",
-                                      "trainable_params", "source", "threshold_rule")}
+    meta = {k: first.get(k) for k in ENTRY_META}
     if failed:
         reasons = "; ".join(f"{g}: {e['error']}" for g, e in failed.items())
         return {**meta, "status": "failed", "error": f"failed on fold(s) {reasons}", "train_seconds": None,

@@ -180,6 +180,8 @@ def check_numbers(options: CompareOptions) -> None:
     def number(value, flag: str, minimum: float, inclusive: bool = True) -> None:
         if value is None:
             return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MfxError(f"{flag} must be a number, not {value!r}")
         ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
         if not ok:
             bound = f"at least {minimum:g}" if inclusive else f"above {minimum:g}"

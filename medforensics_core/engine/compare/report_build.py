@@ -17,6 +17,7 @@ import numpy as np
 
 from ..protocols import DataBundle, Fold
 from ..rundir import RunDir
+from ...report.schema import Report
 from .plan import CompareOptions, RunPlan
 
 LOG_FILE = "mfx.log"
@@ -72,8 +73,15 @@ def perturbation_section(plan: RunPlan, fold: Fold, results: dict[str, dict[str,
     return section
 
 
+def data_fingerprint(path, rows) -> dict[str, Any]:
+    """Images and manifest sha256 and the build's thread count (see benchmark.card.dataset_fingerprint)."""
+    from ...benchmark.card import dataset_fingerprint
+
+    return dataset_fingerprint(Path(path), rows)
+
+
 def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], data: DataBundle,
-                env: dict[str, Any]) -> dict[str, Any]:
+                env: dict[str, Any]) -> Report:
     """The report dict (see the report contract) of one fold."""
     options = plan.options
     detectors = {name: row["entry"] for result in results.values() for name, row in result["rows"].items()}
@@ -85,7 +93,8 @@ def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], d
         "data": {"path": str(plan.data_path), "n_train": len(fold.train) if needs_train else 0,
                  "n_test": len(fold.test), "modalities": sorted({r.modality for r in fold.test.rows}),
                  "generators": sorted({r.generator for r in fold.test.rows if r.label == 1}),
-                 "skipped": [list(s) for s in data.skipped]},
+                 "skipped": [list(s) for s in data.skipped],
+                 **data_fingerprint(plan.data_path, data.manifest.rows)},
         "environment": env, "detectors": detectors,
         "paired": paired_tests(results, fold.test.labels, options, [r.source_key for r in fold.test.rows]),
         "bootstrap": bootstrap_info(fold, options),

@@ -82,4 +82,10 @@ def load_resume_options(run_dir: str | Path) -> tuple[CompareOptions, RunDir]:
     if not folder.path.is_dir():
         raise MfxError(f"{folder.path}: no such run directory to resume")
     config = folder.read_json(CONFIG_FILE)
-    return CompareOptions.from_dict(config.get("options", {})), folder
+    options = config.get("options") if isinstance(config, dict) else None
+    if not isinstance(options, dict):
+        raise MfxError(f"{folder.file(CONFIG_FILE)}: damaged (no 'options' object); cannot resume from it")
+    try:
+        return CompareOptions.from_dict(options), folder
+    except (TypeError, ValueError) as exc:
+        raise MfxError(f"{folder.file(CONFIG_FILE)}: damaged options ({exc}); cannot resume from it") from None
