@@ -24,6 +24,8 @@ import train_binary, Schedule, ...``) instead of copying it; the baselines do.
   :func:`encode_text_embeddings`, :func:`evenly_spaced_blocks` (FatFormer, RINE);
   :func:`feature_loader` batches cached features for the epoch loop;
 * **Heads**: :func:`linear_head` (the N(0, std) one-logit head of CNNSpot and UnivFD);
+* **Checkpoints of frozen-backbone detectors**: :func:`check_backbone` refuses, in one line,
+  a checkpoint trained on another backbone (the ``"backbone"`` key of ``extra_state``);
 * **Retrieval** (k-NN vote, bank persistence, compatibility checks) lives in
   :mod:`medforensics_core.retrieval`; the detector contract (``Batch``,
   ``ReferenceBank``, ``SupportsDistributed``) in :mod:`medforensics_core.contract`.
@@ -32,6 +34,8 @@ Each block's full reference is on the toolkit page of the API reference.
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
 
 import torch
 
@@ -43,12 +47,13 @@ from .engine.augment import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, blur_j
 from .engine.features import FeatureCache, cached_features, encode_images, feature_loader
 from .engine.schedules import Schedule, detector_loaders, scale_lr, train_binary
 from .engine.training import binary_logit_loss, predict_loader, run_epoch
+from .errors import CheckpointError
 from .seeding import seeded
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BlurJpegRecipe", "ClipBackbone", "FeatureCache", "Schedule",
-           "binary_logit_loss", "block_class_tokens", "blur_jpeg_transform", "cached_features", "detector_loaders",
-           "encode_images", "encode_text_embeddings", "evenly_spaced_blocks", "feature_loader", "linear_head",
-           "load_clip", "normalise", "predict_loader", "project_tokens", "resize_shorter", "run_epoch",
+           "binary_logit_loss", "block_class_tokens", "blur_jpeg_transform", "cached_features", "check_backbone",
+           "detector_loaders", "encode_images", "encode_text_embeddings", "evenly_spaced_blocks", "feature_loader",
+           "linear_head", "load_clip", "normalise", "predict_loader", "project_tokens", "resize_shorter", "run_epoch",
            "run_image_tower", "scale_lr", "seeded", "test_geometry", "train_binary", "train_geometry"]
 
 
@@ -58,3 +63,11 @@ def linear_head(in_features: int, std: float = 0.02) -> torch.nn.Linear:
     torch.nn.init.normal_(head.weight, 0.0, std)
     torch.nn.init.zeros_(head.bias)
     return head
+
+
+def check_backbone(extra: Mapping[str, Any], backbone: ClipBackbone, name: str, source: str = "checkpoint") -> None:
+    """Refuse a checkpoint whose ``extra["backbone"]`` is not ``backbone.key()`` (trained on other features)."""
+    saved = extra.get("backbone")
+    if saved is not None and saved != backbone.key():
+        raise CheckpointError(f"{source}: {name} checkpoint was trained on backbone {saved!r}, "
+                              f"but this config loads {backbone.key()!r}")

@@ -229,10 +229,7 @@ class UnivFDDetector(Detector, SupportsDistributed):
 
     def check_backbone(self, extra: Mapping[str, Any], source: str) -> None:
         """Refuse a checkpoint trained on another backbone, in one line."""
-        expected = extra.get("backbone")
-        if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
-                                  f"but this config loads {self.backbone.key()!r}")
+        toolkit.check_backbone(extra, self.backbone, self.name, source)
 
 
 def train_probe_on_features(detector: UnivFDDetector, optimizer: torch.optim.Optimizer, train: Any, val: Any | None,
