@@ -98,7 +98,8 @@ def dski_checkpoint(dataset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hostile_dir(tmp_path_factory) -> tuple[Path, list[Path]]:
-    """A folder of bad files only: the cheap ones, the three memory bombs of #15 and two lying DICOMs."""
+    """A folder of bad files only: the cheap ones, the three memory bombs of #15, two lying DICOMs, a dangling
+    link and a symlink loop."""
     folder = tmp_path_factory.mktemp("hostile")
     files = hostile_files.small_bad_files(folder)
     for name in ("tiny_1x1.png", "thin_64x3.png"):  # valid, only small: they belong to the per-image tests
@@ -107,6 +108,7 @@ def hostile_dir(tmp_path_factory) -> tuple[Path, list[Path]]:
     files["nifti"] = hostile_files.nifti_gz_bomb(folder)
     files["png"] = hostile_files.png_bomb(folder)
     files["dicom"] = hostile_files.dicom_lying_frames(folder)
+    files["dangling"] = hostile_files.links(folder)["dangling"]  # plus a symlink loop the walkers must not follow
     return folder, sorted(files.values())
 
 

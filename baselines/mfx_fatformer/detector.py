@@ -18,7 +18,8 @@ from medforensics_core.engine.augment import IMAGENET_MEAN, IMAGENET_STD, normal
 from medforensics_core.decision import accuracy
 from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
 from medforensics_core.engine.training import predict_loader
-from medforensics_core.errors import CheckpointError, ConfigError
+from medforensics_core.errors import ConfigError
+from medforensics_core.toolkit import check_backbone
 from medforensics_core.interfaces import Detector
 
 from .modules import FatFormerModule
@@ -234,8 +235,5 @@ class FatFormerDetector(Detector, SupportsDistributed):
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
                    source: str = "checkpoint") -> None:
-        expected = extra.get("backbone")
-        if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
-                                  f"but this config loads {self.backbone.key()!r}")
+        check_backbone(extra, self.backbone, self.name, source)
         self.load_module_tensors(tensors, source)

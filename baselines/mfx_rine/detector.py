@@ -16,7 +16,7 @@ from medforensics_core.engine.augment import BlurJpegDraw, apply_blur_jpeg, norm
 from medforensics_core.decision import accuracy
 from medforensics_core.engine.schedules import Schedule, detector_loaders, seeded, train_binary
 from medforensics_core.engine.training import predict_loader
-from medforensics_core.errors import CheckpointError
+from medforensics_core.toolkit import check_backbone
 from medforensics_core.interfaces import Detector
 
 from .model import RINEHead, rine_loss
@@ -256,8 +256,5 @@ class RINEDetector(Detector, SupportsDistributed):
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
                    source: str = "checkpoint") -> None:
-        expected = extra.get("backbone")
-        if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
-                                  f"but this config loads {self.backbone.key()!r}")
+        check_backbone(extra, self.backbone, self.name, source)
         self.load_module_tensors(tensors, source)

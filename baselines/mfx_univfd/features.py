@@ -19,7 +19,7 @@ import torch
 from torchvision.transforms import v2
 
 from medforensics_core import toolkit
-from medforensics_core.errors import CheckpointError, WeightsNotFoundError
+from medforensics_core.errors import WeightsNotFoundError
 from medforensics_core.interfaces import Detector
 from medforensics_core.toolkit import check_geometry, eval_geometry_transform, normalise
 
@@ -112,7 +112,4 @@ class ClipFeatureDetector(Detector):
     def check_backbone(self, extra: Mapping[str, Any], source: str) -> None:
         """Refuse a checkpoint trained on another backbone, in one line."""
         self.random_init_fallback = bool(extra.get("random_init_fallback", False))
-        expected = extra.get("backbone")
-        if expected is not None and expected != self.backbone.key():
-            raise CheckpointError(f"{source}: {self.name} checkpoint was trained on backbone {expected!r}, "
-                                  f"but this config loads {self.backbone.key()!r}")
+        toolkit.check_backbone(extra, self.backbone, self.name, source)

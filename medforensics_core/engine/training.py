@@ -26,22 +26,25 @@ def binary_logit_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return torch.nn.functional.binary_cross_entropy_with_logits(logits.reshape(-1).float(), labels.float())
 
 
-def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor], loader, optimizer: torch.optim.Optimizer,
+def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor] | None, loader, optimizer: torch.optim.Optimizer,
               ctx: FitContext, loss_fn: LossFn = binary_logit_loss, description: str = "train", *,
-              synchronised: bool = False) -> float:
+              synchronised: bool = False, batch_loss: Callable[[Batch], torch.Tensor] | None = None) -> float:
     """One pass over ``loader``: forward under autocast, loss, backward, step. Returns the mean loss.
 
-    Under ``torchrun`` every rank must step with the mean gradient of the global
-    batch: ``synchronised`` says ``forward`` is a ``DistributedDataParallel``
-    module (``ctx.parallel``) that already averages in ``backward``; otherwise the
-    gradients are averaged here by hand (the same rule).
+    The loss is ``loss_fn(forward(batch.inputs), batch.labels)``, or ``batch_loss(batch)``
+    for an objective that needs more of the batch than its pixels (DSKI's prompts
+    need each image's modality, ``batch.modalities``). Under ``torchrun`` every rank
+    must step with the mean gradient of the global batch: ``synchronised`` says
+    ``forward`` is a ``DistributedDataParallel`` module (``ctx.parallel``) that
+    already averages in ``backward``; otherwise the gradients are averaged here by
+    hand (the same rule).
     """
     total, count = 0.0, 0
     scaler = ctx.grad_scaler()  # enabled only for fp16 on CUDA
     for batch in ctx.track(loader, len(loader), description):
         batch = batch.to(ctx.device)
         with ctx.autocast():
-            loss = loss_fn(forward(batch.inputs), batch.labels)
+            loss = batch_loss(batch) if batch_loss is not None else loss_fn(forward(batch.inputs), batch.labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if ctx.distributed and not synchronised:

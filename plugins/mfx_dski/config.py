@@ -99,7 +99,8 @@ class DSKIConfig:
       is ``logit(p_stage1) + alpha (F - R)``. A query far from every reference has affinities near 0
       and keeps its stage-1 score; a top-k softmax vote would be as confident for far neighbours as
       for near ones. ``same_modality`` restricts the neighbours to the query's modality when known.
-      ``alpha_grid`` x ``beta_grid`` x ``descriptor_grid`` (0 included) are tuned on the hold-out.
+      ``alpha_grid`` x ``beta_grid`` x ``descriptor_grid`` (0 included) are tuned on the hold-out; ties
+      (a hold-out stage 1 already ranks perfectly) go to the largest alpha (see ``mfrm.tune_fusion``).
     """
 
     # backbone

@@ -29,7 +29,8 @@ from medforensics_core.contract import Batch, ReferenceBank, SupportsDistributed
 from medforensics_core.data.dataset import ImageSet
 from medforensics_core.engine.augment import TraceAugment, TraceRecipe, resize_shorter, train_geometry
 from medforensics_core.engine.context import FitContext
-from medforensics_core.errors import CheckpointError, ConfigError, MfxError
+from medforensics_core.errors import ConfigError, MfxError
+from medforensics_core.toolkit import check_backbone
 from medforensics_core.interfaces import Detector, Retriever
 from medforensics_core.plugins import get_registry
 from medforensics_core.retrieval import bank_state, check_compatible, new_bank, restore_bank, split_bank_tensors
@@ -360,10 +361,7 @@ class DSKIBase(Detector, SupportsDistributed):
     def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
                    source: str = "checkpoint") -> None:
         """Adapters, prompt context, fusion settings and the MFRM bank, in one call."""
-        saved = extra.get("backbone")
-        if saved is not None and saved != self.backbone.key():
-            raise CheckpointError(f"{source}: checkpoint trained on backbone {saved!r}, but this config builds "
-                                  f"{self.backbone.key()!r}")
+        check_backbone(extra, self.backbone, self.name, source)
         self.known_modalities = list(extra.get("known_modalities", []))
         fusion = extra.get("fusion")
         if fusion is not None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from medforensics_core.data.dataset import ImageSet
 from medforensics_core.engine.context import FitContext
-from medforensics_core.engine.distributed import average_gradients
+from medforensics_core.engine.training import run_epoch
 from medforensics_core.errors import ConfigError
 from medforensics_core.seeding import numpy_rng
 
@@ -92,8 +92,9 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
 
     With a tuning hold-out and ``select_best_epoch`` the weights of the epoch with
     the best hold-out stage-1 AUC are kept (the run still trains every epoch, so
-    ablations train equally long). A loop of its own rather than
-    ``engine.training.run_epoch``: the loss needs each image's modality.
+    ablations train equally long). Each epoch is the shared
+    ``engine.training.run_epoch`` with a batch-level loss: the prompts need each image's
+    modality (``batch.modalities``).
     """
     cfg = detector.config
     optimizer = optimizer_for(detector)
@@ -136,24 +137,10 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
 
 
 def _train_epoch(detector: "DSKIBase", loader, optimizer, ctx: FitContext, epoch: int) -> float:
-    """One pass of stage 1 over batches whose rows give each image's modality (its class prompts).
-
-    The adapters run inside the frozen backbone's forward, not through one module's ``forward``,
-    so under ``torchrun`` the gradients are averaged by hand (the ``DistributedDataParallel`` rule).
-    """
-    total, count = 0.0, 0
-    for batch in ctx.track(loader, len(loader), f"dski epoch {epoch + 1}"):
-        with ctx.autocast():
-            loss = stage1_loss(detector, batch.inputs, batch.labels.to(detector.device), batch.modalities)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if ctx.distributed:
-            average_gradients(optimizer, ctx.world_size)
-        optimizer.step()
-        total += float(loss.detach()) * len(batch)
-        count += len(batch)
-        ctx.status(f"loss {total / count:.4f}")
-    return total / max(count, 1)
+    """One pass of stage 1. The adapters run inside the frozen backbone's forward, not through one
+    module's ``forward``, so under ``torchrun`` the gradients are averaged by hand (the DDP rule)."""
+    return run_epoch(None, loader, optimizer, ctx, description=f"dski epoch {epoch + 1}",
+                     batch_loss=lambda batch: stage1_loss(detector, batch.inputs, batch.labels, batch.modalities))
 
 
 def stage1_loss(detector: "DSKIBase", inputs: torch.Tensor, labels: torch.Tensor,
