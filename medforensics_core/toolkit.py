@@ -60,7 +60,7 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BlurJpegRecipe", "ClipBackbone", "F
 
 
 def linear_head(in_features: int, std: float = 0.02, *, zero_bias: bool = True) -> torch.nn.Linear:
-    """A one-logit ``Linear(in_features, 1)``, weights N(0, ``std``) and zero bias (CNNSpot's and UnivFD's head)."""
+    """A one-logit ``Linear(in_features, 1)``, weights N(0, ``std``); zero bias unless ``zero_bias=False``."""
     head = torch.nn.Linear(in_features, 1)
     torch.nn.init.normal_(head.weight, 0.0, std)
     if zero_bias:  # CNNSpot's and UnivFD's official trainers leave the bias at PyTorch's default (zero_bias=False)
