@@ -356,3 +356,18 @@ def test_precision_is_fp32_by_default_and_autocasts_when_asked():
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         with FitContext(precision=precision).autocast():
             assert layer(x).dtype == dtype
+
+
+def test_a_random_init_fallback_is_marked_on_every_report_row():
+    from medforensics_core.report import views
+
+    entry = {"status": "ok", "random_init": True, "weights": "resnet50, random init", "preset": "full",
+             "precision": "fp32", "overall": {"auc": 0.7, "ap": 0.7, "acc": 0.6},
+             "by_modality": {"ct": {"auc": 0.7, "ap": 0.7, "acc": 0.6}}}
+    report = {"detectors": {"cnnspot": entry, "npr": {**entry, "random_init": False}}}
+    names = [row.name for row in views.overall_table(report).rows]
+    assert names == ["cnnspot (random init)", "npr"]
+    grouped = views.group_table(report["detectors"], "by_modality", None, "by modality")
+    assert [row.name for row in grouped.rows] == names
+    summaries = views.detector_summaries(report)
+    assert summaries[0].startswith("cnnspot (random init): ") and "precision=fp32" in summaries[0]
