@@ -42,7 +42,7 @@ OVERHEAD_TARGETS = {"tiny": 0.30, "ViT-B-16": 0.05, "ViT-L-14": 0.05}
 def build(model: str, device: str, use_cdfa: bool = True):
     cls = get_registry().detector("dski")
     preset = "tiny" if model == "tiny" else None
-    config = cls.make_config(preset, clip_model=MODELS[model], clip_pretrained="random", use_cdfa=use_cdfa)
+    config = cls.make_config(preset, clip_model=MODELS[model], pretrained="random", use_cdfa=use_cdfa)
     return cls(config, preset=preset or "full", device=device)
 
 

@@ -8,13 +8,51 @@ configuration the tests and the offline benchmark use.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import logging
 import math
 import types
 import typing
 from typing import Any, Mapping
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Old config key -> current key, for every plugin config (old checkpoints and command lines keep working).
+# ``pretrained`` is the one weights key across detectors.
+DEPRECATED_KEYS: dict[str, str] = {
+    "imagenet_weights": "pretrained",
+    "clip_pretrained": "pretrained",
+    "lr_step_every": "lr_decay_every",
+    "lr_step_gamma": "lr_decay",
+}
+
+
+def _renamed(values: Mapping[str, Any], fields: set[str], config_class: type) -> dict[str, Any]:
+    """``values`` with deprecated keys renamed to their current names (a warning for each)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        new = DEPRECATED_KEYS.get(key)
+        if key not in fields and new in fields:
+            log.warning("config key %r of %s is deprecated; use %r", key, config_class.__name__, new)
+            out.setdefault(new, value)
+            continue
+        out[key] = value
+    return out
+
+
+def _unknown_key_message(unknown: list[str], fields: set[str], config_class: type) -> str:
+    """One line naming the unknown keys, the close known one for each (did you mean), and the known keys."""
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(fields), n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{key!r}: did you mean {close[0]!r}?")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return (f"unknown config key(s) {', '.join(unknown)} for {config_class.__name__}{hint}; "
+            f"known keys: {', '.join(sorted(fields))}")
 
 
 @dataclasses.dataclass
@@ -96,13 +134,12 @@ def build_config(config_class: type, presets: Mapping[str, Mapping[str, Any]], p
             known = ", ".join(["full", *presets])
             raise ConfigError(f"unknown preset {preset!r}; known presets: {known}")
         values.update(presets[preset])
-    values.update(overrides or {})
-    hints = typing.get_type_hints(config_class)
     fields = {f.name for f in dataclasses.fields(config_class)}
+    values.update(_renamed(overrides or {}, fields, config_class))
+    hints = typing.get_type_hints(config_class)
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)} for {config_class.__name__}; "
-                          f"known keys: {', '.join(sorted(fields))}")
+        raise ConfigError(_unknown_key_message(unknown, fields, config_class))
     coerced = {k: _coerce(v, hints.get(k, Any), k) for k, v in values.items()}
     config = config_class(**coerced)
     validate_config(config)

@@ -42,8 +42,9 @@ import torch
 from .backbones import ClipBackbone, load_clip
 from .clip_parts import (block_class_tokens, encode_text_embeddings, evenly_spaced_blocks, project_tokens,
                          run_image_tower)
-from .engine.augment import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, blur_jpeg_transform, normalise,
-                             resize_shorter, test_geometry, train_geometry)
+from .engine.augment import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, blur_jpeg_transform, check_geometry,
+                             eval_geometry_transform, normalise, resize_shorter, test_geometry, train_geometry,
+                             train_resize_for, validation_recipe, variable_size)
 from .engine.features import FeatureCache, cached_features, encode_images, feature_loader
 from .engine.schedules import Schedule, detector_loaders, scale_lr, train_binary
 from .engine.training import binary_logit_loss, predict_loader, run_epoch
@@ -54,14 +55,16 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BlurJpegRecipe", "ClipBackbone", "F
            "binary_logit_loss", "block_class_tokens", "blur_jpeg_transform", "cached_features", "check_backbone",
            "detector_loaders", "encode_images", "encode_text_embeddings", "evenly_spaced_blocks", "feature_loader",
            "linear_head", "load_clip", "normalise", "predict_loader", "project_tokens", "resize_shorter", "run_epoch",
-           "run_image_tower", "scale_lr", "seeded", "test_geometry", "train_binary", "train_geometry"]
+           "run_image_tower", "scale_lr", "seeded", "test_geometry", "train_binary", "train_geometry",
+           "check_geometry", "eval_geometry_transform", "train_resize_for", "validation_recipe", "variable_size"]
 
 
-def linear_head(in_features: int, std: float = 0.02) -> torch.nn.Linear:
-    """A one-logit ``Linear(in_features, 1)``, weights N(0, ``std``) and zero bias (CNNSpot's and UnivFD's head)."""
+def linear_head(in_features: int, std: float = 0.02, *, zero_bias: bool = True) -> torch.nn.Linear:
+    """A one-logit ``Linear(in_features, 1)``, weights N(0, ``std``); zero bias unless ``zero_bias=False``."""
     head = torch.nn.Linear(in_features, 1)
     torch.nn.init.normal_(head.weight, 0.0, std)
-    torch.nn.init.zeros_(head.bias)
+    if zero_bias:  # CNNSpot's and UnivFD's official trainers leave the bias at PyTorch's default (zero_bias=False)
+        torch.nn.init.zeros_(head.bias)
     return head
 
 

@@ -248,9 +248,40 @@ def test_missing_weights_fail_fast_in_one_line(splits, tmp_path):
         univfd.fit(splits["train"], None, FitContext(cache_dir=tmp_path))
     assert time.perf_counter() - start < 1.0 and "\n" not in str(info.value)
     cls = get_registry().detector("cnnspot")
-    cnnspot = cls(cls.make_config("tiny", imagenet_weights=str(tmp_path / "resnet18.pth")))
-    with pytest.raises(WeightsNotFoundError, match="resnet18.pth") as info:
+    cnnspot = cls(cls.make_config("tiny", pretrained=str(tmp_path / "resnet18.pth")))
+    with pytest.raises(WeightsNotFoundError, match="pretrained=.*resnet18.pth") as info:
         cnnspot.fit(splits["train"], None, FitContext())
+    assert "\n" not in str(info.value)
+
+
+def test_cnnspot_full_recipe_without_imagenet_weights_fails_unless_random_init_is_allowed(splits, monkeypatch,
+                                                                                        tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch hub cache: no ImageNet weights here
+    cls = get_registry().detector("cnnspot")
+    assert cls.make_config().pretrained == "torchvision"
+    detector = cls(cls.make_config("tiny", pretrained="torchvision"))
+    with pytest.raises(WeightsNotFoundError, match=r"pretrained='torchvision' expects .*resnet18-f37072fd\.pth"):
+        detector.fit(splits["train"], None, FitContext())
+    train = splits["train"].subset(range(16))
+    detector.fit(train, None, FitContext(allow_random_init=True, epochs=1))
+    assert detector.random_init_fallback and "random init" in detector.weights_info()
+    assert detector.warnings() and "random initialisation" in detector.warnings()[0]
+
+
+def test_weights_key_is_pretrained_everywhere_with_old_names_as_aliases(caplog):
+    from medforensics_core.errors import ConfigError
+
+    registry = get_registry()
+    for name in ("cnnspot", "univfd", "univfd-nn", "dski"):
+        assert "pretrained" in {f for f in registry.detector(name).config_class.__dataclass_fields__}
+    cnnspot = registry.detector("cnnspot")
+    with caplog.at_level("WARNING"):
+        assert cnnspot.make_config("tiny", imagenet_weights="/w.pth").pretrained == "/w.pth"
+    assert "deprecated" in caplog.text and "'pretrained'" in caplog.text
+    npr = registry.detector("npr")
+    assert npr.make_config(lr_step_every="3").lr_decay_every == 3
+    with pytest.raises(ConfigError, match="'pretrain': did you mean 'pretrained'") as info:
+        cnnspot.make_config(pretrain="/w.pth")
     assert "\n" not in str(info.value)
 
 
@@ -301,11 +332,27 @@ def test_cnnspot_loads_imagenet_weights_strictly_from_a_local_file(tmp_path):
     path = tmp_path / "resnet18-imagenet.pth"
     torch.save(reference.state_dict(), path)
     cls = get_registry().detector("cnnspot")
-    detector = cls(cls.make_config("tiny", imagenet_weights=str(path)))
+    detector = cls(cls.make_config("tiny", pretrained=str(path)))
     detector.load_imagenet_weights()
     assert torch.equal(detector.model.conv1.weight, reference.conv1.weight)
     assert detector.model.fc.out_features == 1  # the 1000-way ImageNet head is replaced
     assert "resnet18-imagenet.pth" in detector.weights_info() and detector.warnings() == []
-    wrong = cls(cls.make_config("tiny", arch="resnet34", imagenet_weights=str(path)))
+    wrong = cls(cls.make_config("tiny", arch="resnet34", pretrained=str(path)))
     with pytest.raises(CheckpointError, match="architecture does not match"):
         wrong.load_imagenet_weights()
+
+
+def test_precision_is_fp32_by_default_and_autocasts_when_asked():
+    from medforensics_core.engine.device import resolve_precision
+    from medforensics_core.errors import MfxError
+
+    cpu = torch.device("cpu")
+    for name in BASELINES:
+        assert resolve_precision(None, get_registry().detector(name), cpu) == "fp32"
+    assert resolve_precision("fp16", get_registry().detector("cnnspot"), cpu) == "fp16"
+    with pytest.raises(MfxError, match="choose one of fp32, bf16, fp16"):
+        resolve_precision("fp8", get_registry().detector("cnnspot"), cpu)
+    layer, x = torch.nn.Linear(4, 4), torch.rand(2, 4)
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        with FitContext(precision=precision).autocast():
+            assert layer(x).dtype == dtype

@@ -67,15 +67,18 @@ def test_evaluate_reproduces_compare_with_the_trained_checkpoint(dataset, freq_c
     assert a["overall"] == b["overall"] and a["by_generator"] == b["by_generator"]
     assert a["train_seconds"] is None and a["source"] == "loaded" and a["checkpoint"] == str(freq_checkpoint)
     assert a["threshold"] == b["threshold"] and a["threshold_rule"].startswith("5% FPR on the validation split")
+    assert a["precision"] == b["precision"] == "fp32"  # the baselines' official code runs fp32
     flat = " ".join(evaluated.output.split())  # the detector line wraps at the console width
     assert "loaded from checkpoint" in flat and "train 0.0 s" not in flat
 
 
 def test_evaluate_other_split_and_refused_checkpoint(dataset, freq_checkpoint, tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", "freq", "--checkpoint", str(freq_checkpoint), "--data", str(dataset),
-                                      "--split", "val", "--out", str(tmp_path / "val"), "--n-boot", "0"])
+                                      "--split", "val", "--out", str(tmp_path / "val"), "--n-boot", "0",
+                                      "--precision", "bf16"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "val" / "report.json").read_text())
+    assert report["detectors"]["freq"]["precision"] == "bf16" and "precision=bf16" in result.output
     n_val = sum(1 for line in (dataset / "manifest.csv").read_text().splitlines() if ",val," in line)
     assert report["data"]["n_test"] == n_val
     wrong = CliRunner().invoke(cli, ["evaluate", "npr", "--checkpoint", str(freq_checkpoint), "--data", str(dataset)])

@@ -80,7 +80,10 @@ def test_capabilities_are_declared_and_listed():
 
     result = CliRunner().invoke(cli, ["plugins", "--json", "--kind", "detector"])
     rows = {r["name"]: r for r in json.loads(result.output)["registered"]}
-    assert rows["univfd-nn"]["capabilities"] == ["reference-bank", "distributed"]
+    # univfd-nn builds a bank, it trains nothing through the epoch loop: whole set per rank (it shares UnivFD's
+    # features, not the probe's training, so it does not inherit the probe's distributed capability)
+    assert rows["univfd-nn"]["capabilities"] == ["reference-bank"]
+    assert rows["univfd"]["capabilities"] == ["distributed"]
     assert rows["freq"]["capabilities"] == []
 
 

@@ -12,9 +12,12 @@ fake generator is.
 
 Recipe here: grey image (ITU-R BT.601 luma) -> 2-D FFT -> log power ->
 mean over rings of equal radius -> profile resampled to ``n_bins`` points
-between DC and the Nyquist radius of the shorter side -> optional per-image
-min-max normalisation (as Durall et al.) -> scikit-learn ``StandardScaler`` +
-``LogisticRegression``. The fitted scaler and coefficients are saved as tensors
+between DC and the corner of the spectrum (radius sqrt(2) x Nyquist, as Durall
+et al.'s azimuthal average, which runs to the largest radius) -> optional
+per-image min-max normalisation (as Durall et al.) -> scikit-learn
+``StandardScaler`` + ``LogisticRegression``. The corner matters: the (pi, pi)
+frequency is where a transposed convolution's checkerboard lives; a profile cut
+at the Nyquist radius never sees it (``spectrum_extent="nyquist"``). The fitted scaler and coefficients are saved as tensors
 (no pickle), so a checkpoint is as safe as every other mfx checkpoint.
 
 ``preprocess`` returns the profile itself (shape ``(n_bins,)``), not an image:
@@ -50,12 +53,16 @@ class FreqConfig:
     azimuthal average to a fixed length so images of any size compare).
     ``normalise_profile``: min-max scale each profile to [0, 1] (Durall et al.);
     off keeps absolute spectral energy, which also carries contrast.
+    ``spectrum_extent``: ``"corner"`` averages rings out to the spectrum's corner
+    (the (pi, pi) checkerboard frequency included, Durall et al.); ``"nyquist"``
+    stops at the Nyquist radius of the shorter side (mfx before 0.2).
     ``C``/``max_iter``: scikit-learn ``LogisticRegression`` (L2, lbfgs).
     ``batch_size``: images per batch while extracting profiles.
     """
 
     n_bins: int = 128
     normalise_profile: bool = True
+    spectrum_extent: str = "corner"
     C: float = 1.0
     max_iter: int = 2000
     batch_size: int = 64
@@ -69,25 +76,33 @@ def grey_levels(image: torch.Tensor) -> torch.Tensor:
     return (image[:3] * weights).sum(0)
 
 
+EXTENTS = ("corner", "nyquist")
+
+
 @functools.lru_cache(maxsize=32)
-def ring_layout(height: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Ring index of every in-range frequency of an ``height x width`` FFT, the in-range mask, and the Nyquist ring.
+def ring_layout(height: int, width: int, extent: str = "corner") -> tuple[np.ndarray, np.ndarray, int]:
+    """Ring index of every kept frequency of an ``height x width`` FFT, the kept mask, and the outermost ring.
 
     Ring ``k`` holds the frequencies whose radius, in units of the shorter
-    side's frequency step, rounds to ``k``; corners beyond the Nyquist radius
-    ``min(H, W) // 2`` exist only along diagonals and are left out. Cached per
-    image size, since a dataset has few sizes.
+    side's frequency step, rounds to ``k``. ``extent="corner"`` keeps every
+    frequency (the outermost ring reaches the (pi, pi) corner, radius about
+    sqrt(2) x Nyquist); ``"nyquist"`` keeps rings up to ``min(H, W) // 2``.
+    Cached per image size, since a dataset has few sizes.
     """
+    if extent not in EXTENTS:
+        raise MfxError(f"freq: spectrum_extent {extent!r} is not one of {', '.join(EXTENTS)}")
     nyquist = min(height, width) // 2
     fy = np.fft.fftfreq(height)[:, None] / 0.5
     fx = np.fft.fftfreq(width)[None, :] / 0.5
-    ring = np.rint(np.sqrt(fy**2 + fx**2) * nyquist).astype(np.int64)
-    inside = ring <= nyquist
-    return ring[inside], inside, nyquist
+    ring = np.floor(np.sqrt(fy**2 + fx**2) * nyquist + 1e-9).astype(np.int64)
+    outer = int(ring.max()) if extent == "corner" else nyquist
+    inside = ring <= outer
+    return ring[inside], inside, outer
 
 
-def radial_power_profile(image: torch.Tensor, n_bins: int, normalise: bool = True) -> torch.Tensor:
-    """Azimuthally averaged log power spectrum of one image, resampled to ``n_bins`` points from DC to Nyquist.
+def radial_power_profile(image: torch.Tensor, n_bins: int, normalise: bool = True,
+                         extent: str = "corner") -> torch.Tensor:
+    """Azimuthally averaged log power spectrum of one image, resampled to ``n_bins`` points from DC outwards.
 
     NumPy's FFT, not torch's: on a 64 px image it is ~50x faster on the CPU
     (measured), and this runs once per image in the data loader.
@@ -96,11 +111,13 @@ def radial_power_profile(image: torch.Tensor, n_bins: int, normalise: bool = Tru
     height, width = grey.shape
     if min(height, width) < 4:
         raise MfxError(f"freq: image of {height}x{width} pixels is too small for a spectrum (need >= 4x4)")
-    ring, inside, nyquist = ring_layout(int(height), int(width))
+    ring, inside, outer = ring_layout(int(height), int(width), extent)
     log_power = np.log(np.abs(np.fft.fft2(grey)) ** 2 + LOG_EPS)
-    sums = np.bincount(ring, weights=log_power[inside], minlength=nyquist + 1)
-    counts = np.maximum(np.bincount(ring, minlength=nyquist + 1), 1)
-    resampled = np.interp(np.linspace(0, nyquist, n_bins), np.arange(nyquist + 1), sums / counts)
+    sums = np.bincount(ring, weights=log_power[inside], minlength=outer + 1)
+    counts = np.bincount(ring, minlength=outer + 1)
+    present = counts > 0  # rings with no frequency (possible beyond Nyquist) are bridged, not read as zero power
+    radii = np.arange(outer + 1)
+    resampled = np.interp(np.linspace(0, outer, n_bins), radii[present], sums[present] / counts[present])
     if normalise:
         span = resampled.max() - resampled.min()
         resampled = (resampled - resampled.min()) / span if span > 0 else np.zeros_like(resampled)
@@ -152,7 +169,8 @@ class FreqDetector(Detector):
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """The image's radial spectrum profile ``(n_bins,)`` (see the module docstring for why)."""
-        return radial_power_profile(image, self.config.n_bins, self.config.normalise_profile)
+        return radial_power_profile(image, self.config.n_bins, self.config.normalise_profile,
+                                    self.config.spectrum_extent)
 
     def profiles(self, images: Any, ctx: Any) -> tuple[np.ndarray, np.ndarray]:
         """Profiles and labels of every image of an ImageSet, in order."""

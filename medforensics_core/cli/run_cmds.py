@@ -106,6 +106,21 @@ def data_options(function):
     return function
 
 
+PRECISION = click.Choice(["fp32", "bf16", "fp16"])
+
+
+def precision_option(function):
+    return click.option("--precision", type=PRECISION, default=None,
+                        help="Numeric precision of training and scoring (recorded in the report). "
+                             "Default: each detector's own (fp32 for the baselines, as their official code).")(function)
+
+
+def random_init_option(function):
+    return click.option("--allow-random-init", is_flag=True,
+                        help="A detector whose pretrained weights are missing trains from random weights instead "
+                             "of stopping; every report row of it is marked '(random init)'.")(function)
+
+
 # --------------------------------------------------------------------------- compare
 
 
@@ -142,9 +157,11 @@ def data_options(function):
 @click.option("--log", "log_sink", type=click.Choice(["tensorboard"]),
               help="Also log per-epoch metrics to TensorBoard (RUN_DIR/tensorboard; needs `pip install tensorboard`)."
                    " mfx.log and loss.png always have them.")
+@precision_option
+@random_init_option
 def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
                     checkpoints, settings, perturb, out, resume, train_modalities, shots, holdout, holdout_by,
-                    seeds, n_boot) -> None:
+                    seeds, n_boot, precision, allow_random_init) -> None:
     """Train (or load) DETECTORS on the same data, evaluate them on the same images, report.
 
     \b
@@ -165,7 +182,8 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
         overrides=detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
         train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, holdout_by=holdout_by,
         seeds=_seed_list(seeds), n_boot=n_boot, log=log_sink,
-        label="compare-" + "-".join(detectors), command=_command_line())
+        label="compare-" + "-".join(detectors), command=_command_line(), precision=precision,
+        allow_random_init=allow_random_init)
     _check_names(detectors)
     if resume and detectors:
         _check_resume_detectors(resume, list(detectors))
@@ -222,8 +240,10 @@ def _check_resume_detectors(resume: str, detectors: list[str]) -> None:
               help="Override a config key (DETECTOR.key=value as in compare, or just key=value).")
 @click.option("-o", "--output", type=click.Path(path_type=str),
               help="Checkpoint file to write (default DETECTOR.safetensors).")
+@precision_option
+@random_init_option
 def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, budget_minutes, settings,
-                  output) -> None:
+                  output, precision, allow_random_init) -> None:
     """Train DETECTOR on the train split and save a safetensors checkpoint.
 
     \b
@@ -242,7 +262,8 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
     options = CompareOptions(allow=_allowed(), detectors=[detector], data=data, preset=preset, device=device,
                              seed=seed, epochs=epochs, budget_minutes=budget_minutes,
                              overrides={detector: detector_overrides(settings, detector=detector).get(detector, {})},
-                             on_bad=on_bad, quick=quick, command=_command_line())
+                             on_bad=on_bad, quick=quick, command=_command_line(), precision=precision,
+                             allow_random_init=allow_random_init)
     plan = plan_run(options)
     target = writable_file(output or f"{detector}.safetensors", "checkpoint (-o)")  # fail now, not after training
     try:
@@ -251,11 +272,12 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
             data_bundle = DataBundle(open_manifest(plan.data_path), plan.data_path, on_bad=on_bad,
                                      progress=progress)
             fold = in_domain(data_bundle, ProtocolOptions(seed=seed))[0]
-            ctx = make_context(options, torch_device, rank, world_size, progress)
+            ctx = make_context(options, torch_device, rank, world_size, progress, detector_cls=plan.specs[0].cls)
             trained, seconds = train_detector(plan.specs[0], fold.train, fold.val, ctx)
         if rank == 0:
             trained.save(target)
-            console.print(f"trained [bold]{detector}[/] ({plan.preset} preset, {trained.weights_info()}) on "
+            console.print(f"trained [bold]{detector}[/] ({plan.preset} preset, {ctx.precision}, "
+                          f"{trained.weights_info()}) on "
                           f"{len(fold.train)} images in {seconds:.1f} s -> [bold]{target}[/]")
             for key, value in trained.train_info.items():
                 console.print(f"  {key}: {value}")
@@ -276,7 +298,9 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
 @click.option("-o", "--out", type=click.Path(path_type=str),
               help="Run directory to write (default: a new one under runs/).")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for CIs.")
-def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, split, perturb, out, n_boot) -> None:
+@precision_option
+def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, split, perturb, out, n_boot,
+                     precision) -> None:
     """Evaluate a trained DETECTOR checkpoint: metrics per modality and generator, with CIs, and a run directory.
 
     \b
@@ -290,7 +314,7 @@ def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, sp
                              on_bad=on_bad, quick=quick,
                              checkpoints={detector: checkpoint}, perturb=list(perturb), test_split=split,
                              n_boot=n_boot, label=f"evaluate-{detector}", command=_command_line(),
-                             run_dir=out)
+                             run_dir=out, precision=precision)
     try:
         report, run_dir = _progress_and_run(
             lambda progress: run_compare(options, console=console, progress=progress))

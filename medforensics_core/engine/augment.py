@@ -49,6 +49,16 @@ class BlurJpegDraw:
     quality: int
 
 
+def validation_recipe(recipe: BlurJpegRecipe, sigma: float, quality: int) -> BlurJpegRecipe:
+    """The official validation's version of a training recipe: same rates, fixed mid-range sigma and quality.
+
+    CNNDetection's and UniversalFakeDetect's ``get_val_opt`` keep ``blur_prob`` and
+    ``jpg_prob`` and replace the ranges by their midpoints: sigma (0 + 3) / 2 = 1.5,
+    quality int((30 + 100) / 2) = 65.
+    """
+    return BlurJpegRecipe(recipe.blur_prob, (float(sigma), float(sigma)), recipe.jpeg_prob, (int(quality), int(quality)))
+
+
 def draw_blur_jpeg(recipe: BlurJpegRecipe, generator: torch.Generator | None = None) -> BlurJpegDraw:
     """One random draw of the recipe (torch RNG, so DataLoader workers get distinct streams)."""
     u = torch.rand(4, generator=generator).tolist()
@@ -177,6 +187,68 @@ def train_geometry(crop_size: int, flip: bool = True) -> Transform:
 def test_geometry(resize_to: int, crop_size: int) -> Transform:
     """Deterministic test-time geometry: shorter side to ``resize_to``, then centre crop."""
     return v2.Compose([resize_shorter(resize_to), v2.CenterCrop(crop_size)])
+
+
+def resize_square(size: int) -> Transform:
+    """Resize to ``size x size`` (aspect ratio not kept), bilinear, antialiased — NPR's ``Resize((256, 256))``."""
+    return v2.Resize((size, size), antialias=True)
+
+
+class _Identity:
+    """The do-nothing transform (a class, so loaders can pickle it)."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+
+# Test-time geometry is part of each recipe (the official test scripts differ):
+EVAL_GEOMETRIES: dict[str, str] = {
+    "native-crop": "no resize, centre crop (CNNDetection eval.py, UniversalFakeDetect validate.py)",
+    "native": "no resize, no crop: the whole image at its own size (NPR test.py on GANGen/AIGCDetect)",
+    "resize-crop": "shorter side to load_size, centre crop (the official validation splits)",
+    "resize-square": "load_size x load_size, no crop (NPR test.py on ForenSynths)",
+    "resize-square-crop": "load_size x load_size, centre crop (NPR's validation split)",
+}
+
+
+def check_geometry(name: str, geometry: str) -> None:
+    from ..errors import ConfigError
+
+    if geometry not in EVAL_GEOMETRIES:
+        raise ConfigError(f"{name}: eval_geometry {geometry!r} is not one of {', '.join(EVAL_GEOMETRIES)}")
+
+
+def eval_geometry_transform(geometry: str, load_size: int, crop_size: int) -> Transform:
+    """The deterministic geometry of ``geometry`` (one of :data:`EVAL_GEOMETRIES`)."""
+    check_geometry("detector", geometry)
+    steps = {
+        "native-crop": [v2.CenterCrop(crop_size)],
+        "native": [],
+        "resize-crop": [resize_shorter(load_size), v2.CenterCrop(crop_size)],
+        "resize-square": [resize_square(load_size)],
+        "resize-square-crop": [resize_square(load_size), v2.CenterCrop(crop_size)],
+    }[geometry]
+    return v2.Compose(steps) if steps else _Identity()
+
+
+def train_resize_for(geometry: str, load_size: int) -> Transform:
+    """The resize that training applies before augmentation and the random crop, consistent with ``geometry``.
+
+    A test at native scale (``native-crop``, ``native``) trains at native scale
+    too; the official scripts resize to 256 first, which is the same thing on
+    their 256 px training images but a scale mismatch on any other size (a 512
+    px scan would be trained at half scale and tested at full). A resizing test
+    geometry trains after the same resize.
+    """
+    check_geometry("detector", geometry)
+    if geometry.startswith("native"):
+        return _Identity()
+    return resize_square(load_size) if geometry.startswith("resize-square") else resize_shorter(load_size)
+
+
+def variable_size(geometry: str) -> bool:
+    """Whether ``geometry`` leaves test images at their own (possibly different) sizes."""
+    return geometry in ("native",)
 
 
 def normalise(mean: tuple[float, ...], std: tuple[float, ...]) -> Transform:

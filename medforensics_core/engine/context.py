@@ -32,10 +32,15 @@ def no_progress(iterable: Iterable[T], total: int | None = None, description: st
 
 @dataclasses.dataclass
 class FitContext:
-    """Shared training conditions. ``epochs``/``batch_size`` override the detector's config when set."""
+    """Shared training conditions. ``epochs``/``batch_size`` override the detector's config when set.
+
+    ``precision``: fp32 (the baselines' official code), bf16 or fp16 autocast.
+    ``allow_random_init``: a detector whose pretrained weights are missing trains
+    from random ones instead of failing (``--allow-random-init``; reported).
+    """
 
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = True
+    precision: str = "fp32"
     seed: int = 0
     epochs: int | None = None
     budget_seconds: float | None = None
@@ -46,6 +51,7 @@ class FitContext:
     progress: ProgressFn = no_progress
     rank: int = 0
     world_size: int = 1
+    allow_random_init: bool = False
     started: float = dataclasses.field(default_factory=time.monotonic)
     #: Per-epoch records (``{"detector", "epoch", "epochs", "loss", ...}``) that :meth:`log_epoch` collects;
     #: the engine draws ``loss.png`` from them and writes them to ``mfx.log``.
@@ -72,7 +78,12 @@ class FitContext:
         return self.budget_seconds is not None and time.monotonic() - self.started > self.budget_seconds
 
     def autocast(self):
-        return autocast(self.device, self.amp)
+        """Forward passes run under the context's precision (fp32: no autocast)."""
+        return autocast(self.device, self.precision)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled only for fp16 on CUDA (fp16 gradients underflow without one)."""
+        return torch.amp.GradScaler("cuda", enabled=self.precision == "fp16" and self.device.type == "cuda")
 
     def generator(self, offset: int = 0) -> torch.Generator:
         g = torch.Generator()

@@ -32,12 +32,42 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16/fp16 autocast on CUDA when enabled; a no-op elsewhere (CPU autocast is slower on small models)."""
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise MfxError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def resolve_precision(requested: str | None, detector_cls: type, device: torch.device) -> str:
+    """The precision a detector runs at: ``--precision`` when given, else the detector's own default.
+
+    Baselines default to fp32, as their papers' code ran; a detector may declare
+    ``default_precision`` (a string, or a function of the device) — DSKI can ask
+    for bf16 on CUDA.
+    """
+    if requested:
+        return check_precision(requested)
+    default = getattr(detector_cls, "default_precision", "fp32")
+    return check_precision(default(device) if callable(default) else default)
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """Autocast to bf16/fp16 when asked (CUDA or CPU); fp32 runs as is.
+
+    The official code of every baseline runs fp32, so that is the default;
+    ``bf16`` on a GPU without bf16 support is refused rather than silently
+    changed.
+    """
+    check_precision(precision)
+    if precision == "fp32" or device.type not in ("cuda", "cpu"):
+        return contextlib.nullcontext()
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise MfxError("--precision bf16: this GPU has no bfloat16 support; use fp16 or fp32")
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -36,13 +36,36 @@ def score_with_timing(detector: Detector, images: ImageSet, ctx: FitContext | No
     ctx = ctx or FitContext()
     if len(images) == 0:
         return np.zeros(0), 0.0
-    loader = ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
+    loader = scoring_loader(detector, images, ctx, batch_size)
     start = time.perf_counter()
     with torch.inference_mode():
         scores, _ = predict_loader(detector.predict_proba, loader, ctx, description=f"scoring {detector.name}")
     elapsed = max(time.perf_counter() - start, 1e-9)
     check_finite_scores(detector.name, scores)
     return scores, len(images) / elapsed
+
+
+def scoring_loader(detector: Detector, images: ImageSet, ctx: FitContext, batch_size: int):
+    """The loader that scores ``images``; batches hold images of one size when the detector keeps native sizes.
+
+    A detector that tests whole images at their own size (NPR's ``native``
+    geometry) cannot stack a 512 px and a 256 px image in one batch; its batches
+    are then formed per image size (``predict_loader`` puts scores back in order).
+    """
+    if not getattr(detector, "variable_input_size", False):
+        return ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
+    if ctx.distributed:
+        return ctx.loader(images, detector.preprocess, 1, shuffle=False)
+    from ..data.dataset import TransformedSet
+    from .context import BatchCollate
+
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for index in range(len(images)):
+        by_size.setdefault(tuple(images.image(index).shape), []).append(index)
+    batches = [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+    return torch.utils.data.DataLoader(TransformedSet(images, detector.preprocess), batch_sampler=batches,
+                                       num_workers=ctx.num_workers, pin_memory=ctx.device.type == "cuda",
+                                       collate_fn=BatchCollate(images.rows))
 
 
 def check_finite_scores(name: str, scores: np.ndarray) -> None:

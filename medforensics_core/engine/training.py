@@ -40,15 +40,17 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor] | None, loader, op
     hand (the same rule).
     """
     total, count = 0.0, 0
+    scaler = ctx.grad_scaler()  # enabled only for fp16 on CUDA
     for batch in ctx.track(loader, len(loader), description):
         batch = batch.to(ctx.device)
         with ctx.autocast():
             loss = batch_loss(batch) if batch_loss is not None else loss_fn(forward(batch.inputs), batch.labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if ctx.distributed and not synchronised:
             average_gradients(optimizer, ctx.world_size)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         total += float(loss.detach()) * len(batch)
         count += len(batch)
         ctx.status(f"loss {total / count:.4f}")

@@ -18,7 +18,7 @@ from typing import Any, Optional, TypedDict
 TRAINABLE_PARAMS = "trainable_params"
 #: Detector-entry keys that are not metrics (kept when folds are merged).
 ENTRY_META = ("preset", "distribution", "version", "weights", "weights_status", "warnings", TRAINABLE_PARAMS,
-              "source", "threshold_rule")
+              "source", "threshold_rule", "precision")
 
 
 #: Metrics of one group of images (see :class:`medforensics_core.metrics.MetricSet`); ``None`` = not defined.
@@ -57,6 +57,8 @@ class DetectorEntry(Summary, total=False):
     weights_status: str
     warnings: list[str]
     source: str  # "trained" or "loaded"
+    precision: str  # fp32, bf16 or fp16: what training and scoring ran at (--precision)
+    random_init: bool  # pretrained weights were missing and --allow-random-init trained from random ones
     threshold: float  # the threshold ACC/TPR are taken at (validated, else 0.5)
     threshold_rule: str
     train_seconds: Optional[float]

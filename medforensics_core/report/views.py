@@ -124,6 +124,14 @@ def _mark_best(rows: list[Row], values: dict[tuple[int, int, int], float | None]
             rows[r].cells[c][ln].best = flag
 
 
+RANDOM_INIT_MARK = " (random init)"
+
+
+def row_name(name: str, entry: dict) -> str:
+    """A detector's row label; a run that fell back to random weights (``--allow-random-init``) says so on every row."""
+    return name + RANDOM_INIT_MARK if entry.get("random_init") else name
+
+
 def overall_table(report: dict) -> TableView:
     """Detectors x overall metrics, with bootstrap CIs of AUC and AP."""
     rows, values = [], {}
@@ -143,7 +151,7 @@ def overall_table(report: dict) -> TableView:
                 cell.append(Line(fmt_sd(overall[f"{key}_sd"]), aside=True))
             cells.append(cell)
             values[(r, c, 0)] = overall.get(key)
-        rows.append(Row(name, cells))
+        rows.append(Row(row_name(name, entry), cells))
     seeds = report.get("seeds") or []
     view = TableView("Overall" + (f" (mean +- sd over seeds {', '.join(map(str, seeds))})" if seeds else ""),
                      [h for _, h, _ in OVERALL_COLUMNS], rows,
@@ -182,7 +190,7 @@ def group_table(entries: dict[str, dict], view: str, mean_key: str | None, title
                 cell.append(Line(fmt(value) if metrics is not None else "-"))
                 values[(r, c, ln)] = value
             cells.append(cell)
-        rows.append(Row(name, cells))
+        rows.append(Row(row_name(name, entry), cells))
     _mark_best(rows, values, [key for key, _ in GROUP_CELL_METRICS])
     return TableView(title, columns, rows, line_labels=[label for _, label in GROUP_CELL_METRICS],
                      note="TPR = share of the group's fakes caught at the detector's threshold; '-' : the "
@@ -295,11 +303,13 @@ def detector_summaries(report: dict) -> list[str]:
             lines.append(f"{name}: FAILED - {failure_reason(entry)}")
             continue
         parts = [f"weights={entry.get('weights') or 'unknown'}", f"preset={entry.get('preset') or 'default'}"]
+        if entry.get("precision"):
+            parts.append(f"precision={entry['precision']}")
         if entry.get("distribution"):
             parts.append(f"from={entry['distribution']} {entry.get('version') or ''}".rstrip())
         parts += _optional_parts(entry)
         warnings = entry.get("warnings") or []
-        text = f"{name}: " + ", ".join(parts)
+        text = f"{row_name(name, entry)}: " + ", ".join(parts)
         if warnings:
             text += "; warnings: " + " | ".join(str(w) for w in warnings)
         lines.append(text)

@@ -30,7 +30,7 @@ class DSKIConfig:
     """DSKI = frozen CLIP + CDFA adapters (stage 1, trained) + MFRM retrieval (stage 2, test time).
 
     Backbone
-      ``clip_model`` / ``clip_pretrained``: the frozen open_clip model (both towers) and its weights
+      ``clip_model`` / ``pretrained``: the frozen open_clip model (both towers) and its weights
       (``"random"``, a local checkpoint path, or an open_clip tag such as ``"openai"``);
       ``backbone_seed`` seeds a random-init backbone so a checkpoint can rebuild it exactly, and the
       initial trainable parts of an unfitted model; ``fit`` re-initialises every trainable module from a
@@ -105,7 +105,7 @@ class DSKIConfig:
 
     # backbone
     clip_model: str = "ViT-L-14"
-    clip_pretrained: str = "openai"
+    pretrained: str = "openai"
     backbone_seed: int = 0
     preprocess_mode: str = "crop"
     # prompts
@@ -159,7 +159,7 @@ class DSKIConfig:
 # embedding must move far within ~120 steps: hence adapter scale 1.0 and lr 5e-3 instead of 0.1 and 4e-4.
 TINY = {
     "clip_model": "mfx-tiny-clip",
-    "clip_pretrained": "random",
+    "pretrained": "random",
     "n_ctx": 4,
     "num_adapters": 2,
     "bottleneck_dim": 16,

@@ -61,7 +61,7 @@ class DSKIBase(Detector, SupportsDistributed):
     def __init__(self, config: Any = None, *, preset: str | None = None, device: str | torch.device = "cpu"):
         super().__init__(config, preset=preset, device=device)
         cfg = self.config
-        self.backbone: ClipBackbone = load_clip(cfg.clip_model, cfg.clip_pretrained, device="cpu",
+        self.backbone: ClipBackbone = load_clip(cfg.clip_model, cfg.pretrained, device="cpu",
                                                 seed=cfg.backbone_seed)
         self.noise_maps = self._build_noise_maps()
         self.net = DSKIModules(self._build_cdfa(), self._build_context())

@@ -97,7 +97,7 @@ def run_fold(plan: RunPlan, fold: Fold, fold_dir: RunDir, session: Session) -> d
         session.say(f"{prefix}[bold]{spec.name}[/]: {'loading checkpoint' if spec.checkpoint else 'training'} "
                     f"({spec.preset} preset)")
         ctx = make_context(plan.options, session.device, session.rank, session.world_size, session.progress,
-                           fold_dir.path)
+                           fold_dir.path, spec.cls)
         try:
             result = run_detector(spec, fold, plan, ctx, fold_dir, perturbed)
         except Exception as exc:  # noqa: BLE001 - one broken detector must not sink the comparison

@@ -24,7 +24,7 @@ from ...metrics import VALIDATION_FPR, threshold_at_fpr
 from ...seeding import seed_everything
 from .. import distributed
 from ..context import FitContext, ProgressFn, no_progress
-from ..device import peak_memory_mb
+from ..device import peak_memory_mb, resolve_precision
 from ..evaluate import score_with_timing
 from ..protocols import Fold
 from ..rundir import RunDir, reset_peak_memory
@@ -33,13 +33,16 @@ from .report_build import summarize_scores
 
 
 def make_context(options: CompareOptions, device: torch.device, rank: int = 0, world_size: int = 1,
-                 progress: ProgressFn = no_progress, work_dir: Path | None = None) -> FitContext:
-    """A fresh context per detector, so each one gets the whole budget."""
+                 progress: ProgressFn = no_progress, work_dir: Path | None = None,
+                 detector_cls: type | None = None) -> FitContext:
+    """A fresh context per detector, so each one gets the whole budget, at its precision (``--precision``)."""
     budget = options.budget_minutes * 60 if options.budget_minutes is not None else None
+    precision = resolve_precision(options.precision, detector_cls or Detector, device)
     sink = tensorboard_sink(work_dir / "tensorboard") if options.log == "tensorboard" and work_dir and rank == 0 \
         else None
-    return FitContext(device=device, seed=options.seed, epochs=options.epochs, budget_seconds=budget,
-                      progress=progress, rank=rank, world_size=world_size, work_dir=work_dir, scalar_sink=sink)
+    return FitContext(device=device, precision=precision, seed=options.seed, epochs=options.epochs,
+                      budget_seconds=budget, progress=progress, rank=rank, world_size=world_size, work_dir=work_dir,
+                      allow_random_init=options.allow_random_init, scalar_sink=sink)
 
 
 def tensorboard_sink(folder: Path):
@@ -162,12 +165,13 @@ def detector_threshold(detector: Detector) -> float:
 
 
 def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: float, checkpoint: str | None,
-           summary: dict[str, Any], device: torch.device) -> DetectorEntry:
+           summary: dict[str, Any], device: torch.device, precision: str = "fp32") -> DetectorEntry:
     loaded = spec.checkpoint is not None
     info = detector.train_info or {}
     return {"status": "ok", "error": None, "preset": detector.preset or spec.preset, **_origin(spec.name),
             "weights": detector.weights_info(), "weights_status": detector.weights_status(),
             "warnings": list(detector.warnings()), "source": "loaded" if loaded else "trained",
+            "precision": precision, "random_init": bool(getattr(detector, "random_init_fallback", False)),
             "threshold": detector_threshold(detector),
             "threshold_rule": info.get("threshold_rule") or "default 0.5 (no validated threshold)",
             "train_seconds": None if loaded else round(train_seconds, 3), "infer_images_per_s": round(speed, 2),
@@ -215,7 +219,7 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
                                                              batch_size=options.batch_size)[0].tolist()
     threshold = detector_threshold(detector)
     entry = _entry(detector, spec, train_seconds, speed, checkpoint,
-                   summarize_scores(fold.test, scores, options, threshold), ctx.device)
+                   summarize_scores(fold.test, scores, options, threshold), ctx.device, ctx.precision)
     entry["history"] = [dict(record) for record in ctx.history]
     entry.update(stage_aucs(detector, fold.test, ctx, options.batch_size))
     if fold_dir is not None and ctx.rank == 0:

@@ -62,6 +62,7 @@ def _combined_entry(per_fold: dict[str, DetectorEntry]) -> DetectorEntry:
     failed = {g: e for g, e in per_fold.items() if e["status"] != "ok"}
     first = next(iter(per_fold.values()))
     meta = {k: first.get(k) for k in ENTRY_META}
+    meta["random_init"] = any(e.get("random_init") for e in per_fold.values())
     if failed:
         reasons = "; ".join(f"{g}: {e['error']}" for g, e in failed.items())
         return {**meta, "status": "failed", "error": f"failed on fold(s) {reasons}", "train_seconds": None,
