@@ -88,7 +88,11 @@ def test_few_shot_support_comes_from_the_held_out_network_but_never_from_a_test_
     _, (fold,) = folds_of(networked, "few-shot", holdout="smooth", shots=6)
     assert fold.name == "noise+smooth"
     support = fold.support.rows
-    assert len(support) == 6 and {r.generator for r in support} <= {"noise", "smooth"}
+    fakes = [r for r in support if r.label == 1]
+    reals = [r for r in support if r.label == 0]
+    # K references per class: the held-out network's fakes, and reals of the same modalities
+    assert len(fakes) == 6 and {r.generator for r in fakes} <= {"noise", "smooth"}
+    assert len(reals) == 6 and {r.modality for r in reals} <= {r.modality for r in fakes}
     test_sources = {r.source_key for r in fold.test.rows}
     assert not {r.source_key for r in support} & test_sources
     held = set(fold.holdout["networks"])
