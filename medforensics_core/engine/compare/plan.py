@@ -103,7 +103,15 @@ def resolve_data(data: str | None, quick: bool = False, progress=None) -> tuple[
         return path, False
     from ...benchmark import default_dataset
 
-    return Path(default_dataset(quick=quick, progress=progress)), True
+    if progress is not None:
+        return Path(default_dataset(quick=quick, progress=progress)), True
+    from rich.console import Console
+
+    from ..progress import RichProgress
+
+    # callers without a display (mfx train, evaluate): a first build still shows its stages on stderr
+    with RichProgress(Console(stderr=True)) as own:
+        return Path(default_dataset(quick=quick, progress=own)), True
 
 
 def open_manifest(path: Path) -> Manifest:
