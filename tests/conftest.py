@@ -42,3 +42,17 @@ def quick_benchmark_v1():
     from medforensics_core.benchmark import default_dataset
 
     return default_dataset(quick=True, generators=["v1"])
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: intra-op threads only spin; one thread is several times faster.
+
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

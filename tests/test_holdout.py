@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-import torch
 from test_compare import HighPassProbe, build_small_dataset, error_lines, only_run_dir, run_mfx
 
 from medforensics_core.data.manifest import read_manifest, write_manifest
@@ -27,12 +26,7 @@ NETWORK = {"upsample": "{m}-sr", "noise": "{m}-unet", "smooth": "{m}-unet"}
 FAMILY = {"upsample": "super-resolution", "noise": "diffusion", "smooth": "diffusion"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

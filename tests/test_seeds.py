@@ -10,18 +10,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from test_compare import error_lines, only_run_dir, run_mfx, test_detectors  # noqa: F401 - fixture
 
 from medforensics_core import metrics as M
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_seeds_give_per_seed_rows_and_mean_sd_in_report_json_html_and_terminal(quick_benchmark, test_detectors,
