@@ -60,10 +60,12 @@ class DSKIConfig:
       their per-pixel maps travel with the image as extra channels through crop and flip, and are pooled
       per patch onto the ViT's token grid; a small MLP (nonlinear) embeds each patch's statistics into a
       noise token, and each adapter's bottleneck tokens attend to the noise tokens (``noise_heads`` heads)
-      through a gate initialised to 0. Default ``("noise-stats",)``: SRM + Haar residuals divided by the
-      image's own robust noise level, then clipped magnitudes, log local energies and cross-band
-      correlations -- noise *structure*, not noise *level*, which a smoother unseen generator would
-      invert (see ``mfx_noise.stats``). ``noise_dropout``: during training the whole branch is dropped
+      through a gate initialised to 0. Default ``("noise-stats", "grid-phase")``: SRM + Haar residuals
+      divided by the image's own robust noise level, then clipped magnitudes, log local energies and
+      cross-band correlations -- noise *structure*, not noise *level*, which a smoother unseen generator
+      would invert (see ``mfx_noise.stats``); and the up-sampling grid (log max/min ratio of neighbour
+      differences over the phases of a 2/4/8-pixel grid, ``mfx_noise.phase``), a cue whose direction is
+      the same for every up-sampling generator, seen or not. ``noise_dropout``: during training the whole branch is dropped
       for an image with this probability, and its parameters get weight decay ``noise_weight_decay``,
       so the adapters cannot lean on it alone and the gate does not open on a shortcut.
 
@@ -121,7 +123,7 @@ class DSKIConfig:
     bottleneck_dim: int = 64
     adapter_scale: float = 0.1
     use_noise: bool = True
-    noise_extractors: tuple[str, ...] = ("noise-stats",)
+    noise_extractors: tuple[str, ...] = ("noise-stats", "grid-phase")
     noise_heads: int = 4
     noise_dropout: float = 0.2
     noise_weight_decay: float = 0.05
