@@ -235,7 +235,7 @@ def test_grid_phase_sees_an_x2_upsampler_on_a_real_ct(mode):
     """A real slice has no preferred phase; the same slice through an x2 up-sampler has one, at period 2."""
     real, fake = _grid_phase_means(_real_ct((128, 128))), _grid_phase_means(_upsampled_ct(mode))
     assert real.shape == (3,) and torch.isfinite(real).all()
-    assert fake[0] > 3 * real[0], (mode, real.tolist(), fake.tolist())  # measured: 4.2x shuffle, 6.7x bilinear, 172x nearest
+    assert fake[0] > 3 * real[0], (mode, real.tolist(), fake.tolist())  # measured: 4.5x shuffle, 6.8x bilinear, 185x nearest
 
 
 def test_grid_phase_ignores_contrast_and_grid_offset_on_a_real_ct():

@@ -19,8 +19,8 @@ generator leans:
   a sharp one leave the same ratio if they up-sample alike); the max/min makes it
   independent of where the generator's grid starts, so a crop at any offset sees it;
 * a small floor under every mean keeps flat background (black air around a CT
-  slice) at ratio 1 rather than 0/0; the difference that wraps around the image
-  border is not counted (it would lift one phase of every image, reals included).
+  slice) at ratio 1 rather than 0/0; there is no difference across the image border
+  (a border-to-border jump would lift one phase of every image, reals included).
 
 Reals give ratios near 1 (log ~ 0) everywhere; every up-sampling generator raises
 them, so the direction of the cue is the same for generators a detector never saw.
@@ -63,11 +63,29 @@ def phase_masks(length: int, period: int) -> torch.Tensor:
     return (index[None, :] % period == torch.arange(period)[:, None]).float()
 
 
-def windowed_mean(maps: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean over an even or odd ``window`` x ``window`` neighbourhood, borders wrapped; same size as ``maps``."""
+def neighbour_differences(grey: torch.Tensor, axis: int) -> torch.Tensor:
+    """``|x[i+1] - x[i]|`` along ``axis``, same size; the last one (no right neighbour) repeats its predecessor
+    rather than wrapping around the image (a border-to-border jump would lift one phase of every image)."""
+    steps = (grey.narrow(axis, 1, grey.shape[axis] - 1) - grey.narrow(axis, 0, grey.shape[axis] - 1)).abs()
+    return torch.cat([steps, steps.narrow(axis, steps.shape[axis] - 1, 1)], dim=axis)
+
+
+def box_mean(maps: torch.Tensor, window: int, axis: int) -> torch.Tensor:
+    """Mean over ``window`` neighbours along ``axis`` (-1 or -2), borders wrapped; same size as ``maps``.
+
+    From a cumulative sum, so the cost does not grow with the window (a 64-pixel window
+    would otherwise cost 64 additions per pixel, map and pass).
+    """
     before, after = (window - 1) // 2, window // 2
-    wrapped = F.pad(maps, (before, after, before, after), mode="circular")
-    return F.avg_pool2d(F.avg_pool2d(wrapped, (1, window), 1), (window, 1), 1)
+    padding = (before, after, 0, 0) if axis == -1 else (0, 0, before, after)
+    summed = F.pad(F.pad(maps, padding, mode="circular").cumsum(dim=axis), (1, 0) if axis == -1 else (0, 0, 1, 0))
+    length = maps.shape[axis]
+    return (summed.narrow(axis, window, length) - summed.narrow(axis, 0, length)) / window
+
+
+def windowed_mean(maps: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over a ``window`` x ``window`` neighbourhood, borders wrapped (two 1-D box means)."""
+    return box_mean(box_mean(maps, window, -1), window, -2)
 
 
 class GridPhaseExtractor(NoiseExtractor):
@@ -91,19 +109,15 @@ class GridPhaseExtractor(NoiseExtractor):
     def out_channels(self) -> int:
         return len(self.config.periods)
 
-    def _spread(self, differences: torch.Tensor, period: int, axis: int) -> torch.Tensor:
+    def _spread(self, differences: torch.Tensor, period: int, axis: int, window: int) -> torch.Tensor:
         """``(N, 1, H, W)`` neighbour differences along ``axis`` -> ``(N, 1, H, W)`` local log max/min over its phases.
 
-        The last difference of each row (or column) wraps around the image and is not counted.
+        The window spans a multiple of ``period`` along ``axis``, so it holds as many pairs of each phase.
         """
-        length = differences.shape[axis]
-        masks = phase_masks(length, period).to(differences.device)
-        masks[:, length - 1] = 0.0
-        shape = (1, period, 1, -1) if axis == -1 else (1, period, -1, 1)
-        masks = masks.view(shape)
-        window = self._window(differences.shape[-2:])
-        counted = windowed_mean(masks.expand(1, period, *differences.shape[-2:]), window)
-        per_phase = windowed_mean(differences * masks, window) / counted.clamp(min=1e-6)
+        across = box_mean(differences, window, -2 if axis == -1 else -1)  # shared by every phase
+        masks = phase_masks(differences.shape[axis], period).to(differences.device)
+        masks = masks.view((1, period, 1, -1) if axis == -1 else (1, period, -1, 1))
+        per_phase = box_mean(across * masks, window, axis) * period
         logs = torch.log(per_phase + self.config.floor)
         return logs.amax(dim=1, keepdim=True) - logs.amin(dim=1, keepdim=True)
 
@@ -117,8 +131,8 @@ class GridPhaseExtractor(NoiseExtractor):
             return images.new_zeros(images.shape[0], self.out_channels, *images.shape[-2:]).float()
         with torch.autocast(images.device.type, enabled=False):
             grey = images.float().mean(dim=1, keepdim=True)
-            horizontal = (torch.roll(grey, -1, dims=-1) - grey).abs()
-            vertical = (torch.roll(grey, -1, dims=-2) - grey).abs()
-            maps = [(self._spread(horizontal, p, -1) + self._spread(vertical, p, -2)) / 2
+            window = self._window(grey.shape[-2:])
+            horizontal, vertical = neighbour_differences(grey, -1), neighbour_differences(grey, -2)
+            maps = [(self._spread(horizontal, p, -1, window) + self._spread(vertical, p, -2, window)) / 2
                     for p in self.config.periods]
             return torch.cat(maps, dim=1)
