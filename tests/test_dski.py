@@ -332,3 +332,16 @@ def test_same_modality_search_keeps_only_references_of_the_query_modality():
     mri = mfrm.search(bank, query, 2, modalities=["mri"])
     assert mri.labels.tolist() == [[-1, -1]]
     np.testing.assert_allclose(mfrm.fused_probability(np.array([0.2]), mri, 4.0, 5.0), [0.2])
+
+
+def test_noise_map_cache_changes_no_number_and_skips_augmented_images(splits):
+    """The cached maps of a real benchmark image are those computed afresh; an augmented image is not kept."""
+    cached, fresh = dski(), dski(noise_cache_mb=0)
+    image = splits["test"][0][0]
+    first = cached.preprocess(image)
+    assert cached.noise_maps._cached_bytes > 0 and fresh.noise_maps._cached_bytes == 0
+    torch.testing.assert_close(cached.preprocess(image), first, atol=0, rtol=0)
+    torch.testing.assert_close(fresh.preprocess(image), first, atol=0, rtol=0)
+    kept = cached.noise_maps._cached_bytes
+    cached.noise_maps.image_maps((image * 0.9).contiguous(), keep=False)
+    assert cached.noise_maps._cached_bytes == kept

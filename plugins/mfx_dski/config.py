@@ -68,6 +68,9 @@ class DSKIConfig:
       the same for every up-sampling generator, seen or not. ``noise_dropout``: during training the whole branch is dropped
       for an image with this probability, and its parameters get weight decay ``noise_weight_decay``,
       so the adapters cannot lean on it alone and the gate does not open on a shortcut.
+      ``noise_cache_mb``: the maps of un-augmented images are kept in memory (keyed by their pixels) up to
+      this many megabytes, because every epoch and every tuning pass would compute them again
+      (0 = recompute always; the cache changes no number, only the time).
 
     Training (FatFormer's recipe, plus regularisation for unseen generators)
       Adam(W) ``lr`` 4e-4, ``epochs`` 25, ``batch_size`` 256, lr x ``lr_decay`` every ``lr_decay_every``
@@ -127,6 +130,7 @@ class DSKIConfig:
     noise_heads: int = 4
     noise_dropout: float = 0.2
     noise_weight_decay: float = 0.05
+    noise_cache_mb: float = 2048.0
     # training
     lr: float = 4e-4
     epochs: int = 25

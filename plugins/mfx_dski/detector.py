@@ -93,7 +93,8 @@ class DSKIBase(Detector, SupportsDistributed):
             return None
         check_extractors(self.config.noise_extractors)
         registry = get_registry()
-        return NoiseMaps({name: registry.noise_extractor(name)() for name in self.config.noise_extractors})
+        return NoiseMaps({name: registry.noise_extractor(name)() for name in self.config.noise_extractors},
+                         cache_mb=self.config.noise_cache_mb)
 
     def _build_cdfa(self) -> CDFA | None:
         cfg = self.config
@@ -142,10 +143,12 @@ class DSKIBase(Detector, SupportsDistributed):
 
     def train_transform(self, image: torch.Tensor) -> torch.Tensor:
         """Trace augmentation (both classes), noise statistics, random crop at native resolution and flip."""
-        return self._prepare(self._augment(image), self._train_geometry)
+        augmented = self._augment(image)
+        return self._prepare(augmented, self._train_geometry, keep_maps=augmented is image)
 
-    def _prepare(self, image: torch.Tensor, geometry) -> torch.Tensor:
-        packed = image if self.noise_maps is None else torch.cat([image, self.noise_maps.maps(image[None])[0]])
+    def _prepare(self, image: torch.Tensor, geometry, keep_maps: bool = True) -> torch.Tensor:
+        packed = image if self.noise_maps is None else \
+            torch.cat([image, self.noise_maps.image_maps(image, keep=keep_maps)])
         packed = geometry(self._fit_size(packed))
         colour = (packed[:3] - self._mean) / self._std
         return torch.cat([colour, packed[3:]]) if self.noise_maps is not None else colour

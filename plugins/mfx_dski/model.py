@@ -10,6 +10,7 @@ name), independent of which other modules exist or of the order they are built.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Mapping, Sequence
 
 import torch
@@ -95,9 +96,15 @@ class NoiseMaps:
     branch and the retrieval descriptor see statistics of the pixels as stored,
     not of the backbone's resampled copy. Extractors with trainable weights (e.g.
     ``bayar``) cannot run there and are refused.
+
+    The maps of an image depend on its pixels only, and training sees the same
+    un-augmented image every epoch (and tuning embeds the same hold-out after every
+    epoch), so :meth:`image_maps` keeps them, keyed by a digest of the pixels, up
+    to ``cache_mb`` megabytes (0 = no cache). Augmented images are not kept: they
+    never come back.
     """
 
-    def __init__(self, extractors: Mapping[str, NoiseExtractor]):
+    def __init__(self, extractors: Mapping[str, NoiseExtractor], cache_mb: float = 0.0):
         trainable = [name for name, ex in extractors.items() if any(True for _ in ex.parameters())]
         if trainable:
             raise ConfigError(f"noise extractor {', '.join(trainable)} has trainable weights; DSKI's noise branch "
@@ -108,6 +115,24 @@ class NoiseMaps:
             extractor.eval()
         self.channels = sum(ex.out_channels for ex in self.extractors.values())
         self._reference: torch.Tensor | None = None
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: dict[bytes, torch.Tensor] = {}
+        self._cached_bytes = 0
+
+    def image_maps(self, image: torch.Tensor, keep: bool = True) -> torch.Tensor:
+        """Maps ``(channels, H, W)`` of one image ``(3, H, W)``; kept for next time when ``keep`` and room is left."""
+        if self.cache_bytes <= 0 or image.device.type != "cpu":
+            return self.maps(image[None])[0]
+        key = pixel_digest(image)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        found = self.maps(image[None])[0]
+        size = found.numel() * found.element_size()
+        if keep and self._cached_bytes + size <= self.cache_bytes:
+            self._cache[key] = found
+            self._cached_bytes += size
+        return found
 
     @torch.no_grad()
     def maps(self, images: torch.Tensor) -> torch.Tensor:
@@ -128,6 +153,14 @@ class NoiseMaps:
             grey = (0.5 + 0.05 * torch.randn(1, 1, REFERENCE_SIZE, REFERENCE_SIZE, generator=generator))
             self._reference = self.maps(grey.clamp(0, 1).expand(1, 3, -1, -1)).mean(dim=(0, 2, 3))
         return self._reference
+
+
+def pixel_digest(image: torch.Tensor) -> bytes:
+    """A digest of an image's shape, dtype and pixels (the key of the noise-map cache)."""
+    array = image.detach().contiguous().numpy()
+    digest = hashlib.blake2b(str((array.shape, array.dtype)).encode(), digest_size=16)
+    digest.update(array.tobytes())
+    return digest.digest()
 
 
 def descriptor(stats: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
