@@ -248,6 +248,11 @@ def _stratified_weights(y: np.ndarray, n_boot: int, rng: np.random.Generator,
     ``clusters`` is :func:`cluster_index`'s answer; ``None`` resamples images (reals and fakes apart).
     """
     of_image, stratum = clusters if clusters is not None else cluster_index(y, None)
+    return _cluster_multiplicities(stratum, n_boot, rng)[:, of_image]
+
+
+def _cluster_multiplicities(stratum: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, clusters) counts of each cluster in ``n_boot`` resamples, drawn within each stratum."""
     k = stratum.size
     flat = np.zeros(n_boot * k)
     offsets = (np.arange(n_boot) * k)[:, None]
@@ -257,7 +262,7 @@ def _stratified_weights(y: np.ndarray, n_boot: int, rng: np.random.Generator,
             continue
         picks = members[rng.integers(0, members.size, size=(n_boot, members.size))]
         flat += np.bincount((picks + offsets).ravel(), minlength=n_boot * k)
-    return flat.reshape(n_boot, k)[:, of_image]
+    return flat.reshape(n_boot, k)
 
 
 def _bootstrap_metric_arrays(y: np.ndarray, score_sets: Sequence[np.ndarray], metrics: Sequence[str], n_boot: int,
@@ -382,6 +387,87 @@ def _point_value(metric: str, y: np.ndarray, s: np.ndarray) -> float:
     if value is None:  # pragma: no cover - guarded by _is_defined
         raise ValueError(f"{metric} is not defined here")
     return float(value)
+
+
+@dataclass
+class FoldRuns:
+    """One fold of a comparison for :func:`paired_bootstrap_over_folds`: its test labels and sources, and the
+    two detectors' scores on it, one score vector per training seed (same seed order for both)."""
+
+    labels: Sequence
+    clusters: Sequence
+    runs_a: Sequence
+    runs_b: Sequence
+
+
+def paired_bootstrap_over_folds(folds: Sequence[FoldRuns], metric: str = "auc", n_boot: int = 1000,
+                                seed: int = 0) -> dict:
+    """Two detectors over the folds of a protocol (and seeds): is the mean held-out ``metric`` of ``a`` higher?
+
+    ``delta`` is the mean over folds of the mean over seeds of ``metric(a) - metric(b)``, the number a
+    leave-one-generator-out table's "mean" column compares. Each bootstrap resample draws the
+    *sources* once, over the union of every fold's test sources (within their label strata), and
+    applies the same draw to every fold, seed and both detectors: folds share their test reals, so
+    resampling them independently per fold would understate how much the mean can move. Seeds are
+    paired (each seed's two runs saw the same training luck). ``per_fold`` gives each fold's own delta;
+    ``wins`` counts the (fold, seed) runs in which ``a`` beat ``b``. Folds where the metric is not
+    defined are left out (listed in ``skipped``).
+    """
+    result: dict = {"metric": metric, "delta": None, "ci": None, "p_value": None, "n_boot": n_boot,
+                    "resampled": "sources", "per_fold": [], "wins": None, "runs": 0, "skipped": []}
+    usable = []
+    for i, fold in enumerate(folds):
+        y = np.asarray(fold.labels, dtype=np.int64).reshape(-1)
+        if len(fold.runs_a) != len(fold.runs_b) or not fold.runs_a:
+            raise ValueError(f"fold {i}: need the same number (>= 1) of runs of each detector")
+        if not _is_defined(metric, y):
+            result["skipped"].append(i)
+            continue
+        usable.append((y, np.asarray(fold.clusters, dtype=object).reshape(-1),
+                       [_as_arrays(y, s)[1] for s in fold.runs_a], [_as_arrays(y, s)[1] for s in fold.runs_b]))
+    if not usable:
+        return result
+    per_fold = [[_point_value(metric, y, a) - _point_value(metric, y, b) for a, b in zip(ra, rb)]
+                for y, _, ra, rb in usable]
+    result["per_fold"] = [float(np.mean(d)) for d in per_fold]
+    result["delta"] = float(np.mean(result["per_fold"]))
+    result["wins"] = int(sum(d > 0 for fold in per_fold for d in fold))
+    result["runs"] = int(sum(len(fold) for fold in per_fold))
+    if n_boot <= 0:
+        return result
+    deltas = _fold_bootstrap_deltas(usable, metric, n_boot, seed)
+    result["ci"] = list(_percentile_ci(deltas, 0.05))
+    tail = min(int((deltas <= 0).sum()), int((deltas >= 0).sum()))
+    result["p_value"] = min(1.0, 2.0 * (tail + 1) / (n_boot + 1))
+    return result
+
+
+def _fold_bootstrap_deltas(usable, metric: str, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot,) resampled mean deltas, one shared source draw per resample (see :func:`paired_bootstrap_over_folds`)."""
+    labels = np.concatenate([y for y, *_ in usable])
+    clusters = np.concatenate([c for _, c, *_ in usable])
+    of_image, stratum = cluster_index(labels, clusters)
+    bounds = np.cumsum([0] + [y.size for y, *_ in usable])
+    rng = np.random.default_rng(seed)
+    out = []
+    chunk = max(1, min(_BOOT_CHUNK, _BOOT_CHUNK_FLOATS // max(labels.size, 1)))
+    for start in range(0, n_boot, chunk):
+        counts = _cluster_multiplicities(stratum, min(chunk, n_boot - start), rng)
+        fold_deltas = []
+        for f, (y, _, runs_a, runs_b) in enumerate(usable):
+            weights = counts[:, of_image[bounds[f]:bounds[f + 1]]]
+            seeds = [_weighted_value(metric, y, weights, a) - _weighted_value(metric, y, weights, b)
+                     for a, b in zip(runs_a, runs_b)]
+            fold_deltas.append(np.mean(seeds, axis=0))
+        out.append(np.mean(fold_deltas, axis=0))
+    return np.concatenate(out)
+
+
+def _weighted_value(metric: str, y: np.ndarray, weights: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    distinct, order, starts = _distinct_index(scores)
+    pos_w = _collapse(weights * (y == 1), order, starts)
+    neg_w = _collapse(weights * (y == 0), order, starts)
+    return _weighted_metrics(pos_w, neg_w, distinct, 0.5, [metric])[metric]
 
 
 def delong_test(labels, scores_a, scores_b) -> dict:

@@ -319,6 +319,24 @@ def test_leave_one_generator_out_has_one_fold_per_generator(small_dataset, tmp_p
     assert report["detectors"]["freq"]["overall"]["auc"] == pytest.approx(np.mean(aucs))
 
 
+def test_leave_one_generator_out_pairs_detectors_over_all_folds(small_dataset, tmp_path):
+    """The fold-merged report tests the mean held-out AUC: delta is the mean of the folds' own differences."""
+    result = run_mfx("compare", "freq", "npr", "--data", str(small_dataset), "--out", str(tmp_path),
+                     "--protocol", "leave-one-generator-out", "--n-boot", "200", "--epochs", "1", "--preset", "tiny")
+    assert result.exit_code == 0, result.output
+    run = only_run_dir(tmp_path)
+    report = json.loads((run / "report.json").read_text())
+    (paired,) = report["paired"]
+    a, b = paired["a"], paired["b"]
+    folds = {g: json.loads((run / "folds" / g / "report.json").read_text())["detectors"] for g in GENERATORS}
+    per_fold = {g: d[a]["overall"]["auc"] - d[b]["overall"]["auc"] for g, d in folds.items()}
+    assert paired["per_fold"] == pytest.approx(per_fold)
+    assert paired["delta"] == pytest.approx(np.mean(list(per_fold.values())))
+    assert paired["ci"][0] <= paired["delta"] <= paired["ci"][1] and 0 < paired["p_value"] <= 1
+    assert paired["wins"] == sum(d > 0 for d in per_fold.values()) and paired["runs"] == len(GENERATORS)
+    assert "mean over" in result.output and "folds" in result.output
+
+
 def test_robustness_perturbations_are_reported_per_perturbation(small_dataset, tmp_path):
     result = run_mfx("compare", "freq", "--data", str(small_dataset), "--out", str(tmp_path),
                      "--perturb", "jpeg:30,blur:2", "--perturb", "noise:0.05", "--n-boot", "100")

@@ -106,3 +106,20 @@ def test_an_interrupted_multi_seed_run_resumes_without_redoing_finished_seeds(te
     for name in ("freq", "test-interrupted"):
         assert report["detectors"][name]["overall"] == reference["detectors"][name]["overall"]
     assert report["per_seed"] == reference["per_seed"] and report["paired"] == reference["paired"]
+
+
+def test_fold_bootstrap_draws_the_sources_once_for_every_fold():
+    """Two folds that are the same fold: the shared draw gives exactly the one-fold interval (independent
+    draws per fold would shrink it by about sqrt 2), and one fold reproduces the seed-paired bootstrap."""
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(90), np.ones(60)].astype(int)
+    sources = [f"s{i % 70}" for i in range(150)]
+    a = [labels * 0.4 + rng.random(150) for _ in range(2)]
+    b = [labels * 0.3 + rng.random(150) for _ in range(2)]
+    one = M.paired_bootstrap_over_folds([M.FoldRuns(labels, sources, a, b)], n_boot=400, seed=3)
+    seeds = M.paired_bootstrap_over_seeds(labels, a, b, n_boot=400, seed=3, clusters=sources)
+    assert (one["delta"], one["ci"], one["p_value"]) == (seeds["delta"], seeds["ci"], seeds["p_value"])
+    twice = M.paired_bootstrap_over_folds([M.FoldRuns(labels, sources, a, b)] * 2, n_boot=400, seed=3)
+    assert twice["ci"] == pytest.approx(one["ci"]) and twice["runs"] == 4
+    same = M.paired_bootstrap_over_folds([M.FoldRuns(labels, sources, a, a)], n_boot=100)
+    assert same["delta"] == 0 and same["p_value"] == 1.0

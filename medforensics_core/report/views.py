@@ -283,8 +283,10 @@ def paired_table(report: dict) -> TableView | None:
             [Line(NOT_DEFINED if p_value is None else _fmt_p(p_value), best=p_value is not None and p_value < 0.05)],
         ]))
     unit = "sources" if all(item.get("resampled") == "sources" for item in comparisons) else "images"
-    seeds = comparisons[0].get("seeds")
-    paired_on = f"; delta = mean over seeds {', '.join(map(str, seeds))}, paired seed by seed" if seeds else ""
+    seeds, folds = comparisons[0].get("seeds"), comparisons[0].get("folds")
+    over = " and ".join(part for part in (f"{len(folds)} folds" if folds else "",
+                                          f"seeds {', '.join(map(str, seeds))}" if seeds else "") if part)
+    paired_on = f"; delta = mean over {over}, paired run by run" if over else ""
     return TableView(f"Paired comparison (same images, paired bootstrap over {unit}{paired_on})",
                      ["metric", "delta", "95% CI", "p"], rows,
                      note="delta = metric(a) - metric(b).", mark_meaning="p < 0.05",

@@ -46,7 +46,7 @@ from .detector_run import (
     train_detector,
     trainable_params,
 )
-from .fold_merge import combine_folds
+from .fold_merge import combine_folds, fold_paired_tests, fold_pairing_note
 from .plan import (
     CompareOptions,
     DetectorSpec,
@@ -163,7 +163,8 @@ def _run_seeds(plan: RunPlan, data: DataBundle, seeds: list[int], run_dir: RunDi
         if session.rank == 0:
             _write_reports(seed_dir, reports[seed])
     single = all(len(r) == 1 for r in runs.values())
-    paired = seed_paired_tests({s: next(iter(r.values())) for s, r in runs.items()}, plan.options) if single else []
+    paired = seed_paired_tests({s: next(iter(r.values())) for s, r in runs.items()}, plan.options) if single \
+        else fold_paired_tests(runs, plan.options.n_boot, plan.options.seed)
     report = combine_seeds(reports, paired, folds=1 if single else len(next(iter(runs.values()))))
     if session.rank == 0:
         _write_reports(run_dir, report)
@@ -173,7 +174,10 @@ def _run_seeds(plan: RunPlan, data: DataBundle, seeds: list[int], run_dir: RunDi
 def _run_protocol(plan: RunPlan, data: DataBundle, folds: list[Fold], run_dir: RunDir,
                   session: Session) -> dict[str, Any]:
     """Every fold of the protocol, then one report (folds combined for leave-one-generator-out)."""
-    report, _ = _run_folds(plan, data, folds, run_dir, session)
+    report, runs = _run_folds(plan, data, folds, run_dir, session)
+    if len(folds) > 1:
+        report["paired"] = fold_paired_tests({plan.options.seed: runs}, plan.options.n_boot, plan.options.seed)
+        report["notes"].insert(2, fold_pairing_note([plan.options.seed]))
     if session.rank == 0:
         _write_reports(run_dir, report)
     return report

@@ -9,7 +9,10 @@ import numpy as np
 
 from ...report.schema import ENTRY_META, DetectorEntry, Report
 from .plan import RunPlan
-from .report_build import BOOTSTRAP_NOTE
+from .report_build import BOOTSTRAP_NOTE, ok_rows
+
+FOLD_PAIRING_NOTE = ("paired tests compare the mean held-out AUC over folds{seeds}: one draw of the test sources "
+                     "per bootstrap resample, shared by every fold (they share their test reals){paired}")
 
 
 def _mean_entries(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -41,7 +44,7 @@ def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> Report:
     for name in names:
         per_fold = {g: r["detectors"][name] for g, r in reports.items() if name in r["detectors"]}
         combined["detectors"][name] = _combined_entry(per_fold)
-    combined["paired"] = []
+    combined["paired"] = []  # filled by fold_paired_tests, which needs the scores (not kept in reports)
     notes = [n for r in reports.values() for n in r["notes"] if not n.startswith(BOOTSTRAP_NOTE)]
     combined["notes"] = [f"leave-one-generator-out by {by}: {len(reports)} folds (one per held-out {by}; each "
                          "fold's full report, paired tests and perturbations are in folds/<fold>/)",
@@ -81,3 +84,55 @@ def _combined_entry(per_fold: dict[str, DetectorEntry]) -> DetectorEntry:
             "mean_over_modalities": _mean_entries(list(by_modality.values())),
             "mean_over_generators": _mean_entries(list(by_generator.values())),
             "mean_over_holdouts": _mean_entries(list(by_holdout.values()))}
+
+
+def fold_paired_tests(runs: dict[int, dict[str, tuple[Any, dict[str, dict[str, Any]]]]], n_boot: int,
+                      seed: int) -> list[dict]:
+    """Best detector (mean held-out AUC over folds and seeds) against each other one, over every fold.
+
+    ``runs`` maps each seed to ``{fold name: (fold, that fold's results)}``. A detector enters when it
+    scored every fold of every seed. See :func:`medforensics_core.metrics.paired_bootstrap_over_folds`.
+    """
+    from ...metrics import FoldRuns, paired_bootstrap_over_folds
+
+    seeds = list(runs)
+    fold_names = list(runs[seeds[0]])
+    rows = {s: {f: ok_rows(results) for f, (_, results) in runs[s].items()} for s in seeds}
+    names = [n for n in rows[seeds[0]][fold_names[0]]
+             if all(n in rows[s][f] for s in seeds for f in fold_names)]
+    mean_auc = {n: np.mean([row_auc(rows[s][f][n]) for s in seeds for f in fold_names]) for n in names}
+    ranked = [n for n in names if np.isfinite(mean_auc[n])]
+    if len(ranked) < 2:
+        return []
+    best = max(ranked, key=lambda n: mean_auc[n])
+
+    def fold_runs(name: str) -> list[FoldRuns]:
+        out = []
+        for f in fold_names:
+            fold = runs[seeds[0]][f][0]
+            out.append(FoldRuns(fold.test.labels, [r.source_key for r in fold.test.rows],
+                                [np.asarray(rows[s][f][best]["scores"][""]) for s in seeds],
+                                [np.asarray(rows[s][f][name]["scores"][""]) for s in seeds]))
+        return out
+
+    tests = []
+    for name in names:
+        if name == best:
+            continue
+        test = paired_bootstrap_over_folds(fold_runs(name), metric="auc", n_boot=n_boot, seed=seed)
+        per_fold = dict(zip(fold_names, test.pop("per_fold")))
+        tests.append({"a": best, "b": name, **test, "per_fold": per_fold, "folds": fold_names,
+                      **({"seeds": seeds} if len(seeds) > 1 else {})})
+    return tests
+
+
+def fold_pairing_note(seeds: Sequence[int]) -> str:
+    many = len(seeds) > 1
+    return FOLD_PAIRING_NOTE.format(seeds=" and seeds" if many else "",
+                                    paired="; seeds are paired (delta = mean over seeds and folds)" if many else "")
+
+
+def row_auc(row: dict[str, Any]) -> float:
+    """A result row's overall AUC, NaN when undefined (an AUC of 0.0 is a value, not a missing one)."""
+    auc = row["entry"]["overall"].get("auc")
+    return float("nan") if auc is None else float(auc)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..protocols import Fold
+from .fold_merge import row_auc
 from .plan import CompareOptions
 from .report_build import ok_rows
 
@@ -105,7 +106,7 @@ def seed_paired_tests(runs: dict[int, tuple[Fold, dict[str, dict[str, Any]]]], o
     fold = runs[seeds[0]][0]
     by_seed = {s: ok_rows(results) for s, (_, results) in runs.items()}
     names = [n for n in by_seed[seeds[0]] if all(n in rows for rows in by_seed.values())]
-    mean_auc = {n: np.mean([by_seed[s][n]["entry"]["overall"].get("auc") or np.nan for s in seeds]) for n in names}
+    mean_auc = {n: np.mean([row_auc(by_seed[s][n]) for s in seeds]) for n in names}
     ranked = [n for n in names if np.isfinite(mean_auc[n])]
     if len(ranked) < 2:
         return []
@@ -156,7 +157,9 @@ def combine_seeds(reports: dict[int, dict[str, Any]], paired: list[dict], *, fol
                                      for label in first["perturbations"]}
     pairing = ("paired tests pair the detectors seed by seed on the same source resamples (delta = mean over "
                "seeds of each seed's difference)" if folds == 1 else
-               "paired tests are per seed and fold, in seeds/<seed>/folds/<fold>/")
+               "paired tests pair the detectors seed by seed and fold by fold, on one draw of the test sources per "
+               "resample shared by every fold (delta = mean over seeds and folds); each fold's own tests are in "
+               "seeds/<seed>/folds/<fold>/")
     notes = [n for r in reports.values() for n in r.get("notes") or []]
     combined["notes"] = [f"seeds {', '.join(map(str, seeds))}: every detector was trained once per seed; each "
                          "number is the mean over seeds, +- its standard deviation (sd, n-1); the per-seed rows "
