@@ -345,3 +345,27 @@ def test_noise_map_cache_changes_no_number_and_skips_augmented_images(splits):
     kept = cached.noise_maps._cached_bytes
     cached.noise_maps.image_maps((image * 0.9).contiguous(), keep=False)
     assert cached.noise_maps._cached_bytes == kept
+
+
+def test_grid_views_see_an_edit_the_centre_crop_misses(splits):
+    """A change in a corner of a real 128-px image: invisible to one centre crop, seen by a 2 x 2 grid.
+
+    Pixels only (no noise maps: their local windows reach into the centre crop from the corner).
+    """
+    image = splits["test"][0][0]
+    edited = image.clone()
+    edited[:, :24, :24] = edited[:, :24, :24].flip(-1) * 0.5  # a local edit in the top-left corner
+    pixels_only = {"use_noise": False, "use_descriptor": False}
+    centre, grid = dski(eval_views=1, **pixels_only), dski(eval_views=2, **pixels_only)
+    assert image.shape[-1] >= 2 * centre.backbone.image_size  # the centre crop misses the corner
+    assert centre.preprocess(image).shape[0] == 3 and grid.preprocess(image).shape[0] == 4 * 3
+    with torch.no_grad():
+        same = [centre.embed(centre.preprocess(x)[None]) for x in (image, edited)]
+        seen = [grid.embed(grid.preprocess(x)[None]) for x in (image, edited)]
+    torch.testing.assert_close(same[0], same[1], atol=0, rtol=0)
+    assert (seen[0] - seen[1]).abs().max() > 1e-4
+    with_maps = dski(eval_views=2)
+    views = with_maps.preprocess(image)
+    assert views.shape[0] == 4 * (3 + with_maps.noise_maps.channels)
+    embedding, desc = with_maps.encode(views[None])
+    assert embedding.shape == (1, with_maps.backbone.embed_dim) and desc.shape == (1, with_maps.noise_maps.channels)

@@ -38,6 +38,12 @@ class DSKIConfig:
       ``preprocess_mode``: ``"crop"`` centre-crops at native resolution (resizing only images smaller
       than the input size), as UnivFD and FatFormer evaluate, because resampling erases the
       pixel-level traces the noise branch looks for; ``"resize"`` resizes the whole image.
+      ``eval_views``: at test time (and for the MFRM bank) an ``n x n`` grid of crops evenly spaced
+      over the image, their adapted embeddings averaged (noise statistics too), so an image larger
+      than the backbone's input is seen whole; 1 = the centre crop (UnivFD, FatFormer). ``tiny`` uses
+      2: its 64-pixel backbone on 128-pixel images would otherwise look at a quarter of each image,
+      and a local edit (an inpainted region) outside it would never be seen. Training takes one
+      random crop per image and epoch, which covers the image over the epochs.
 
     Prompts (vision-language space)
       Per-modality class prompts, ``real_templates`` / ``fake_templates`` averaged (CLIP's prompt
@@ -113,6 +119,7 @@ class DSKIConfig:
     pretrained: str = "openai"
     backbone_seed: int = 0
     preprocess_mode: str = "crop"
+    eval_views: int = 1
     # prompts
     real_templates: tuple[str, ...] = REAL_TEMPLATES
     fake_templates: tuple[str, ...] = FAKE_TEMPLATES
@@ -166,6 +173,7 @@ class DSKIConfig:
 TINY = {
     "clip_model": "mfx-tiny-clip",
     "pretrained": "random",
+    "eval_views": 2,
     "n_ctx": 4,
     "num_adapters": 2,
     "bottleneck_dim": 16,

@@ -39,8 +39,8 @@ from . import bank as mfrm_bank
 from . import mfrm, training
 from .cdfa import CDFA, evenly_spaced_blocks
 from .config import PRESETS, DSKIConfig
-from .model import (DSKIModules, NoiseMaps, check_extractors, descriptor, noise_channel_count, reset_parameters,
-                    split_channels)
+from .model import (DSKIModules, GridViews, NoiseMaps, check_extractors, descriptor, mean_over_views,
+                    noise_channel_count, reset_parameters, split_channels)
 from .prompts import PromptContext, PromptEncoder
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class DSKIBase(Detector, SupportsDistributed):
         size = self.backbone.image_size
         self._mean = torch.tensor(self.backbone.mean).view(-1, 1, 1)
         self._std = torch.tensor(self.backbone.std).view(-1, 1, 1)
-        self._test_geometry = v2.CenterCrop(size)
+        self._test_geometry = GridViews(size, cfg.eval_views)
         self._train_geometry = train_geometry(size, flip=True)
         self._upscale = resize_shorter(size)
         self._augment = TraceAugment(TraceRecipe(blur_prob=cfg.aug_blur_prob, resample_prob=cfg.aug_resample_prob,
@@ -166,11 +166,14 @@ class DSKIBase(Detector, SupportsDistributed):
         """Adapted, L2-normalised image embeddings ``(N, d)`` and retrieval descriptors ``(N, C)`` (or ``None``)."""
         from .cdfa import adapted_image_features
 
-        images, stats = split_channels(batch.to(self.device), noise_channel_count(self.noise_maps))
+        images, stats, views = split_channels(batch.to(self.device), noise_channel_count(self.noise_maps))
         noise_stats = stats if self.net.cdfa is not None and self.net.cdfa.noise is not None else None
         features = adapted_image_features(self.backbone.model.visual, images, self.net.cdfa, noise_stats)
-        desc = descriptor(stats, self.noise_maps.reference()) if self.uses_descriptor() and stats is not None else None
-        return F.normalize(features.float(), dim=-1), desc
+        features = mean_over_views(F.normalize(features.float(), dim=-1), views)
+        desc = None
+        if self.uses_descriptor() and stats is not None:
+            desc = descriptor(mean_over_views(stats, views), self.noise_maps.reference())
+        return F.normalize(features, dim=-1), desc
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Adapted, L2-normalised image embeddings ``(N, d)`` of a preprocessed batch."""

@@ -169,14 +169,55 @@ def descriptor(stats: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return F.normalize(centred, dim=-1)
 
 
-def split_channels(batch: torch.Tensor, noise_channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A preprocessed batch -> (CLIP input ``(N, 3, S, S)``, noise statistics ``(N, C, S, S)`` or None)."""
-    if noise_channels == 0:
-        return batch[:, :3], None
-    if batch.shape[1] != 3 + noise_channels:
-        raise MfxError(f"DSKI expects {3 + noise_channels} channels per image (colour + noise statistics), got "
-                       f"{batch.shape[1]}: pass images through detector.preprocess")
-    return batch[:, :3], batch[:, 3:]
+def split_channels(batch: torch.Tensor, noise_channels: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """A preprocessed batch -> (CLIP input ``(N V, 3, S, S)``, noise statistics ``(N V, C, S, S)`` or None, V).
+
+    A test-time batch may carry ``V`` views (crops) of each image stacked along the channels
+    (``V (3 + C)`` channels, see :class:`GridViews`); they come back as ``N V`` single views, image-major.
+    """
+    per_view = 3 + noise_channels
+    if batch.shape[1] % per_view:
+        raise MfxError(f"DSKI expects a multiple of {per_view} channels per image (colour + noise statistics, "
+                       f"per view), got {batch.shape[1]}: pass images through detector.preprocess")
+    views = batch.shape[1] // per_view
+    flat = batch.reshape(batch.shape[0] * views, per_view, *batch.shape[2:])
+    return flat[:, :3], (flat[:, 3:] if noise_channels else None), views
+
+
+class GridViews:
+    """``n x n`` crops of side ``size`` evenly spaced over the image, stacked along the channels.
+
+    Why: a crop at native resolution keeps the pixel traces a resize would erase, but a backbone
+    whose input is smaller than the image then sees part of it only; a local edit (an inpainted
+    lesion) outside the centre crop would never be looked at. The grid's first and last crops
+    touch the borders, so every pixel is in at least one crop. ``n = 1`` is the centre crop.
+    An image smaller than ``size`` must be brought to it first (DSKI upscales it).
+    """
+
+    def __init__(self, size: int, per_side: int):
+        self.size = size
+        self.per_side = max(1, per_side)
+
+    def offsets(self, length: int) -> list[int]:
+        if self.per_side == 1:
+            return [int(round((length - self.size) / 2.0))]
+        span = length - self.size
+        return [int(round(i * span / (self.per_side - 1))) for i in range(self.per_side)]
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        if min(height, width) < self.size:
+            raise MfxError(f"image {height}x{width} is smaller than the {self.size}-pixel crop")
+        crops = [image[..., top:top + self.size, left:left + self.size]
+                 for top in self.offsets(height) for left in self.offsets(width)]
+        return torch.cat(crops, dim=0)
+
+
+def mean_over_views(values: torch.Tensor, views: int) -> torch.Tensor:
+    """``(N V, ...)`` -> ``(N, ...)``: the mean over each image's views."""
+    if views == 1:
+        return values
+    return values.reshape(values.shape[0] // views, views, *values.shape[1:]).mean(dim=1)
 
 
 def noise_channel_count(maps: NoiseMaps | None) -> int:
