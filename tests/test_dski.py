@@ -73,7 +73,7 @@ def trained(splits, tmp_path_factory):
 
 def test_adapters_start_from_plain_clip():
     """Zero-initialised adapters and gates: the adapted tower reproduces open_clip's encode_image exactly."""
-    detector = dski()
+    detector = dski(eval_views=1)
     images = torch.rand(3, 3, 80, 72)
     batch = torch.stack([detector.preprocess(im) for im in images])
     assert batch.shape[1] == 3 + detector.noise_maps.channels  # colour + native-resolution noise statistics
@@ -347,12 +347,16 @@ def test_noise_map_cache_changes_no_number_and_skips_augmented_images(splits):
     assert cached.noise_maps._cached_bytes == kept
 
 
-def test_grid_views_see_an_edit_the_centre_crop_misses(splits):
-    """A change in a corner of a real 128-px image: invisible to one centre crop, seen by a 2 x 2 grid.
+def test_grid_views_see_an_edit_the_centre_crop_misses():
+    """A change in a corner of a real 128-px CT slice: invisible to one centre crop, seen by a 2 x 2 grid.
 
     Pixels only (no noise maps: their local windows reach into the centre crop from the corner).
     """
-    image = splits["test"][0][0]
+    from pydicom.data import get_testdata_file
+
+    from medforensics_core.data.readers import read_image
+
+    image = read_image(get_testdata_file("CT_small.dcm")).tensor
     edited = image.clone()
     edited[:, :24, :24] = edited[:, :24, :24].flip(-1) * 0.5  # a local edit in the top-left corner
     pixels_only = {"use_noise": False, "use_descriptor": False}

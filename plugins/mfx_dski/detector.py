@@ -150,8 +150,9 @@ class DSKIBase(Detector, SupportsDistributed):
         packed = image if self.noise_maps is None else \
             torch.cat([image, self.noise_maps.image_maps(image, keep=keep_maps)])
         packed = geometry(self._fit_size(packed))
-        colour = (packed[:3] - self._mean) / self._std
-        return torch.cat([colour, packed[3:]]) if self.noise_maps is not None else colour
+        views = packed.reshape(-1, 3 + noise_channel_count(self.noise_maps), *packed.shape[-2:])
+        colour = (views[:, :3] - self._mean) / self._std
+        return torch.cat([colour, views[:, 3:]], dim=1).flatten(0, 1)
 
     def _fit_size(self, image: torch.Tensor) -> torch.Tensor:
         size = self.backbone.image_size
