@@ -90,12 +90,15 @@ class DSKIConfig:
       warnings say so, and its ablation rows are then not comparable.
 
     Tuning for generalisation
-      ``tune_holdout``: ``"generator"`` (default) holds one fake generator of the *training* data out of
-      stage-1 training (with a matching share of the reals), chosen from the run's seed, and tunes the
-      fusion (alpha, beta, descriptor weight) and the best epoch on it: tuning rewards what transfers
-      to a generator the model did not see, not memorisation. Any manifest column works
-      (``"network"`` once a benchmark has it). ``"val"`` tunes on the engine's validation set; ``"none"``
-      keeps the defaults. The held-out images join the MFRM bank after tuning.
+      ``tune_holdout``: ``"network"`` (default) holds the fakes of one trained network of the *training*
+      data out of stage-1 training (with a matching share of the reals), chosen from the run's seed,
+      and tunes the fusion (alpha, beta, descriptor weight) and the best epoch on it: tuning rewards
+      what transfers to a generator the model did not see, not memorisation. By network, not by
+      generator setting, because two settings of one network (an autoencoder's reconstructions and
+      its img2img outputs) share its traces: holding one out while training on the other is not
+      "unseen". A manifest that records no networks falls back to ``"generator"`` (said in
+      ``train_info``). Any manifest column works; ``"val"`` tunes on the engine's validation set;
+      ``"none"`` keeps the defaults. The held-out images join the MFRM bank after tuning.
 
     MFRM (medical forensic retrieval module)
       ``use_mfrm``: at the end of ``fit`` the adapted, L2-normalised embeddings of a labelled support
@@ -152,7 +155,7 @@ class DSKIConfig:
     aug_noise_prob: float = 0.1
     select_best_epoch: bool = True
     # tuning
-    tune_holdout: str = "generator"
+    tune_holdout: str = "network"
     # MFRM
     use_mfrm: bool = True
     retriever: str = "faiss-flat"

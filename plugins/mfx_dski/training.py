@@ -66,10 +66,13 @@ def tuning_split(detector: "DSKIBase", train: ImageSet, val: ImageSet | None,
     if mode == "val":
         usable = val if val is not None and len(val) and len(np.unique(val.labels)) == 2 else None
         return train, usable, "validation split" if usable is not None else "no usable validation split"
+    fallback = ""
+    if mode == "network" and not any(getattr(r, "network", "") for r in train.rows if r.label == 1):
+        mode, fallback = "generator", " (the manifest records no networks)"
     rest, held, value = holdout_split(train, mode, seed)
     if held is None or len(np.unique(held.labels)) < 2:
-        return train, None, f"no {mode} to hold out (fewer than 2 with fakes)"
-    return rest, held, f"held-out {mode} {value!r} of the training data"
+        return train, None, f"no {mode} to hold out (fewer than 2 with fakes){fallback}"
+    return rest, held, f"held-out {mode} {value!r} of the training data{fallback}"
 
 
 def optimizer_for(detector: "DSKIBase") -> torch.optim.Optimizer:
