@@ -42,7 +42,9 @@ OVERHEAD_TARGETS = {"tiny": 0.30, "ViT-B-16": 0.05, "ViT-L-14": 0.05}
 def build(model: str, device: str, use_cdfa: bool = True):
     cls = get_registry().detector("dski")
     preset = "tiny" if model == "tiny" else None
-    config = cls.make_config(preset, clip_model=MODELS[model], pretrained="random", use_cdfa=use_cdfa)
+    # one view per image: the comparison is the adapted forward against encode_image on the same pixels (the tiny
+    # preset's 2 x 2 test views of a 64-px image would be four identical copies, four times the work)
+    config = cls.make_config(preset, clip_model=MODELS[model], pretrained="random", use_cdfa=use_cdfa, eval_views=1)
     return cls(config, preset=preset or "full", device=device)
 
 
