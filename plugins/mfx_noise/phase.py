@@ -83,11 +83,6 @@ def box_mean(maps: torch.Tensor, window: int, axis: int) -> torch.Tensor:
     return (summed.narrow(axis, window, length) - summed.narrow(axis, 0, length)) / window
 
 
-def windowed_mean(maps: torch.Tensor, window: int) -> torch.Tensor:
-    """Mean over a ``window`` x ``window`` neighbourhood, borders wrapped (two 1-D box means)."""
-    return box_mean(box_mean(maps, window, -1), window, -2)
-
-
 class GridPhaseExtractor(NoiseExtractor):
     """Log max/min ratio of phase-wise neighbour differences, one map per grid period; no parameters."""
 
