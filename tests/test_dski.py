@@ -375,3 +375,16 @@ def test_grid_views_see_an_edit_the_centre_crop_misses():
     assert views.shape[0] == 4 * (3 + with_maps.noise_maps.channels)
     embedding, desc = with_maps.encode(views[None])
     assert embedding.shape == (1, with_maps.backbone.embed_dim) and desc.shape == (1, with_maps.noise_maps.channels)
+
+
+def test_self_blend_share_adds_partial_fakes_to_stage1_training_only(splits):
+    """With ``self_blend_share`` stage 1 trains on extra partial fakes of its reals; the bank holds none."""
+    train = splits["train"].subset(range(0, len(splits["train"]), 6))
+    plain = dski(self_blend_share=0.0, tune_holdout="none").fit(train, None, FitContext(seed=0, epochs=1))
+    blended = dski(self_blend_share=0.5, tune_holdout="none").fit(train, None, FitContext(seed=0, epochs=1))
+    reals = int((train.labels == 0).sum())
+    assert plain.train_info["self_blended_fakes"] == 0
+    assert blended.train_info["self_blended_fakes"] == round(0.5 * reals)
+    assert len(blended.bank) == len(plain.bank) == len(train)  # MFRM references are real images only
+    assert not torch.equal(blended.net.state_dict()["cdfa.adapters.0.up.weight"],
+                           plain.net.state_dict()["cdfa.adapters.0.up.weight"])

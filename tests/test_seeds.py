@@ -7,6 +7,8 @@ classifier) and the seeded logistic probe of ``test_compare`` (its result moves 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +125,65 @@ def test_fold_bootstrap_draws_the_sources_once_for_every_fold():
     assert twice["ci"] == pytest.approx(one["ci"]) and twice["runs"] == 4
     same = M.paired_bootstrap_over_folds([M.FoldRuns(labels, sources, a, a)], n_boot=100)
     assert same["delta"] == 0 and same["p_value"] == 1.0
+
+
+def test_seeds_run_as_separate_jobs_merge_into_the_multi_seed_report(test_detectors, tmp_path):
+    """``--merge`` of ``--seed 3`` and ``--seed 4`` runs gives the report ``--seeds 3,4`` gives, training nothing."""
+    from test_compare import build_small_dataset
+
+    data = build_small_dataset(tmp_path / "data")
+    args = ["compare", "freq", "test-probe", "--data", str(data), "--n-boot", "100"]
+    assert run_mfx(*args, "--seeds", "3,4", "--out", str(tmp_path / "together")).exit_code == 0
+    reference = json.loads((only_run_dir(tmp_path / "together") / "report.json").read_text())
+    jobs = []
+    for seed in (3, 4):
+        assert run_mfx(*args, "--seed", str(seed), "--out", str(tmp_path / f"job{seed}")).exit_code == 0
+        jobs.append(only_run_dir(tmp_path / f"job{seed}"))
+    kept = (jobs[0] / "results" / "freq.json").read_text()
+
+    merged = run_mfx("compare", "--merge", str(jobs[0]), "--merge", str(jobs[1]), "--out", str(tmp_path / "merged"))
+    assert merged.exit_code == 0, merged.output
+    assert ": training (" not in merged.output and "finished in an earlier attempt" in merged.output
+    run = only_run_dir(tmp_path / "merged")
+    report = json.loads((run / "report.json").read_text())
+    assert report["seeds"] == [3, 4]
+    for name in ("freq", "test-probe"):
+        assert report["detectors"][name]["overall"] == reference["detectors"][name]["overall"]
+    assert report["per_seed"] == reference["per_seed"] and report["paired"] == reference["paired"]
+    assert (run / "seeds" / "3" / "results" / "freq.json").read_text() == kept
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["seeds"] == [3, 4] and set(config["merged_from"]) == {"3", "4"}
+    assert (jobs[0] / "results" / "freq.json").read_text() == kept  # the jobs' own folders are untouched
+
+
+def test_merge_refuses_runs_that_are_not_seeds_of_one_comparison(test_detectors, tmp_path):
+    from test_compare import build_small_dataset
+
+    data = build_small_dataset(tmp_path / "data")
+    base = ["compare", "freq", "--data", str(data), "--n-boot", "50", "--epochs", "1"]
+    variants = {"a": ["--seed", "0"], "b": ["--seed", "1"], "same-seed": ["--seed", "0"],
+                "other-protocol": ["--seed", "2", "--perturb", "jpeg:50"],
+                "other-config": ["--seed", "3", "--set", "freq.max_iter=50"]}
+    runs = {}
+    for name, extra in variants.items():
+        assert run_mfx(*base, *extra, "--out", str(tmp_path / name)).exit_code == 0
+        runs[name] = str(only_run_dir(tmp_path / name))
+    # seed 1's job as another mfx version would have recorded it: a changed default in the resolved config
+    runs["other-version"] = str(tmp_path / "other-version")
+    shutil.copytree(runs["b"], runs["other-version"])
+    config_path = Path(runs["other-version"]) / "config.json"
+    config = json.loads(config_path.read_text())
+    config["detectors"]["freq"]["config"]["n_bins"] += 1
+    config_path.write_text(json.dumps(config))
+    for pair, reason in ((("a", "same-seed"), "seed(s) 0 trained by more than one"),
+                         (("a", "other-protocol"), "differs in perturb"),
+                         (("a", "other-config"), "differs in overrides"),
+                         (("a", "other-version"), "resolved configs differ")):
+        result = run_mfx("compare", "--merge", runs[pair[0]], "--merge", runs[pair[1]], "--out", str(tmp_path / "m"))
+        assert result.exit_code == 2 and len(error_lines(result.output)) == 1, result.output
+        assert reason in error_lines(result.output)[0] and "Traceback" not in result.output
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())  # nothing half-made
+    one = run_mfx("compare", "--merge", runs["a"], "--out", str(tmp_path / "m"))
+    assert one.exit_code == 2 and "at least two run directories" in one.output
+    named = run_mfx("compare", "freq", "--merge", runs["a"], "--merge", runs["b"], "--out", str(tmp_path / "m"))
+    assert named.exit_code == 2 and "run directories only" in named.output

@@ -140,6 +140,10 @@ def random_init_option(function):
 @click.option("-o", "--out", default="runs", show_default=True, type=click.Path(path_type=str),
               help="Folder that receives the run directory.")
 @click.option("--resume", type=click.Path(path_type=str), help="Finish an interrupted run (its config.json rules).")
+@click.option("--merge", "merge", multiple=True, type=click.Path(path_type=str), metavar="RUN_DIR",
+              help="Join single-seed runs of one comparison (e.g. cluster jobs with --seed 0, --seed 1, ...) into "
+                   "a new multi-seed run under --out, as --seeds would have made it; finishes what they left and "
+                   "reports mean +- sd (repeatable; only the seed may differ).")
 @click.option("--train-modalities", help="cross-modality: comma-separated modalities to train on.")
 @click.option("--shots", type=int, default=5, show_default=True,
               help="few-shot: support images of the held-out generator.")
@@ -160,7 +164,7 @@ def random_init_option(function):
 @precision_option
 @random_init_option
 def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
-                    checkpoints, settings, perturb, out, resume, train_modalities, shots, holdout, holdout_by,
+                    checkpoints, settings, perturb, out, resume, merge, train_modalities, shots, holdout, holdout_by,
                     seeds, n_boot, precision, allow_random_init) -> None:
     """Train (or load) DETECTORS on the same data, evaluate them on the same images, report.
 
@@ -171,6 +175,7 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
       mfx compare freq npr --seeds 0,1,2                 mean +- sd over three trainings
       mfx compare dski univfd --perturb jpeg:50,blur:1.5
       mfx compare --resume runs/20261125-180000-compare  finish an interrupted run
+      mfx compare --merge runs/A --merge runs/B          join two seeds run as separate jobs
     """
     from ..engine.compare import CompareOptions, run_compare
 
@@ -185,7 +190,9 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
         label="compare-" + "-".join(detectors), command=_command_line(), precision=precision,
         allow_random_init=allow_random_init)
     _check_names(detectors)
-    if resume and detectors:
+    if merge:
+        resume = _merged_run(merge, resume, detectors, out)
+    elif resume and detectors:
         _check_resume_detectors(resume, list(detectors))
     elif not resume and not detectors:
         raise MfxError("name the detectors to compare (e.g. `mfx compare dski cnnspot univfd`), or --resume RUN_DIR")
@@ -195,6 +202,18 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
         _report_outcome(report, run_dir, _rank())
     finally:
         _finish_distributed()
+
+
+def _merged_run(merge: tuple[str, ...], resume: str | None, detectors, out: str) -> str:
+    """``--merge``: the new multi-seed run directory that joins the runs (then resumed like ``--resume``)."""
+    from ..engine.compare import merge_seed_runs
+
+    if resume or detectors:
+        raise MfxError("--merge takes run directories only (no detector names, no --resume): the runs' "
+                       "config.json says what was compared")
+    merged = merge_seed_runs(list(merge), out)
+    console.print(f"merged {len(merge)} runs into [bold]{merged.path}[/]")
+    return str(merged.path)
 
 
 def _seed_list(text: str | None) -> list[int]:

@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from ..data.dataset import ImageSet
+from ..seeding import numpy_rng, torch_generator
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -257,3 +260,140 @@ def normalise(mean: tuple[float, ...], std: tuple[float, ...]) -> Transform:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- partial fakes (self-blending)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfBlendRecipe:
+    """How a real image becomes a *partial* fake: a few smooth blobs of it re-processed and blended back.
+
+    Why: an inpainting or splicing generator rewrites part of an image and keeps the
+    rest, so its only trace is that one region was made differently from its
+    surroundings. A detector trained on whole-image fakes never sees that: it learns
+    what a generator's output looks like everywhere, and a local edit is diluted
+    among real pixels. Self-blended images (Shiohara & Yamasaki, CVPR 2022; Li et al.'s
+    Face X-ray, CVPR 2020, for blending boundaries) teach the missing case without
+    any generator: blend a processed copy of a real image back into it through a
+    soft mask and call the result fake. Nothing here is a generator's trace, only
+    "these pixels went through a different pipeline than those", the cue every
+    local edit leaves. Blobs (random ellipses, random orientation) rather than one
+    shape, so the detector does not learn a particular mask; several of them so that
+    a random training crop usually contains a blended edge.
+    """
+
+    blobs: tuple[int, int] = (1, 3)
+    """How many blobs, inclusive range."""
+    radius: tuple[float, float] = (0.08, 0.22)
+    """Semi-axes of each ellipse, as fractions of the shorter image side."""
+    feather: tuple[float, float] = (1.0, 8.0)
+    """Width of the soft edge, in pixels (Gaussian blur sigma of the hard mask)."""
+    resample_scale: tuple[float, float] = (0.4, 0.8)
+    """Down-up resampling factor of the processed copy (a different up-sampling history)."""
+    blur_sigma: tuple[float, float] = (0.3, 1.2)
+    """Blur of the processed copy (a different smoothness)."""
+    noise_sigma: tuple[float, float] = (0.0, 0.01)
+    """Gaussian noise added to the processed copy (a different noise texture), [0, 1] pixel units."""
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(C, H, W)`` blurred with a Gaussian of ``sigma`` pixels (kernel +- 3 sigma, edges reflected)."""
+    size = 2 * max(1, int(round(3 * sigma))) + 1
+    return v2.functional.gaussian_blur(image, [size, size], [sigma, sigma])
+
+
+def blob_mask(height: int, width: int, recipe: SelfBlendRecipe, generator: torch.Generator) -> torch.Tensor:
+    """A soft ``(1, H, W)`` mask in [0, 1]: the union of a few random rotated ellipses, edges blurred."""
+    def uniform(bounds: tuple[float, float]) -> float:
+        return _uniform(float(torch.rand(1, generator=generator)), bounds)
+
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                            indexing="ij")
+    side = float(min(height, width))
+    count = recipe.blobs[0] + int(torch.randint(0, recipe.blobs[1] - recipe.blobs[0] + 1, (1,), generator=generator))
+    hard = torch.zeros(height, width)
+    for _ in range(count):
+        cy, cx = uniform((0.0, height - 1.0)), uniform((0.0, width - 1.0))
+        a, b = uniform(recipe.radius) * side, uniform(recipe.radius) * side
+        angle = uniform((0.0, float(np.pi)))
+        cos, sin = float(np.cos(angle)), float(np.sin(angle))
+        u, v = (xs - cx) * cos + (ys - cy) * sin, -(xs - cx) * sin + (ys - cy) * cos
+        hard = torch.maximum(hard, ((u / a) ** 2 + (v / b) ** 2 <= 1).float())
+    return gaussian_blur(hard[None], uniform(recipe.feather)).clamp(0, 1)
+
+
+def self_blend(image: torch.Tensor, recipe: SelfBlendRecipe, generator: torch.Generator) -> torch.Tensor:
+    """A partial fake of a real ``(3, H, W)`` image: a re-processed copy blended back through :func:`blob_mask`.
+
+    The copy is down-up resampled (random factor and kernel), blurred and re-noised, so inside the
+    blobs the pixels carry a different interpolation grid, smoothness and noise than outside.
+    """
+    def uniform(bounds: tuple[float, float]) -> float:
+        return _uniform(float(torch.rand(1, generator=generator)), bounds)
+
+    height, width = image.shape[-2:]
+    modes = ("nearest", "bilinear", "bicubic")
+    mode = modes[int(torch.randint(0, len(modes), (1,), generator=generator))]
+    processed = resample(image, uniform(recipe.resample_scale), mode)
+    processed = gaussian_blur(processed, uniform(recipe.blur_sigma))
+    noise = uniform(recipe.noise_sigma) * torch.randn(image.shape, generator=generator, dtype=image.dtype)
+    processed = (processed + noise).clamp(0, 1)
+    if image.shape[0] == 3 and bool((image[0] == image[1]).all() and (image[1] == image[2]).all()):
+        processed = processed.mean(dim=0, keepdim=True).expand_as(image)  # a grey image stays grey
+    mask = blob_mask(height, width, recipe, generator).to(image.dtype)
+    return mask * processed + (1 - mask) * image
+
+
+SELF_BLEND = "self-blend"
+"""Generator, family and network name of the partial fakes :func:`with_self_blends` adds."""
+
+
+def with_self_blends(images: ImageSet, share: float, recipe: SelfBlendRecipe, seed: int) -> ImageSet:
+    """``images`` plus partial fakes (label 1) made by :func:`self_blend` from ``share`` x its reals.
+
+    Each partial fake is drawn once from ``(seed, its index)``, so every epoch sees the same one (a
+    detector's per-image caches stay valid) and two runs with one seed train on identical images.
+    Its manifest row is its real's, with label 1 and generator/family/network ``"self-blend"``; the
+    source is kept, so a partial fake never leaves its real's side of a split.
+    """
+    reals = [i for i, label in enumerate(images.labels) if label == 0]
+    count = int(round(share * len(reals)))
+    if count <= 0:
+        return images
+    chosen = sorted(int(i) for i in numpy_rng(seed, "self-blend", "sources").choice(reals, size=min(count, len(reals)),
+                                                                                    replace=False))
+    return SelfBlendedSet(images, chosen, recipe, seed)
+
+
+
+class SelfBlendedSet(ImageSet):
+    """An :class:`ImageSet` followed by self-blended partial fakes of some of its reals (see :func:`with_self_blends`).
+
+    ``blend_keys[i]`` is None for an image of the original set and the key of its draw for a partial
+    fake, so a :meth:`subset` keeps each image with its label.
+    """
+
+    def __init__(self, images: ImageSet, sources: list[int], recipe: SelfBlendRecipe, seed: int):
+        view = images.subset(list(range(len(images))) + list(sources))
+        self.__dict__.update(view.__dict__)
+        base = len(images)
+        self.recipe, self.seed = recipe, seed
+        self.blend_keys: list[int | None] = [None] * base + list(range(base, base + len(sources)))
+        self.rows = self.rows[:base] + [dataclasses.replace(row, label=1, generator=SELF_BLEND, family=SELF_BLEND,
+                                                            network=SELF_BLEND) for row in self.rows[base:]]
+        self.labels = self.labels.copy()
+        self.labels[base:] = 1
+
+    def image(self, index: int) -> torch.Tensor:
+        image = super().image(index)
+        key = self.blend_keys[index]
+        return image if key is None else self_blend(image, self.recipe, torch_generator(self.seed, "self-blend", key))
+
+    def subset(self, indices) -> "SelfBlendedSet":
+        idx = list(indices)
+        view = super().subset(idx)
+        view.__class__ = SelfBlendedSet
+        view.recipe, view.seed = self.recipe, self.seed
+        view.blend_keys = [self.blend_keys[i] for i in idx]
+        return view

@@ -27,7 +27,8 @@ from torchvision.transforms import v2
 from medforensics_core.backbones import ClipBackbone, load_clip
 from medforensics_core.contract import Batch, ReferenceBank, SupportsDistributed
 from medforensics_core.data.dataset import ImageSet
-from medforensics_core.engine.augment import TraceAugment, TraceRecipe, resize_shorter, train_geometry
+from medforensics_core.engine.augment import (SelfBlendRecipe, TraceAugment, TraceRecipe, resize_shorter,
+                                              train_geometry, with_self_blends)
 from medforensics_core.engine.context import FitContext
 from medforensics_core.errors import ConfigError, MfxError
 from medforensics_core.toolkit import check_backbone
@@ -268,9 +269,12 @@ class DSKIBase(Detector, SupportsDistributed):
         rest, holdout, how = training.tuning_split(self, train, val, ctx.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed)  # the random crops, flips and trace augmentation of train_transform
-            info = training.train_stage1(self, rest, holdout, ctx) if self.trainable_parameters() else {"losses": []}
+            stage1_set = with_self_blends(rest, self.config.self_blend_share, SelfBlendRecipe(), ctx.seed)
+            info = training.train_stage1(self, stage1_set, holdout, ctx) if self.trainable_parameters() \
+                else {"losses": []}
         self.prompts.clear_cache()
         self.train_info = {**info, "train_images": len(train), "tuning": how,
+                           "self_blended_fakes": len(stage1_set) - len(rest),
                            "tuning_images": len(holdout) if holdout is not None else 0,
                            "trainable_params": sum(p.numel() for p in self.trainable_parameters()),
                            "modalities": self.known_modalities}

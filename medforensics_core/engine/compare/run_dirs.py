@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,55 @@ def load_resume_options(run_dir: str | Path) -> tuple[CompareOptions, RunDir]:
         return CompareOptions.from_dict(options), folder
     except (TypeError, ValueError) as exc:
         raise MfxError(f"{folder.file(CONFIG_FILE)}: damaged options ({exc}); cannot resume from it") from None
+
+
+MERGE_MAY_DIFFER = frozenset({"seed", "seeds", "out", "command", "run_dir"})
+"""The options in which single-seed runs of one comparison may differ when :func:`merge_seed_runs` joins them."""
+
+
+def merge_seed_runs(run_paths: Sequence[str | Path], out: str | Path) -> RunDir:
+    """One multi-seed run directory under ``out`` made of single-seed runs of the same comparison.
+
+    Why: ``--seeds 0,1,2`` trains the seeds one after another in one process; on a cluster each seed is
+    better a job of its own (``--seed S``). Merging copies each run into ``seeds/<S>/`` of a new run
+    directory and writes a ``config.json`` with ``seeds``, exactly the layout ``--seeds`` makes, so
+    ``--resume`` then keeps every finished detector, trains what an interrupted job left, and writes the
+    mean +- sd report with seed-paired tests. Runs are merged only if every option but the seed (and
+    the output folder) and every detector's resolved config are the same: a changed default between two
+    jobs would otherwise be averaged as if it were seed noise. The source runs are left untouched.
+    """
+    if len(run_paths) < 2:
+        raise MfxError("--merge: give at least two run directories, one per seed")
+    loaded = [(load_resume_options(path), RunDir(path).read_json(CONFIG_FILE)) for path in run_paths]
+    (first, first_dir), first_config = loaded[0]
+    seeds = []
+    for (options, folder), config in loaded:
+        if len(options.seeds) > 1:
+            raise MfxError(f"{folder.path}: already a multi-seed run (seeds {options.seeds}); --merge joins "
+                           "single-seed runs")
+        differing = [f.name for f in dataclasses.fields(options)
+                     if f.name not in MERGE_MAY_DIFFER and getattr(options, f.name) != getattr(first, f.name)]
+        if differing:
+            raise MfxError(f"{folder.path}: not the same comparison as {first_dir.path} (differs in "
+                           f"{', '.join(differing)}); only the seed may differ")
+        if config.get("detectors") != first_config.get("detectors"):
+            raise MfxError(f"{folder.path}: its detectors' resolved configs differ from {first_dir.path}'s "
+                           "(another mfx version or --set?); runs with different configs are not seeds of one "
+                           "comparison")
+        seeds.append(options.seeds[0] if options.seeds else options.seed)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise MfxError(f"--merge: seed(s) {', '.join(map(str, repeated))} trained by more than one of the runs "
+                       "(merging them would count one training twice)")
+    target = new_run_dir(out, f"{first.label}-seeds")
+    for ((_, folder), _), seed in zip(loaded, seeds):
+        shutil.copytree(folder.path, target.path / "seeds" / str(seed),
+                        ignore=shutil.ignore_patterns(CONFIG_FILE, LOG_FILE))
+    default_seed = next(f.default for f in dataclasses.fields(CompareOptions) if f.name == "seed")
+    # ``seed`` of a multi-seed run only seeds the bootstrap: the value ``--seeds`` records without ``--seed``
+    options = dataclasses.replace(first, seeds=seeds, seed=default_seed, out=str(out), run_dir=None,
+                                  command=f"{first.command} [merged: seeds {','.join(map(str, seeds))}]")
+    target.write_json(CONFIG_FILE, {**first_config, "options": dataclasses.asdict(options), "seed": default_seed,
+                                    "merged_from": {str(seed): str(folder.path.resolve())
+                                                    for ((_, folder), _), seed in zip(loaded, seeds)}})
+    return target
