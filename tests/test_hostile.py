@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,25 @@ import hostile_files
 from medforensics_core.cli import cli
 from test_compare import build_small_dataset
 
-MFX = [sys.executable, "-c", "from medforensics_core.cli import main; main()"]
+# The child writes its own peak RSS (VmHWM of its post-exec address space) when it exits. The kernel's ru_maxrss
+# would not do: a forked child inherits the parent's high-water mark, so a pytest worker that had grown to 1.7 GB
+# in earlier tests made every command here look 1.7 GB big.
+_CHILD = """
+import atexit, os, resource
+if "MFX_TEST_MEMORY_CAP" in os.environ:
+    cap = int(os.environ["MFX_TEST_MEMORY_CAP"])
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+def _peak():
+    with open("/proc/self/status") as status:
+        kb = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["MFX_TEST_PEAK_FILE"], "w") as out:
+        out.write(kb)
+if "MFX_TEST_PEAK_FILE" in os.environ:
+    atexit.register(_peak)
+from medforensics_core.cli import main
+main()
+"""
+MFX = [sys.executable, "-c", _CHILD]
 MEMORY_CAP = 2 * 1024**3  # RLIMIT_DATA of every command: a decoded bomb (>= 1.7 GB) would hit it
 PEAK_RSS_BUDGET_MB = 1400  # interpreter + torch is about 660 MB here; no bomb may add its decoded size to it
 SECONDS_PER_FILE = 15  # time cap per file on a busy 2-core machine (plus a fixed start-up allowance)
@@ -35,29 +52,31 @@ START_UP_SECONDS = 90
 
 def run_capped(args: list[str], n_files: int, env: dict | None = None) -> tuple[int, str, float, float]:
     """(exit status, output, peak RSS in MB, seconds) of one ``mfx`` process under the memory and time caps."""
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_CAP, MEMORY_CAP))
+    import tempfile
 
     timeout = START_UP_SECONDS + SECONDS_PER_FILE * n_files
-    full_env = {**os.environ, "COLUMNS": "400", "MFX_LOCK_TIMEOUT": "60", **(env or {})}
-    start = time.perf_counter()
-    with open(os.devnull, "rb") as stdin, _Capture() as out:
-        proc = subprocess.Popen(MFX + args, stdin=stdin, stdout=out.handle, stderr=subprocess.STDOUT, env=full_env,
-                                preexec_fn=limit)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    assert seconds < timeout, f"mfx {' '.join(args)} ran past its time cap ({timeout} s)"
-    return proc.returncode, out.text, usage.ru_maxrss / 1024, seconds
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = Path(scratch) / "peak-kb"
+        full_env = {**os.environ, "COLUMNS": "400", "MFX_LOCK_TIMEOUT": "60", "MFX_TEST_MEMORY_CAP": str(MEMORY_CAP),
+                    "MFX_TEST_PEAK_FILE": str(peak_file), **(env or {})}
+        start = time.perf_counter()
+        with open(os.devnull, "rb") as stdin, _Capture() as out:
+            proc = subprocess.Popen(MFX + args, stdin=stdin, stdout=out.handle, stderr=subprocess.STDOUT,
+                                    env=full_env)
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                proc.wait()
+            finally:
+                timer.cancel()
+        seconds = time.perf_counter() - start
+        assert seconds < timeout, f"mfx {' '.join(args)} ran past its time cap ({timeout} s)"
+        assert peak_file.is_file(), f"mfx {' '.join(args)} died without exiting (no peak recorded):\n{out.text}"
+        return proc.returncode, out.text, int(peak_file.read_text()) / 1024, seconds
 
 
 class _Capture:
-    """A temporary file for a child's output (a pipe could fill up while we wait4 on the child)."""
+    """A temporary file for a child's output (a pipe could fill up while we wait for the child)."""
 
     def __enter__(self):
         import tempfile

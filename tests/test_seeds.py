@@ -156,6 +156,30 @@ def test_seeds_run_as_separate_jobs_merge_into_the_multi_seed_report(test_detect
     assert (jobs[0] / "results" / "freq.json").read_text() == kept  # the jobs' own folders are untouched
 
 
+def test_merge_finishes_a_job_that_was_interrupted(test_detectors, tmp_path):
+    """A seed's job killed mid-run: the merge keeps what it finished, trains the rest, and matches --seeds."""
+    from test_compare import build_small_dataset
+
+    data = build_small_dataset(tmp_path / "data")
+    args = ["compare", "freq", "test-interrupted", "--data", str(data), "--n-boot", "100"]
+    assert run_mfx(*args, "--seeds", "3,4", "--out", str(tmp_path / "together")).exit_code == 0
+    reference = json.loads((only_run_dir(tmp_path / "together") / "report.json").read_text())
+    assert run_mfx(*args, "--seed", "3", "--out", str(tmp_path / "job3")).exit_code == 0
+    killed = run_mfx(*args, "--seed", "4", "--out", str(tmp_path / "job4"), env={"MFX_TEST_INTERRUPT": "1"})
+    assert killed.exit_code == 130
+    job4 = only_run_dir(tmp_path / "job4")
+    assert (job4 / "results" / "freq.json").is_file() and not (job4 / "results" / "test-interrupted.json").exists()
+
+    merged = run_mfx("compare", "--merge", str(only_run_dir(tmp_path / "job3")), "--merge", str(job4),
+                     "--out", str(tmp_path / "merged"))
+    assert merged.exit_code == 0, merged.output
+    assert "test-interrupted: training (" in merged.output  # the one detector the killed job left
+    report = json.loads((only_run_dir(tmp_path / "merged") / "report.json").read_text())
+    for name in ("freq", "test-interrupted"):
+        assert report["detectors"][name]["overall"] == reference["detectors"][name]["overall"]
+    assert not (job4 / "results" / "test-interrupted.json").exists()  # the job's folder is left as it was
+
+
 def test_merge_refuses_runs_that_are_not_seeds_of_one_comparison(test_detectors, tmp_path):
     from test_compare import build_small_dataset
 
