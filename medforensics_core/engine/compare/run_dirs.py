@@ -109,29 +109,15 @@ def merge_seed_runs(run_paths: Sequence[str | Path], out: str | Path) -> RunDir:
     """
     if len(run_paths) < 2:
         raise MfxError("--merge: give at least two run directories, one per seed")
-    loaded = [(load_resume_options(path), RunDir(path).read_json(CONFIG_FILE)) for path in run_paths]
-    (first, first_dir), first_config = loaded[0]
-    seeds = []
-    for (options, folder), config in loaded:
-        if len(options.seeds) > 1:
-            raise MfxError(f"{folder.path}: already a multi-seed run (seeds {options.seeds}); --merge joins "
-                           "single-seed runs")
-        differing = [f.name for f in dataclasses.fields(options)
-                     if f.name not in MERGE_MAY_DIFFER and getattr(options, f.name) != getattr(first, f.name)]
-        if differing:
-            raise MfxError(f"{folder.path}: not the same comparison as {first_dir.path} (differs in "
-                           f"{', '.join(differing)}); only the seed may differ")
-        if config.get("detectors") != first_config.get("detectors"):
-            raise MfxError(f"{folder.path}: its detectors' resolved configs differ from {first_dir.path}'s "
-                           "(another mfx version or --set?); runs with different configs are not seeds of one "
-                           "comparison")
-        seeds.append(options.seeds[0] if options.seeds else options.seed)
+    loaded = [(*load_resume_options(path), RunDir(path).read_json(CONFIG_FILE)) for path in run_paths]
+    seeds = [_seed_of_mergeable(run, loaded[0]) for run in loaded]
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise MfxError(f"--merge: seed(s) {', '.join(map(str, repeated))} trained by more than one of the runs "
                        "(merging them would count one training twice)")
+    first, _, first_config = loaded[0]
     target = new_run_dir(out, f"{first.label}-seeds")
-    for ((_, folder), _), seed in zip(loaded, seeds):
+    for (_, folder, _), seed in zip(loaded, seeds):
         shutil.copytree(folder.path, target.path / "seeds" / str(seed),
                         ignore=shutil.ignore_patterns(CONFIG_FILE, LOG_FILE))
     default_seed = next(f.default for f in dataclasses.fields(CompareOptions) if f.name == "seed")
@@ -140,5 +126,24 @@ def merge_seed_runs(run_paths: Sequence[str | Path], out: str | Path) -> RunDir:
                                   command=f"{first.command} [merged: seeds {','.join(map(str, seeds))}]")
     target.write_json(CONFIG_FILE, {**first_config, "options": dataclasses.asdict(options), "seed": default_seed,
                                     "merged_from": {str(seed): str(folder.path.resolve())
-                                                    for ((_, folder), _), seed in zip(loaded, seeds)}})
+                                                    for (_, folder, _), seed in zip(loaded, seeds)}})
     return target
+
+
+def _seed_of_mergeable(run: tuple[CompareOptions, RunDir, dict[str, Any]],
+                       first: tuple[CompareOptions, RunDir, dict[str, Any]]) -> int:
+    """The seed of one run to merge, after checking it is the same comparison as ``first`` (one line if not)."""
+    (options, folder, config), (first_options, first_dir, first_config) = run, first
+    if len(options.seeds) > 1:
+        raise MfxError(f"{folder.path}: already a multi-seed run (seeds {options.seeds}); --merge joins "
+                       "single-seed runs")
+    differing = [f.name for f in dataclasses.fields(options)
+                 if f.name not in MERGE_MAY_DIFFER and getattr(options, f.name) != getattr(first_options, f.name)]
+    if differing:
+        raise MfxError(f"{folder.path}: not the same comparison as {first_dir.path} (differs in "
+                       f"{', '.join(differing)}); only the seed may differ")
+    if config.get("detectors") != first_config.get("detectors"):
+        raise MfxError(f"{folder.path}: its detectors' resolved configs differ from {first_dir.path}'s "
+                       "(another mfx version or --set?); runs with different configs are not seeds of one "
+                       "comparison")
+    return options.seeds[0] if options.seeds else options.seed
