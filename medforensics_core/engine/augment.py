@@ -297,30 +297,33 @@ class SelfBlendRecipe:
     """Gaussian noise added to the processed copy (a different noise texture), [0, 1] pixel units."""
 
 
-def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``(C, H, W)`` blurred with a Gaussian of ``sigma`` pixels (kernel +- 3 sigma, edges reflected)."""
-    size = 2 * max(1, int(round(3 * sigma))) + 1
-    return v2.functional.gaussian_blur(image, [size, size], [sigma, sigma])
+def _draw(generator: torch.Generator, bounds: tuple[float, float]) -> float:
+    """One uniform draw in ``bounds`` from ``generator``."""
+    return _uniform(float(torch.rand(1, generator=generator)), bounds)
+
+
+def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(C, H, W)`` through the registry's ``blur`` perturbation (the one TraceAugment and robustness tests use)."""
+    from ..plugins import get_registry
+
+    return get_registry().perturbation("blur")(sigma)(image, np.random.default_rng(0))  # deterministic; rng unused
 
 
 def blob_mask(height: int, width: int, recipe: SelfBlendRecipe, generator: torch.Generator) -> torch.Tensor:
     """A soft ``(1, H, W)`` mask in [0, 1]: the union of a few random rotated ellipses, edges blurred."""
-    def uniform(bounds: tuple[float, float]) -> float:
-        return _uniform(float(torch.rand(1, generator=generator)), bounds)
-
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
                             indexing="ij")
     side = float(min(height, width))
     count = recipe.blobs[0] + int(torch.randint(0, recipe.blobs[1] - recipe.blobs[0] + 1, (1,), generator=generator))
     hard = torch.zeros(height, width)
     for _ in range(count):
-        cy, cx = uniform((0.0, height - 1.0)), uniform((0.0, width - 1.0))
-        a, b = uniform(recipe.radius) * side, uniform(recipe.radius) * side
-        angle = uniform((0.0, float(np.pi)))
+        cy, cx = _draw(generator, (0.0, height - 1.0)), _draw(generator, (0.0, width - 1.0))
+        a, b = _draw(generator, recipe.radius) * side, _draw(generator, recipe.radius) * side
+        angle = _draw(generator, (0.0, float(np.pi)))
         cos, sin = float(np.cos(angle)), float(np.sin(angle))
         u, v = (xs - cx) * cos + (ys - cy) * sin, -(xs - cx) * sin + (ys - cy) * cos
         hard = torch.maximum(hard, ((u / a) ** 2 + (v / b) ** 2 <= 1).float())
-    return gaussian_blur(hard[None], uniform(recipe.feather)).clamp(0, 1)
+    return _blur(hard[None], _draw(generator, recipe.feather)).clamp(0, 1)
 
 
 def self_blend(image: torch.Tensor, recipe: SelfBlendRecipe, generator: torch.Generator) -> torch.Tensor:
@@ -329,15 +332,12 @@ def self_blend(image: torch.Tensor, recipe: SelfBlendRecipe, generator: torch.Ge
     The copy is down-up resampled (random factor and kernel), blurred and re-noised, so inside the
     blobs the pixels carry a different interpolation grid, smoothness and noise than outside.
     """
-    def uniform(bounds: tuple[float, float]) -> float:
-        return _uniform(float(torch.rand(1, generator=generator)), bounds)
-
     height, width = image.shape[-2:]
     modes = ("nearest", "bilinear", "bicubic")
     mode = modes[int(torch.randint(0, len(modes), (1,), generator=generator))]
-    processed = resample(image, uniform(recipe.resample_scale), mode)
-    processed = gaussian_blur(processed, uniform(recipe.blur_sigma))
-    noise = uniform(recipe.noise_sigma) * torch.randn(image.shape, generator=generator, dtype=image.dtype)
+    processed = resample(image, _draw(generator, recipe.resample_scale), mode)
+    processed = _blur(processed, _draw(generator, recipe.blur_sigma))
+    noise = _draw(generator, recipe.noise_sigma) * torch.randn(image.shape, generator=generator, dtype=image.dtype)
     processed = (processed + noise).clamp(0, 1)
     if image.shape[0] == 3 and bool((image[0] == image[1]).all() and (image[1] == image[2]).all()):
         processed = processed.mean(dim=0, keepdim=True).expand_as(image)  # a grey image stays grey
@@ -361,14 +361,13 @@ def with_self_blends(images: ImageSet, share: float, recipe: SelfBlendRecipe, se
     count = int(round(share * len(reals)))
     if count <= 0:
         return images
-    chosen = sorted(int(i) for i in numpy_rng(seed, "self-blend", "sources").choice(reals, size=min(count, len(reals)),
-                                                                                    replace=False))
+    drawn = numpy_rng(seed, "self-blend", "sources").choice(reals, size=min(count, len(reals)), replace=False)
+    chosen = sorted(int(i) for i in drawn)
     return SelfBlendedSet(images, chosen, recipe, seed)
 
 
-
 class SelfBlendedSet(ImageSet):
-    """An :class:`ImageSet` followed by self-blended partial fakes of some of its reals (see :func:`with_self_blends`).
+    """An :class:`ImageSet` followed by self-blended partial fakes of some of its reals (:func:`with_self_blends`).
 
     ``blend_keys[i]`` is None for an image of the original set and the key of its draw for a partial
     fake, so a :meth:`subset` keeps each image with its label.
@@ -388,7 +387,9 @@ class SelfBlendedSet(ImageSet):
     def image(self, index: int) -> torch.Tensor:
         image = super().image(index)
         key = self.blend_keys[index]
-        return image if key is None else self_blend(image, self.recipe, torch_generator(self.seed, "self-blend", key))
+        if key is None:
+            return image
+        return self_blend(image, self.recipe, torch_generator(self.seed, "self-blend", key))
 
     def subset(self, indices) -> "SelfBlendedSet":
         idx = list(indices)

@@ -92,9 +92,9 @@ class DSKIConfig:
       trace an inpainting or splicing generator leaves. Off (0) by default: on MedForensics-mini's
       held-out inpainting network it did not help (tiny preset, seed 0: held-out AUC 0.557 without,
       0.583 with 0.5, 0.548 with 1.0 -- within the seed-to-seed spread), and with 0.5 the held-out
-      ``sr-resizeconv`` fold fell from 0.944 to 0.910. The run always trains ``epochs`` epochs (ablations compare at
-      equal training); ``select_best_epoch`` keeps the weights of the epoch with the best stage-1 AUC
-      on the tuning hold-out (below). A ``--budget-minutes`` run may stop early: its train_info and
+      ``sr-resizeconv`` fold fell from 0.944 to 0.910. The run always trains ``epochs`` epochs
+      (ablations compare at equal training); ``select_best_epoch`` keeps the weights of the epoch with the
+      best stage-1 AUC on the tuning hold-out (below). A ``--budget-minutes`` run may stop early: its train_info and
       warnings say so, and its ablation rows are then not comparable.
 
     Tuning for generalisation

@@ -69,8 +69,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CONFIG_FILE", "LOG_FILE", "SCORE_COLUMNS", "CompareOptions", "DetectorSpec", "PerturbedImages", "RunPlan",
            "Session", "add_references", "check_checkpoint", "checkpoint_detector_name", "combine_folds",
-           "failed_result", "fit_context", "fold_report", "load_resume_options", "merge_seed_runs", "make_context", "obtain_detector",
-           "ok_rows", "open_manifest", "paired_tests", "parse_perturbations", "plan_run", "prepare_run_dir",
+           "failed_result", "fit_context", "fold_report", "load_resume_options", "merge_seed_runs", "make_context",
+           "obtain_detector", "ok_rows", "open_manifest", "paired_tests", "parse_perturbations", "plan_run",
+           "prepare_run_dir",
            "resolve_data", "resolved_config", "run_compare", "run_detector", "run_fold", "run_logging",
            "summarize_scores", "train_detector", "trainable_params", "write_scores"]
 
