@@ -76,12 +76,55 @@ def test_adapters_start_from_plain_clip():
     detector = dski(eval_views=1)
     images = torch.rand(3, 3, 80, 72)
     batch = torch.stack([detector.preprocess(im) for im in images])
-    assert batch.shape[1] == 3 + detector.noise_maps.channels  # colour + native-resolution noise statistics
+    assert batch.shape[1] == 3 + detector.cell_stats.packed_channels  # colour + packed per-cell noise statistics
     with torch.no_grad():
         plain = torch.nn.functional.normalize(detector.backbone.model.encode_image(batch[:, :3]), dim=-1)
         adapted = detector.embed(batch)
     assert detector.net.cdfa is not None and detector.net.cdfa.noise is not None
     torch.testing.assert_close(adapted, plain)
+
+
+def test_preprocess_packs_each_token_cells_mean_statistics():
+    """The packed channels hold, per view and token cell, the mean of the full-resolution statistics maps of
+    exactly that cell's pixels, and the descriptor is the image-mean statistics' (a real CT slice)."""
+    from pydicom.data import get_testdata_file
+
+    from medforensics_core.data.readers import read_image
+    from mfx_dski.model import descriptor
+
+    image = read_image(get_testdata_file("CT_small.dcm")).tensor
+    detector = dski(eval_views=2)
+    size, (gh, gw) = detector.backbone.image_size, detector.backbone.model.visual.grid_size
+    packed = detector.preprocess(image).reshape(4, -1, size, size)
+    maps = torch.cat([image, detector.noise_maps.image_maps(image)])
+    full = detector._test_geometry(maps).reshape(4, -1, size, size)[:, 3:]  # the four views' full maps
+    cells = detector.cell_stats.unpack(packed[:, 3:])
+    assert cells.shape == (4, gh * gw, detector.noise_maps.channels)
+    ph, pw = size // gh, size // gw
+    for view, row, col in ((0, 0, 0), (1, 1, gw - 2), (3, gh - 1, gw - 1)):
+        patch = full[view, :, row * ph:(row + 1) * ph, col * pw:(col + 1) * pw]
+        torch.testing.assert_close(cells[view, row * gw + col], patch.mean(dim=(1, 2)))
+    reference = detector.noise_maps.reference()
+    whole = torch.nn.functional.normalize(full.mean(dim=(2, 3)) - reference, dim=-1)
+    torch.testing.assert_close(descriptor(cells, reference), whole)
+    assert cells.std(dim=1).min() > 0  # the cells differ: a packing that repeated one cell would fail
+
+
+def test_cross_attend_equals_the_attention_module():
+    """CDFA's lean cross-attention gives the module's output and gradients, on the module's own weights."""
+    from mfx_dski.cdfa import cross_attend
+
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+    queries = torch.randn(3, 17, 16, requires_grad=True)
+    context = torch.randn(3, 16, 16)
+    lean = cross_attend(attention, queries, context)
+    module, _ = attention(queries, context, context, need_weights=False)
+    torch.testing.assert_close(lean, module)
+    lean_grad = torch.autograd.grad(lean.square().sum(), [queries, attention.in_proj_weight])
+    module_grad = torch.autograd.grad(module.square().sum(), [queries, attention.in_proj_weight])
+    for ours, theirs in zip(lean_grad, module_grad):
+        torch.testing.assert_close(ours, theirs)
 
 
 def test_gradients_reach_only_adapters_noise_branch_and_prompts():
@@ -372,7 +415,7 @@ def test_grid_views_see_an_edit_the_centre_crop_misses():
     assert (seen[0] - seen[1]).abs().max() > 1e-4
     with_maps = dski(eval_views=2)
     views = with_maps.preprocess(image)
-    assert views.shape[0] == 4 * (3 + with_maps.noise_maps.channels)
+    assert views.shape[0] == 4 * (3 + with_maps.cell_stats.packed_channels)
     embedding, desc = with_maps.encode(views[None])
     assert embedding.shape == (1, with_maps.backbone.embed_dim) and desc.shape == (1, with_maps.noise_maps.channels)
 
@@ -388,3 +431,39 @@ def test_self_blend_share_adds_partial_fakes_to_stage1_training_only(splits):
     assert len(blended.bank) == len(plain.bank) == len(train)  # MFRM references are real images only
     assert not torch.equal(blended.net.state_dict()["cdfa.adapters.0.up.weight"],
                            plain.net.state_dict()["cdfa.adapters.0.up.weight"])
+
+
+def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
+    """A hold-out stage 1 cannot tell from the reals (here: real images relabelled as a fake 'generator')
+    chooses neither the epoch nor the fusion: the last epoch and the default fusion are kept, and
+    train_info says why. With ``holdout_significance=0`` the same hold-out picks its best epoch."""
+    import dataclasses
+
+    from medforensics_core.data.manifest import Manifest
+    from mfx_dski.training import chance_auc, holdout_split
+
+    manifest = read_manifest(Path(quick_benchmark_v1) / "manifest.csv").split("train")
+    rows = [r for r in manifest.rows if r.generator in splits["seen"]][::3]
+    decoys = [dataclasses.replace(r, label=1, generator="relabelled-real", network="relabelled-real")
+              for r in rows if r.label == 0][::2]
+    train = ImageSet(Manifest(rows + decoys, manifest.root))
+    seed = next(s for s in range(20) if holdout_split(train, "generator", s)[2] == "relabelled-real")
+    fitted = {}
+    for significance in (0.05, 0.0):
+        detector = dski(tune_holdout="generator", holdout_significance=significance)
+        fitted[significance] = detector.fit(train, None, FitContext(seed=seed, epochs=4))
+    info = fitted[0.05].train_info
+    assert info["tuning"] == "held-out generator 'relabelled-real' of the training data"
+    assert max(info["holdout_stage1_auc"]) <= info["holdout_chance_auc"] and not info["holdout_informative"]
+    assert info["best_epoch"] == info["epochs_trained"] == 4
+    defaults = fitted[0.05].config
+    assert info["holdout"]["tuned"] is False
+    assert info["holdout"]["fusion"] == {"alpha": defaults.mfrm_alpha, "beta": defaults.mfrm_beta,
+                                         "descriptor_weight": defaults.descriptor_weight}
+    trusted = fitted[0.0].train_info
+    assert trusted["holdout_informative"] and trusted["holdout_chance_auc"] == float("-inf")
+    assert trusted["best_epoch"] == 1 + int(np.argmax(trusted["holdout_stage1_auc"]))
+    assert "tuned" not in trusted["holdout"]
+    # the threshold: 100 fakes and 100 reals, best of 10 epochs at the 5 % level -> 0.5 + 2.576 x 0.0409
+    assert chance_auc(np.repeat([0, 1], 100), 10, 0.05) == pytest.approx(0.6054, abs=1e-3)
+

@@ -112,6 +112,14 @@ def tune(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str
                                                                           detector.fusion)}
 
 
+def untuned(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str, Any]:
+    """The default fusion kept (a hold-out at chance cannot choose one); its stage-wise AUCs on the hold-out."""
+    neighbours = _neighbours(holdout, support, detector.fusion.descriptor_weight, detector.config.top_k,
+                             detector.config.same_modality)
+    return {"fusion": dataclasses.asdict(detector.fusion), "tuned": False,
+            **stage_aucs(holdout.labels, holdout.stage1, neighbours, detector.fusion)}
+
+
 def stage_aucs(labels: np.ndarray, stage1: np.ndarray, neighbours: mfrm.Neighbours,
                fusion: mfrm.Fusion) -> dict[str, float | None]:
     """AUC of stage 1 alone, of the retrieval evidence alone (``F - R``), and of the fused score."""

@@ -33,16 +33,16 @@ def evenly_spaced_blocks(num_blocks: int, count: int) -> tuple[int, ...]:
 
 
 class NoiseTokens(nn.Module):
-    """Per-patch noise statistics as tokens on the ViT's patch grid, shared by every adapter.
+    """Per-cell noise statistics as tokens on the ViT's patch grid, shared by every adapter.
 
     The statistics maps (computed by the preprocessing at native resolution,
-    ``in_channels`` of them) are average-pooled onto the token grid, so one noise
-    token summarises exactly the pixels of one image token, and embedded by a
-    two-layer MLP: a nonlinear function of the statistics, not one more linear
-    view of the pixels. The pooling runs in float32 whatever autocast says (tiny
-    residual statistics do not survive half precision). During training the whole
-    branch is dropped for an image with probability ``dropout``: :meth:`forward`
-    also returns a per-image keep mask that the adapters apply to what they attend.
+    ``in_channels`` of them) arrive averaged over each cell of the token grid
+    (:class:`~mfx_dski.model.CellStats`), so one noise token summarises exactly
+    the pixels of one image token, and are embedded by a two-layer MLP: a
+    nonlinear function of the statistics, not one more linear view of the pixels.
+    During training the whole branch is dropped for an image with probability
+    ``dropout``: :meth:`forward` also returns a per-image keep mask that the
+    adapters apply to what they attend.
     """
 
     def __init__(self, in_channels: int, grid: tuple[int, int], dim: int, dropout: float = 0.0):
@@ -54,29 +54,13 @@ class NoiseTokens(nn.Module):
         self.position = nn.Parameter(torch.randn(grid[0] * grid[1], dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``stats`` ``(N, C, H, W)`` -> noise tokens ``(N, grid cells, dim)`` and a keep mask ``(N, 1, 1)`` or None."""
-        with torch.autocast(stats.device.type, enabled=False):
-            pooled = patch_means(stats.float(), self.grid)
-        tokens = self.norm(self.embed(pooled) + self.position)
+    def forward(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``cells`` ``(N, grid cells, C)`` -> noise tokens ``(N, grid cells, dim)`` and a keep mask ``(N, 1, 1)`` or None."""
+        tokens = self.norm(self.embed(cells.float()) + self.position)
         keep = None
         if self.training and self.dropout > 0:
-            keep = (torch.rand(len(stats), 1, 1, device=stats.device) >= self.dropout).to(tokens.dtype)
+            keep = (torch.rand(len(cells), 1, 1, device=cells.device) >= self.dropout).to(tokens.dtype)
         return tokens, keep
-
-
-def patch_means(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Mean of ``maps`` ``(N, C, H, W)`` over each cell of a ``grid``: ``(N, cells, C)``.
-
-    A reshape-and-mean when the grid divides the map (always, for a ViT input), which is several
-    times faster than ``adaptive_avg_pool2d`` on a channel slice; adaptive pooling otherwise.
-    """
-    n, c, h, w = maps.shape
-    gh, gw = grid
-    if h % gh or w % gw:
-        return F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2)
-    cells = maps.reshape(n, c, gh, h // gh, gw, w // gw).mean(dim=(3, 5))
-    return cells.flatten(2).transpose(1, 2)
 
 
 class CDFAAdapter(nn.Module):
@@ -105,11 +89,29 @@ class CDFAAdapter(nn.Module):
                 keep: torch.Tensor | None = None) -> torch.Tensor:
         hidden = F.gelu(self.down(tokens))
         if self.cross is not None and noise is not None:
-            attended, _ = self.cross(hidden, noise.to(hidden.dtype), noise.to(hidden.dtype), need_weights=False)
+            attended = cross_attend(self.cross, hidden, noise.to(hidden.dtype))
             if keep is not None:
                 attended = attended * keep.to(attended.dtype)
             hidden = hidden + torch.tanh(self.gate) * attended
         return self.scale * self.up(hidden)
+
+
+def cross_attend(attention: nn.MultiheadAttention, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """``attention(queries, context, context)`` (batch first, no dropout) on its own weights, without the module's
+    generic path: one projection for the queries, one for keys and values together, then
+    ``scaled_dot_product_attention``. Equal to the module's output (a test checks), ~25 % faster on small inputs,
+    where the module's argument checks and reshapes cost more than the arithmetic; the module stays, so the
+    parameters (and checkpoints) are the same."""
+    width, heads = queries.shape[-1], attention.num_heads
+    w_q, w_kv = attention.in_proj_weight.split([width, 2 * width])
+    b_q, b_kv = attention.in_proj_bias.split([width, 2 * width])
+    keys, values = F.linear(context, w_kv, b_kv).chunk(2, dim=-1)
+
+    def by_head(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (heads, width // heads)).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(by_head(F.linear(queries, w_q, b_q)), by_head(keys), by_head(values))
+    return attention.out_proj(out.transpose(1, 2).flatten(2))
 
 
 class CDFA(nn.Module):
@@ -151,7 +153,8 @@ def adapted_image_features(visual: Any, images: torch.Tensor, cdfa: CDFA | None,
                            stats: torch.Tensor | None = None) -> torch.Tensor:
     """open_clip's ``visual(images)`` with the CDFA adapters added in their blocks.
 
-    ``stats`` are the images' noise-statistics maps for the noise branch (needed only when it exists).
+    ``stats`` are the images' per-cell noise statistics ``(N, cells, C)`` for the noise branch (needed only when
+    it exists).
     Returns the unnormalised image features.
     """
     tokens = visual._embeds(images)

@@ -40,7 +40,7 @@ from . import bank as mfrm_bank
 from . import mfrm, training
 from .cdfa import CDFA, evenly_spaced_blocks
 from .config import PRESETS, DSKIConfig
-from .model import (DSKIModules, GridViews, NoiseMaps, check_extractors, descriptor, mean_over_views,
+from .model import (CellStats, DSKIModules, GridViews, NoiseMaps, check_extractors, descriptor, mean_over_views,
                     noise_channel_count, reset_parameters, split_channels)
 from .prompts import PromptContext, PromptEncoder
 
@@ -65,6 +65,7 @@ class DSKIBase(Detector, SupportsDistributed):
         self.backbone: ClipBackbone = load_clip(cfg.clip_model, cfg.pretrained, device="cpu",
                                                 seed=cfg.backbone_seed)
         self.noise_maps = self._build_noise_maps()
+        self.cell_stats = self._build_cell_stats()
         self.net = DSKIModules(self._build_cdfa(), self._build_context())
         reset_parameters(self.net, cfg.backbone_seed)
         self.net.eval()  # training mode (noise-branch dropout) only inside the stage-1 loop
@@ -96,6 +97,16 @@ class DSKIBase(Detector, SupportsDistributed):
         registry = get_registry()
         return NoiseMaps({name: registry.noise_extractor(name)() for name in self.config.noise_extractors},
                          cache_mb=self.config.noise_cache_mb)
+
+    def _build_cell_stats(self) -> CellStats | None:
+        if self.noise_maps is None:
+            return None
+        grid = getattr(self.backbone.model.visual, "grid_size", None) or (1, 1)  # a tower without a patch grid
+        return CellStats(self.noise_maps.channels, grid, self.backbone.image_size)
+
+    def _stat_channels(self) -> int:
+        """Channels per view that carry the packed per-cell statistics (0 without noise maps)."""
+        return self.cell_stats.packed_channels if self.cell_stats is not None else 0
 
     def _build_cdfa(self) -> CDFA | None:
         cfg = self.config
@@ -137,8 +148,9 @@ class DSKIBase(Detector, SupportsDistributed):
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Noise statistics at native resolution, then centre crop (``crop``) or resize, CLIP normalisation.
 
-        Returns ``3 + C`` channels: the CLIP input, then the ``C`` noise-statistics maps (none when neither
-        the noise branch nor the retrieval descriptor is used).
+        Returns ``V (3 + P)`` channels: per view, the CLIP input, then the ``C`` noise statistics averaged over
+        each cell of the token grid and packed into ``P`` channels (:class:`CellStats`; none when neither the noise
+        branch nor the retrieval descriptor is used).
         """
         return self._prepare(image, self._test_geometry)
 
@@ -153,7 +165,9 @@ class DSKIBase(Detector, SupportsDistributed):
         packed = geometry(self._fit_size(packed))
         views = packed.reshape(-1, 3 + noise_channel_count(self.noise_maps), *packed.shape[-2:])
         colour = (views[:, :3] - self._mean) / self._std
-        return torch.cat([colour, views[:, 3:]], dim=1).flatten(0, 1)
+        if self.cell_stats is None:
+            return colour.flatten(0, 1)
+        return torch.cat([colour, self.cell_stats.pack(views[:, 3:])], dim=1).flatten(0, 1)
 
     def _fit_size(self, image: torch.Tensor) -> torch.Tensor:
         size = self.backbone.image_size
@@ -164,22 +178,26 @@ class DSKIBase(Detector, SupportsDistributed):
         return self._upscale(image) if min(image.shape[-2:]) < size else image
 
     # ------------------------------------------------------------------ forward
-    def encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Adapted, L2-normalised image embeddings ``(N, d)`` and retrieval descriptors ``(N, C)`` (or ``None``)."""
+    def encode(self, batch: torch.Tensor, with_descriptor: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Adapted, L2-normalised image embeddings ``(N, d)`` and retrieval descriptors ``(N, C)`` (or ``None``).
+
+        ``with_descriptor=False`` skips the descriptor (``None``): training and :meth:`embed` never use it.
+        """
         from .cdfa import adapted_image_features
 
-        images, stats, views = split_channels(batch.to(self.device), noise_channel_count(self.noise_maps))
+        images, packed, views = split_channels(batch.to(self.device), self._stat_channels())
+        stats = self.cell_stats.unpack(packed) if packed is not None else None
         noise_stats = stats if self.net.cdfa is not None and self.net.cdfa.noise is not None else None
         features = adapted_image_features(self.backbone.model.visual, images, self.net.cdfa, noise_stats)
         features = mean_over_views(F.normalize(features.float(), dim=-1), views)
         desc = None
-        if self.uses_descriptor() and stats is not None:
+        if with_descriptor and self.uses_descriptor() and stats is not None:
             desc = descriptor(mean_over_views(stats, views), self.noise_maps.reference())
         return F.normalize(features, dim=-1), desc
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
-        """Adapted, L2-normalised image embeddings ``(N, d)`` of a preprocessed batch."""
-        return self.encode(batch)[0]
+        """Adapted, L2-normalised image embeddings ``(N, d)`` of a preprocessed batch (no retrieval descriptor)."""
+        return self.encode(batch, with_descriptor=False)[0]
 
     def uses_descriptor(self) -> bool:
         return bool(self.config.use_mfrm and self.config.use_descriptor and self.noise_maps is not None)
@@ -289,14 +307,17 @@ class DSKIBase(Detector, SupportsDistributed):
         return mfrm.auc_or_none(embedded.labels, embedded.stage1)
 
     def _build_and_tune_bank(self, rest: ImageSet, holdout: ImageSet | None, ctx: FitContext) -> None:
-        """Tune the fusion on the hold-out against a bank of the rest, then bank every training image."""
+        """Tune the fusion on the hold-out against a bank of the rest (unless the hold-out is at chance: then the
+        default fusion stays), then bank every training image."""
         chosen = mfrm.support_indices(rest.rows, self.config.bank_shots, ctx.rng(offset=101))
         support_set = rest.subset(chosen)
         support = mfrm_bank.embed_imageset(self, support_set, ctx)
         parts, rows = [support], [mfrm_bank.row_meta(r) for r in support_set.rows]
         if holdout is not None and len(support.labels):
             held = mfrm_bank.embed_imageset(self, holdout, ctx)
-            self.train_info["holdout"] = mfrm_bank.tune(self, held, support)
+            informative = self.train_info.get("holdout_informative", True)
+            self.train_info["holdout"] = mfrm_bank.tune(self, held, support) if informative \
+                else mfrm_bank.untuned(self, held, support)
             parts.append(held)
             rows += [mfrm_bank.row_meta(r) for r in holdout.rows]
         mfrm_bank.build(self, mfrm_bank.concat(parts), rows)

@@ -163,17 +163,60 @@ def pixel_digest(image: torch.Tensor) -> bytes:
     return digest.digest()
 
 
-def descriptor(stats: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """The retrieval descriptor ``(N, C)``: mean statistics minus white noise's, L2-normalised."""
-    centred = stats.float().mean(dim=(2, 3)) - reference.to(stats.device)
+def descriptor(cells: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The retrieval descriptor ``(N, C)`` of per-cell statistics ``(N, cells, C)``: their mean (the image's mean
+    statistics, the cells being equal) minus white noise's, L2-normalised."""
+    centred = cells.float().mean(dim=1) - reference.to(cells.device)
     return F.normalize(centred, dim=-1)
 
 
+def patch_means(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Mean of ``maps`` ``(N, C, H, W)`` over each cell of a ``grid``: ``(N, cells, C)``, cells row-major.
+
+    Average pooling with the cell as kernel when the grid divides the map (always, for a ViT input);
+    adaptive pooling (nearly equal cells) otherwise.
+    """
+    h, w = maps.shape[-2:]
+    gh, gw = grid
+    pooled = F.avg_pool2d(maps, (h // gh, w // gw)) if not (h % gh or w % gw) else F.adaptive_avg_pool2d(maps, grid)
+    return pooled.flatten(2).transpose(1, 2)
+
+
+class CellStats:
+    """Noise statistics pooled onto the ViT's token grid in preprocessing, packed into a few image channels.
+
+    Why: the noise branch needs one mean per statistic and token cell, and the descriptor their
+    mean; nothing downstream looks at single pixels. Pooling each image once in the data loader
+    (after crop and flip, so cells match the tokens the backbone sees) and packing the
+    ``cells x C`` numbers into ``ceil(cells C / size^2)`` channels of the batch (one, for the
+    presets) makes the batch ~5x smaller than ``3 + C`` full maps, and takes a memory-bound
+    pooling over ``C`` full-resolution maps out of the model's forward pass.
+    """
+
+    def __init__(self, channels: int, grid: tuple[int, int], size: int):
+        self.channels = channels
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.size = size
+        self.cells = self.grid[0] * self.grid[1]
+        self.packed_channels = -(-self.cells * channels // (size * size))
+
+    def pack(self, maps: torch.Tensor) -> torch.Tensor:
+        """``(V, C, size, size)`` full maps -> ``(V, packed_channels, size, size)`` float32."""
+        cells = patch_means(maps.float(), self.grid).flatten(1)
+        room = self.packed_channels * self.size * self.size
+        return F.pad(cells, (0, room - cells.shape[1])).reshape(len(maps), self.packed_channels, self.size, self.size)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """``(N, packed_channels, size, size)`` -> per-cell statistics ``(N, cells, C)``."""
+        return packed.flatten(1)[:, :self.cells * self.channels].reshape(len(packed), self.cells, self.channels)
+
+
 def split_channels(batch: torch.Tensor, noise_channels: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """A preprocessed batch -> (CLIP input ``(N V, 3, S, S)``, noise statistics ``(N V, C, S, S)`` or None, V).
+    """A preprocessed batch -> (CLIP input ``(N V, 3, S, S)``, packed statistics ``(N V, P, S, S)`` or None, V).
 
     A test-time batch may carry ``V`` views (crops) of each image stacked along the channels
-    (``V (3 + C)`` channels, see :class:`GridViews`); they come back as ``N V`` single views, image-major.
+    (``V (3 + P)`` channels, see :class:`GridViews`); they come back as ``N V`` single views, image-major.
+    ``noise_channels`` is ``P``, the packed channels of :class:`CellStats` (0 without statistics).
     """
     per_view = 3 + noise_channels
     if batch.shape[1] % per_view:
@@ -221,6 +264,7 @@ def mean_over_views(values: torch.Tensor, views: int) -> torch.Tensor:
 
 
 def noise_channel_count(maps: NoiseMaps | None) -> int:
+    """``C``, the statistics per pixel (and the descriptor's length); 0 without noise maps."""
     return maps.channels if maps is not None else 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -132,11 +133,33 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
     finally:
         detector.net.eval()
         detector.prompts.clear_cache()
-    if best_state is not None:
+    aucs = [a for a in info["holdout_stage1_auc"] if a is not None]
+    if tune is not None and aucs:
+        info["holdout_chance_auc"] = chance_auc(tune.labels, len(aucs), cfg.holdout_significance)
+        info["holdout_informative"] = max(aucs) > info["holdout_chance_auc"]
+    if best_state is not None and info.get("holdout_informative", True):
         detector.net.load_state_dict(best_state)
         detector.prompts.clear_cache()
+    elif best_state is not None:
+        log.info("DSKI: the tuning hold-out is at chance (best stage-1 AUC %.3f <= %.3f); keeping the last epoch",
+                 max(aucs), info["holdout_chance_auc"])
+        info["best_epoch"] = len(info["losses"])
     info["epochs_trained"] = len(info["losses"])
     return info
+
+
+def chance_auc(labels: np.ndarray, comparisons: int, significance: float) -> float:
+    """The AUC a hold-out must beat to be told from chance: the one-sided ``significance`` quantile of an AUC of
+    random scores (normal approximation, variance ``(n1 + n0 + 1) / (12 n1 n0)``), Bonferroni over
+    ``comparisons`` (the best of several epochs is the largest of several draws). ``significance`` 0: -inf
+    (every hold-out is trusted)."""
+    if significance <= 0:
+        return float("-inf")
+    labels = np.asarray(labels)
+    fakes, reals = int((labels == 1).sum()), int((labels == 0).sum())
+    spread = np.sqrt((fakes + reals + 1) / (12.0 * fakes * reals))
+    z = NormalDist().inv_cdf(1.0 - significance / max(1, comparisons))
+    return float(0.5 + z * spread)
 
 
 def _train_epoch(detector: "DSKIBase", loader, optimizer, ctx: FitContext, epoch: int) -> float:
