@@ -20,6 +20,7 @@ from medforensics_core.engine.context import FitContext
 from medforensics_core.engine.distributed import gather_tensor_rows
 
 from . import mfrm
+from .training import chance_auc
 
 if TYPE_CHECKING:
     from .detector import DSKIBase
@@ -106,6 +107,11 @@ def tune(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str
     best = mfrm.tune_fusion(holdout.stage1, holdout.labels, neighbours, cfg.alpha_grid, cfg.beta_grid, default)
     if best is None:
         return {}
+    # judged by the fused AUC itself: retrieval may rank a hold-out that stage 1 cannot (then tuning is informed)
+    candidates = 1 + len(neighbours) * len(cfg.alpha_grid) * len(cfg.beta_grid)
+    chance = chance_auc(holdout.labels, candidates, cfg.holdout_significance)
+    if best[1] <= chance:
+        return {**untuned(detector, holdout, support), "chance_auc": chance}
     detector.fusion = best[0]
     chosen = neighbours[detector.fusion.descriptor_weight]
     return {"fusion": dataclasses.asdict(detector.fusion), **stage_aucs(holdout.labels, holdout.stage1, chosen,
@@ -113,7 +119,8 @@ def tune(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str
 
 
 def untuned(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str, Any]:
-    """The default fusion kept (a hold-out at chance cannot choose one); its stage-wise AUCs on the hold-out."""
+    """The default fusion kept (no candidate beats chance on the hold-out, so it cannot choose one); its stage-wise
+    AUCs on the hold-out."""
     neighbours = _neighbours(holdout, support, detector.fusion.descriptor_weight, detector.config.top_k,
                              detector.config.same_modality)
     return {"fusion": dataclasses.asdict(detector.fusion), "tuned": False,

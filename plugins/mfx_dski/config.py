@@ -111,8 +111,10 @@ class DSKIConfig:
       over the epochs is not above chance at this level (one-sided, normal approximation of an AUC's
       null spread for its class counts, Bonferroni over the epochs compared), the held-out network is
       one stage 1 cannot detect yet, and choosing an epoch or a fusion by its noise is a coin toss that
-      varies with the seed: the last epoch and the default fusion are kept instead (``train_info``
-      says so: ``holdout_informative``). Measured before this rule: a seed whose hold-out was the
+      varies with the seed: the last epoch is kept instead (``train_info`` says so:
+      ``holdout_informative``). The fusion is judged the same way by its own best hold-out AUC
+      (Bonferroni over the grid): retrieval often ranks a network stage 1 cannot, and then it is tuned;
+      otherwise the default fusion stays (``holdout.tuned: false``). Measured before this rule: a seed whose hold-out was the
       undetectable inpainting network (hold-out AUC 0.58-0.63) kept epoch 7 of 20 and fell to 0.85 on
       the held-out resize-conv network, against 0.93-0.96 for seeds tuned on a detectable network.
       ``0`` trusts every hold-out (the rule off).

@@ -307,17 +307,15 @@ class DSKIBase(Detector, SupportsDistributed):
         return mfrm.auc_or_none(embedded.labels, embedded.stage1)
 
     def _build_and_tune_bank(self, rest: ImageSet, holdout: ImageSet | None, ctx: FitContext) -> None:
-        """Tune the fusion on the hold-out against a bank of the rest (unless the hold-out is at chance: then the
-        default fusion stays), then bank every training image."""
+        """Tune the fusion on the hold-out against a bank of the rest (unless no fusion beats chance there: then the
+        default stays), then bank every training image."""
         chosen = mfrm.support_indices(rest.rows, self.config.bank_shots, ctx.rng(offset=101))
         support_set = rest.subset(chosen)
         support = mfrm_bank.embed_imageset(self, support_set, ctx)
         parts, rows = [support], [mfrm_bank.row_meta(r) for r in support_set.rows]
         if holdout is not None and len(support.labels):
             held = mfrm_bank.embed_imageset(self, holdout, ctx)
-            informative = self.train_info.get("holdout_informative", True)
-            self.train_info["holdout"] = mfrm_bank.tune(self, held, support) if informative \
-                else mfrm_bank.untuned(self, held, support)
+            self.train_info["holdout"] = mfrm_bank.tune(self, held, support)
             parts.append(held)
             rows += [mfrm_bank.row_meta(r) for r in holdout.rows]
         mfrm_bank.build(self, mfrm_bank.concat(parts), rows)
