@@ -168,6 +168,8 @@ def test_save_load_gives_identical_scores(splits, trained):
     np.testing.assert_array_equal(score(detector, test), score(loaded, test))
     assert len(loaded.bank) == len(detector.bank)
     assert loaded.known_modalities == detector.known_modalities
+    assert loaded.fusion == detector.fusion and loaded.inconsistency_reference == detector.inconsistency_reference
+    assert set(detector.inconsistency_reference.centre) == {"*", *detector.known_modalities}
 
 
 @pytest.mark.parametrize("held_out", HELD_OUT)
@@ -347,8 +349,13 @@ def test_tuning_holds_a_training_generator_out_and_reports_stage_aucs(splits, tr
     assert info["epochs_trained"] == info["epochs_planned"] == detector.config.epochs
     assert {"stage1_auc", "retrieval_auc", "fused_auc", "fusion"} <= set(info["holdout"])
     assert info["holdout"]["fusion"]["descriptor_weight"] in detector.config.descriptor_grid
+    weight = info["holdout"]["fusion"]["inconsistency_weight"]
+    assert weight in (0.0, *detector.config.inconsistency_grid) and detector.fusion.inconsistency_weight == weight
+    assert info["holdout"]["fused_auc"] >= info["holdout"]["fused_without_inconsistency_auc"] - \
+        detector.config.inconsistency_tolerance - 1e-9
     aucs = stage_aucs(detector, splits["test"], FitContext(seed=0), 64)
-    assert set(aucs) == {"stage1_auc", "retrieval_auc", "fused_auc"}
+    assert set(aucs) == {"stage1_auc", "retrieval_auc", "fused_auc", "inconsistency_auc",
+                         "fused_without_inconsistency_auc"}
     assert all(0.0 <= v <= 1.0 for v in aucs.values())
     fused = auc(splits["test"].labels, score(detector, splits["test"]))
     assert aucs["fused_auc"] == pytest.approx(fused, abs=1e-6)
@@ -460,7 +467,8 @@ def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
     assert info["holdout"]["tuned"] is False  # no fusion beats chance either (the decoys' copies are in the bank)
     assert info["holdout"]["fused_auc"] <= info["holdout"]["chance_auc"]
     assert info["holdout"]["fusion"] == {"alpha": defaults.mfrm_alpha, "beta": defaults.mfrm_beta,
-                                         "descriptor_weight": defaults.descriptor_weight}
+                                         "descriptor_weight": defaults.descriptor_weight,
+                                         "inconsistency_weight": defaults.inconsistency_weight}
     trusted = fitted[0.0].train_info
     assert trusted["holdout_informative"] and trusted["holdout_chance_auc"] == float("-inf")
     assert trusted["best_epoch"] == 1 + int(np.argmax(trusted["holdout_stage1_auc"]))
@@ -468,3 +476,84 @@ def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
     # the threshold: 100 fakes and 100 reals, best of 10 epochs at the 5 % level -> 0.5 + 2.576 x 0.0409
     assert chance_auc(np.repeat([0, 1], 100), 10, 0.05) == pytest.approx(0.6054, abs=1e-3)
 
+
+
+def _smoothed_disk(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``image`` with a feathered disk (diameter 0.4 of the side) re-rendered smoother: a partial edit."""
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = image.shape[-2:]
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    inside = (((rows - 0.4 * h) ** 2 + (cols - 0.55 * w) ** 2).sqrt() < 0.2 * min(h, w)).float()
+    mask = TF.gaussian_blur(inside[None], 9, 3.0)
+    return mask * TF.gaussian_blur(image, 5, sigma) + (1 - mask) * image
+
+
+def test_local_inconsistency_scores_a_partial_edit_of_real_scans(quick_benchmark):
+    """The raw score (no training involved) rises when one region of a real scan is re-rendered smoother than
+    the rest, and the generated inpainting fakes of the benchmark score above its reals once standardised
+    against the training reals of their modality."""
+    from medforensics_core.data.readers import read_image
+    from mfx_dski import bank
+    from mfx_dski.inconsistency import RealReference
+
+    detector = dski()
+    manifest = read_manifest(Path(quick_benchmark) / "manifest.csv")
+    reals = [r for r in manifest.split("test").rows if r.label == 0][:40]
+    images = [read_image(Path(quick_benchmark) / r.path).tensor.float() for r in reals]
+
+    def raw(batch):
+        return detector.encode_all(torch.stack([detector.preprocess(x) for x in batch])).inconsistency.numpy()
+
+    original, edited = raw(images), raw([_smoothed_disk(x, 1.0) for x in images])
+    # measured on this build: edited above original for 85 % of the scans, AUC 0.86
+    assert (edited > original).mean() >= 0.75
+    assert auc(np.r_[np.zeros(len(original)), np.ones(len(edited))], np.r_[original, edited]) >= 0.75
+    train = bank.embed_imageset(detector, ImageSet(manifest.split("train")))
+    reference = RealReference.fit(train.inconsistency, train.labels, train.modalities)
+    test = bank.embed_imageset(detector, ImageSet(manifest.split("test").where(generator=("real", "ldm-f8-inpaint"))))
+    z = reference.standardise(test.inconsistency, test.modalities)
+    assert auc(test.labels, z) > 0.55  # measured 0.65
+    assert np.all(np.abs(z) <= 5.0)
+
+
+def test_real_reference_standardises_per_modality_and_pools_for_an_unknown_one():
+    from mfx_dski.inconsistency import RealReference
+
+    raw = np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 99.0])
+    labels = np.array([0, 0, 0, 0, 0, 0, 1])  # the fake never enters the reference
+    modalities = ["ct", "ct", "ct", "mri", "mri", "mri", "ct"]
+    reference = RealReference.fit(raw, labels, modalities)
+    assert reference.centre == {"*": 6.5, "ct": 2.0, "mri": 20.0}
+    assert reference.scale["ct"] == pytest.approx(1.4826) and reference.scale["mri"] == pytest.approx(14.826)
+    assert reference.scale["*"] == pytest.approx(5.0 * 1.4826)
+    z = reference.standardise(np.array([3.0, 30.0, 14.0, 1e6]), ["ct", "mri", "xray", "ct"])
+    np.testing.assert_allclose(z, [1 / 1.4826, 10 / 14.826, 7.5 / (5.0 * 1.4826), 5.0])
+    assert RealReference.from_state(reference.state()) == reference
+    assert RealReference.fit(raw[:1], labels[:1], modalities[:1]) is None
+
+
+def test_inconsistency_weight_is_the_largest_the_holdout_tolerates():
+    """The hold-out (a whole-image generator) sets how much of the local score the fusion can add: the largest
+    weight of the grid whose fused AUC stays within the tolerance of the fusion without it."""
+    from mfx_dski import bank, mfrm
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 50)
+    stage1 = 1 / (1 + np.exp(-(2.0 * labels - 1 + rng.normal(0, 1.0, 100))))
+    held = bank.Embedded(np.zeros((100, 2)), None, stage1, labels, ["ct"] * 100, rng.normal(0, 1, 100))
+    empty = mfrm.Neighbours(np.zeros((100, 2)), np.full((100, 2), -1))
+    fusion = mfrm.Fusion(1.0, 5.0, 0.0)
+    grid = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+    def fused_auc(weight):
+        return auc(labels, mfrm.fused_probability(stage1, empty, 1.0, 5.0, weight * held.inconsistency))
+
+    for tolerance in (0.0, 0.01, 0.05, 1.0):
+        chosen = bank.pick_inconsistency_weight(held, empty, fusion, lambda w: w * held.inconsistency, grid,
+                                                tolerance)
+        allowed = [w for w in grid if fused_auc(w) >= fused_auc(0.0) - tolerance]
+        assert chosen == max([0.0] + allowed)
+    assert bank.pick_inconsistency_weight(held, empty, fusion, lambda w: w * held.inconsistency, grid, 1.0) == 4.0
+    no_score = bank.Embedded(np.zeros((100, 2)), None, stage1, labels, ["ct"] * 100, None)
+    assert bank.pick_inconsistency_weight(no_score, empty, fusion, lambda w: 0.0, grid, 1.0) == 0.0

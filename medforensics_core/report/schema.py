@@ -73,6 +73,8 @@ class DetectorEntry(Summary, total=False):
     stage1_auc: Optional[float]  # detectors that score their stages apart (DSKI)
     retrieval_auc: Optional[float]
     fused_auc: Optional[float]
+    inconsistency_auc: Optional[float]  # DSKI's local-inconsistency score alone
+    fused_without_inconsistency_auc: Optional[float]
 
 
 class DataSection(TypedDict, total=False):

@@ -37,6 +37,8 @@ class Embedded:
     stage1: np.ndarray
     labels: np.ndarray
     modalities: list[str]
+    inconsistency: np.ndarray | None = None
+    """Raw local-inconsistency scores (:mod:`mfx_dski.inconsistency`), ``None`` when the detector has none."""
 
     def vectors(self, weight: float) -> np.ndarray:
         """The bank vectors with descriptor weight ``weight``: ``normalise([e, w d])``."""
@@ -55,13 +57,15 @@ def embed_imageset(detector: "DSKIBase", images: ImageSet, ctx: FitContext | Non
     """
     ctx = ctx or FitContext(device=detector.device)
     loader = ctx.loader(images, detector.preprocess, EVAL_BATCH, shuffle=False)
-    embeddings, descriptors, probs, seen = [], [], [], []
+    embeddings, descriptors, probs, local, seen = [], [], [], [], []
     for batch in loader:
-        embedded, desc = detector.encode(batch.inputs)
-        probs.append(torch.from_numpy(detector.stage1_probability(embedded, batch.modalities)))
-        embeddings.append(embedded.float().cpu())
-        if desc is not None:
-            descriptors.append(desc.float().cpu())
+        encoded = detector.encode_all(batch.inputs)
+        probs.append(torch.from_numpy(detector.stage1_probability(encoded.embeddings, batch.modalities)))
+        embeddings.append(encoded.embeddings.float().cpu())
+        if encoded.descriptors is not None:
+            descriptors.append(encoded.descriptors.float().cpu())
+        if encoded.inconsistency is not None:
+            local.append(encoded.inconsistency.float().cpu()[:, None])
         seen.append(batch.indices.numpy())
     dim = detector.backbone.embed_dim
     if not embeddings:
@@ -72,7 +76,8 @@ def embed_imageset(detector: "DSKIBase", images: ImageSet, ctx: FitContext | Non
         return gather_tensor_rows(torch.cat(parts), index, total, ctx.world_size).numpy()
 
     return Embedded(gathered(embeddings), gathered(descriptors) if descriptors else None, gathered(probs),
-                    np.asarray(images.labels), [row.modality for row in images.rows])
+                    np.asarray(images.labels), [row.modality for row in images.rows],
+                    gathered(local)[:, 0] if local else None)
 
 
 def build(detector: "DSKIBase", support: Embedded, rows: list[dict[str, Any]]) -> None:
@@ -112,10 +117,37 @@ def tune(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str
     chance = chance_auc(holdout.labels, candidates, cfg.holdout_significance)
     if best[1] <= chance:
         return {**untuned(detector, holdout, support), "chance_auc": chance}
-    detector.fusion = best[0]
-    chosen = neighbours[detector.fusion.descriptor_weight]
-    return {"fusion": dataclasses.asdict(detector.fusion), **stage_aucs(holdout.labels, holdout.stage1, chosen,
-                                                                          detector.fusion)}
+    chosen = neighbours[best[0].descriptor_weight]
+    shift_of = inconsistency_shifts(detector, holdout)
+    detector.fusion = dataclasses.replace(best[0], inconsistency_weight=pick_inconsistency_weight(
+        holdout, chosen, best[0], shift_of, cfg.inconsistency_grid, cfg.inconsistency_tolerance))
+    return {"fusion": dataclasses.asdict(detector.fusion),
+            **stage_aucs(holdout.labels, holdout.stage1, chosen, detector.fusion, shift_of)}
+
+
+def inconsistency_shifts(detector: "DSKIBase", embedded: Embedded):
+    """``weight -> logit shift`` of each image of ``embedded`` (0 when the detector has no inconsistency score)."""
+    z = detector.inconsistency_z(embedded.inconsistency, embedded.modalities)
+    return (lambda weight: 0.0) if z is None else (lambda weight: weight * z)
+
+
+def pick_inconsistency_weight(holdout: Embedded, neighbours: mfrm.Neighbours, fusion: mfrm.Fusion, shift_of,
+                              grid, tolerance: float) -> float:
+    """The largest weight of ``grid`` whose hold-out AUC is within ``tolerance`` of the fusion without it.
+
+    Why the largest that costs (almost) nothing, not the best: the hold-out is a whole-image
+    generator, and a partial fake (the case the score is for) is never in it; the hold-out can
+    only say how much of the score a whole-image detector tolerates. Same spirit as the
+    largest-alpha tie-break of :func:`mfrm.tune_fusion`.
+    """
+    def auc(weight: float) -> float:
+        fused = mfrm.fused_probability(holdout.stage1, neighbours, fusion.alpha, fusion.beta, shift_of(weight))
+        return float(mfrm.auc_or_none(holdout.labels, fused) or 0.0)
+
+    if holdout.inconsistency is None:
+        return 0.0
+    floor = auc(0.0) - tolerance
+    return max([0.0] + [float(w) for w in grid if w > 0 and auc(float(w)) >= floor])
 
 
 def untuned(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str, Any]:
@@ -124,16 +156,21 @@ def untuned(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[
     neighbours = _neighbours(holdout, support, detector.fusion.descriptor_weight, detector.config.top_k,
                              detector.config.same_modality)
     return {"fusion": dataclasses.asdict(detector.fusion), "tuned": False,
-            **stage_aucs(holdout.labels, holdout.stage1, neighbours, detector.fusion)}
+            **stage_aucs(holdout.labels, holdout.stage1, neighbours, detector.fusion,
+                         inconsistency_shifts(detector, holdout))}
 
 
 def stage_aucs(labels: np.ndarray, stage1: np.ndarray, neighbours: mfrm.Neighbours,
-               fusion: mfrm.Fusion) -> dict[str, float | None]:
-    """AUC of stage 1 alone, of the retrieval evidence alone (``F - R``), and of the fused score."""
+               fusion: mfrm.Fusion, shift_of=lambda weight: 0.0) -> dict[str, float | None]:
+    """AUC of stage 1 alone, of the retrieval evidence alone (``F - R``), and of the fused score (with and
+    without the weighted local-inconsistency shift)."""
+    def fused(weight: float) -> float | None:
+        return mfrm.auc_or_none(labels, mfrm.fused_probability(stage1, neighbours, fusion.alpha, fusion.beta,
+                                                               shift_of(weight)))
+
     return {"stage1_auc": mfrm.auc_or_none(labels, stage1),
             "retrieval_auc": mfrm.auc_or_none(labels, mfrm.evidence(neighbours, fusion.beta)),
-            "fused_auc": mfrm.auc_or_none(labels, mfrm.fused_probability(stage1, neighbours, fusion.alpha,
-                                                                          fusion.beta))}
+            "fused_auc": fused(fusion.inconsistency_weight), "fused_without_inconsistency_auc": fused(0.0)}
 
 
 def row_meta(row: Any) -> dict[str, Any]:
@@ -144,7 +181,9 @@ def row_meta(row: Any) -> dict[str, Any]:
 def concat(parts: list[Embedded]) -> Embedded:
     """One :class:`Embedded` of several (e.g. the training rest and the tuning hold-out)."""
     descriptors = [p.descriptors for p in parts]
+    local = [p.inconsistency for p in parts]
     return Embedded(np.concatenate([p.embeddings for p in parts]),
                     np.concatenate(descriptors) if all(d is not None for d in descriptors) else None,
                     np.concatenate([p.stage1 for p in parts]), np.concatenate([p.labels for p in parts]),
-                    [m for p in parts for m in p.modalities])
+                    [m for p in parts for m in p.modalities],
+                    np.concatenate(local) if all(x is not None for x in local) else None)

@@ -134,6 +134,17 @@ class DSKIConfig:
       for near ones. ``same_modality`` restricts the neighbours to the query's modality when known.
       ``alpha_grid`` x ``beta_grid`` x ``descriptor_grid`` (0 included) are tuned on the hold-out; ties
       (a hold-out stage 1 already ranks perfectly) go to the largest alpha (see ``mfrm.tune_fusion``).
+
+    Local inconsistency (partial fakes; :mod:`mfx_dski.inconsistency`)
+      ``use_inconsistency``: the fusion may add ``w x z`` to the fused logit, ``z`` = how far the
+      smoothest token cell's noise energy lies below the image's median cell, standardised against the
+      training reals of the image's modality. An inpainted region re-synthesised by a decoder is
+      smoother than the sensor noise around it; stage 1, trained on whole-image fakes, does not see it.
+      ``inconsistency_weight`` is ``w`` when nothing is tuned (0: off). After (alpha, beta, descriptor
+      weight) are tuned, ``w`` is the largest of ``inconsistency_grid`` that costs the hold-out's fused AUC
+      at most ``inconsistency_tolerance`` (0 when every one costs more): the hold-out holds a whole-image
+      generator, never a partial fake, so it can only say how much of the score whole-image detection
+      tolerates, not how much partial fakes need. Works with MFRM only (the fused logit is MFRM's).
     """
 
     # backbone
@@ -190,6 +201,10 @@ class DSKIConfig:
     alpha_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     beta_grid: tuple[float, ...] = (1.0, 5.0, 20.0)
     descriptor_grid: tuple[float, ...] = (0.0, 0.5, 1.0)
+    use_inconsistency: bool = True
+    inconsistency_weight: float = 0.0
+    inconsistency_grid: tuple[float, ...] = (0.25, 0.5, 1.0)
+    inconsistency_tolerance: float = 0.005
 
 # The tiny preset runs on a random-init 2-block CLIP in seconds on a CPU. Its real and fake prompts are
 # nearly parallel (cosine 0.93-0.96: a random text tower barely separates the words), so the image

@@ -40,6 +40,7 @@ from . import bank as mfrm_bank
 from . import mfrm, training
 from .cdfa import CDFA, evenly_spaced_blocks
 from .config import PRESETS, DSKIConfig
+from .inconsistency import RealReference, smoothest_cell_deviation
 from .model import (CellStats, DSKIModules, GridViews, NoiseMaps, check_extractors, descriptor, mean_over_views,
                     noise_channel_count, reset_parameters, split_channels)
 from .prompts import PromptContext, PromptEncoder
@@ -47,6 +48,16 @@ from .prompts import PromptContext, PromptEncoder
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = mfrm_bank.EVAL_BATCH
+
+
+@dataclasses.dataclass
+class Encoded:
+    """What one forward pass gives: adapted embeddings ``(N, d)``, retrieval descriptors ``(N, C)`` and raw
+    local-inconsistency scores ``(N,)`` (each ``None`` when not used)."""
+
+    embeddings: torch.Tensor
+    descriptors: torch.Tensor | None
+    inconsistency: torch.Tensor | None
 
 
 class DSKIBase(Detector, SupportsDistributed):
@@ -73,7 +84,8 @@ class DSKIBase(Detector, SupportsDistributed):
                                      cfg.fake_templates, self.net.context)
         self.bank: Retriever | None = None
         self.known_modalities: list[str] = []
-        self.fusion = mfrm.Fusion(cfg.mfrm_alpha, cfg.mfrm_beta, cfg.descriptor_weight if cfg.use_descriptor else 0.0)
+        self.fusion = self.default_fusion()
+        self.inconsistency_reference: RealReference | None = None
         self._empty_bank_logged = False
         size = self.backbone.image_size
         self._mean = torch.tensor(self.backbone.mean).view(-1, 1, 1)
@@ -103,6 +115,12 @@ class DSKIBase(Detector, SupportsDistributed):
             return None
         grid = getattr(self.backbone.model.visual, "grid_size", None) or (1, 1)  # a tower without a patch grid
         return CellStats(self.noise_maps.channels, grid, self.backbone.image_size)
+
+    def default_fusion(self) -> mfrm.Fusion:
+        """The fusion of the config (before, or without, tuning)."""
+        cfg = self.config
+        return mfrm.Fusion(cfg.mfrm_alpha, cfg.mfrm_beta, cfg.descriptor_weight if cfg.use_descriptor else 0.0,
+                           cfg.inconsistency_weight if self.uses_inconsistency() else 0.0)
 
     def _stat_channels(self) -> int:
         """Channels per view that carry the packed per-cell statistics (0 without noise maps)."""
@@ -183,6 +201,11 @@ class DSKIBase(Detector, SupportsDistributed):
 
         ``with_descriptor=False`` skips the descriptor (``None``): training and :meth:`embed` never use it.
         """
+        encoded = self.encode_all(batch, with_extras=with_descriptor)
+        return encoded.embeddings, encoded.descriptors
+
+    def encode_all(self, batch: torch.Tensor, with_extras: bool = True) -> Encoded:
+        """:meth:`encode` plus the raw local-inconsistency score of each image (``with_extras=False``: neither)."""
         from .cdfa import adapted_image_features
 
         images, packed, views = split_channels(batch.to(self.device), self._stat_channels())
@@ -190,10 +213,12 @@ class DSKIBase(Detector, SupportsDistributed):
         noise_stats = stats if self.net.cdfa is not None and self.net.cdfa.noise is not None else None
         features = adapted_image_features(self.backbone.model.visual, images, self.net.cdfa, noise_stats)
         features = mean_over_views(F.normalize(features.float(), dim=-1), views)
-        desc = None
-        if with_descriptor and self.uses_descriptor() and stats is not None:
+        desc = local = None
+        if with_extras and self.uses_descriptor() and stats is not None:
             desc = descriptor(mean_over_views(stats, views), self.noise_maps.reference())
-        return F.normalize(features, dim=-1), desc
+        if with_extras and self.uses_inconsistency() and stats is not None:
+            local = smoothest_cell_deviation(stats, views, self.noise_maps.energy_channels())
+        return Encoded(F.normalize(features, dim=-1), desc, local)
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Adapted, L2-normalised image embeddings ``(N, d)`` of a preprocessed batch (no retrieval descriptor)."""
@@ -201,6 +226,19 @@ class DSKIBase(Detector, SupportsDistributed):
 
     def uses_descriptor(self) -> bool:
         return bool(self.config.use_mfrm and self.config.use_descriptor and self.noise_maps is not None)
+
+    def uses_inconsistency(self) -> bool:
+        """Whether the fusion may add the local-inconsistency score (MFRM on, energy statistics computed)."""
+        return bool(self.config.use_mfrm and self.config.use_inconsistency and self.noise_maps is not None
+                    and self.noise_maps.energy_channels())
+
+    def inconsistency_z(self, raw: np.ndarray | torch.Tensor | None,
+                        modalities: Sequence[str] | None) -> np.ndarray | None:
+        """Raw scores standardised against the training reals of each image's modality (``None``: not fitted)."""
+        if raw is None or self.inconsistency_reference is None:
+            return None
+        values = raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
+        return self.inconsistency_reference.standardise(values, modalities)
 
     def bank_dim(self) -> int:
         """Length of the MFRM vectors: the embedding, plus the noise descriptor when it is used."""
@@ -242,16 +280,24 @@ class DSKIBase(Detector, SupportsDistributed):
     def stage_scores(self, batch: torch.Tensor, modalities: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Each stage's score: ``stage1`` probability, ``retrieval`` evidence ``F - R`` (0 without a bank), ``fused``.
 
-        The engine reports each stage's AUC from these (``stage1_auc``, ``retrieval_auc``, ``fused_auc``), so a
-        comparison shows which stage carries (or loses) a held-out generator.
+        With a fitted local-inconsistency score also ``inconsistency`` (its standardised value) and
+        ``fused_without_inconsistency``. The engine reports each one's AUC (``stage1_auc``, ``retrieval_auc``,
+        ``fused_auc``, ...), so a comparison shows which stage carries (or loses) a held-out generator.
         """
-        embeddings, desc = self.encode(batch)
-        stage1 = self.stage1_probability(embeddings, modalities)
+        encoded = self.encode_all(batch)
+        stage1 = self.stage1_probability(encoded.embeddings, modalities)
         if not self.mfrm_active():
             return {"stage1": stage1, "retrieval": np.zeros_like(stage1), "fused": stage1}
-        neighbours = self._search(self.retrieval_vectors(embeddings, desc), modalities)
-        return {"stage1": stage1, "retrieval": mfrm.evidence(neighbours, self.fusion.beta),
-                "fused": mfrm.fused_probability(stage1, neighbours, self.fusion.alpha, self.fusion.beta)}
+        neighbours = self._search(self.retrieval_vectors(encoded.embeddings, encoded.descriptors), modalities)
+        scores = {"stage1": stage1, "retrieval": mfrm.evidence(neighbours, self.fusion.beta),
+                  "fused": mfrm.fused_probability(stage1, neighbours, self.fusion.alpha, self.fusion.beta)}
+        z = self.inconsistency_z(encoded.inconsistency, modalities)
+        if z is not None:
+            scores["inconsistency"] = z
+            scores["fused_without_inconsistency"] = scores["fused"]
+            scores["fused"] = mfrm.fused_probability(stage1, neighbours, self.fusion.alpha, self.fusion.beta,
+                                                     self.fusion.inconsistency_weight * z)
+        return scores
 
     def predict_proba(self, batch: Batch) -> np.ndarray:
         """Fake probability of each preprocessed image: stage 1 fused with the MFRM evidence.
@@ -284,6 +330,7 @@ class DSKIBase(Detector, SupportsDistributed):
         reset_parameters(self.net, ctx.seed)
         self.net.to(self.device)
         self.known_modalities = sorted({row.modality for row in train.rows})
+        self.fusion, self.inconsistency_reference = self.default_fusion(), None
         rest, holdout, how = training.tuning_split(self, train, val, ctx.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed)  # the random crops, flips and trace augmentation of train_transform
@@ -312,6 +359,8 @@ class DSKIBase(Detector, SupportsDistributed):
         chosen = mfrm.support_indices(rest.rows, self.config.bank_shots, ctx.rng(offset=101))
         support_set = rest.subset(chosen)
         support = mfrm_bank.embed_imageset(self, support_set, ctx)
+        if support.inconsistency is not None:
+            self.inconsistency_reference = RealReference.fit(support.inconsistency, support.labels, support.modalities)
         parts, rows = [support], [mfrm_bank.row_meta(r) for r in support_set.rows]
         if holdout is not None and len(support.labels):
             held = mfrm_bank.embed_imageset(self, holdout, ctx)
@@ -386,7 +435,9 @@ class DSKIBase(Detector, SupportsDistributed):
 
     def extra_state(self) -> dict[str, Any]:
         return {"backbone": self.backbone.key(), "known_modalities": self.known_modalities,
-                "fusion": dataclasses.asdict(self.fusion), "bank": bank_state(self.bank)[1]}
+                "fusion": dataclasses.asdict(self.fusion), "bank": bank_state(self.bank)[1],
+                "inconsistency_reference": self.inconsistency_reference.state() if self.inconsistency_reference
+                else None}
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
                    source: str = "checkpoint") -> None:
@@ -396,7 +447,8 @@ class DSKIBase(Detector, SupportsDistributed):
         fusion = extra.get("fusion")
         if fusion is not None:
             self.fusion = mfrm.Fusion(float(fusion["alpha"]), float(fusion["beta"]),
-                                      float(fusion["descriptor_weight"]))
+                                      float(fusion["descriptor_weight"]), float(fusion.get("inconsistency_weight", 0)))
+        self.inconsistency_reference = RealReference.from_state(extra.get("inconsistency_reference"))
         bank_tensors, model_tensors = split_bank_tensors(tensors)
         self.load_module_tensors(model_tensors, source)
         self.prompts.clear_cache()

@@ -42,11 +42,13 @@ class Neighbours:
 
 @dataclasses.dataclass
 class Fusion:
-    """The tuned fusion: evidence weight ``alpha``, affinity sharpness ``beta``, descriptor weight."""
+    """The tuned fusion: evidence weight ``alpha``, affinity sharpness ``beta``, descriptor weight, and the weight
+    of the local-inconsistency score (:mod:`mfx_dski.inconsistency`; 0 = not used)."""
 
     alpha: float
     beta: float
     descriptor_weight: float
+    inconsistency_weight: float = 0.0
 
 
 def support_indices(rows: Sequence[Any], shots: int, rng: np.random.Generator) -> list[int]:
@@ -97,9 +99,13 @@ def logit(probability: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def fused_probability(stage1: np.ndarray, neighbours: Neighbours, alpha: float, beta: float) -> np.ndarray:
-    """``sigmoid(logit(stage1) + alpha (F - R))``; a query with no (or only far) neighbours keeps ``stage1``."""
-    return 1.0 / (1.0 + np.exp(-(logit(stage1) + alpha * evidence(neighbours, beta))))
+def fused_probability(stage1: np.ndarray, neighbours: Neighbours, alpha: float, beta: float,
+                      shift: np.ndarray | float = 0.0) -> np.ndarray:
+    """``sigmoid(logit(stage1) + alpha (F - R) + shift)``; a query with no (or only far) neighbours keeps ``stage1``.
+
+    ``shift`` is any further evidence in logits (DSKI: the weighted local-inconsistency score).
+    """
+    return 1.0 / (1.0 + np.exp(-(logit(stage1) + alpha * evidence(neighbours, beta) + shift)))
 
 
 def exact_neighbours(query_sims: np.ndarray, bank_labels: np.ndarray, k: int) -> Neighbours:

@@ -119,6 +119,14 @@ class NoiseMaps:
         self._cache: dict[bytes, torch.Tensor] = {}
         self._cached_bytes = 0
 
+    def energy_channels(self) -> tuple[int, ...]:
+        """Channels that are per-band log local energies (extractors declaring ``local_energy_channels``)."""
+        found, offset = [], 0
+        for extractor in self.extractors.values():
+            found += [offset + c for c in getattr(extractor, "local_energy_channels", ())]
+            offset += extractor.out_channels
+        return tuple(found)
+
     def image_maps(self, image: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """Maps ``(channels, H, W)`` of one image ``(3, H, W)``; kept for next time when ``keep`` and room is left."""
         if self.cache_bytes <= 0 or image.device.type != "cpu":

@@ -98,6 +98,8 @@ class NoiseStatsExtractor(NoiseExtractor):
                                   "|r|, log local energy, cross-band correlation (15 maps)")
     config_class: ClassVar[type] = NoiseStatsConfig
     downsample: ClassVar[int] = 1
+    local_energy_channels: ClassVar[tuple[int, ...]] = tuple(range(len(BAND_NAMES), 2 * len(BAND_NAMES)))
+    """Which output maps are log local energies, one per band (DSKI's local-inconsistency score reads them)."""
 
     def __init__(self, config: NoiseStatsConfig | None = None, in_channels: int = 3):
         super().__init__(config, in_channels)
