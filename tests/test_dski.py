@@ -169,7 +169,7 @@ def test_save_load_gives_identical_scores(splits, trained):
     assert len(loaded.bank) == len(detector.bank)
     assert loaded.known_modalities == detector.known_modalities
     assert loaded.fusion == detector.fusion and loaded.inconsistency_reference == detector.inconsistency_reference
-    assert set(detector.inconsistency_reference.centre) == {"*", *detector.known_modalities}
+    assert set(detector.inconsistency_reference.centre) == set(detector.known_modalities)
 
 
 @pytest.mark.parametrize("held_out", HELD_OUT)
@@ -351,8 +351,7 @@ def test_tuning_holds_a_training_generator_out_and_reports_stage_aucs(splits, tr
     assert info["holdout"]["fusion"]["descriptor_weight"] in detector.config.descriptor_grid
     weight = info["holdout"]["fusion"]["inconsistency_weight"]
     assert weight in (0.0, *detector.config.inconsistency_grid) and detector.fusion.inconsistency_weight == weight
-    assert info["holdout"]["fused_auc"] >= info["holdout"]["fused_without_inconsistency_auc"] - \
-        detector.config.inconsistency_tolerance - 1e-9
+    assert {"inconsistency_auc", "fused_without_inconsistency_auc"} <= set(info["holdout"])
     aucs = stage_aucs(detector, splits["test"], FitContext(seed=0), 64)
     assert set(aucs) == {"stage1_auc", "retrieval_auc", "fused_auc", "inconsistency_auc",
                          "fused_without_inconsistency_auc"}
@@ -411,7 +410,7 @@ def test_grid_views_see_an_edit_the_centre_crop_misses():
     image = read_image(get_testdata_file("CT_small.dcm")).tensor
     edited = image.clone()
     edited[:, :24, :24] = edited[:, :24, :24].flip(-1) * 0.5  # a local edit in the top-left corner
-    pixels_only = {"use_noise": False, "use_descriptor": False}
+    pixels_only = {"use_noise": False, "use_descriptor": False, "use_inconsistency": False}
     centre, grid = dski(eval_views=1, **pixels_only), dski(eval_views=2, **pixels_only)
     assert image.shape[-1] >= 2 * centre.backbone.image_size  # the centre crop misses the corner
     assert centre.preprocess(image).shape[0] == 3 and grid.preprocess(image).shape[0] == 4 * 3
@@ -517,18 +516,19 @@ def test_local_inconsistency_scores_a_partial_edit_of_real_scans(quick_benchmark
     assert np.all(np.abs(z) <= 5.0)
 
 
-def test_real_reference_standardises_per_modality_and_pools_for_an_unknown_one():
-    from mfx_dski.inconsistency import RealReference
+def test_real_reference_standardises_per_modality_and_reads_nothing_without_one():
+    from mfx_dski.inconsistency import MIN_SCALE, RealReference
 
-    raw = np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 99.0])
-    labels = np.array([0, 0, 0, 0, 0, 0, 1])  # the fake never enters the reference
-    modalities = ["ct", "ct", "ct", "mri", "mri", "mri", "ct"]
+    raw = np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 99.0, 4.0, 4.0, 4.0])
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 0, 0, 0])  # the fake never enters the reference
+    modalities = ["ct", "ct", "ct", "mri", "mri", "mri", "ct", "xray", "xray", "xray"]
     reference = RealReference.fit(raw, labels, modalities)
-    assert reference.centre == {"*": 6.5, "ct": 2.0, "mri": 20.0}
+    assert reference.centre == {"ct": 2.0, "mri": 20.0, "xray": 4.0}
     assert reference.scale["ct"] == pytest.approx(1.4826) and reference.scale["mri"] == pytest.approx(14.826)
-    assert reference.scale["*"] == pytest.approx(5.0 * 1.4826)
-    z = reference.standardise(np.array([3.0, 30.0, 14.0, 1e6]), ["ct", "mri", "xray", "ct"])
-    np.testing.assert_allclose(z, [1 / 1.4826, 10 / 14.826, 7.5 / (5.0 * 1.4826), 5.0])
+    assert reference.scale["xray"] == MIN_SCALE  # identical reals: the floor, not a division by ~0
+    z = reference.standardise(np.array([3.0, 30.0, 14.0, 1e6, 4.0 + MIN_SCALE]), ["ct", "mri", "us", "ct", "xray"])
+    np.testing.assert_allclose(z, [1 / 1.4826, 10 / 14.826, 0.0, 5.0, 1.0])  # "us" has no reference: z = 0
+    np.testing.assert_array_equal(reference.standardise(np.array([9.0, 9.0]), None), [0.0, 0.0])
     assert RealReference.from_state(reference.state()) == reference
     assert RealReference.fit(raw[:1], labels[:1], modalities[:1]) is None
 
@@ -541,19 +541,68 @@ def test_inconsistency_weight_is_the_largest_the_holdout_tolerates():
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 50)
     stage1 = 1 / (1 + np.exp(-(2.0 * labels - 1 + rng.normal(0, 1.0, 100))))
-    held = bank.Embedded(np.zeros((100, 2)), None, stage1, labels, ["ct"] * 100, rng.normal(0, 1, 100))
     empty = mfrm.Neighbours(np.zeros((100, 2)), np.full((100, 2), -1))
-    fusion = mfrm.Fusion(1.0, 5.0, 0.0)
-    grid = (0.25, 0.5, 1.0, 2.0, 4.0)
+    fusion, grid = mfrm.Fusion(1.0, 5.0, 0.0), (0.25, 0.5, 1.0, 2.0, 4.0)
 
-    def fused_auc(weight):
-        return auc(labels, mfrm.fused_probability(stage1, empty, 1.0, 5.0, weight * held.inconsistency))
+    def pick(z, tolerance):
+        held = bank.Embedded(np.zeros((100, 2)), None, stage1, labels, ["ct"] * 100, z)
+        return bank.pick_inconsistency_weight(held, empty, fusion, lambda w: w * z, grid, tolerance)
 
-    for tolerance in (0.0, 0.01, 0.05, 1.0):
-        chosen = bank.pick_inconsistency_weight(held, empty, fusion, lambda w: w * held.inconsistency, grid,
-                                                tolerance)
-        allowed = [w for w in grid if fused_auc(w) >= fused_auc(0.0) - tolerance]
-        assert chosen == max([0.0] + allowed)
-    assert bank.pick_inconsistency_weight(held, empty, fusion, lambda w: w * held.inconsistency, grid, 1.0) == 4.0
-    no_score = bank.Embedded(np.zeros((100, 2)), None, stage1, labels, ["ct"] * 100, None)
-    assert bank.pick_inconsistency_weight(no_score, empty, fusion, lambda w: 0.0, grid, 1.0) == 0.0
+    assert pick(labels + rng.normal(0, 0.5, 100), 0.0) == 4.0  # a score that ranks the hold-out: all of it
+    assert pick(-labels + rng.normal(0, 0.5, 100), 0.005) == 0.0  # one that inverts it: none
+    noise = rng.normal(0, 1, 100)
+    costs = {w: auc(labels, mfrm.fused_probability(stage1, empty, 1.0, 5.0, w * noise)) for w in (0.0, *grid)}
+    for tolerance in (0.0, 0.01, 0.05):
+        assert pick(noise, tolerance) == max([0.0] + [w for w in grid if costs[w] >= costs[0.0] - tolerance])
+    held = bank.Embedded(np.zeros((100, 2)), None, stage1, labels, ["ct"] * 100, noise)
+    assert bank.pick_inconsistency_weight(held, empty, fusion, None, grid, 1.0) == 0.0  # no fitted reference
+
+
+def test_inconsistency_term_is_weight_times_z_in_the_logit_and_tuning_scores_what_testing_scores(splits, trained):
+    """The fused logit moves by exactly ``w z``; an unknown modality gets ``z = 0``; the stage AUCs tuning
+    computes on an embedded set equal the ones the engine reports for it; a checkpoint without the term
+    (written before it existed) scores without it."""
+    import dataclasses
+
+    from medforensics_core.engine.compare.detector_run import stage_aucs
+    from mfx_dski import bank, mfrm
+
+    detector, _ = trained
+    test = splits["test"].subset(range(0, len(splits["test"]), 3))
+    rows = test.rows[:32]
+    inputs = torch.stack([detector.preprocess(test.image(i)) for i in range(len(rows))])
+    modalities = [r.modality for r in rows]
+    tuned = detector.fusion
+    try:
+        detector.fusion = dataclasses.replace(tuned, inconsistency_weight=1.5)
+        scores = detector.stage_scores(inputs, modalities)
+        unknown = detector.stage_scores(inputs, ["unknown"] * len(rows))
+    finally:
+        detector.fusion = tuned
+    assert np.count_nonzero(scores["inconsistency"]) == len(rows)
+    moved = mfrm.logit(scores["fused"]) - mfrm.logit(scores["fused_without_inconsistency"])
+    unsaturated = np.maximum(np.abs(mfrm.logit(scores["fused"])),
+                             np.abs(mfrm.logit(scores["fused_without_inconsistency"]))) < 10
+    assert unsaturated.sum() >= len(rows) // 2
+    np.testing.assert_allclose(moved[unsaturated], 1.5 * scores["inconsistency"][unsaturated], atol=1e-6)
+    np.testing.assert_array_equal(unknown["inconsistency"], 0.0)
+    np.testing.assert_allclose(unknown["fused"], unknown["fused_without_inconsistency"])
+
+    embedded = bank.embed_imageset(detector, test)
+    vectors = detector.retrieval_vectors(torch.from_numpy(embedded.embeddings),
+                                         torch.from_numpy(embedded.descriptors))
+    neighbours = detector._search(vectors, embedded.modalities)
+    tuning = bank.stage_aucs(embedded.labels, embedded.stage1, neighbours, detector.fusion,
+                             bank.inconsistency_shifts(detector, embedded))
+    testing = stage_aucs(detector, test, FitContext(seed=0), 64)
+    assert set(tuning) == set(testing)
+    for key, value in testing.items():
+        assert tuning[key] == pytest.approx(value, abs=1e-5), key
+
+    extra = {k: v for k, v in detector.extra_state().items() if k != "inconsistency_reference"}
+    extra["fusion"] = {k: v for k, v in extra["fusion"].items() if k != "inconsistency_weight"}
+    old = dski()
+    old.load_state(detector.state_tensors(), extra)
+    assert old.inconsistency_reference is None and old.fusion.inconsistency_weight == 0.0
+    np.testing.assert_allclose(old.stage_scores(inputs, modalities)["fused"], scores["fused_without_inconsistency"])
+    assert "inconsistency" not in old.stage_scores(inputs, modalities)

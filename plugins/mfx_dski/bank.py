@@ -119,16 +119,17 @@ def tune(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str
         return {**untuned(detector, holdout, support), "chance_auc": chance}
     chosen = neighbours[best[0].descriptor_weight]
     shift_of = inconsistency_shifts(detector, holdout)
+    grid = sorted(set(cfg.inconsistency_grid) | {cfg.inconsistency_weight})
     detector.fusion = dataclasses.replace(best[0], inconsistency_weight=pick_inconsistency_weight(
-        holdout, chosen, best[0], shift_of, cfg.inconsistency_grid, cfg.inconsistency_tolerance))
+        holdout, chosen, best[0], shift_of, grid, cfg.inconsistency_tolerance))
     return {"fusion": dataclasses.asdict(detector.fusion),
             **stage_aucs(holdout.labels, holdout.stage1, chosen, detector.fusion, shift_of)}
 
 
 def inconsistency_shifts(detector: "DSKIBase", embedded: Embedded):
-    """``weight -> logit shift`` of each image of ``embedded`` (0 when the detector has no inconsistency score)."""
+    """``weight -> logit shift`` of each image of ``embedded``; ``None`` when the detector has no fitted score."""
     z = detector.inconsistency_z(embedded.inconsistency, embedded.modalities)
-    return (lambda weight: 0.0) if z is None else (lambda weight: weight * z)
+    return None if z is None else (lambda weight: weight * z)
 
 
 def pick_inconsistency_weight(holdout: Embedded, neighbours: mfrm.Neighbours, fusion: mfrm.Fusion, shift_of,
@@ -144,7 +145,7 @@ def pick_inconsistency_weight(holdout: Embedded, neighbours: mfrm.Neighbours, fu
         fused = mfrm.fused_probability(holdout.stage1, neighbours, fusion.alpha, fusion.beta, shift_of(weight))
         return float(mfrm.auc_or_none(holdout.labels, fused) or 0.0)
 
-    if holdout.inconsistency is None:
+    if shift_of is None:  # no fitted score: a weight would change nothing, so none is claimed
         return 0.0
     floor = auc(0.0) - tolerance
     return max([0.0] + [float(w) for w in grid if w > 0 and auc(float(w)) >= floor])
@@ -161,16 +162,20 @@ def untuned(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[
 
 
 def stage_aucs(labels: np.ndarray, stage1: np.ndarray, neighbours: mfrm.Neighbours,
-               fusion: mfrm.Fusion, shift_of=lambda weight: 0.0) -> dict[str, float | None]:
-    """AUC of stage 1 alone, of the retrieval evidence alone (``F - R``), and of the fused score (with and
-    without the weighted local-inconsistency shift)."""
-    def fused(weight: float) -> float | None:
-        return mfrm.auc_or_none(labels, mfrm.fused_probability(stage1, neighbours, fusion.alpha, fusion.beta,
-                                                               shift_of(weight)))
+               fusion: mfrm.Fusion, shift_of=None) -> dict[str, float | None]:
+    """AUC of stage 1 alone, of the retrieval evidence alone (``F - R``), and of the fused score; with a fitted
+    local-inconsistency score (``shift_of``) also the score alone and the fused score without it, as the
+    engine reports them for a test set."""
+    def fused(shift) -> float | None:
+        return mfrm.auc_or_none(labels, mfrm.fused_probability(stage1, neighbours, fusion.alpha, fusion.beta, shift))
 
-    return {"stage1_auc": mfrm.auc_or_none(labels, stage1),
+    aucs = {"stage1_auc": mfrm.auc_or_none(labels, stage1),
             "retrieval_auc": mfrm.auc_or_none(labels, mfrm.evidence(neighbours, fusion.beta)),
-            "fused_auc": fused(fusion.inconsistency_weight), "fused_without_inconsistency_auc": fused(0.0)}
+            "fused_auc": fused(0.0 if shift_of is None else shift_of(fusion.inconsistency_weight))}
+    if shift_of is not None:
+        aucs["inconsistency_auc"] = mfrm.auc_or_none(labels, shift_of(1.0))
+        aucs["fused_without_inconsistency_auc"] = fused(0.0)
+    return aucs
 
 
 def row_meta(row: Any) -> dict[str, Any]:

@@ -138,7 +138,7 @@ class DSKIConfig:
     Local inconsistency (partial fakes; :mod:`mfx_dski.inconsistency`)
       ``use_inconsistency``: the fusion may add ``w x z`` to the fused logit, ``z`` = how far the
       smoothest token cell's noise energy lies below the image's median cell, standardised against the
-      training reals of the image's modality. An inpainted region re-synthesised by a decoder is
+      bank's training reals of the image's modality (``z = 0`` for a modality without them). An inpainted region re-synthesised by a decoder is
       smoother than the sensor noise around it; stage 1, trained on whole-image fakes, does not see it.
       ``inconsistency_weight`` is ``w`` when nothing is tuned (0: off). After (alpha, beta, descriptor
       weight) are tuned, ``w`` is the largest of ``inconsistency_grid`` that costs the hold-out's fused AUC

@@ -52,8 +52,8 @@ EVAL_BATCH = mfrm_bank.EVAL_BATCH
 
 @dataclasses.dataclass
 class Encoded:
-    """What one forward pass gives: adapted embeddings ``(N, d)``, retrieval descriptors ``(N, C)`` and raw
-    local-inconsistency scores ``(N,)`` (each ``None`` when not used)."""
+    """What one forward pass gives: adapted embeddings ``(N, d)``, and retrieval descriptors ``(N, C)`` and raw
+    local-inconsistency scores ``(N,)`` (these two ``None`` when not used)."""
 
     embeddings: torch.Tensor
     descriptors: torch.Tensor | None
@@ -100,7 +100,7 @@ class DSKIBase(Detector, SupportsDistributed):
     # ------------------------------------------------------------------ construction
     def _needs_noise_maps(self) -> bool:
         cfg = self.config
-        return (cfg.use_cdfa and cfg.use_noise) or (cfg.use_mfrm and cfg.use_descriptor)
+        return (cfg.use_cdfa and cfg.use_noise) or (cfg.use_mfrm and (cfg.use_descriptor or cfg.use_inconsistency))
 
     def _build_noise_maps(self) -> NoiseMaps | None:
         if not self._needs_noise_maps():

@@ -19,7 +19,7 @@ from torch import nn
 
 from medforensics_core.errors import ConfigError, MfxError
 from medforensics_core.interfaces import NoiseExtractor
-from medforensics_core.seeding import derive_seed, torch_generator
+from medforensics_core.seeding import torch_generator
 
 from .cdfa import CDFA, CDFAAdapter, NoiseTokens
 from .prompts import PromptContext
