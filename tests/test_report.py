@@ -294,3 +294,43 @@ def test_banner_for_random_init_and_for_mixed_weights():
     assert lines[0].startswith("RANDOM-INIT WEIGHTS: dski runs")
     assert lines[1].startswith("MIXED WEIGHTS: univfd pretrained vs dski random-init")
     assert views.banner_lines({"detectors": {"npr": dict(entry, weights_status="from-scratch")}}) == []
+
+
+RELEASE_SCENARIO = """
+import gc, os, sys
+from pathlib import Path
+import torch
+from medforensics_core.engine.rundir import _malloc_trim, release_memory
+if _malloc_trim() is None or not Path("/proc/self/statm").exists():
+    sys.exit(77)
+def resident():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+big = torch.ones(4 * 2**20)  # freeing a 16 MB block raises glibc's mmap threshold, as a long run does
+del big
+map_bytes = 18 * 128 * 128 * 4  # one 128-px image's noise maps
+cache, kept = [], []
+for _ in range(200):
+    cache.append(torch.ones(map_bytes // 4))
+    kept.append(torch.ones(16))
+del cache
+gc.collect()
+freed = resident()
+release_memory("cpu")
+print(freed - resident(), 200 * map_bytes)
+"""
+
+
+def test_release_memory_returns_a_freed_map_cache_to_the_system():
+    """What a finished DSKI leaves behind: megabyte-sized noise maps interleaved with small long-lived
+    allocations. Freed, glibc keeps those pages (the process's memory ratchets up detector after detector
+    in one ``mfx compare``) until :func:`release_memory` trims them. In a fresh interpreter, so that other
+    tests' allocations do not shape the heap."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", RELEASE_SCENARIO], capture_output=True, text=True, timeout=120)
+    if done.returncode == 77:
+        pytest.skip("needs glibc and /proc (Linux)")
+    assert done.returncode == 0, done.stderr
+    returned, cache = map(int, done.stdout.split())
+    assert returned > 0.5 * cache

@@ -27,7 +27,7 @@ from ..context import FitContext, ProgressFn, no_progress
 from ..device import peak_memory_mb, resolve_precision
 from ..evaluate import score_with_timing
 from ..protocols import Fold
-from ..rundir import RunDir, reset_peak_memory
+from ..rundir import RunDir, release_memory, reset_peak_memory
 from .plan import CompareOptions, DetectorSpec, RunPlan
 from .report_build import summarize_scores
 
@@ -210,6 +210,7 @@ def run_detector(spec: DetectorSpec, fold: Fold, plan: RunPlan, ctx: FitContext,
                  perturbed: dict[str, PerturbedImages]) -> dict[str, Any]:
     """Train/load, score clean and perturbed test images (and few-shot support); one saved result."""
     options = plan.options
+    release_memory(ctx.device)
     reset_peak_memory(ctx.device)
     detector, train_seconds, checkpoint = obtain_detector(spec, fold, ctx, fold_dir)
     scores, speed = score_with_timing(detector, fold.test, ctx, batch_size=options.batch_size)
