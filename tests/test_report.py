@@ -305,23 +305,26 @@ if _malloc_trim() is None or not Path("/proc/self/statm").exists():
     sys.exit(77)
 def resident():
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+start = resident()
 big = torch.ones(4 * 2**20)  # freeing a 16 MB block raises glibc's mmap threshold, as a long run does
 del big
 map_bytes = 18 * 128 * 128 * 4  # one 128-px image's noise maps
 cache, kept = [], []
 for _ in range(200):
     cache.append(torch.ones(map_bytes // 4))
-    kept.append(torch.ones(16))
+    # a 64 KB survivor after each map: too big for any free list, so it comes from the heap's top and
+    # pins the map below it (with tiny survivors the heap's layout, and so the retention, varied run to run)
+    kept.append(torch.ones(2**14))
 del cache
 gc.collect()
-freed = resident()
+after_gc = resident()
 release_memory("cpu")
-print(freed - resident(), 200 * map_bytes)
+print(after_gc - start, resident() - start, 200 * map_bytes, sum(t.numel() * 4 for t in kept))
 """
 
 
 def test_release_memory_returns_a_freed_map_cache_to_the_system():
-    """What a finished DSKI leaves behind: megabyte-sized noise maps interleaved with small long-lived
+    """What a finished DSKI leaves behind: megabyte-sized noise maps interleaved with long-lived
     allocations. Freed, glibc keeps those pages (the process's memory ratchets up detector after detector
     in one ``mfx compare``) until :func:`release_memory` trims them. In a fresh interpreter, so that other
     tests' allocations do not shape the heap."""
@@ -332,5 +335,8 @@ def test_release_memory_returns_a_freed_map_cache_to_the_system():
     if done.returncode == 77:
         pytest.skip("needs glibc and /proc (Linux)")
     assert done.returncode == 0, done.stderr
-    returned, cache = map(int, done.stdout.split())
-    assert returned > 0.5 * cache
+    retained, after_release, cache, kept = map(int, done.stdout.split())
+    # the scenario reproduces the ratchet (measured: 250 MB of the 236 MB cache still resident after gc) ...
+    assert retained > 0.5 * cache, done.stdout
+    # ... and the trim gives it back: what stays is the survivors (13 MB; measured 14.6 MB over the start)
+    assert after_release < kept + 0.1 * cache, done.stdout
