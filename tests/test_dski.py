@@ -477,6 +477,34 @@ def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
 
 
 
+def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights(splits, monkeypatch):
+    """``average_last_epochs=2`` of 3: the kept weights are the mean of epoch 2's and epoch 3's (each
+    recorded right after its epoch trained), not the last epoch's or a best epoch's; train_info says which
+    epochs and what the hold-out thinks of the mean."""
+    from mfx_dski import training
+
+    states = []
+    original = training._train_epoch
+
+    def recording(detector, loader, optimizer, ctx, epoch):
+        loss = original(detector, loader, optimizer, ctx, epoch)
+        states.append({k: v.detach().clone() for k, v in detector.net.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(training, "_train_epoch", recording)
+    train = splits["train"].subset(list(range(0, len(splits["train"]), 4)))
+    detector = dski(average_last_epochs=2).fit(train, None, FitContext(seed=0, epochs=3))
+    info = detector.train_info
+    assert len(states) == 3 and info["averaged_epochs"] == [2, 3] and info["best_epoch"] == 3
+    assert 0.0 <= info["holdout_stage1_auc_averaged"] <= 1.0
+    final = detector.net.state_dict()
+    moved = [k for k in final if not torch.equal(states[1][k], states[2][k])]
+    assert moved  # the two epochs' weights differ, so the mean is neither
+    for key in final:
+        torch.testing.assert_close(final[key], (states[1][key] + states[2][key]) / 2)
+    assert not all(torch.equal(final[k], states[2][k]) for k in moved)
+
+
 def _smoothed_disk(image: torch.Tensor, sigma: float) -> torch.Tensor:
     """``image`` with a feathered disk (diameter 0.4 of the side) re-rendered smoother: a partial edit."""
     from torchvision.transforms.v2 import functional as TF

@@ -94,7 +94,10 @@ class DSKIConfig:
       0.583 with 0.5, 0.548 with 1.0 -- within the seed-to-seed spread), and with 0.5 the held-out
       ``sr-resizeconv`` fold fell from 0.944 to 0.910. The run always trains ``epochs`` epochs
       (ablations compare at equal training); ``select_best_epoch`` keeps the weights of the epoch with the
-      best stage-1 AUC on the tuning hold-out (below). A ``--budget-minutes`` run may stop early: its train_info and
+      best stage-1 AUC on the tuning hold-out (below). ``average_last_epochs`` > 0 keeps instead the mean
+      of the weights after each of the last that many epochs (stochastic weight averaging;
+      :class:`~mfx_dski.training.WeightAverage`); 0 (the papers' recipe) keeps one epoch's weights.
+      A ``--budget-minutes`` run may stop early: its train_info and
       warnings say so, and its ablation rows are then not comparable.
 
     Tuning for generalisation
@@ -185,6 +188,7 @@ class DSKIConfig:
     aug_noise_prob: float = 0.1
     self_blend_share: float = 0.0
     select_best_epoch: bool = True
+    average_last_epochs: int = 0
     # tuning
     tune_holdout: str = "network"
     holdout_significance: float = 0.05
