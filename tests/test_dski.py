@@ -456,7 +456,7 @@ def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
     seed = next(s for s in range(20) if holdout_split(train, "generator", s)[2] == "relabelled-real")
     fitted = {}
     for significance in (0.05, 0.0):
-        detector = dski(tune_holdout="generator", holdout_significance=significance)
+        detector = dski(tune_holdout="generator", holdout_significance=significance, average_last_fraction=0.0)
         fitted[significance] = detector.fit(train, None, FitContext(seed=seed, epochs=4))
     info = fitted[0.05].train_info
     assert info["tuning"] == "held-out generator 'relabelled-real' of the training data"
@@ -478,9 +478,9 @@ def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
 
 
 def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights(splits, monkeypatch):
-    """``average_last_epochs=2`` of 3: the kept weights are the mean of epoch 2's and epoch 3's (each
-    recorded right after its epoch trained), not the last epoch's or a best epoch's; train_info says which
-    epochs and what the hold-out thinks of the mean."""
+    """``average_last_fraction`` 0.6 of 3 epochs (two): the kept weights are the mean of epoch 2's and
+    epoch 3's (each recorded right after its epoch trained), not the last epoch's or a best epoch's;
+    train_info says which epochs and what the hold-out thinks of the mean."""
     from mfx_dski import training
 
     states = []
@@ -493,7 +493,7 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights(splits, monk
 
     monkeypatch.setattr(training, "_train_epoch", recording)
     train = splits["train"].subset(list(range(0, len(splits["train"]), 4)))
-    detector = dski(average_last_epochs=2).fit(train, None, FitContext(seed=0, epochs=3))
+    detector = dski(average_last_fraction=0.6).fit(train, None, FitContext(seed=0, epochs=3))
     info = detector.train_info
     assert len(states) == 3 and info["averaged_epochs"] == [2, 3] and info["best_epoch"] == 3
     assert 0.0 <= info["holdout_stage1_auc_averaged"] <= 1.0

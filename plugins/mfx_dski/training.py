@@ -94,9 +94,9 @@ def optimizer_for(detector: "DSKIBase") -> torch.optim.Optimizer:
 def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, ctx: FitContext) -> dict[str, Any]:
     """FatFormer's recipe (Adam, step decay) over CE on image-text logits (+ contrastive), fixed epoch count.
 
-    With a tuning hold-out and ``select_best_epoch`` the weights of the epoch with
-    the best hold-out stage-1 AUC are kept (the run still trains every epoch, so
-    ablations train equally long). Each epoch is the shared
+    With ``average_last_fraction`` the mean of the last epochs' weights is kept; otherwise, with a tuning
+    hold-out and ``select_best_epoch``, the weights of the epoch with the best hold-out stage-1 AUC (the
+    run still trains every epoch, so ablations train equally long). Each epoch is the shared
     ``engine.training.run_epoch`` with a batch-level loss: the prompts need each image's
     modality (``batch.modalities``).
     """
@@ -107,8 +107,8 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
     epochs = ctx.epochs_for(cfg.epochs)
     info: dict[str, Any] = {"losses": [], "epochs_planned": epochs, "holdout_stage1_auc": []}
     best_auc, best_state = -1.0, None
-    average = WeightAverage(detector.net, first_epoch=epochs - cfg.average_last_epochs) \
-        if cfg.average_last_epochs > 0 else None
+    averaged = averaged_epoch_count(epochs, cfg.average_last_fraction)
+    average = WeightAverage(detector.net, first_epoch=epochs - averaged) if averaged else None
     try:
         for epoch in ctx.epoch_range(epochs, detector.name):
             detector.net.train()
@@ -137,12 +137,12 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
     finally:
         detector.net.eval()
         detector.prompts.clear_cache()
-    if average is not None:
-        return _keep_average(detector, average, tune, ctx, info)
     aucs = [a for a in info["holdout_stage1_auc"] if a is not None]
     if tune is not None and aucs:
         info["holdout_chance_auc"] = chance_auc(tune.labels, len(aucs), cfg.holdout_significance)
         info["holdout_informative"] = max(aucs) > info["holdout_chance_auc"]
+    if average is not None:
+        return _keep_average(detector, average, tune, ctx, info)
     if best_state is not None and info.get("holdout_informative", True):
         detector.net.load_state_dict(best_state)
         detector.prompts.clear_cache()
@@ -152,6 +152,11 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
         info["best_epoch"] = len(info["losses"])
     info["epochs_trained"] = len(info["losses"])
     return info
+
+
+def averaged_epoch_count(epochs: int, fraction: float) -> int:
+    """How many of the last epochs weight averaging covers: ``fraction`` of them, at least one (0: none)."""
+    return 0 if fraction <= 0 else min(epochs, max(1, round(fraction * epochs)))
 
 
 class WeightAverage:
