@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from medforensics_core.data.dataset import ImageSet
 from medforensics_core.engine.context import FitContext
@@ -160,7 +161,8 @@ def averaged_epoch_count(epochs: int, fraction: float) -> int:
 
 
 class WeightAverage:
-    """Running mean of the trainable weights after each epoch from ``first_epoch`` (0-based) on.
+    """Running mean of the trainable weights after each epoch from ``first_epoch`` (0-based) on (torch's
+    ``AveragedModel``).
 
     Why (stochastic weight averaging; Izmailov et al. 2018, and SWAD for unseen domains, Cha et al. 2021):
     at the tiny preset's learning rate the epochs' weights scatter around a flat region, and the
@@ -173,26 +175,22 @@ class WeightAverage:
     def __init__(self, net: torch.nn.Module, first_epoch: int):
         self.net = net
         self.first_epoch = max(0, first_epoch)
-        self.mean: dict[str, torch.Tensor] | None = None
+        self.average: AveragedModel | None = None
         self.count = 0
 
     def update(self, epoch: int) -> None:
         if epoch < self.first_epoch:
             return
-        state = {k: v.detach().float().clone() for k, v in self.net.state_dict().items()}
+        if self.average is None:  # copied only when the window opens: no copy before it is needed
+            self.average = AveragedModel(self.net, use_buffers=True)
+        self.average.update_parameters(self.net)
         self.count += 1
-        if self.mean is None:
-            self.mean = state
-            return
-        for key, value in state.items():
-            self.mean[key] += (value - self.mean[key]) / self.count
 
     def load_into_net(self) -> bool:
         """Replace the net's weights by the mean (``False``: no epoch was averaged, e.g. a budget stop)."""
-        if self.mean is None:
+        if self.average is None:
             return False
-        current = self.net.state_dict()
-        self.net.load_state_dict({k: v.to(current[k].dtype) for k, v in self.mean.items()})
+        self.net.load_state_dict(self.average.module.state_dict())
         return True
 
 
