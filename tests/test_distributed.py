@@ -113,6 +113,7 @@ def _fit_on_shard(rank: int, world_size: int, port: int, dataset: str, out: str)
         probe.fit(train, None, ctx)
         weights = {k: v.tolist() for k, v in probe.model.state_dict().items()}
         Path(out, f"rank{rank}.json").write_text(json.dumps(weights))
+        dist.barrier()  # leave the group together: a rank that tears gloo down early once aborted its peer (CI)
     finally:
         dist.destroy_process_group()
 
@@ -182,6 +183,8 @@ def _univfd_fit(rank: int, world_size: int, port: int, dataset: str, out: str, b
         head = {k: v.tolist() for k, v in detector.head.state_dict().items()}
         Path(out, f"univfd-{world_size}-{rank}.json").write_text(json.dumps({"head": head, "seen": seen,
                                                                               "n": len(train)}))
+        if world_size > 1:
+            dist.barrier()  # leave the group together (see _fit_on_shard)
     finally:
         if world_size > 1:
             dist.destroy_process_group()
