@@ -3,15 +3,24 @@
 Not a test: run it by hand and paste the table into an issue or the docs.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_dski.py                      # tiny + ViT-B-16 (+ L-14 params)
-    HF_HUB_OFFLINE=1 python benchmarks/bench_dski.py --models tiny --batch 16
+    HF_HUB_OFFLINE=1 python benchmarks/bench_dski.py --models tiny --batch 64
 
 Every backbone is built with random weights (no CLIP weights can be had
 offline); cost does not depend on the weights. The CDFA overhead is measured in
 one run, frozen ``encode_image`` and the adapted forward interleaved at the same
-batch and input size, so machine load affects both alike; the median of
-``--repeats`` timings is reported. Peak memory is the process's peak resident
-size on the CPU (it only grows, so read it per run of one model) or
-``torch.cuda.max_memory_allocated`` on a GPU.
+batch and input size, so machine load affects both alike; the median of at
+least ``--repeats`` timings (and at least one second's worth) is reported. The
+tiny model is timed at three batch sizes by default, the ViTs at 4:
+
+* 4, a small-batch latency. Here the tiny model (16 tokens, width 64) is bound by
+  the 5-40 us that each operation costs to dispatch, not by arithmetic, and each
+  adapter adds five small matrix products (down, up, query, key-value, output)
+  and a dozen other operations to a block;
+* 16, the tiny preset's training batch;
+* 256, one forward of its evaluation (64 images x 2 x 2 views).
+
+Peak memory is the process's peak resident size on the CPU (it only grows, so
+read it per run of one model) or ``torch.cuda.max_memory_allocated`` on a GPU.
 """
 
 from __future__ import annotations
@@ -37,6 +46,10 @@ MODELS = {"tiny": "mfx-tiny-clip", "ViT-B-16": "ViT-B-16", "ViT-L-14": "ViT-L-14
 TRAINABLE_LIMIT = 0.05
 OVERHEAD_TARGETS = {"tiny": 0.30, "ViT-B-16": 0.05, "ViT-L-14": 0.05}
 """Issue #11: CDFA <= 1.3x a frozen encode_image on the tiny model, <= 1.05x on ViT-B-16."""
+DEFAULT_BATCHES = {"tiny": "4,16,256"}
+"""Small-batch latency, the tiny preset's training batch, one forward of its evaluation (64 images x 4 views)."""
+MIN_TIMED_SECONDS = 1.0
+"""Sub-millisecond forwards are timed until this much time is measured: five of them move by +-0.1x."""
 
 
 def build(model: str, device: str, use_cdfa: bool = True, **overrides):
@@ -85,7 +98,7 @@ def overhead_row(model: str, device: str, batch: int, repeats: int) -> tuple[str
     with torch.inference_mode():
         frozen(colour), detector.embed(inputs)  # warm-up
         plain, adapted = [], []
-        for _ in range(repeats):
+        while len(plain) < repeats or sum(plain) + sum(adapted) < MIN_TIMED_SECONDS:
             plain.append(timed_call(lambda: frozen(colour), device))
             adapted.append(timed_call(lambda: detector.embed(inputs), device))
     # a first-time cost: with the noise-map cache on, every repeat after the first would time a cache hit
@@ -131,7 +144,9 @@ def main() -> None:
     parser.add_argument("--models", default="tiny,ViT-B-16", help="models for timing (tiny, ViT-B-16, ViT-L-14)")
     parser.add_argument("--param-models", default="tiny,ViT-B-16,ViT-L-14", help="models for the parameter count")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", default=None,
+                        help="batch sizes of the timing rows, comma-separated (throughput: the largest); "
+                             "default: 4,16,256 for tiny, 4 for the ViTs")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     console = Console(width=160)
@@ -154,8 +169,10 @@ def main() -> None:
     for col in ("model", "batch", "train img/s", "inference img/s", "peak MB (process)"):
         throughput.add_column(col)
     for model in args.models.split(","):
-        overhead.add_row(*overhead_row(model, args.device, args.batch, args.repeats))
-        throughput.add_row(*throughput_row(model, args.device, args.batch, args.repeats))
+        batches = [int(b) for b in (args.batch or DEFAULT_BATCHES.get(model, "4")).split(",")]
+        for batch in batches:
+            overhead.add_row(*overhead_row(model, args.device, batch, args.repeats))
+        throughput.add_row(*throughput_row(model, args.device, max(batches), args.repeats))
     console.print(overhead)
     console.print(throughput)
 

@@ -89,11 +89,14 @@ class CDFAAdapter(nn.Module):
                 keep: torch.Tensor | None = None) -> torch.Tensor:
         hidden = F.gelu(self.down(tokens))
         if self.cross is not None and noise is not None:
-            attended = cross_attend(self.cross, hidden, noise.to(hidden.dtype))
+            context = noise if noise.dtype == hidden.dtype else noise.to(hidden.dtype)
+            attended = cross_attend(self.cross, hidden, context)
             if keep is not None:
                 attended = attended * keep.to(attended.dtype)
             hidden = hidden + torch.tanh(self.gate) * attended
-        return self.scale * self.up(hidden)
+        out = self.up(hidden)
+        # the tiny preset's scale is 1.0: skipping the multiply saves a dispatch and changes no bit
+        return out if self.scale == 1.0 else self.scale * out
 
 
 def cross_attend(attention: nn.MultiheadAttention, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -103,14 +106,15 @@ def cross_attend(attention: nn.MultiheadAttention, queries: torch.Tensor, contex
     where the module's argument checks and reshapes cost more than the arithmetic; the module stays, so the
     parameters (and checkpoints) are the same."""
     width, heads = queries.shape[-1], attention.num_heads
-    w_q, w_kv = attention.in_proj_weight.split([width, 2 * width])
-    b_q, b_kv = attention.in_proj_bias.split([width, 2 * width])
-    keys, values = F.linear(context, w_kv, b_kv).chunk(2, dim=-1)
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias
+    # slices rather than ``split``: the same views, at a fraction of the dispatch cost on a 16-token model
+    keys, values = F.linear(context, weight[width:], bias[width:]).chunk(2, dim=-1)
+    queries = F.linear(queries, weight[:width], bias[:width])
 
     def by_head(t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (heads, width // heads)).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(by_head(F.linear(queries, w_q, b_q)), by_head(keys), by_head(values))
+    out = F.scaled_dot_product_attention(by_head(queries), by_head(keys), by_head(values))
     return attention.out_proj(out.transpose(1, 2).flatten(2))
 
 
