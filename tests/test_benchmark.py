@@ -53,7 +53,56 @@ def test_card_json_has_the_realism_gate_and_hashes(quick_benchmark, manifest):
         img2img = "from_source" in json.loads(rows[0].params)
         assert ("psnr" in gate and 0.0 <= gate["ssim"] <= 1.0) == img2img, name
     assert by_setting["sr-resizeconv"]["psnr"] > 25  # a regeneration resembles its source
+    # the inpainted region is judged on itself; whole-image fakes have no edited region
+    assert 0.0 <= by_setting["ldm-f8-inpaint"]["edited_region_auc"] <= 1.0
+    assert all(gate["edited_region_auc"] is None for name, gate in by_setting.items() if name != "ldm-f8-inpaint")
     assert set(card["realism"]) == {"share_at_most_0.80", "any_at_least_0.99", "meets_target"}
+
+
+def _pasted_disks(manifest, fill) -> list:
+    """Real crops of the quick build with a disk of 25 px replaced by ``fill(crops, i, disk)``, as gate fakes."""
+    import numpy as np
+    from PIL import Image
+
+    from medforensics_core.benchmark.realism import GateImage
+
+    reals = [np.asarray(Image.open(manifest.path_of(r)).convert("RGB")) for r in manifest.where(label=0).rows[:40]]
+    fakes = []
+    for i, image in enumerate(reals):
+        yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
+        disk = (yy - 20) ** 2 + (xx - 20) ** 2 <= 12**2
+        fake = image.copy()
+        fake[disk] = fill(reals, i, disk)
+        fakes.append(GateImage(fake, 1, "any", "pasted", image))
+    return fakes
+
+
+def test_edited_region_gate_sees_a_pasted_blob_and_passes_a_real_texture(manifest):
+    """A smooth grey blob pasted into real crops (what the first v2 inpainting looked like) is plainly off on its
+    region, while the same disk filled with the real pixels of another crop at that place (a splice) is not; the
+    whole-image statistic cannot tell the blob from the reals, which is why the region is measured."""
+    import numpy as np
+
+    from medforensics_core.benchmark.realism import edited_box, edited_region_auc, measure_setting
+
+    def blob(crops, i, disk):
+        return np.full((int(disk.sum()), 3), crops[i].reshape(-1, 3).mean(axis=0), dtype=np.uint8)
+
+    def copied(crops, i, disk):
+        return crops[(i + 1) % len(crops)][disk]
+
+    blobs, copies = _pasted_disks(manifest, blob), _pasted_disks(manifest, copied)
+    changed = [edited_box(f.image, f.source_image) for f in blobs]
+    assert all(box is None or (box[0].start >= 8 and box[0].stop <= 33) for box in changed)
+    # measured: 0.993 for the blobs, 0.740 for the splices (whose seams the gradient statistics still see)
+    assert edited_region_auc(blobs, seed=0) > 0.95
+    assert edited_region_auc(copies, seed=0) < 0.8
+    # a whole-image change (every pixel brightened) is not a local edit
+    brighter = [f.source_image.astype(int) + 20 for f in blobs]
+    assert all(edited_box(np.clip(b, 0, 255).astype(np.uint8), f.source_image) is None for b, f in zip(brighter, blobs))
+    reals = [type(f)(f.source_image, 0, "any", "real") for f in blobs]
+    numbers = measure_setting(blobs, reals, seed=0, freq=None)
+    assert numbers["edited_region_auc"] > numbers["first_order_auc"]
 
 
 def test_labels_balanced_per_modality_and_enough_test_images(manifest):

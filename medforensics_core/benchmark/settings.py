@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import MfxError
 
-BUILDER_VERSION = "medforensics-mini/6"
+BUILDER_VERSION = "medforensics-mini/7"  # 7: the gate also measures local edits on their region (images as in 6)
 DEFAULT_SIZE, QUICK_SIZE = 128, 64
 DEFAULT_PER_MODALITY, QUICK_PER_MODALITY = 300, 56
 
