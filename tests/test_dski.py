@@ -363,6 +363,32 @@ def test_a_tuned_fusion_must_beat_the_default_by_its_standard_error():
     assert prefer_default(clear, default, holdout, none, 1.0) == (clear, False)
 
 
+def test_retrieval_leads_when_stage1_cannot_rank_the_holdout():
+    """A stage 1 at chance on the hold-out network leaves only the largest alpha to tune; an informative one the
+    whole grid; the option off (or significance 0) always the whole grid."""
+    from types import SimpleNamespace
+
+    from mfx_dski.bank import Embedded, alphas_for
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 150 + [1] * 75)
+    grid = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+    def detector(**overrides):
+        config = {"alpha_grid": grid, "retrieval_leads_at_chance": True, "holdout_significance": 0.05, **overrides}
+        return SimpleNamespace(config=SimpleNamespace(**config))
+
+    def holdout(stage1):
+        return Embedded(np.zeros((225, 2)), None, stage1, labels, ["ct"] * 225)
+
+    coin = holdout(rng.uniform(size=225))
+    seeing = holdout(1 / (1 + np.exp(-(rng.normal(size=225) + 1.5 * labels))))
+    assert alphas_for(detector(), coin) == ((8.0,), True)
+    assert alphas_for(detector(), seeing) == (grid, False)
+    assert alphas_for(detector(retrieval_leads_at_chance=False), coin) == (grid, False)
+    assert alphas_for(detector(holdout_significance=0.0), coin) == (grid, False)
+
+
 def test_tuning_holds_a_training_generator_out_and_reports_stage_aucs(splits, trained):
     """Fusion and best epoch are tuned on a generator training did not see; each stage's AUC is recorded."""
     from medforensics_core.engine.compare.detector_run import stage_aucs
@@ -468,7 +494,7 @@ def test_self_blend_share_adds_partial_fakes_to_stage1_training_only(splits):
 
 def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
     """A hold-out stage 1 cannot tell from the reals (here: real images relabelled as a fake 'generator')
-    chooses neither the epoch nor the fusion: the last epoch and the default fusion are kept, and
+    chooses neither the epoch nor the fusion: the last epoch and the default fusion (retrieval leading) are kept, and
     train_info says why. With ``holdout_significance=0`` the same hold-out picks its best epoch."""
     import dataclasses
 
@@ -492,7 +518,9 @@ def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
     defaults = fitted[0.05].config
     assert info["holdout"]["tuned"] is False  # no fusion beats chance either (the decoys' copies are in the bank)
     assert info["holdout"]["fused_auc"] <= info["holdout"]["chance_auc"]
-    assert info["holdout"]["fusion"] == {"alpha": defaults.mfrm_alpha, "beta": defaults.mfrm_beta,
+    # stage 1 at chance on it, so retrieval leads: the default fusion with the grid's largest alpha
+    assert info["holdout"]["retrieval_leads"] is True
+    assert info["holdout"]["fusion"] == {"alpha": max(defaults.alpha_grid), "beta": defaults.mfrm_beta,
                                          "descriptor_weight": defaults.descriptor_weight,
                                          "inconsistency_weight": defaults.inconsistency_weight}
     trusted = fitted[0.0].train_info

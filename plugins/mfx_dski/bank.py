@@ -107,24 +107,47 @@ def tune(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str
     weights = sorted(set(cfg.descriptor_grid) | {detector.fusion.descriptor_weight}) \
         if detector.uses_descriptor() else [0.0]
     neighbours = {w: _neighbours(holdout, support, w, cfg.top_k, cfg.same_modality) for w in weights}
+    alphas, leads = alphas_for(detector, holdout)
+    if leads:
+        detector.fusion = dataclasses.replace(detector.fusion, alpha=alphas[0])
     default = detector.fusion if detector.fusion.descriptor_weight in neighbours else \
         mfrm.Fusion(detector.fusion.alpha, detector.fusion.beta, 0.0)
-    best = mfrm.tune_fusion(holdout.stage1, holdout.labels, neighbours, cfg.alpha_grid, cfg.beta_grid, default)
+    best = mfrm.tune_fusion(holdout.stage1, holdout.labels, neighbours, alphas, cfg.beta_grid, default)
     if best is None:
         return {}
     # judged by the fused AUC itself: retrieval may rank a hold-out that stage 1 cannot (then tuning is informed)
-    candidates = 1 + len(neighbours) * len(cfg.alpha_grid) * len(cfg.beta_grid)
+    candidates = 1 + len(neighbours) * len(alphas) * len(cfg.beta_grid)
     chance = chance_auc(holdout.labels, candidates, cfg.holdout_significance)
     if best[1] <= chance:
-        return {**untuned(detector, holdout, support), "chance_auc": chance}
+        return {**untuned(detector, holdout, support), "chance_auc": chance, "retrieval_leads": leads}
     best, kept_default = prefer_default(best, default, holdout, neighbours, cfg.fusion_min_gain_se)
     chosen = neighbours[best[0].descriptor_weight]
     shift_of = inconsistency_shifts(detector, holdout)
     grid = sorted(set(cfg.inconsistency_grid) | {cfg.inconsistency_weight})
     detector.fusion = dataclasses.replace(best[0], inconsistency_weight=pick_inconsistency_weight(
         holdout, chosen, best[0], shift_of, grid, cfg.inconsistency_tolerance))
-    return {"fusion": dataclasses.asdict(detector.fusion), "kept_default": kept_default,
+    return {"fusion": dataclasses.asdict(detector.fusion), "kept_default": kept_default, "retrieval_leads": leads,
             **stage_aucs(holdout.labels, holdout.stage1, chosen, detector.fusion, shift_of)}
+
+
+def alphas_for(detector: "DSKIBase", holdout: Embedded) -> tuple[tuple[float, ...], bool]:
+    """The evidence weights to tune over, and whether retrieval leads: when the kept stage 1 ranks the hold-out
+    network no better than chance (one-sided ``holdout_significance``), only the grid's largest alpha.
+
+    Why: a stage 1 that cannot tell an unseen network's fakes from reals adds only noise on the next unseen
+    network, and the fused AUC on such a hold-out is too weak to say how little of it to keep; MFRM is the
+    part meant to carry unseen generators (the largest-alpha tie-break of :func:`mfrm.tune_fusion`, taken
+    one step further). Before this rule, ablations whose stage 1 is at chance everywhere (``-no-noise``,
+    ``-no-cdfa``) chose alpha 8 on most hold-outs, but 0.5-2 on the inpainting network, and then scored
+    0.67-0.75 on a held-out super-resolution network against 0.91-0.93 for the other seeds.
+    """
+    cfg = detector.config
+    grid = tuple(cfg.alpha_grid)
+    if not cfg.retrieval_leads_at_chance or not grid:
+        return grid, False
+    auc = mfrm.auc_or_none(holdout.labels, holdout.stage1)
+    at_chance = auc is None or auc <= chance_auc(holdout.labels, 1, cfg.holdout_significance)
+    return ((max(grid),), True) if at_chance else (grid, False)
 
 
 def prefer_default(best: tuple[mfrm.Fusion, float], default: mfrm.Fusion, holdout: Embedded,

@@ -132,6 +132,12 @@ class DSKIConfig:
       With the inpainting network as hold-out (fused AUC 0.6-0.7), ablations chose fusions that scored
       0.67-0.79 on a held-out super-resolution network, against 0.87-0.93 for seeds tuned on another
       network. ``0`` (default) lets the best fusion always win, as the papers tune on validation.
+      Measured (seed 2 of three folds whose hold-out was the inpainting network): the default fusion
+      it falls back to is worse, ``dski`` 0.924 -> 0.821 on ``sr-resizeconv``; so it stays off.
+      ``retrieval_leads_at_chance``: when the kept stage 1 ranks the hold-out no better than chance
+      (one-sided ``holdout_significance``, one comparison), only the largest alpha of the grid is
+      tried (``holdout.retrieval_leads``): a stage 1 that cannot see an unseen network adds noise on
+      the next one, and MFRM is the part meant to carry unseen generators. See ``bank.alphas_for``.
 
     MFRM (medical forensic retrieval module)
       ``use_mfrm``: at the end of ``fit`` the adapted, L2-normalised embeddings of a labelled support
@@ -204,6 +210,7 @@ class DSKIConfig:
     tune_holdout: str = "network"
     holdout_significance: float = 0.05
     fusion_min_gain_se: float = 0.0
+    retrieval_leads_at_chance: bool = True
     # MFRM
     use_mfrm: bool = True
     retriever: str = "faiss-flat"
