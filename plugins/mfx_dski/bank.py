@@ -120,13 +120,12 @@ def tune(detector: "DSKIBase", holdout: Embedded, support: Embedded) -> dict[str
     chance = chance_auc(holdout.labels, candidates, cfg.holdout_significance)
     if best[1] <= chance:
         return {**untuned(detector, holdout, support), "chance_auc": chance, "retrieval_leads": leads}
-    best, kept_default = prefer_default(best, default, holdout, neighbours, cfg.fusion_min_gain_se)
     chosen = neighbours[best[0].descriptor_weight]
     shift_of = inconsistency_shifts(detector, holdout)
     grid = sorted(set(cfg.inconsistency_grid) | {cfg.inconsistency_weight})
     detector.fusion = dataclasses.replace(best[0], inconsistency_weight=pick_inconsistency_weight(
         holdout, chosen, best[0], shift_of, grid, cfg.inconsistency_tolerance))
-    return {"fusion": dataclasses.asdict(detector.fusion), "kept_default": kept_default, "retrieval_leads": leads,
+    return {"fusion": dataclasses.asdict(detector.fusion), "retrieval_leads": leads,
             **stage_aucs(holdout.labels, holdout.stage1, chosen, detector.fusion, shift_of)}
 
 
@@ -148,28 +147,6 @@ def alphas_for(detector: "DSKIBase", holdout: Embedded) -> tuple[tuple[float, ..
     auc = mfrm.auc_or_none(holdout.labels, holdout.stage1)
     at_chance = auc is None or auc <= chance_auc(holdout.labels, 1, cfg.holdout_significance)
     return ((max(grid),), True) if at_chance else (grid, False)
-
-
-def prefer_default(best: tuple[mfrm.Fusion, float], default: mfrm.Fusion, holdout: Embedded,
-                   neighbours: dict[float, mfrm.Neighbours], min_gain_se: float) -> tuple[tuple[mfrm.Fusion, float], bool]:
-    """``best`` unless it beats the default fusion's hold-out AUC by less than ``min_gain_se`` standard errors of
-    its AUC; then the default and its AUC, and True. ``min_gain_se`` 0: always ``best``."""
-    if min_gain_se <= 0 or best[0] == default:
-        return best, False
-    default_auc = mfrm.auc_or_none(holdout.labels, mfrm.fused_probability(
-        holdout.stage1, neighbours[default.descriptor_weight], default.alpha, default.beta))
-    if default_auc is None or best[1] - default_auc >= min_gain_se * auc_standard_error(best[1], holdout.labels):
-        return best, False
-    return (default, default_auc), True
-
-
-def auc_standard_error(auc: float, labels: np.ndarray) -> float:
-    """Hanley & McNeil's (1982) standard error of an AUC measured on these labels."""
-    labels = np.asarray(labels)
-    fakes, reals = int((labels == 1).sum()), int((labels == 0).sum())
-    q1, q2 = auc / (2.0 - auc), 2.0 * auc**2 / (1.0 + auc)
-    variance = (auc * (1 - auc) + (fakes - 1) * (q1 - auc**2) + (reals - 1) * (q2 - auc**2)) / (fakes * reals)
-    return float(np.sqrt(max(variance, 0.0)))
 
 
 def inconsistency_shifts(detector: "DSKIBase", embedded: Embedded):

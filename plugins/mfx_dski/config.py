@@ -125,19 +125,12 @@ class DSKIConfig:
       undetectable inpainting network (hold-out AUC 0.58-0.63) kept epoch 7 of 20 and fell to 0.85 on
       the held-out resize-conv network, against 0.93-0.96 for seeds tuned on a detectable network.
       ``0`` trusts every hold-out (the rule off).
-      ``fusion_min_gain_se``: a tuned fusion replaces the default (``mfrm_alpha``, ``mfrm_beta``,
-      ``descriptor_weight``) only when its hold-out AUC beats the default's by this many standard errors
-      of that AUC (Hanley & McNeil 1982); ``train_info``'s ``holdout.kept_default`` says when it did
-      not. Why: over a grid of 45 fusions the best one on a weakly detectable hold-out wins by noise.
-      With the inpainting network as hold-out (fused AUC 0.6-0.7), ablations chose fusions that scored
-      0.67-0.79 on a held-out super-resolution network, against 0.87-0.93 for seeds tuned on another
-      network. ``0`` (default) lets the best fusion always win, as the papers tune on validation.
-      Measured (seed 2 of three folds whose hold-out was the inpainting network): the default fusion
-      it falls back to is worse, ``dski`` 0.924 -> 0.821 on ``sr-resizeconv``; so it stays off.
       ``retrieval_leads_at_chance``: when the kept stage 1 ranks the hold-out no better than chance
       (one-sided ``holdout_significance``, one comparison), only the largest alpha of the grid is
       tried (``holdout.retrieval_leads``): a stage 1 that cannot see an unseen network adds noise on
       the next one, and MFRM is the part meant to carry unseen generators. See ``bank.alphas_for``.
+      Tried and not kept: holding the default fusion unless a tuned one beats it by one standard error
+      of its hold-out AUC; it fell back to alpha 1 and ``dski`` dropped 0.924 -> 0.821 on one fold.
 
     MFRM (medical forensic retrieval module)
       ``use_mfrm``: at the end of ``fit`` the adapted, L2-normalised embeddings of a labelled support
@@ -209,7 +202,6 @@ class DSKIConfig:
     # tuning
     tune_holdout: str = "network"
     holdout_significance: float = 0.05
-    fusion_min_gain_se: float = 0.0
     retrieval_leads_at_chance: bool = True
     # MFRM
     use_mfrm: bool = True
