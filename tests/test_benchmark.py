@@ -181,6 +181,22 @@ def test_default_dataset_is_reused_and_keys_follow_parameters(quick_benchmark):
         assert benchmark.make_plan(quick=True, **changed).key() != base.key(), changed
 
 
+def test_a_network_row_lengthens_only_that_network_and_only_outside_quick_builds():
+    """Pipeline B trains longer than pipeline A in the default and large builds; quick builds stay quick."""
+    from medforensics_core.benchmark.settings import LARGE_FACTOR
+
+    def steps(plan, name):
+        setting = next(s for s in plan.settings if s.name == name)
+        config = plan.training_overrides(setting)
+        return config["ae_steps"], config["unet_steps"]
+
+    default, large, quick = (benchmark.make_plan(size=size) for size in ("default", "large", "quick"))
+    assert steps(default, "ldm-f8-inpaint") == (2400, 1200)
+    assert steps(default, "ldm-f4-img2img") == (600, 600)
+    assert steps(large, "ldm-f8-inpaint") == (2400 * LARGE_FACTOR, 1200 * LARGE_FACTOR)
+    assert steps(quick, "ldm-f8-inpaint") == steps(quick, "ldm-f4-img2img") == (150, 100)
+
+
 def test_same_seed_same_files_other_seed_other_fakes(tmp_path):
     def shas(out: Path, seed: int) -> dict[str, str]:
         folder = benchmark.build_benchmark(out, quick=True, size=32, per_modality=12,

@@ -194,6 +194,22 @@ def test_ldm_inpaint_keeps_the_real_outside_the_feathered_square(ldm, mixed_crop
         assert int(rows.max() - rows.min()) < side and int(cols.max() - cols.min()) < side
 
 
+def test_ldm_inpaint_at_low_strength_regenerates_the_region_near_its_own_reconstruction(ldm, mixed_crops):
+    """Below strength 1 the region starts from the noised real latent (its layout kept); at 1, from pure noise."""
+    images, conditions = mixed_crops
+    real, cond = images[:4], conditions[:4]
+    reconstruction = _make("ldm", ae_steps=40, unet_steps=20, mode="reconstruct").adopt(ldm).transform(
+        real, conditions=cond)
+    distance = {}
+    for strength in (0.05, 1.0):
+        gen = _make("ldm", ae_steps=40, unet_steps=20, mode="inpaint", region=0.4, strength=strength,
+                    feather=0.0).adopt(ldm)  # no blend ramp: every changed pixel is a regenerated one
+        out = gen.transform(real, torch.Generator().manual_seed(0), conditions=cond)
+        region = (out - real).abs().amax(dim=1, keepdim=True).expand_as(out) > 1e-6  # same masks: same seed
+        distance[strength] = float((out - reconstruction).abs()[region].mean())
+    assert distance[0.05] < 0.1 * distance[1.0], distance
+
+
 def test_ldm_autoencoder_learns_to_reconstruct(mixed_crops):
     images, conditions = mixed_crops
     untrained = _make("ldm", ae_steps=0, unet_steps=0, mode="reconstruct").fit(images, FitContext(seed=0),

@@ -20,7 +20,8 @@ One trained pipeline serves four ``mode`` s (each a benchmark setting):
 * ``img2img``: SDEdit in latent space -- the real's latent noised to ``strength`` and denoised;
 * ``inpaint``: a round region (diameter ``region`` of the side) regenerated in latent space (known
   latents re-imposed at every step, RePaint style), decoded, and pasted back into the real with a
-  feathered edge -- outside the region the fake is the real image;
+  feathered edge -- outside the region the fake is the real image; ``strength`` below 1 starts the
+  region from the real latent noised that far (the ``strength`` of diffusers' inpainting pipeline);
 * ``sample``: DDIM from pure latent noise for a given modality.
 """
 
@@ -71,7 +72,8 @@ class LDMConfig:
     beta_start: float = 0.00085    # the "scaled linear" schedule of latent diffusion
     beta_end: float = 0.012
     sample_steps: int = 25         # DDIM steps for a full denoising
-    strength: float = 0.5          # img2img: fraction of the schedule the real latent is noised to
+    strength: float = 0.5          # img2img and inpaint: fraction of the schedule the real latent is noised to
+                                   # (inpaint at 1.0 starts the region from pure noise, as diffusers' inpainting does)
     region: float = 0.4            # inpaint: diameter of the regenerated region, as a fraction of the image side
     feather: float = 6.0           # inpaint: width of the blend ramp, in pixels
     batch_infer: int = 32
@@ -377,8 +379,12 @@ class LDMGenerator(Generator):
         pixel_mask = torch.cat(pixel_masks)
         # every latent whose footprint the pasted region touches is regenerated
         latent_mask = (F.max_pool2d(pixel_mask, f) > 0).float().to(self.device)
-        start = torch.randn(z0.shape, generator=generator).to(self.device)
-        z = self._denoise(start, self._schedule(1.0), condition, generator, known=z0, mask=latent_mask)
+        schedule = self._schedule(min(1.0, cfg.strength))
+        if cfg.strength >= 1.0:
+            start = torch.randn(z0.shape, generator=generator).to(self.device)
+        else:  # the region keeps the real's layout and regenerates its detail (a partial-strength edit)
+            start = self._noised(z0, schedule[0], generator)
+        z = self._denoise(start, schedule, condition, generator, known=z0, mask=latent_mask)
         regenerated = self._decode(z).cpu()
         return pixel_mask * regenerated + (1 - pixel_mask) * real
 
