@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -315,6 +316,31 @@ def test_show_draws_a_montage(quick_benchmark, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(out) as img:
         assert img.width > 600 and img.height > 600
+
+
+def test_show_beside_source_pairs_each_inpainted_fake_with_the_real_it_was_made_from(quick_benchmark, tmp_path):
+    from PIL import Image
+
+    from medforensics_core.benchmark.montage import pick_pairs
+
+    manifest = read_manifest(Path(quick_benchmark) / "manifest.csv")
+    pairs = pick_pairs(manifest, "ldm-f8-inpaint", "test", per_modality=2)
+    assert len({fake.modality for fake, _ in pairs}) >= 6 and len(pairs) <= 2 * len(manifest.modalities)
+    for fake, real in pairs:
+        assert real.label == 0 and (real.source, real.split) == (fake.source, fake.split)
+        with Image.open(manifest.path_of(fake)) as a, Image.open(manifest.path_of(real)) as b:
+            changed = np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).max(axis=-1) > 0
+        assert 0 < changed.mean() < 0.5  # a local edit: most of the fake is its real
+    out = tmp_path / "pairs.png"
+    result = CliRunner().invoke(cli, ["data", "show", str(quick_benchmark), "--beside-source", "ldm-f8-inpaint",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as img:
+        assert img.height > img.width  # one row per pair, three columns
+    result = CliRunner().invoke(cli, ["data", "show", str(quick_benchmark), "--beside-source", "stylegan",
+                                      "-o", str(tmp_path / "none.png")])
+    assert result.exit_code != 0 and "no generator setting 'stylegan'" in result.output
+    assert "ldm-f8-inpaint" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 Looking at the fakes is the first check of a benchmark: a setting whose images
 are obviously broken, or indistinguishable from the reals, shows at a glance.
+A local edit (inpainting) is judged beside the real it was made from: the
+difference column shows where the edit is, the first two how it reads.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.manifest import Manifest, read_manifest
+from ..data.manifest import Manifest, ManifestRow, read_manifest
 from ..errors import BadInputError
 
 
@@ -24,6 +26,82 @@ def pick_examples(manifest: Manifest, split: str | None = "test") -> tuple[list[
         key = (r.modality, "real" if r.label == 0 else r.generator)
         cells.setdefault(key, manifest.path_of(r))
     return modalities, columns, cells
+
+
+DIFFERENCE_GAIN = 4.0  # the difference column is |fake - real| times this, so a faint edit still shows
+
+
+def pick_pairs(manifest: Manifest, setting: str, split: str | None = "test",
+               per_modality: int = 2) -> list[tuple[ManifestRow, ManifestRow]]:
+    """Up to ``per_modality`` (fake, real it was made from) pairs per modality: a fake of ``setting`` and the
+    real image of the same ``source`` and split (the benchmark builder records that source for every fake)."""
+    rows = [r for r in manifest.rows if split is None or r.split == split]
+    reals = {(r.source, r.split): r for r in rows if r.label == 0 and r.source}
+    pairs: list[tuple[ManifestRow, ManifestRow]] = []
+    taken: dict[str, int] = {}
+    for row in rows:
+        if row.label != 1 or row.generator != setting or taken.get(row.modality, 0) >= per_modality:
+            continue
+        real = reals.get((row.source, row.split))
+        if real is not None:
+            pairs.append((row, real))
+            taken[row.modality] = taken.get(row.modality, 0) + 1
+    return sorted(pairs, key=lambda pair: pair[0].modality)
+
+
+def _save(fig, output: Path) -> Path:
+    """Lay out, write and close a figure; the folder is made if missing."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output
+
+
+def _rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def draw_pairs(dataset: Path, output: Path, setting: str, *, split: str | None = "test", per_modality: int = 2,
+               tile_inches: float = 1.6) -> Path:
+    """Write a PNG of fakes of ``setting`` beside their source reals and the amplified difference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dataset = Path(dataset)
+    manifest = read_manifest(dataset / "manifest.csv" if dataset.is_dir() else dataset)
+    settings = sorted({r.generator for r in manifest.rows if r.label == 1})
+    if setting not in settings:
+        raise BadInputError(dataset, f"no generator setting {setting!r} in the manifest; it has: "
+                                     f"{', '.join(settings) or 'no fakes'}")
+    pairs = pick_pairs(manifest, setting, split, per_modality)
+    if not pairs:
+        raise BadInputError(dataset, f"no fake of {setting!r} in the {split or 'any'} split has a real image of "
+                                     "the same source (the manifest's source column pairs them)")
+    fig, axes = plt.subplots(len(pairs), 3, squeeze=False, figsize=(3 * tile_inches, tile_inches * len(pairs) + 0.4))
+    titles = ("real (source)", "fake", f"|fake - real| x {DIFFERENCE_GAIN:g}")
+    for i, (fake_row, real_row) in enumerate(pairs):
+        real, fake = _rgb(manifest.path_of(real_row)), _rgb(manifest.path_of(fake_row))
+        difference = np.clip(np.abs(fake - real) * DIFFERENCE_GAIN, 0, 1) if fake.shape == real.shape else None
+        for j, picture in enumerate((real, fake, difference)):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if picture is not None:
+                ax.imshow(picture)
+            if i == 0:
+                ax.set_title(titles[j], fontsize=8)
+        axes[i][0].set_ylabel(fake_row.modality, fontsize=8)
+    fig.suptitle(f"{setting} beside its source reals\n{dataset.name}, {split or 'all'} split", fontsize=8)
+    return _save(fig, output)
 
 
 def draw_montage(dataset: Path, output: Path, *, split: str | None = "test", tile_inches: float = 1.3) -> Path:
@@ -55,9 +133,4 @@ def draw_montage(dataset: Path, output: Path, *, split: str | None = "test", til
             if j == 0:
                 ax.set_ylabel(modality, fontsize=8)
     fig.suptitle(f"{dataset.name}: real and generated examples ({split or 'all'} split)", fontsize=9)
-    fig.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
-    return output
+    return _save(fig, output)

@@ -61,14 +61,24 @@ def demo_command(out: Path | None, size: str | None, per_modality: int | None, g
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("montage.png"),
               show_default=True, help="PNG file to write.")
 @click.option("--split", default="test", show_default=True, help="Split to take examples from ('all' for any).")
-def show_command(dataset: Path, output: Path, split: str) -> None:
+@click.option("--beside-source", "beside_source", metavar="SETTING", default=None,
+              help="Instead: fakes of this generator setting beside the real each was made from, with their "
+                   "difference amplified (how to judge a local edit such as inpainting).")
+@click.option("--per-modality", type=click.IntRange(1, 20), default=2, show_default=True,
+              help="With --beside-source: pairs per modality.")
+def show_command(dataset: Path, output: Path, split: str, beside_source: str | None, per_modality: int) -> None:
     """Draw a montage of DATASET: one row per modality, real + one column per generator setting.
 
     \b
-    Example:
+    Examples:
       mfx data show medforensics-mini -o montage.png --split all
+      mfx data show medforensics-mini --beside-source ldm-f8-inpaint -o inpaint.png
     """
-    from ..benchmark.montage import draw_montage
+    from ..benchmark.montage import draw_montage, draw_pairs
 
-    path = draw_montage(dataset, output, split=None if split == "all" else split)
+    split_or_all = None if split == "all" else split
+    if beside_source:
+        path = draw_pairs(dataset, output, beside_source, split=split_or_all, per_modality=per_modality)
+    else:
+        path = draw_montage(dataset, output, split=split_or_all)
     console.print(f"montage written to [bold]{path}[/]")
