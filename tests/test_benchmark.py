@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -322,6 +323,7 @@ def test_show_beside_source_pairs_each_inpainted_fake_with_the_real_it_was_made_
     from PIL import Image
 
     from medforensics_core.benchmark.montage import pick_pairs
+    from medforensics_core.data.manifest import Manifest
 
     manifest = read_manifest(Path(quick_benchmark) / "manifest.csv")
     pairs = pick_pairs(manifest, "ldm-f8-inpaint", "test", per_modality=2)
@@ -341,6 +343,11 @@ def test_show_beside_source_pairs_each_inpainted_fake_with_the_real_it_was_made_
                                       "-o", str(tmp_path / "none.png")])
     assert result.exit_code != 0 and "no generator setting 'stylegan'" in result.output
     assert "ldm-f8-inpaint" in result.output and "Traceback" not in result.output
+    # a source shared by two reals names neither: its fake is not paired with a guess
+    fake, real = pairs[0]
+    twin = dataclasses.replace(real, path=real.path.replace(".png", "-twin.png"))
+    shared = Manifest([*manifest.rows, twin], manifest.root)
+    assert fake not in [f for f, _ in pick_pairs(shared, "ldm-f8-inpaint", "test", per_modality=2)]
 
 
 @pytest.mark.slow

@@ -34,9 +34,15 @@ DIFFERENCE_GAIN = 4.0  # the difference column is |fake - real| times this, so a
 def pick_pairs(manifest: Manifest, setting: str, split: str | None = "test",
                per_modality: int = 2) -> list[tuple[ManifestRow, ManifestRow]]:
     """Up to ``per_modality`` (fake, real it was made from) pairs per modality: a fake of ``setting`` and the
-    real image of the same ``source`` and split (the benchmark builder records that source for every fake)."""
+    real image of the same ``source`` and split (the benchmark builder records that source for every fake).
+    A source shared by several reals (a volume's slices, in a user's manifest) names no single real, so its
+    fakes are left out rather than shown beside the wrong image."""
     rows = [r for r in manifest.rows if split is None or r.split == split]
-    reals = {(r.source, r.split): r for r in rows if r.label == 0 and r.source}
+    reals_of: dict[tuple[str, str], list[ManifestRow]] = {}
+    for r in rows:
+        if r.label == 0 and r.source:
+            reals_of.setdefault((r.source, r.split), []).append(r)
+    reals = {key: found[0] for key, found in reals_of.items() if len(found) == 1}
     pairs: list[tuple[ManifestRow, ManifestRow]] = []
     taken: dict[str, int] = {}
     for row in rows:
