@@ -224,7 +224,7 @@ class DSKIConfig:
 # The tiny preset runs on a random-init 2-block CLIP in seconds on a CPU. Its real and fake prompts are
 # nearly parallel (cosine 0.93-0.96: a random text tower barely separates the words), so the image
 # embedding must move far within a few hundred steps: hence adapter scale 1.0 and lr 5e-3 instead of 0.1 and 4e-4.
-# 20 epochs, not 10: at 10 the loss was still falling on every run, and on 2 of 15 leave-one-network-out
+# 20 epochs, not 10: at 10 the loss was still falling on most runs, and on 2 of 15 leave-one-network-out
 # fold-seeds of MedForensics-mini stage 1 never left chance (loss 1.66 -> 1.59, hold-out AUC 0.49 and 0.72).
 # Chosen on the *tuning* hold-out inside each fold's training data (mean stage-1 AUC over the 12 fold-seeds
 # whose hold-out is detectable: 0.899 at 10 epochs, 0.966 at 20, lowest 0.491 -> 0.898), against dropping
