@@ -465,6 +465,35 @@ def test_self_blend_share_adds_partial_fakes_to_stage1_training_only(splits):
                            plain.net.state_dict()["cdfa.adapters.0.up.weight"])
 
 
+def test_tuning_holdout_by_network_keeps_linked_networks_together(quick_benchmark_v1):
+    """Inner hold-out by network links settings that share a network id, as ``--holdout-by network`` does: a
+    ``vae-a+unet-b`` fake is held out with ``vae-a``'s fakes (never trained on beside them), and every seed's
+    hold-out is one whole unit; values without a shared id stay units of their own."""
+    import dataclasses
+
+    from medforensics_core.data.manifest import Manifest
+    from mfx_dski.training import holdout_split
+
+    manifest = read_manifest(Path(quick_benchmark_v1) / "manifest.csv").split("train")
+    generators = sorted({r.generator for r in manifest.rows if r.label == 1})[:3]
+    networks = dict(zip(generators, ("vae-a", "vae-a+unet-b", "unet-c")))
+    rows = [dataclasses.replace(r, network=networks[r.generator]) if r.label == 1 else r
+            for r in manifest.rows if r.label == 0 or r.generator in networks]
+    train = ImageSet(Manifest(rows, manifest.root))
+    chosen = set()
+    for seed in range(12):
+        rest, held, value = holdout_split(train, "network", seed)
+        chosen.add(value)
+        held_networks = {r.network for r in held.rows if r.label == 1}
+        rest_networks = {r.network for r in rest.rows if r.label == 1}
+        assert held_networks in ({"vae-a", "vae-a+unet-b"}, {"unet-c"}), held_networks
+        assert not held_networks & rest_networks and held_networks | rest_networks == set(networks.values())
+        assert len(rest) + len(held) == len(train) and held.labels.min() == 0  # reals held out beside them
+    assert chosen == {"unet-b+vae-a", "unet-c"}
+    # by generator each setting stays its own unit
+    assert {holdout_split(train, "generator", s)[2] for s in range(12)} == set(generators)
+
+
 def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
     """A hold-out stage 1 cannot tell from the reals (here: real images relabelled as a fake 'generator')
     chooses neither the epoch nor the fusion: the last epoch and the default fusion (retrieval leading) are kept, and

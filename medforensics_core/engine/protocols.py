@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -233,6 +233,28 @@ def check_holdout_by(value: str | None) -> None:
         raise MfxError(f"--holdout-by must be {', '.join(HOLDOUT_BY[:-1])} or {HOLDOUT_BY[-1]}, not {value!r}")
 
 
+def linked_groups(keys: Mapping[str, Iterable[str]]) -> list[frozenset[str]]:
+    """Members linked when they share a key, transitively: each connected group once, in order of its
+    smallest member. Why: a network, or a family, must never sit on both sides of a hold-out, and two
+    settings can be tied only through a third (``a`` and ``c`` both share a network with ``b``)."""
+    parent = {member: member for member in keys}
+
+    def root(member: str) -> str:
+        while parent[member] != member:
+            parent[member] = parent[parent[member]]
+            member = parent[member]
+        return member
+
+    owner: dict[str, str] = {}
+    for member in sorted(keys):
+        for key in keys[member]:
+            parent[root(member)] = root(owner.setdefault(key, member))
+    groups: dict[str, set[str]] = {}
+    for member in sorted(parent):
+        groups.setdefault(root(member), set()).add(member)
+    return sorted((frozenset(g) for g in groups.values()), key=min)
+
+
 def holdout_units(data: DataBundle, by: str, test_split: str) -> list[HeldOut]:
     """The units a leave-one-out protocol holds out, one per fold, for the generators of the test split.
 
@@ -240,30 +262,16 @@ def holdout_units(data: DataBundle, by: str, test_split: str) -> list[HeldOut]:
     (``by`` family); each connected group is one unit, so a network never sits on both sides of a fold.
     """
     fakes = [r for r in data.manifest.rows if r.label == 1]
-    parent = {r.generator: r.generator for r in fakes}
-
-    def root(g: str) -> str:
-        while parent[g] != g:
-            parent[g] = parent[parent[g]]
-            g = parent[g]
-        return g
-
-    def link(keys: Callable[[ManifestRow], Iterable[str]]) -> None:
-        owner: dict[str, str] = {}
-        for row in fakes:
-            for key in keys(row):
-                parent[root(row.generator)] = root(owner.setdefault(key, row.generator))
-
-    if by in ("network", "family"):
-        link(lambda row: row.networks)
-    if by == "family":
-        link(lambda row: [row.family] if row.family else [])
-    groups: dict[str, set[str]] = {}
-    for generator in sorted(parent):
-        groups.setdefault(root(generator), set()).add(generator)
+    keys: dict[str, set[str]] = {r.generator: set() for r in fakes}
+    for row in fakes:
+        if by in ("network", "family"):
+            keys[row.generator].update(f"network:{n}" for n in row.networks)
+        if by == "family" and row.family:
+            keys[row.generator].add(f"family:{row.family}")
+    groups = linked_groups(keys)
     tested = set(data.fake_generators(test_split))
     units = []
-    for members in groups.values():
+    for members in groups:
         if members & tested:
             networks = frozenset(n for r in fakes if r.generator in members for n in r.networks)
             label = sorted({r.family for r in fakes if r.generator in members}) if by == "family" else sorted(members)

@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from medforensics_core.data.dataset import ImageSet
 from medforensics_core.engine.context import FitContext
+from medforensics_core.engine.protocols import linked_groups
 from medforensics_core.engine.training import run_epoch
 from medforensics_core.errors import ConfigError
 from medforensics_core.seeding import numpy_rng
@@ -36,17 +37,22 @@ REAL = "real"
 
 def holdout_split(train: ImageSet, column: str, seed: int) -> tuple[ImageSet, ImageSet | None, str | None]:
     """``(rest, held_out, value)``: the fakes of one ``column`` value (chosen from ``seed``) plus a matching share
-    of the reals of each modality; ``(train, None, None)`` when fewer than two values have fakes."""
+    of the reals of each modality; ``(train, None, None)`` when fewer than two values have fakes.
+
+    By ``network``, values that share a network id are one unit, as ``--holdout-by network`` links them: a fake
+    made by ``vae-a+unet-b`` is held out with ``vae-a``'s own fakes, never trained on beside them.
+    """
     if train.rows and not hasattr(train.rows[0], column):
         raise ConfigError(f"tune_holdout={column!r}: the manifest has no column {column!r} "
                           f"(use 'generator', 'val' or 'none')")
-    values = sorted({str(getattr(r, column)) for r in train.rows if r.label == 1})
+    fakes = [i for i, r in enumerate(train.rows) if r.label == 1]
+    unit_of = _holdout_units([train.rows[i] for i in fakes], column)
+    values = sorted(set(unit_of.values()))
     if len(values) < 2:
         return train, None, None
     rng = numpy_rng(seed, "dski", "tune-holdout")
     chosen = values[int(rng.integers(len(values)))]
-    fakes = [i for i, r in enumerate(train.rows) if r.label == 1]
-    held_fakes = [i for i in fakes if str(getattr(train.rows[i], column)) == chosen]
+    held_fakes = [i for i in fakes if unit_of[id(train.rows[i])] == chosen]
     share = len(held_fakes) / max(len(fakes), 1)
     held_reals: list[int] = []
     for modality in sorted({r.modality for r in train.rows}):
@@ -57,6 +63,21 @@ def holdout_split(train: ImageSet, column: str, seed: int) -> tuple[ImageSet, Im
     held = set(held_fakes) | set(held_reals)
     rest = [i for i in range(len(train)) if i not in held]
     return train.subset(rest), train.subset(sorted(held)), chosen
+
+
+def _holdout_units(fakes: Sequence[Any], column: str) -> dict[int, str]:
+    """Each fake row (by ``id``) -> the name of its hold-out unit: its ``column`` value, or, by ``network``, the
+    ``+``-joined ids of the networks linked to it through fakes that share an id (blank: a unit of its own)."""
+    if column != "network":
+        return {id(r): str(getattr(r, column)) for r in fakes}
+    ids: dict[str, set[str]] = {}
+    for row in fakes:
+        ids.setdefault(row.network, set()).update(row.networks)
+    name = {}
+    for group in linked_groups(ids):
+        for value in group:
+            name[value] = "+".join(sorted(set().union(*(ids[v] for v in group))))
+    return {id(r): name[r.network] for r in fakes}
 
 
 def tuning_split(detector: "DSKIBase", train: ImageSet, val: ImageSet | None,
