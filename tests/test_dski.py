@@ -494,6 +494,21 @@ def test_tuning_holdout_by_network_keeps_linked_networks_together(quick_benchmar
     assert {holdout_split(train, "generator", s)[2] for s in range(12)} == set(generators)
 
 
+def test_bank_holds_k_shots_of_the_holdout_too_and_never_the_engines_validation_set(splits):
+    """``bank_shots`` K: the tuning hold-out enters the bank K per (label, modality, generator) like the rest; with
+    ``tune_holdout="val"`` the validation images, on which the engine fixes the threshold next, stay out of it."""
+    from collections import Counter
+
+    train = splits["train"].subset(range(0, len(splits["train"]), 3))
+    shots = dski(bank_shots=2).fit(train, None, FitContext(seed=0, epochs=1))
+    assert shots.train_info["tuning_images"] > 0
+    groups = Counter((r.label, r.modality, r.generator) for r in train.rows)
+    assert len(shots.bank) == sum(min(2, n) for n in groups.values())  # hold-out generator included, K each
+    on_val = dski(tune_holdout="val").fit(train, splits["val"], FitContext(seed=0, epochs=1))
+    assert on_val.train_info["tuning"] == "validation split" and on_val.train_info["holdout"]
+    assert len(on_val.bank) == len(train)
+
+
 def test_a_tuning_holdout_at_chance_steers_nothing(splits, quick_benchmark_v1):
     """A hold-out stage 1 cannot tell from the reals (here: real images relabelled as a fake 'generator')
     chooses neither the epoch nor the fusion: the last epoch and the default fusion (retrieval leading) are kept, and

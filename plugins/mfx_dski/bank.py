@@ -47,6 +47,13 @@ class Embedded:
         joined = np.concatenate([self.embeddings, weight * self.descriptors], axis=1)
         return joined / np.linalg.norm(joined, axis=1, keepdims=True).clip(min=1e-12)
 
+    def subset(self, indices: list[int]) -> "Embedded":
+        """The rows ``indices``, in that order."""
+        pick = np.asarray(indices, dtype=np.int64)
+        return Embedded(self.embeddings[pick], None if self.descriptors is None else self.descriptors[pick],
+                        self.stage1[pick], self.labels[pick], [self.modalities[i] for i in pick],
+                        None if self.inconsistency is None else self.inconsistency[pick])
+
 
 @torch.no_grad()
 def embed_imageset(detector: "DSKIBase", images: ImageSet, ctx: FitContext | None = None) -> Embedded:

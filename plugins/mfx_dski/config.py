@@ -113,7 +113,10 @@ class DSKIConfig:
       its img2img outputs) share its traces: holding one out while training on the other is not
       "unseen". A manifest that records no networks falls back to ``"generator"`` (said in
       ``train_info``). Any manifest column works; ``"val"`` tunes on the engine's validation set;
-      ``"none"`` keeps the defaults. The held-out images join the MFRM bank after tuning.
+      ``"none"`` keeps the defaults. The held-out images join the MFRM bank after tuning (``bank_shots`` of
+      them per group, like the rest), except the engine's validation set: the decision threshold is fixed
+      on it next, and a bank holding those images would vote for each one's own label.
+      By ``network``, networks that share an id (``vae-a`` and ``vae-a+unet-b``) are held out together.
       ``holdout_significance``: a hold-out only steers what it can tell apart. When its best stage-1 AUC
       over the epochs is not above chance at this level (one-sided, normal approximation of an AUC's
       null spread for its class counts, Bonferroni over the epochs compared), the held-out network is
@@ -121,7 +124,8 @@ class DSKIConfig:
       varies with the seed: the last epoch is kept instead (``train_info`` says so:
       ``holdout_informative``). The fusion is judged the same way by its own best hold-out AUC
       (Bonferroni over the grid): retrieval often ranks a network stage 1 cannot, and then it is tuned;
-      otherwise the default fusion stays (``holdout.tuned: false``). Measured before this rule: a seed whose hold-out was the
+      otherwise the default fusion stays (``holdout.tuned: false``; with the grid's largest alpha when
+      retrieval leads, below). Measured before this rule: a seed whose hold-out was the
       undetectable inpainting network (hold-out AUC 0.58-0.63) kept epoch 7 of 20 and fell to 0.85 on
       the held-out resize-conv network, against 0.93-0.96 for seeds tuned on a detectable network.
       ``0`` trusts every hold-out (the rule off).

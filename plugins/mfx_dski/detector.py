@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections import Counter
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -355,7 +356,10 @@ class DSKIBase(Detector, SupportsDistributed):
 
     def _build_and_tune_bank(self, rest: ImageSet, holdout: ImageSet | None, ctx: FitContext) -> None:
         """Tune the fusion on the hold-out against a bank of the rest (unless no fusion beats chance there: then the
-        default stays), then bank every training image."""
+        default stays), then bank the training images: ``bank_shots`` per (label, modality, generator) over the rest
+        and the hold-out together. The engine's validation split (``tune_holdout="val"``) stays out of the
+        bank: the engine fixes the decision threshold on it next, and a bank holding those very images would
+        vote for each one's own label (affinity 1 to itself) and make the threshold look better than it is."""
         chosen = mfrm.support_indices(rest.rows, self.config.bank_shots, ctx.rng(offset=101))
         support_set = rest.subset(chosen)
         support = mfrm_bank.embed_imageset(self, support_set, ctx)
@@ -365,8 +369,11 @@ class DSKIBase(Detector, SupportsDistributed):
         if holdout is not None and len(support.labels):
             held = mfrm_bank.embed_imageset(self, holdout, ctx)
             self.train_info["holdout"] = mfrm_bank.tune(self, held, support)
-            parts.append(held)
-            rows += [mfrm_bank.row_meta(r) for r in holdout.rows]
+            if self.config.tune_holdout != "val":
+                already = Counter(mfrm.bank_group(r) for r in support_set.rows)
+                banked = mfrm.support_indices(holdout.rows, self.config.bank_shots, ctx.rng(offset=102), already)
+                parts.append(held.subset(banked))
+                rows += [mfrm_bank.row_meta(holdout.rows[i]) for i in banked]
         mfrm_bank.build(self, mfrm_bank.concat(parts), rows)
 
     # ------------------------------------------------------------------ stage 2: MFRM bank

@@ -51,17 +51,26 @@ class Fusion:
     inconsistency_weight: float = 0.0
 
 
-def support_indices(rows: Sequence[Any], shots: int, rng: np.random.Generator) -> list[int]:
-    """Rows that enter the bank: all of them (``shots`` 0) or ``shots`` per (label, modality, generator)."""
+def bank_group(row: Any) -> tuple[int, str, str]:
+    """The group ``bank_shots`` counts references in: (label, modality, generator)."""
+    return int(row.label), row.modality, row.generator
+
+
+def support_indices(rows: Sequence[Any], shots: int, rng: np.random.Generator,
+                    banked: Mapping[tuple[int, str, str], int] | None = None) -> list[int]:
+    """Rows that enter the bank: all of them (``shots`` 0) or ``shots`` per (label, modality, generator), less
+    the ``banked`` references a group already has (rows added after a first bank, e.g. the tuning hold-out)."""
     if shots <= 0:
         return list(range(len(rows)))
     groups: dict[tuple[int, str, str], list[int]] = {}
     for i, row in enumerate(rows):
-        groups.setdefault((int(row.label), row.modality, row.generator), []).append(i)
+        groups.setdefault(bank_group(row), []).append(i)
     chosen: list[int] = []
     for key in sorted(groups):
         members = groups[key]
-        take = min(shots, len(members))
+        take = min(shots - (banked or {}).get(key, 0), len(members))
+        if take <= 0:
+            continue
         chosen.extend(int(i) for i in rng.choice(members, size=take, replace=False))
     return sorted(chosen)
 
