@@ -13,7 +13,7 @@ too narrow (the default build's 544 test images are 272 crops of 44 slices of 19
 script reruns the report's test -- :func:`medforensics_core.metrics.paired_bootstrap_over_folds`,
 one draw per resample shared by every fold, seeds paired -- with each test image's source cut to
 its slice (``package:file:frame``) and to its file (``package:file``), beside the crop level that
-the report used (which it reproduces). A manifest whose sources do not follow that pattern keeps
+the report used (which it reproduces up to the bootstrap's draws: the images are taken in another order). A manifest whose sources do not follow that pattern keeps
 whole sources at every level.
 """
 

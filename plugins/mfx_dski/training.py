@@ -46,13 +46,13 @@ def holdout_split(train: ImageSet, column: str, seed: int) -> tuple[ImageSet, Im
         raise ConfigError(f"tune_holdout={column!r}: the manifest has no column {column!r} "
                           f"(use 'generator', 'val' or 'none')")
     fakes = [i for i, r in enumerate(train.rows) if r.label == 1]
-    unit_of = _holdout_units([train.rows[i] for i in fakes], column)
-    values = sorted(set(unit_of.values()))
+    units = _holdout_units([train.rows[i] for i in fakes], column)
+    values = sorted(set(units))
     if len(values) < 2:
         return train, None, None
     rng = numpy_rng(seed, "dski", "tune-holdout")
     chosen = values[int(rng.integers(len(values)))]
-    held_fakes = [i for i in fakes if unit_of[id(train.rows[i])] == chosen]
+    held_fakes = [i for i, unit in zip(fakes, units) if unit == chosen]
     share = len(held_fakes) / max(len(fakes), 1)
     held_reals: list[int] = []
     for modality in sorted({r.modality for r in train.rows}):
@@ -65,11 +65,11 @@ def holdout_split(train: ImageSet, column: str, seed: int) -> tuple[ImageSet, Im
     return train.subset(rest), train.subset(sorted(held)), chosen
 
 
-def _holdout_units(fakes: Sequence[Any], column: str) -> dict[int, str]:
-    """Each fake row (by ``id``) -> the name of its hold-out unit: its ``column`` value, or, by ``network``, the
-    ``+``-joined ids of the networks linked to it through fakes that share an id (blank: a unit of its own)."""
+def _holdout_units(fakes: Sequence[Any], column: str) -> list[str]:
+    """The name of each fake row's hold-out unit: its ``column`` value, or, by ``network``, the ``+``-joined ids
+    of the networks linked to it through fakes that share an id (blank: a unit of its own)."""
     if column != "network":
-        return {id(r): str(getattr(r, column)) for r in fakes}
+        return [str(getattr(r, column)) for r in fakes]
     ids: dict[str, set[str]] = {}
     for row in fakes:
         ids.setdefault(row.network, set()).update(row.networks)
@@ -77,7 +77,7 @@ def _holdout_units(fakes: Sequence[Any], column: str) -> dict[int, str]:
     for group in linked_groups(ids):
         for value in group:
             name[value] = "+".join(sorted(set().union(*(ids[v] for v in group))))
-    return {id(r): name[r.network] for r in fakes}
+    return [name[r.network] for r in fakes]
 
 
 def tuning_split(detector: "DSKIBase", train: ImageSet, val: ImageSet | None,
