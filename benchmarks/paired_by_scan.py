@@ -5,15 +5,17 @@ Not a test: run it by hand on a finished ``mfx compare`` run of MedForensics-min
     python benchmarks/paired_by_scan.py runs/<run>                 # best detector vs every other one
     python benchmarks/paired_by_scan.py runs/<run> --against dski --n-boot 1000
 
-Why: ``mfx compare`` resamples the manifest's ``source`` groups. In MedForensics-mini a source is
-one 128-pixel crop (a real and the fakes made from it), written by the builder as
-``package:file:frame:region``. Crops of one slice, and slices of one volume, share the patient,
-the scanner and the anatomy, so they are not independent: intervals that resample crops come out
-too narrow (the default build's 544 test images are 272 crops of 44 slices of 19 files). This
-script reruns the report's test -- :func:`medforensics_core.metrics.paired_bootstrap_over_folds`,
+Why: in MedForensics-mini a source is one 128-pixel crop (a real and the fakes made from it),
+written by the builder as ``package:file:frame:region``. Crops of one slice, and slices of one
+volume, share the patient, the scanner and the anatomy, so they are not independent: intervals that
+resample crops come out too narrow (the default build's 544 test images are 272 crops of 44 slices
+of 19 files). Since builder 9 the manifest's ``scan`` column names each crop's file and ``mfx
+compare`` resamples files itself; runs on a builder-8 dataset resampled crops. This script reruns
+the report's test -- :func:`medforensics_core.metrics.paired_bootstrap_over_folds`,
 one draw per resample shared by every fold, seeds paired -- with each test image's source cut to
-its slice (``package:file:frame``) and to its file (``package:file``), beside the crop level that
-the report used (which it reproduces up to the bootstrap's draws: the images are taken in another order). A manifest whose sources do not follow that pattern keeps
+its slice (``package:file:frame``) and to its file (``package:file``), beside the crop level (which
+reproduces a builder-8 report's test up to the bootstrap's draws: the images are taken in another
+order; the file level is what a builder-9 report tests). A manifest whose sources do not follow that pattern keeps
 whole sources at every level.
 """
 

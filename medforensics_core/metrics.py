@@ -30,7 +30,8 @@ image-to-image fakes made from it, or many crops of one scan. Resampling images 
 one scan seen fifty times as fifty independent observations, and the CIs come out too
 narrow. Every bootstrap here therefore takes optional ``clusters`` (one id per image, the
 manifest's ``source``) and resamples *clusters* with replacement, each drawn cluster bringing
-all its images. Strata are the clusters' label make-up (only reals, only fakes, both), so each
+all its images (``mfx compare`` passes :func:`~medforensics_core.data.manifest.bootstrap_clusters`:
+whole scans when the manifest has a ``scan`` column). Strata are the clusters' label make-up (only reals, only fakes, both), so each
 resample keeps the number of clusters of each kind. Without ``clusters`` (or when every image
 is its own cluster) this is exactly the per-image stratified bootstrap, draw for draw.
 """
@@ -362,7 +363,7 @@ def paired_bootstrap_over_seeds(labels, runs_a: Sequence, runs_b: Sequence, metr
     y = _as_arrays(labels, runs_a[0])[0]
     pairs = [(_as_arrays(labels, a)[1], _as_arrays(labels, b)[1]) for a, b in zip(runs_a, runs_b)]
     result: dict = {"metric": metric, "delta": None, "ci": None, "p_value": None, "n_boot": n_boot,
-                    "resampled": "images" if clusters is None else "sources"}
+                    "resampled": "images" if clusters is None else "clusters"}
     if len(pairs) > 1:
         result["per_run"] = None
     if not _is_defined(metric, y):
@@ -406,15 +407,15 @@ def paired_bootstrap_over_folds(folds: Sequence[FoldRuns], metric: str = "auc", 
 
     ``delta`` is the mean over folds of the mean over seeds of ``metric(a) - metric(b)``, the number a
     leave-one-generator-out table's "mean" column compares. Each bootstrap resample draws the
-    *sources* once, over the union of every fold's test sources (within their label strata), and
-    applies the same draw to every fold, seed and both detectors: folds share their test reals, so
+    *clusters* (sources, or whole scans) once, over the union of every fold's test clusters (within
+    their label strata), and applies the same draw to every fold, seed and both detectors: folds share their test reals, so
     resampling them independently per fold would understate how much the mean can move. Seeds are
     paired (each seed's two runs saw the same training luck). ``per_fold`` gives each fold's own delta;
     ``wins`` counts the (fold, seed) runs in which ``a`` beat ``b``. Folds where the metric is not
     defined are left out (listed in ``skipped``).
     """
     result: dict = {"metric": metric, "delta": None, "ci": None, "p_value": None, "n_boot": n_boot,
-                    "resampled": "sources", "per_fold": [], "wins": None, "runs": 0, "skipped": []}
+                    "resampled": "clusters", "per_fold": [], "wins": None, "runs": 0, "skipped": []}
     usable = []
     for i, fold in enumerate(folds):
         y = np.asarray(fold.labels, dtype=np.int64).reshape(-1)
@@ -567,14 +568,20 @@ def _operating_points(y: np.ndarray, s: np.ndarray, threshold: float, entry: dic
 
 def _group_entry(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int, clusters: np.ndarray | None = None,
                  threshold: float = 0.5) -> dict:
-    """One group's metrics at ``threshold`` plus bootstrap CIs of AUC and AP (``None`` when not defined)."""
+    """One group's metrics at ``threshold`` plus bootstrap CIs of AUC and AP (``None`` when not defined).
+
+    A group that is one cluster (a modality cut from a single scan) gets no CI: every resample would
+    redraw the same scan, and a zero-width interval would claim a certainty the data cannot give.
+    """
     entry = compute_metrics(y, s, threshold).to_dict()
     _operating_points(y, s, threshold, entry)
+    single_cluster = False
     if clusters is not None:
-        entry["n_sources"] = len(set(clusters.tolist()))
+        entry["n_clusters"] = len(set(clusters.tolist()))
+        single_cluster = entry["n_clusters"] < 2
     defined = [m for m in CI_METRICS if _is_defined(m, y)]
     cis: dict[str, list[float] | None] = {f"{m}_ci": None for m in CI_METRICS}
-    if n_boot > 0 and defined:
+    if n_boot > 0 and defined and not single_cluster:
         values = _bootstrap_metric_arrays(y, [s], defined, n_boot, seed, clusters=clusters)[0]
         cis.update({f"{m}_ci": list(_percentile_ci(values[m], 0.05)) for m in defined})
     entry.update(cis)
@@ -592,7 +599,7 @@ def _mean_over(groups: dict[str, dict]) -> dict:
 
 
 def summarize(labels, scores, *, modalities, generators, n_boot: int = 1000, seed: int = 0,
-              sources: Sequence | None = None, threshold: float = 0.5) -> dict:
+              clusters: Sequence | None = None, threshold: float = 0.5) -> dict:
     """Metrics overall, per modality, per generator and their means, in the report dict's shape.
 
     Threshold metrics (ACC, ``tpr`` = fake recall, ``fpr``) are taken at ``threshold``: the
@@ -601,15 +608,16 @@ def summarize(labels, scores, *, modalities, generators, n_boot: int = 1000, see
     A modality group holds every row of that modality (real and fake). A generator group holds
     that generator's fakes plus *all* real rows (CNNDetection-style: each generator is scored
     against the reals); the reals' own generator name (``"real"``) is not a group. With
-    ``sources`` (one per image) every CI resamples sources, not images, and each group says
-    how many sources it holds (``n_sources``).
+    ``clusters`` (one id per image: sources, or whole scans, see
+    :func:`~medforensics_core.data.manifest.bootstrap_clusters`) every CI resamples clusters, not
+    images, and each group says how many clusters it holds (``n_clusters``).
     """
     y, s = _as_arrays(labels, scores)
     modalities = np.asarray(modalities, dtype=object).reshape(-1)
     generators = np.asarray(generators, dtype=object).reshape(-1)
-    clusters = None if sources is None else np.asarray(sources, dtype=object).reshape(-1)
+    clusters = None if clusters is None else np.asarray(clusters, dtype=object).reshape(-1)
     if modalities.size != y.size or generators.size != y.size or (clusters is not None and clusters.size != y.size):
-        raise ValueError("modalities, generators and sources must have one entry per score")
+        raise ValueError("modalities, generators and clusters must have one entry per score")
 
     def entry(mask: np.ndarray | None = None) -> dict:
         if mask is None:

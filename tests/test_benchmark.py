@@ -165,6 +165,24 @@ def test_fakes_inherit_the_source_and_split_of_their_real(manifest):
     assert all(r.source == f"{r.generator}:{r.modality}:{r.split}" for r in unconditional)
 
 
+def test_crops_and_their_fakes_record_the_scan_file_they_were_cut_from(manifest):
+    """The manifest's ``scan`` is the package file of each real crop, inherited by the fakes made from it, so
+    the report's intervals resample scan files: the quick build's test crops come from far fewer files."""
+    from medforensics_core.data.manifest import bootstrap_clusters
+
+    reals = [r for r in manifest.rows if r.label == 0]
+    assert all(r.scan == f"{r.params_dict()['package']}:{r.params_dict()['file']}" for r in reals)
+    scan_of_source = {r.source: r.scan for r in reals}
+    for r in manifest.rows:
+        if r.label == 1:
+            assert r.scan == scan_of_source.get(r.params_dict().get("from_source"), ""), r.path
+    test = manifest.split("test").rows
+    clusters = set(bootstrap_clusters(test))
+    scans = {r.scan for r in test if r.scan}
+    unconditional = {r.source for r in test if not r.scan}
+    assert len(clusters) == len(scans) + len(unconditional) < len({r.source_key for r in test}) / 3
+
+
 def test_card_lists_sources_counts_and_training(quick_benchmark):
     card = (Path(quick_benchmark) / "DATASET.md").read_text(encoding="utf-8")
     for needle in ("pydicom-data", "nilearn", "scikit-image", "BSD-3-Clause", "## Counts", "## Training", "seed 0",

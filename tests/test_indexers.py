@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections import defaultdict
@@ -183,6 +184,40 @@ def test_split_keeps_every_source_in_one_split_and_is_deterministic():
     summary = split_summary(first)
     assert all(summary[s][0] > 0 and summary[s][1] > 0 for s in ("train", "val", "test"))
     assert all(r.split == "" for r in rows)  # the input is not modified
+
+
+def test_a_scan_column_links_its_sources_for_splits_and_intervals_and_survives_a_round_trip(tmp_path):
+    """Sources cut from one scan (the manifest's ``scan``: a file, series or patient) form one cluster,
+    transitively, so a patient never straddles two splits and intervals resample it whole. Without a
+    scan column the clusters are the sources, as before."""
+    from medforensics_core.data.manifest import bootstrap_clusters
+
+    rows = []
+    for source in range(60):
+        for label in (0, 1):  # a real region and the fake made from it share the source
+            rows.append(ManifestRow(path=f"s{source}_{label}.png", label=label, generator="gan" if label else "real",
+                                    modality="CT", source=f"src{source}", scan=f"patient{source // 4}"))
+    rows.append(ManifestRow(path="odd.png", label=1, generator="gan", modality="CT", source="src0", scan="patient99"))
+    clusters = bootstrap_clusters(rows)
+    cluster_of = dict(zip((r.path for r in rows), clusters))
+    assert cluster_of["s0_0.png"] == cluster_of["s3_1.png"] == cluster_of["odd.png"]  # patient0 and, via src0, 99
+    assert cluster_of["s0_0.png"] != cluster_of["s4_0.png"]
+    assert len(set(clusters)) == 15
+    blank = [dataclasses.replace(r, scan="") for r in rows]
+    assert bootstrap_clusters(blank) == [r.source_key for r in blank]
+
+    split = assign_splits(rows, val=0.2, test=0.3, seed=1)
+    splits_of = defaultdict(set)
+    for row in split:
+        splits_of[row.scan].add(row.split)
+    assert all(len(s) == 1 for s in splits_of.values()) and {r.split for r in split} == {"train", "val", "test"}
+    patient_of = {r.path: r.scan for r in rows}
+    scattered = defaultdict(set)
+    for row in assign_splits(blank, val=0.2, test=0.3, seed=1):
+        scattered[patient_of[row.path]].add(row.split)
+    assert any(len(s) > 1 for s in scattered.values())  # without the column, patients straddle splits
+    back = read_manifest(write_manifest(split, tmp_path / "m.csv"))
+    assert [r.scan for r in back.rows] == [r.scan for r in split] and "scan" in back.columns
 
 
 def test_split_keeps_given_splits_and_rejects_bad_fractions():

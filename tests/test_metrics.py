@@ -231,14 +231,14 @@ def test_cluster_bootstrap_is_wider_when_one_source_dominates():
     other = scores + np.where(sources == "scan-0", 0.3 * labels - 0.15, 0.0)
     image_test = M.paired_bootstrap(labels, other, scores, n_boot=1000, seed=0)
     source_test = M.paired_bootstrap(labels, other, scores, n_boot=1000, seed=0, clusters=sources)
-    assert source_test["resampled"] == "sources" and image_test["resampled"] == "images"
+    assert source_test["resampled"] == "clusters" and image_test["resampled"] == "images"
     assert source_test["delta"] == image_test["delta"]
     assert source_test["ci"][1] - source_test["ci"][0] > 1.3 * (image_test["ci"][1] - image_test["ci"][0])
     # a gain found on one scan alone: "significant" over images, not over sources (p 0.002 vs 0.69 measured)
     assert image_test["p_value"] < 0.01 and source_test["p_value"] > 0.2
     summary = M.summarize(labels, scores, modalities=["CT"] * labels.size, generators=np.where(labels, "ldm", "real"),
-                          n_boot=300, sources=sources)
-    assert summary["overall"]["n_sources"] == 40 and summary["by_generator"]["ldm"]["n_sources"] == 40
+                          n_boot=300, clusters=sources)
+    assert summary["overall"]["n_clusters"] == 40 and summary["by_generator"]["ldm"]["n_clusters"] == 40
 
 
 def test_cluster_bootstrap_equals_per_image_bootstrap_when_every_source_has_one_image():

@@ -50,7 +50,7 @@ def test_seeds_give_per_seed_rows_and_mean_sd_in_report_json_html_and_terminal(q
 
     # the paired test pairs the detectors seed by seed on the same source resamples
     (paired,) = report["paired"]
-    assert paired["seeds"] == [0, 1] and paired["resampled"] == "sources"
+    assert paired["seeds"] == [0, 1] and paired["resampled"] == "clusters"
     best, other = paired["a"], paired["b"]
     assert paired["delta"] == pytest.approx(np.mean([rows[(best, s)]["auc"] - rows[(other, s)]["auc"] for s in (0, 1)]))
     assert paired["per_seed"] == {str(s): pytest.approx(rows[(best, s)]["auc"] - rows[(other, s)]["auc"]) for s in (0, 1)}

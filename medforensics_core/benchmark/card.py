@@ -163,7 +163,7 @@ def write_card(path: Path, rows: Sequence[ManifestRow], info: dict[str, Any], us
         f" built in {info['seconds']} s ({info.get('cpu_seconds', '?')} s of CPU time: the wall time on an idle"
         " machine, as the build runs one thread)",
         "- layout: `<split>/<modality>/<generator>/{0_real,1_fake}/NAME.png`, listed in `manifest.csv` "
-        "(path, label, modality, generator, split, source, sha256, params, family, network)",
+        "(path, label, modality, generator, family, network, split, source, scan, sha256, params)",
         "",
         "## Real images",
         "",
@@ -172,6 +172,9 @@ def write_card(path: Path, rows: Sequence[ManifestRow], info: dict[str, Any], us
         "to train, val and test; every frame of a cine loop shares its region's split; the brain volume is split",
         "by axial slab and a sagittal/coronal crop is kept only if it lies inside one slab. No test crop overlaps",
         "a training crop. Each crop's package, file, frame/slice and box are in `source` and `params`.",
+        "Crops of one scan file do sit in different splits (the packages ship too few files to give each split",
+        "whole scans), and they share the patient and the scanner: each crop's file is its `scan` (inherited by",
+        "the fakes made from it), and reports resample whole scans, so their intervals count files, not crops.",
         "",
         *_sources_section(used),
         *_shortfall(rows, info["per_modality"]),

@@ -16,7 +16,9 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import MfxError
 
-BUILDER_VERSION = "medforensics-mini/8"  # 8: pipeline B (f8, 16 latent channels, trained longer) inpaints at strength 0.5
+#: 9: the manifest's ``scan`` column (images and splits as 8). 8: pipeline B (f8, 16 latent channels, trained longer)
+#: inpaints at strength 0.5.
+BUILDER_VERSION = "medforensics-mini/9"
 DEFAULT_SIZE, QUICK_SIZE = 128, 64
 DEFAULT_PER_MODALITY, QUICK_PER_MODALITY = 300, 56
 

@@ -69,6 +69,11 @@ class Crop:
     source: str             # package:file:frame:region
     params: dict
 
+    @property
+    def scan(self) -> str:
+        """The scan file it was cut from (``package:file``): the manifest's ``scan``, which intervals resample."""
+        return f"{self.params['package']}:{self.params['file']}"
+
 
 _PYDICOM_DATA = "MIT (pydicom-data; images from public DICOM sample sets)"
 _SKIMAGE = "BSD-3-Clause (scikit-image); see skimage/data/README.txt for each image"

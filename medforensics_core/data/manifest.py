@@ -1,12 +1,21 @@
 """The canonical dataset form: a CSV manifest with one row per image.
 
 Columns: ``path, label, modality, generator, family, network, split, source,
-sha256`` plus an optional free-form ``params`` column (JSON: a fake's generator
-settings, a real crop's region). ``label`` is 0 for real and 1 for fake;
-``generator`` is ``"real"`` for real images; ``source`` groups images that must
-never straddle two splits (one source image, volume or region). Relative paths
-are resolved against the manifest's folder, so a dataset folder can be moved as
-a whole.
+scan, sha256`` plus an optional free-form ``params`` column (JSON: a fake's
+generator settings, a real crop's region). ``label`` is 0 for real and 1 for
+fake; ``generator`` is ``"real"`` for real images; ``source`` groups images that
+must never straddle two splits (one source image, volume or region). Relative
+paths are resolved against the manifest's folder, so a dataset folder can be
+moved as a whole.
+
+``scan`` (optional) names the acquisition an image was cut from: the scan file,
+series or patient. Images of one scan are not independent draws even when they
+are different sources (two regions of one slice, two slices of one volume share
+the patient, the scanner and the anatomy), so bootstrap intervals resample whole
+scans when the column is filled (:func:`medforensics_core.engine.protocols.bootstrap_clusters`),
+and the splitter keeps a scan in one split when it assigns splits. A dataset
+that may split one scan by region on purpose (MedForensics-mini: few scan files)
+says so in its card; the intervals still resample scans.
 
 ``family`` (``latent-diffusion``, ``autoencoder``, ``super-resolution``,
 ``gan``...) and ``network`` (an id unique per trained network) say how a fake
@@ -27,12 +36,13 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..checkpoint import atomic_write_bytes
 from ..errors import BadInputError
 
-COLUMNS = ("path", "label", "modality", "generator", "family", "network", "split", "source", "sha256", "params")
+COLUMNS = ("path", "label", "modality", "generator", "family", "network", "split", "source", "scan", "sha256",
+           "params")
 #: Separator of several network ids in the ``network`` column.
 NETWORK_SEPARATOR = "+"
 REQUIRED = ("path", "label")
@@ -53,6 +63,7 @@ class ManifestRow:
     params: str = ""
     family: str = ""   # how the fake was made (blank for reals and datasets that do not say)
     network: str = ""  # id(s) of the trained network(s) that made it, joined by "+" (blank when unknown)
+    scan: str = ""     # the scan file, series or patient it was cut from (blank when unknown): intervals resample it
 
     @property
     def networks(self) -> frozenset[str]:
@@ -63,7 +74,8 @@ class ManifestRow:
     def source_key(self) -> str:
         """The group this image belongs to: its ``source``, else its file (frames of one file stay together).
 
-        Splits never separate a group, and bootstrap CIs resample groups, not images.
+        Splits never separate a group, and bootstrap CIs resample groups (whole scans, when the
+        manifest has a ``scan`` column), not images.
         """
         return self.source or f"path:{self.path.split('#')[0]}"
 
@@ -117,6 +129,45 @@ class Manifest:
     @property
     def generators(self) -> list[str]:
         return self.values("generator")
+
+
+def linked_groups(keys: Mapping[str, Iterable[str]]) -> list[frozenset[str]]:
+    """Members linked when they share a key, transitively: each connected group once, in order of its
+    smallest member. Why: a network, or a family, must never sit on both sides of a hold-out, and two
+    settings can be tied only through a third (``a`` and ``c`` both share a network with ``b``); two
+    sources of one scan must be resampled together (:func:`bootstrap_clusters`)."""
+    parent = {member: member for member in keys}
+
+    def root(member: str) -> str:
+        while parent[member] != member:
+            parent[member] = parent[parent[member]]
+            member = parent[member]
+        return member
+
+    owner: dict[str, str] = {}
+    for member in sorted(keys):
+        for key in keys[member]:
+            parent[root(member)] = root(owner.setdefault(key, member))
+    groups: dict[str, set[str]] = {}
+    for member in sorted(parent):
+        groups.setdefault(root(member), set()).add(member)
+    return sorted((frozenset(g) for g in groups.values()), key=min)
+
+
+def bootstrap_clusters(rows: Sequence[ManifestRow]) -> list[str]:
+    """One cluster id per row: the units a bootstrap interval or paired test resamples.
+
+    Rows are linked when they share a source (a real crop and the fakes made from it) or a
+    ``scan`` (regions and slices of one acquisition), transitively. Without a ``scan`` column
+    this is exactly each row's :attr:`ManifestRow.source_key`. Why scans: crops of one slice and
+    slices of one volume share the patient, the scanner and the anatomy, so resampling them
+    apart treats one scan as many independent observations and the intervals come out too narrow.
+    """
+    scans: dict[str, set[str]] = {}
+    for row in rows:
+        scans.setdefault(row.source_key, set()).update([f"scan:{row.scan}"] if row.scan else [])
+    cluster_of = {member: min(group) for group in linked_groups(scans) for member in group}
+    return [cluster_of[row.source_key] for row in rows]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

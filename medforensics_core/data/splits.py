@@ -1,4 +1,4 @@
-"""Group-aware train/val/test splits: every image of one ``source`` lands in the same split.
+"""Group-aware train/val/test splits: every image of one ``source`` (and of one ``scan``) lands in the same split.
 
 Why not scikit-learn's ``GroupShuffleSplit``: it splits groups in two, with no
 notion of labels, so on a small medical set one split easily ends up with no
@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import MfxError
-from .manifest import SPLITS, ManifestRow
+from .manifest import SPLITS, ManifestRow, bootstrap_clusters
 
 _ORDER = ("test", "val", "train")  # tie-break: fill the small held-out splits first
 
@@ -78,10 +78,11 @@ def _fractions(val: float, test: float) -> dict[str, float]:
 
 
 def _groups(rows: Sequence[ManifestRow]) -> list[_Group]:
-    """Rows grouped by source; a row without a source is its own group (keyed by its path)."""
+    """Rows grouped by source, sources of one scan together (a row without either is its own group, keyed by its
+    path): the units that bootstrap intervals resample, so a patient never sits on both sides of a split."""
     by_source: dict[str, list[ManifestRow]] = defaultdict(list)
-    for row in rows:
-        by_source[row.source or f"path:{row.path.split('#')[0]}"].append(row)
+    for row, cluster in zip(rows, bootstrap_clusters(rows)):
+        by_source[cluster].append(row)
     return [_Group(source, members) for source, members in sorted(by_source.items())]
 
 

@@ -43,12 +43,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 
 from ..data.dataset import ImageSet
-from ..data.manifest import Manifest, ManifestRow
+from ..data.manifest import Manifest, ManifestRow, linked_groups
 from ..errors import MfxError
 
 REAL = "real"
@@ -231,28 +231,6 @@ def check_holdout_by(value: str | None) -> None:
     """An unknown ``--holdout-by`` value is one error line (checked before any work)."""
     if value is not None and value not in HOLDOUT_BY:
         raise MfxError(f"--holdout-by must be {', '.join(HOLDOUT_BY[:-1])} or {HOLDOUT_BY[-1]}, not {value!r}")
-
-
-def linked_groups(keys: Mapping[str, Iterable[str]]) -> list[frozenset[str]]:
-    """Members linked when they share a key, transitively: each connected group once, in order of its
-    smallest member. Why: a network, or a family, must never sit on both sides of a hold-out, and two
-    settings can be tied only through a third (``a`` and ``c`` both share a network with ``b``)."""
-    parent = {member: member for member in keys}
-
-    def root(member: str) -> str:
-        while parent[member] != member:
-            parent[member] = parent[parent[member]]
-            member = parent[member]
-        return member
-
-    owner: dict[str, str] = {}
-    for member in sorted(keys):
-        for key in keys[member]:
-            parent[root(member)] = root(owner.setdefault(key, member))
-    groups: dict[str, set[str]] = {}
-    for member in sorted(parent):
-        groups.setdefault(root(member), set()).add(member)
-    return sorted((frozenset(g) for g in groups.values()), key=min)
 
 
 def holdout_units(data: DataBundle, by: str, test_split: str) -> list[HeldOut]:

@@ -282,7 +282,8 @@ def paired_table(report: dict) -> TableView | None:
             [Line(fmt_ci(ci) or NOT_DEFINED)],
             [Line(NOT_DEFINED if p_value is None else _fmt_p(p_value), best=p_value is not None and p_value < 0.05)],
         ]))
-    unit = "sources" if all(item.get("resampled") == "sources" for item in comparisons) else "images"
+    clustered = all(item.get("resampled") in ("clusters", "sources") for item in comparisons)  # "sources": before 9
+    unit = (report.get("bootstrap") or {}).get("resamples", "sources") if clustered else "images"
     seeds, folds = comparisons[0].get("seeds"), comparisons[0].get("folds")
     over = " and ".join(part for part in (f"{len(folds)} folds" if folds else "",
                                           f"seeds {', '.join(map(str, seeds))}" if seeds else "") if part)

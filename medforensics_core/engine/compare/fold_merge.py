@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from ...data.manifest import bootstrap_clusters
 from ...report.schema import ENTRY_META, DetectorEntry, Report
 from .plan import RunPlan
 from .report_build import BOOTSTRAP_NOTE, ok_rows
 
-FOLD_PAIRING_NOTE = ("paired tests compare the mean held-out AUC over folds{seeds}: one draw of the test sources "
-                     "per bootstrap resample, shared by every fold (they share their test reals){paired}")
+FOLD_PAIRING_NOTE = ("paired tests compare the mean held-out AUC over folds{seeds}: one draw of the test clusters "
+                     "(sources, or scans) per bootstrap resample, shared by every fold (they share their test reals)"
+                     "{paired}")
 
 
 def _mean_entries(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -37,7 +39,8 @@ def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> Report:
                             n_test=sum(r["data"]["n_test"] for r in reports.values()))
     by = (first.get("holdout") or {}).get("by", "generator")
     combined["holdout"] = {"by": by, "folds": {name: r.get("holdout") for name, r in reports.items()}}
-    combined["bootstrap"] = {**first["bootstrap"], "n_sources": None, "n_images": None,
+    combined["bootstrap"] = {**first["bootstrap"], "n_clusters": None, "n_sources": None, "n_scans": None,
+                             "n_images": None,
                              "per_fold": {name: r["bootstrap"] for name, r in reports.items()}}
     combined["detectors"] = {}
     names = dict.fromkeys(name for r in reports.values() for name in r["detectors"])
@@ -50,7 +53,8 @@ def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> Report:
                          "fold's full report, paired tests and perturbations are in folds/<fold>/)",
                          "overall and by_modality are means over folds (by_holdout); by_generator[g] is g's fakes "
                          "scored by the detector of the fold that held g out",
-                         f"{BOOTSTRAP_NOTE} sources of each fold, not its images (counts in each fold's report.json)",
+                         f"{BOOTSTRAP_NOTE} {first['bootstrap']['resamples']} of each fold, not its images (counts in each "
+                         "fold's report.json)",
                          *dict.fromkeys(notes)]
     return combined
 
@@ -110,7 +114,7 @@ def fold_paired_tests(runs: dict[int, dict[str, tuple[Any, dict[str, dict[str, A
         out = []
         for f in fold_names:
             fold = runs[seeds[0]][f][0]
-            out.append(FoldRuns(fold.test.labels, [r.source_key for r in fold.test.rows],
+            out.append(FoldRuns(fold.test.labels, bootstrap_clusters(fold.test.rows),
                                 [np.asarray(rows[s][f][best]["scores"][""]) for s in seeds],
                                 [np.asarray(rows[s][f][name]["scores"][""]) for s in seeds]))
         return out

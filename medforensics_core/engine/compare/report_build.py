@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ...data.manifest import bootstrap_clusters
 from ..protocols import DataBundle, Fold
 from ..rundir import RunDir
 from ...report.schema import Report
@@ -30,12 +31,13 @@ def summarize_scores(images, scores: np.ndarray, options: CompareOptions, thresh
 
     return summarize(images.labels, scores, modalities=[r.modality for r in images.rows],
                      generators=[r.generator for r in images.rows], n_boot=options.n_boot, seed=options.seed,
-                     sources=[r.source_key for r in images.rows], threshold=threshold)
+                     clusters=bootstrap_clusters(images.rows), threshold=threshold)
 
 
 def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options: CompareOptions,
-                 sources: Sequence[str] | None = None) -> list[dict]:
-    """Best detector (overall AUC) against each other one, paired on the same resamples of the test sources."""
+                 clusters: Sequence[str] | None = None) -> list[dict]:
+    """Best detector (overall AUC) against each other one, paired on the same resamples of the test clusters
+    (:func:`~medforensics_core.data.manifest.bootstrap_clusters`: sources, or whole scans)."""
     from ...metrics import paired_bootstrap
 
     rows = ok_rows(results)
@@ -50,7 +52,7 @@ def paired_tests(results: dict[str, dict[str, Any]], labels: np.ndarray, options
         if name == best:
             continue
         test = paired_bootstrap(labels, best_scores, np.asarray(row["scores"][""]), metric="auc",
-                                n_boot=options.n_boot, seed=options.seed, clusters=sources)
+                                n_boot=options.n_boot, seed=options.seed, clusters=clusters)
         out.append({"a": best, "b": name, **test})
     return out
 
@@ -96,7 +98,7 @@ def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], d
                  "skipped": [list(s) for s in data.skipped],
                  **data_fingerprint(plan.data_path, data.manifest.rows)},
         "environment": env, "detectors": detectors,
-        "paired": paired_tests(results, fold.test.labels, options, [r.source_key for r in fold.test.rows]),
+        "paired": paired_tests(results, fold.test.labels, options, bootstrap_clusters(fold.test.rows)),
         "bootstrap": bootstrap_info(fold, options),
         "notes": [*fold.notes, bootstrap_note(fold, options), *_bankless_notes(plan, fold), *_notes(results, env)],
     }
@@ -106,16 +108,27 @@ def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], d
 
 
 def bootstrap_info(fold: Fold, options: CompareOptions) -> dict[str, Any]:
-    """What the CIs and paired tests resample: the test set's sources (clusters), never single images."""
-    return {"resamples": "sources", "n_boot": options.n_boot, "n_sources": len({r.source_key for r in fold.test.rows}),
-            "n_images": len(fold.test), "stratified_by": "label make-up of each source (real, fake, both)"}
+    """What the CIs and paired tests resample: clusters of the test set (whole scans when the manifest says
+    which scan each image was cut from, else sources), never single images."""
+    rows = fold.test.rows
+    scans = {r.scan for r in rows if r.scan}
+    return {"resamples": "scans" if scans else "sources", "n_boot": options.n_boot,
+            "n_clusters": len(set(bootstrap_clusters(rows))), "n_sources": len({r.source_key for r in rows}),
+            "n_scans": len(scans) or None, "n_images": len(fold.test),
+            "stratified_by": "label make-up of each cluster (real, fake, both)"}
 
 
 def bootstrap_note(fold: Fold, options: CompareOptions) -> str:
     info = bootstrap_info(fold, options)
-    return (f"{BOOTSTRAP_NOTE} {info['n_sources']} test sources, not the {info['n_images']} "
-            f"images ({options.n_boot} resamples): a real crop and the fakes made from it, or the crops of one scan, "
-            "are drawn together, so the CIs are not narrowed by images that are not independent")
+    if info["resamples"] == "scans":
+        return (f"{BOOTSTRAP_NOTE} {info['n_clusters']} test scans (the manifest's scan column: "
+                f"{info['n_sources']} sources, {info['n_images']} images; {options.n_boot} resamples): every "
+                "crop and slice of one scan, and the fakes made from them, are drawn together, so the CIs are not "
+                "narrowed by images that share a patient, a scanner and an anatomy")
+    return (f"{BOOTSTRAP_NOTE} {info['n_clusters']} test sources, not the {info['n_images']} "
+            f"images ({options.n_boot} resamples): a real image and the fakes made from it are drawn together. "
+            "The manifest has no scan column, so sources cut from one scan are resampled apart: if they share "
+            "a patient the CIs are too narrow (add a scan column naming each image's scan or patient)")
 
 
 def _bankless_notes(plan: RunPlan, fold: Fold) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ...data.manifest import bootstrap_clusters
 from ..protocols import Fold
 from .fold_merge import row_auc
 from .plan import CompareOptions
@@ -42,7 +43,7 @@ def mean_sd(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     from ...metrics import MEAN_METRICS
 
     first = entries[0]
-    merged: dict[str, Any] = {k: first.get(k) for k in ("n", "n_real", "n_fake", "n_sources") if k in first}
+    merged: dict[str, Any] = {k: first.get(k) for k in ("n", "n_real", "n_fake", "n_clusters") if k in first}
     for key in MEAN_METRICS:
         values = [e[key] for e in entries if e.get(key) is not None]
         merged[key] = float(np.mean(values)) if values else None
@@ -111,7 +112,7 @@ def seed_paired_tests(runs: dict[int, tuple[Fold, dict[str, dict[str, Any]]]], o
     if len(ranked) < 2:
         return []
     best = max(ranked, key=lambda n: mean_auc[n])
-    sources = [r.source_key for r in fold.test.rows]
+    clusters = bootstrap_clusters(fold.test.rows)
     out = []
     for name in names:
         if name == best:
@@ -119,7 +120,7 @@ def seed_paired_tests(runs: dict[int, tuple[Fold, dict[str, dict[str, Any]]]], o
         test = paired_bootstrap_over_seeds(
             fold.test.labels, [np.asarray(by_seed[s][best]["scores"][""]) for s in seeds],
             [np.asarray(by_seed[s][name]["scores"][""]) for s in seeds], metric="auc", n_boot=options.n_boot,
-            seed=options.seed, clusters=sources)
+            seed=options.seed, clusters=clusters)
         per_run = test.pop("per_run", None) or []
         out.append({"a": best, "b": name, **test, "seeds": seeds,
                     "per_seed": {str(s): d for s, d in zip(seeds, per_run)}})
@@ -155,9 +156,9 @@ def combine_seeds(reports: dict[int, dict[str, Any]], paired: list[dict], *, fol
     if "perturbations" in first:
         combined["perturbations"] = {label: _perturbation_means([r["perturbations"][label] for r in reports.values()])
                                      for label in first["perturbations"]}
-    pairing = ("paired tests pair the detectors seed by seed on the same source resamples (delta = mean over "
-               "seeds of each seed's difference)" if folds == 1 else
-               "paired tests pair the detectors seed by seed and fold by fold, on one draw of the test sources per "
+    pairing = ("paired tests pair the detectors seed by seed on the same resamples of the test clusters (delta = "
+               "mean over seeds of each seed's difference)" if folds == 1 else
+               "paired tests pair the detectors seed by seed and fold by fold, on one draw of the test clusters per "
                "resample shared by every fold (delta = mean over seeds and folds); each fold's own tests are in "
                "seeds/<seed>/folds/<fold>/")
     notes = [n for r in reports.values() for n in r.get("notes") or []]
