@@ -299,6 +299,32 @@ def test_ablations_start_from_identical_adapter_and_prompt_weights():
     _shared_start(full, no_noise)
 
 
+def test_noise_dropout_draws_its_own_stream_so_ablations_see_the_same_augmentation():
+    """The branch's dropout mask never touches the global torch stream (which trace augmentation draws from):
+    with it, ``dski`` would shift every later augmentation draw and ``dski-no-noise`` would train on other
+    crops. The masks themselves repeat after a re-initialisation with the same seed."""
+    from mfx_dski.model import reset_parameters
+
+    detector = dski()
+    noise = detector.net.cdfa.noise
+    noise.train()
+    noise.dropout = 0.5
+    cells = torch.rand(64, noise.grid[0] * noise.grid[1], noise.in_channels)
+
+    def masks_and_next_global_draw() -> tuple[torch.Tensor, torch.Tensor]:
+        reset_parameters(detector.net, 3)
+        torch.manual_seed(11)
+        masks = torch.cat([noise(cells)[1].flatten() for _ in range(3)])
+        return masks, torch.rand(4)
+
+    masks, after = masks_and_next_global_draw()
+    torch.manual_seed(11)
+    assert torch.equal(after, torch.rand(4))  # the global stream is where it would be without the branch
+    assert 0 < masks.sum() < len(masks)  # some images kept, some dropped
+    again, _ = masks_and_next_global_draw()
+    assert torch.equal(masks, again)
+
+
 def test_no_noise_keeps_the_descriptor_and_no_descriptor_keeps_the_noise_branch():
     no_noise, no_descriptor = dski("dski-no-noise"), dski("dski-no-descriptor")
     assert no_noise.net.cdfa.noise is None and no_noise.uses_descriptor()

@@ -42,7 +42,11 @@ class NoiseTokens(nn.Module):
     nonlinear function of the statistics, not one more linear view of the pixels.
     During training the whole branch is dropped for an image with probability
     ``dropout``: :meth:`forward` also returns a per-image keep mask that the
-    adapters apply to what they attend.
+    adapters apply to what they attend. The mask draws from a generator of its own
+    (``dropout_generator``, seeded with the weights): drawing from the global stream
+    would shift every later augmentation draw, so ``dski`` and ``dski-no-noise`` would
+    train on differently augmented images and their difference would not be the
+    branch alone.
     """
 
     def __init__(self, in_channels: int, grid: tuple[int, int], dim: int, dropout: float = 0.0):
@@ -53,13 +57,15 @@ class NoiseTokens(nn.Module):
         self.embed = nn.Sequential(nn.Linear(in_channels, dim), nn.GELU(), nn.Linear(dim, dim))
         self.position = nn.Parameter(torch.randn(grid[0] * grid[1], dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
+        self.dropout_generator = torch.Generator()
 
     def forward(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``cells`` ``(N, grid cells, C)`` -> noise tokens ``(N, grid cells, dim)`` and a keep mask ``(N, 1, 1)`` or None."""
         tokens = self.norm(self.embed(cells.float()) + self.position)
         keep = None
         if self.training and self.dropout > 0:
-            keep = (torch.rand(len(cells), 1, 1, device=cells.device) >= self.dropout).to(tokens.dtype)
+            draws = torch.rand(len(cells), 1, 1, generator=self.dropout_generator)  # on the CPU: any device, one stream
+            keep = (draws >= self.dropout).to(device=tokens.device, dtype=tokens.dtype)
         return tokens, keep
 
 
