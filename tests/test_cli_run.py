@@ -144,6 +144,7 @@ def test_compare_dski_cnnspot_univfd_quick_end_to_end(quick_benchmark, tmp_path)
     assert boot["resamples"] == "scans" and boot["n_scans"] <= boot["n_clusters"] < boot["n_sources"]
     assert report["detectors"]["dski"]["overall"]["n_clusters"] == boot["n_clusters"]
     assert any(f"{boot['n_clusters']} test scans" in note for note in report["notes"])
+    assert any("test scans also gave training images" in note for note in report["notes"])  # cut by region
     stages = report["detectors"]["dski"]
     assert all(0 <= stages[key] <= 1 for key in ("stage1_auc", "retrieval_auc", "fused_auc"))
     assert stages["fused_auc"] == pytest.approx(stages["overall"]["auc"], abs=1e-4)

@@ -123,6 +123,22 @@ def test_check_of_a_clean_manifest_exits_zero_and_catches_changed_files(seeded, 
     assert unhashed.exit_code == 0
 
 
+def test_check_notes_scans_in_two_splits_without_failing(seeded):
+    """A patient (scan) with images in train and test is said, as a note: MedForensics-mini cuts its few scans by
+    region on purpose, so it is not refused; the exit status stays 0."""
+    rows = [ManifestRow(path="good.png", label=0, split="train", source="a", scan="patient-1"),
+            ManifestRow(path="good_ct.dcm", label=1, split="test", source="b", scan="patient-1"),
+            ManifestRow(path="good_mri.nii.gz#3", label=0, split="test", source="c", scan="patient-2")]
+    write_manifest(rows, seeded / "scans.csv")
+    result = CliRunner().invoke(cli, ["data", "check", str(seeded / "scans.csv")], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "note: 1 of 2 scans have images in more than one split (e.g. patient-1 in test, train)" in result.output
+    rows[1].scan = "patient-3"
+    write_manifest(rows, seeded / "scans.csv")
+    clean = json.loads(CliRunner().invoke(cli, ["data", "check", str(seeded / "scans.csv"), "--json"]).output)
+    assert clean["notes"] == [] and clean["bad_count"] == 0
+
+
 def test_check_of_a_missing_path_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "not found" in result.output and "Traceback" not in result.output

@@ -194,7 +194,8 @@ def test_compare_trains_each_fold_without_its_held_out_networks_or_test_sources(
         rows = seen.train + seen.val
         assert rows and not [r.path for r in rows if r.networks & set(holdout["networks"])]
         assert not [r.path for r in rows if r.source_key in test_sources]
-        assert fold_report["bootstrap"]["resamples"] == "sources"
+        assert fold_report["bootstrap"]["resamples"] == "sources"  # no scan column: sources, and no scan note
+        assert not any("test scans" in note for note in fold_report["notes"])
     entry = report["detectors"]["test-recorder"]
     assert set(entry["by_generator"]) == {"noise", "smooth", "upsample"}
     assert set(entry["by_holdout"]) == {"noise+smooth", "upsample"}

@@ -129,6 +129,8 @@ def _print_check(report) -> None:
     else:
         console.print(f"[green]all {report.checked} image(s) read cleanly[/] in {escape(str(report.target))}",
                       highlight=False, soft_wrap=True)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if report.ignored:
         console.print(f"{len(report.ignored)} non-image file(s) not checked: "
                       + escape(", ".join(report.ignored[:5])) + (" ..." if len(report.ignored) > 5 else ""), highlight=False, soft_wrap=True)

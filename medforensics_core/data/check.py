@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import BadInputError
-from .manifest import ManifestRow, manifest_problems, read_manifest, sha256_file
+from .manifest import ManifestRow, manifest_problems, read_manifest, scan_split_notes, sha256_file
 from .readers import ReadLimits, default_limits, read_image
 from .walk import image_files
 
@@ -40,6 +40,7 @@ class CheckReport:
     checked: int = 0
     bad: list[CheckIssue] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)  # worth knowing, not bad (e.g. scans across splits)
 
     @property
     def ok(self) -> bool:
@@ -47,7 +48,8 @@ class CheckReport:
 
     def as_dict(self) -> dict:
         return {"target": self.target, "checked": self.checked, "bad_count": len(self.bad),
-                "bad": [dataclasses.asdict(issue) for issue in self.bad], "ignored": self.ignored}
+                "bad": [dataclasses.asdict(issue) for issue in self.bad], "ignored": self.ignored,
+                "notes": self.notes}
 
 
 @dataclasses.dataclass
@@ -64,8 +66,10 @@ def check_target(target: str | os.PathLike, *, verify_hash: bool = True, stop_at
     report = CheckReport(str(target), ignored=[str(p) for p in ignored])
     manifest_path = _manifest_path(target)
     if manifest_path is not None:  # leakage, dropped rows, stray paths: reported before the per-file reads
+        manifest = read_manifest(manifest_path)
         report.bad.extend(CheckIssue(str(manifest_path), f"manifest: {problem.message}")
-                          for problem in manifest_problems(read_manifest(manifest_path)))
+                          for problem in manifest_problems(manifest))
+        report.notes.extend(scan_split_notes(manifest))
     limits = limits or default_limits()
     iterator: Iterable[_Item] = items
     if progress is not None:

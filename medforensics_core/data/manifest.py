@@ -271,6 +271,24 @@ def manifest_problems(manifest: Manifest, splits: Sequence[str] = SPLITS) -> lis
     return [*_overlaps(manifest, splits), *_unknown_splits(manifest, splits), *_outside_root(manifest)]
 
 
+def scan_split_notes(manifest: Manifest) -> list[str]:
+    """Scans with images in more than one split: a note, not a problem (nothing is refused).
+
+    A benchmark cut by region inside a few scan files (MedForensics-mini) does this on purpose; a
+    dataset with one patient per scan usually should not, since its test patients are then seen in training.
+    """
+    splits_of: dict[str, set[str]] = {}
+    for row in manifest.rows:
+        if row.scan and row.split:
+            splits_of.setdefault(row.scan, set()).add(row.split)
+    across = sorted(scan for scan, splits in splits_of.items() if len(splits) > 1)
+    if not across:
+        return []
+    return [f"{len(across)} of {len(splits_of)} scans have images in more than one split (e.g. {across[0]} in "
+            f"{', '.join(sorted(splits_of[across[0]]))}): expected of a benchmark cut by region inside its scans; "
+            "with one patient per scan, the test patients are seen in training"]
+
+
 def _overlaps(manifest: Manifest, splits: Sequence[str]) -> list[ManifestProblem]:
     splits_of: dict[str, set[str]] = {}
     example: dict[str, str] = {}

@@ -100,7 +100,8 @@ def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], d
         "environment": env, "detectors": detectors,
         "paired": paired_tests(results, fold.test.labels, options, bootstrap_clusters(fold.test.rows)),
         "bootstrap": bootstrap_info(fold, options),
-        "notes": [*fold.notes, bootstrap_note(fold, options), *_bankless_notes(plan, fold), *_notes(results, env)],
+        "notes": [*fold.notes, bootstrap_note(fold, options), *(scan_overlap_notes(fold) if needs_train else []),
+                  *_bankless_notes(plan, fold), *_notes(results, env)],
     }
     if plan.perturbations:
         report["perturbations"] = perturbation_section(plan, fold, results)
@@ -129,6 +130,20 @@ def bootstrap_note(fold: Fold, options: CompareOptions) -> str:
             f"images ({options.n_boot} resamples): a real image and the fakes made from it are drawn together. "
             "The manifest has no scan column, so sources cut from one scan are resampled apart: if they share "
             "a patient the CIs are too narrow (add a scan column naming each image's scan or patient)")
+
+
+def scan_overlap_notes(fold: Fold) -> list[str]:
+    """Test scans that also gave training images (other regions or slices of one scan): said, not refused.
+
+    A benchmark cut by region inside a few scan files (MedForensics-mini) does this on purpose; a dataset with
+    a patient per scan should not, since its test patients are then not unseen.
+    """
+    test_scans = {r.scan for r in fold.test.rows if r.scan}
+    shared = test_scans & {r.scan for r in fold.train.rows if r.scan}
+    if not shared:
+        return []
+    return [f"{len(shared)} of {len(test_scans)} test scans also gave training images (other regions or slices "
+            "of the same scan): the test patients and anatomy are not unseen, only the test pixels are"]
 
 
 def _bankless_notes(plan: RunPlan, fold: Fold) -> list[str]:
