@@ -437,6 +437,25 @@ def test_same_modality_search_keeps_only_references_of_the_query_modality():
     np.testing.assert_allclose(mfrm.fused_probability(np.array([0.2]), mri, 4.0, 5.0), [0.2])
 
 
+def test_a_bank_smaller_than_top_k_gives_the_same_evidence_when_tuned_as_when_searched():
+    """Tuning's exact search and the test-time searches (all modalities, or the query's own) divide the evidence by
+    the same k: before, tuning divided by the bank size when the bank held fewer than k references."""
+    from medforensics_core.retrieval import new_bank
+    from mfx_dski import mfrm
+
+    vectors = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
+    labels = np.array([1, 0, 1])
+    bank = new_bank("faiss-flat", 2, {})
+    bank.add(vectors, labels.tolist(), [{"modality": "ct"}] * 3)
+    query = np.array([[0.8, 0.6]], dtype=np.float32)
+    tuned = mfrm.exact_neighbours(query @ vectors.T, labels, 8)
+    searched, restricted = mfrm.search(bank, query, 8), mfrm.search(bank, query, 8, modalities=["ct"])
+    expected = sum((1 if y else -1) * np.exp(-5.0 * (1 - c)) for y, c in zip(labels, (query @ vectors.T)[0])) / 8
+    for neighbours in (tuned, searched, restricted):
+        assert neighbours.labels.shape == (1, 8)
+        np.testing.assert_allclose(mfrm.evidence(neighbours, 5.0), [expected], rtol=1e-5)
+
+
 def test_noise_map_cache_changes_no_number_and_skips_augmented_images(splits):
     """The cached maps of a real benchmark image are those computed afresh; an augmented image is not kept."""
     cached, fresh = dski(), dski(noise_cache_mb=0)

@@ -91,7 +91,21 @@ def search(bank: Retriever, features: np.ndarray, k: int, modalities: Sequence[s
     kept = np.take_along_axis(same, order, 1)
     sims = np.where(kept, np.take_along_axis(similarities, order, 1), 0.0)
     labels = np.where(kept, bank_labels(bank, np.take_along_axis(indices, order, 1)), -1)
-    return Neighbours(sims, labels)
+    return padded(Neighbours(sims, labels), k)
+
+
+def padded(neighbours: Neighbours, k: int) -> Neighbours:
+    """``k`` columns, the slots a small bank cannot fill holding similarity 0 and label -1 (no affinity).
+
+    Why: :func:`evidence` divides by the number of columns, and tuning (an exact search over the
+    tuning bank), the test-time search and a modality-restricted search must divide by the same
+    ``top_k``, or the alpha tuned on a bank smaller than ``top_k`` would not be the alpha applied.
+    """
+    n, have = neighbours.similarities.shape[0], neighbours.similarities.shape[1]
+    if have >= k:
+        return neighbours
+    return Neighbours(np.hstack([neighbours.similarities, np.zeros((n, k - have))]),
+                      np.hstack([neighbours.labels, np.full((n, k - have), -1)]))
 
 
 def evidence(neighbours: Neighbours, beta: float) -> np.ndarray:
@@ -118,10 +132,10 @@ def fused_probability(stage1: np.ndarray, neighbours: Neighbours, alpha: float, 
 
 
 def exact_neighbours(query_sims: np.ndarray, bank_labels: np.ndarray, k: int) -> Neighbours:
-    """Top-``k`` of a dense similarity matrix ``(n, bank)`` (what ``faiss-flat`` returns), for tuning."""
-    k = min(k, query_sims.shape[1])
+    """Top-``k`` of a dense similarity matrix ``(n, bank)`` (what ``faiss-flat`` returns), for tuning; always ``k``
+    columns (:func:`padded`)."""
     order = np.argsort(-query_sims, axis=1, kind="stable")[:, :k]
-    return Neighbours(np.take_along_axis(query_sims, order, 1), np.asarray(bank_labels)[order])
+    return padded(Neighbours(np.take_along_axis(query_sims, order, 1), np.asarray(bank_labels)[order]), k)
 
 
 def combined_similarity(embed_sims: np.ndarray, descriptor_sims: np.ndarray | None, weight: float) -> np.ndarray:
