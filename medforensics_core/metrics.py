@@ -242,6 +242,18 @@ def cluster_index(y: np.ndarray, clusters: Sequence | None) -> tuple[np.ndarray,
     return of_image, np.where(has_real & has_fake, 2, np.where(has_fake, 1, 0))
 
 
+#: Why a bootstrap gives no interval although the metric is defined (the result's ``no_interval``).
+NO_INTERVAL = "no label stratum holds two clusters: every resample redraws the same images"
+
+
+def resampling_is_degenerate(y: np.ndarray, clusters: Sequence | None) -> bool:
+    """True when no label stratum (only reals, only fakes, both) holds two clusters: every resample is then the
+    original set, and a zero-width interval (or p = 0.002 for any difference) would claim a certainty the data
+    cannot give, e.g. a modality cut from one scan, scored against one setting sampled from noise."""
+    _, stratum = cluster_index(np.asarray(y).reshape(-1), clusters)
+    return int(np.bincount(stratum, minlength=3).max(initial=0)) < 2
+
+
 def _stratified_weights(y: np.ndarray, n_boot: int, rng: np.random.Generator,
                         clusters: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """(n_boot, n) multiplicities of a bootstrap that resamples clusters within their label stratum.
@@ -270,9 +282,7 @@ def _bootstrap_metric_arrays(y: np.ndarray, score_sets: Sequence[np.ndarray], me
                              seed: int, threshold: float = 0.5,
                              clusters: Sequence | None = None) -> list[dict[str, np.ndarray]]:
     """Resampled metric values for several score vectors over the *same* resamples (paired by construction)."""
-    unknown = set(metrics) - set(BOOTSTRAP_METRICS)
-    if unknown:
-        raise ValueError(f"unknown metric(s) {sorted(unknown)}; choose from {', '.join(BOOTSTRAP_METRICS)}")
+    _check_metrics(metrics)
     rng = np.random.default_rng(seed)
     index = cluster_index(y, clusters)
     prepared = [_distinct_index(s) for s in score_sets]
@@ -286,6 +296,12 @@ def _bootstrap_metric_arrays(y: np.ndarray, score_sets: Sequence[np.ndarray], me
             for name, values in _weighted_metrics(pos_w, neg_w, distinct, threshold, metrics).items():
                 acc[name].append(values)
     return [{m: np.concatenate(v) for m, v in r.items()} for r in results]
+
+
+def _check_metrics(metrics: Sequence[str]) -> None:
+    unknown = set(metrics) - set(BOOTSTRAP_METRICS)
+    if unknown:
+        raise ValueError(f"unknown metric(s) {sorted(unknown)}; choose from {', '.join(BOOTSTRAP_METRICS)}")
 
 
 def _distinct_index(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -328,8 +344,9 @@ def bootstrap_ci(labels, scores, metric: str = "auc", n_boot: int = 1000, seed: 
     With ``clusters`` (one source id per image) whole clusters are resampled (see the module docstring).
     ``None`` when the metric is not defined for this group or ``n_boot`` is 0.
     """
+    _check_metrics([metric])
     y, s = _as_arrays(labels, scores)
-    if n_boot <= 0 or not _is_defined(metric, y):
+    if n_boot <= 0 or not _is_defined(metric, y) or resampling_is_degenerate(y, clusters):
         return None
     values = _bootstrap_metric_arrays(y, [s], [metric], n_boot, seed, clusters=clusters)[0][metric]
     return _percentile_ci(values, alpha)
@@ -373,6 +390,9 @@ def paired_bootstrap_over_seeds(labels, runs_a: Sequence, runs_b: Sequence, metr
     if len(pairs) > 1:
         result["per_run"] = per_run
     if n_boot <= 0:
+        return result
+    if resampling_is_degenerate(y, clusters):
+        result["no_interval"] = NO_INTERVAL
         return result
     flat = [s for pair in pairs for s in pair]
     boot = _bootstrap_metric_arrays(y, flat, [metric], n_boot, seed, clusters=clusters)
@@ -435,6 +455,9 @@ def paired_bootstrap_over_folds(folds: Sequence[FoldRuns], metric: str = "auc", 
     result["wins"] = int(sum(d > 0 for fold in per_fold for d in fold))
     result["runs"] = int(sum(len(fold) for fold in per_fold))
     if n_boot <= 0:
+        return result
+    if resampling_is_degenerate(np.concatenate([y for y, *_ in usable]), np.concatenate([c for _, c, *_ in usable])):
+        result["no_interval"] = NO_INTERVAL
         return result
     deltas = _fold_bootstrap_deltas(usable, metric, n_boot, seed)
     result["ci"] = list(_percentile_ci(deltas, 0.05))
@@ -570,18 +593,16 @@ def _group_entry(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int, clusters:
                  threshold: float = 0.5) -> dict:
     """One group's metrics at ``threshold`` plus bootstrap CIs of AUC and AP (``None`` when not defined).
 
-    A group that is one cluster (a modality cut from a single scan) gets no CI: every resample would
-    redraw the same scan, and a zero-width interval would claim a certainty the data cannot give.
+    A group whose every label stratum is one cluster (a modality cut from a single scan) gets no CI
+    (:func:`resampling_is_degenerate`).
     """
     entry = compute_metrics(y, s, threshold).to_dict()
     _operating_points(y, s, threshold, entry)
-    single_cluster = False
     if clusters is not None:
         entry["n_clusters"] = len(set(clusters.tolist()))
-        single_cluster = entry["n_clusters"] < 2
     defined = [m for m in CI_METRICS if _is_defined(m, y)]
     cis: dict[str, list[float] | None] = {f"{m}_ci": None for m in CI_METRICS}
-    if n_boot > 0 and defined and not single_cluster:
+    if n_boot > 0 and defined and not resampling_is_degenerate(y, clusters):
         values = _bootstrap_metric_arrays(y, [s], defined, n_boot, seed, clusters=clusters)[0]
         cis.update({f"{m}_ci": list(_percentile_ci(values[m], 0.05)) for m in defined})
     entry.update(cis)

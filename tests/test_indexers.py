@@ -220,6 +220,24 @@ def test_a_scan_column_links_its_sources_for_splits_and_intervals_and_survives_a
     assert [r.scan for r in back.rows] == [r.scan for r in split] and "scan" in back.columns
 
 
+def test_folds_sharing_one_draw_give_a_scan_the_same_cluster_in_every_fold():
+    """A fake whose own source is the smallest key of its scan in one fold only: computed fold by fold, the
+    shared reals of that scan would be one cluster id in one fold and another in the next."""
+    from types import SimpleNamespace
+
+    from medforensics_core.data.manifest import bootstrap_clusters
+    from medforensics_core.engine.compare.fold_merge import shared_clusters
+
+    reals = [ManifestRow(path=f"r{i}.png", label=0, source=f"p{i}", scan="P") for i in (1, 2)]
+    fakes = {"g1": ManifestRow(path="a.png", label=1, source="a_fake", scan="P"),
+             "g2": ManifestRow(path="z.png", label=1, source="z_fake", scan="P")}
+    folds = [SimpleNamespace(test=SimpleNamespace(rows=[*reals, fake])) for fake in fakes.values()]
+    per_fold = [bootstrap_clusters(fold.test.rows)[0] for fold in folds]
+    assert per_fold[0] != per_fold[1]  # what went wrong: ids follow the rows each fold holds
+    cluster_of = shared_clusters(folds)
+    assert len({cluster_of[r.path] for fold in folds for r in fold.test.rows}) == 1
+
+
 def test_split_keeps_given_splits_and_rejects_bad_fractions():
     rows = [ManifestRow(path=f"{i}.png", label=i % 2, split="test" if i < 4 else "", source=f"s{i}")
             for i in range(20)]

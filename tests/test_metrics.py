@@ -241,6 +241,29 @@ def test_cluster_bootstrap_is_wider_when_one_source_dominates():
     assert summary["overall"]["n_clusters"] == 40 and summary["by_generator"]["ldm"]["n_clusters"] == 40
 
 
+def test_no_interval_when_no_label_stratum_holds_two_clusters():
+    """One scan of reals against one cluster of sampled fakes: every resample is the original set, so the CI and
+    the paired test's p would claim a certainty the data cannot give (a zero-width CI, p = 0.002); none is given.
+    A second real scan is enough to resample."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 30)
+    a, b = _noisy_scores(rng, labels, 0.3), _noisy_scores(rng, labels, 0.6)
+    one_each = np.where(labels == 1, "sampled", "scan-1")
+    assert M.bootstrap_ci(labels, a, n_boot=200, clusters=one_each) is None
+    paired = M.paired_bootstrap(labels, a, b, n_boot=200, clusters=one_each)
+    assert paired["delta"] is not None and paired["ci"] is None and paired["p_value"] is None
+    assert paired["no_interval"] == M.NO_INTERVAL
+    folds = M.paired_bootstrap_over_folds([M.FoldRuns(labels, one_each, [a], [b])] * 2, n_boot=200)
+    assert folds["delta"] is not None and folds["ci"] is None and "no_interval" in folds
+    summary = M.summarize(labels, a, modalities=["CT"] * 60, generators=np.where(labels, "gan", "real"), n_boot=200,
+                          clusters=one_each)
+    assert summary["overall"]["auc"] is not None and summary["overall"]["auc_ci"] is None
+    two_scans = np.where(labels == 1, "sampled", np.where(np.arange(60) % 2, "scan-1", "scan-2"))
+    ci = M.bootstrap_ci(labels, a, n_boot=200, clusters=two_scans)
+    assert ci is not None and ci[0] < ci[1]
+    assert M.paired_bootstrap(labels, a, b, n_boot=200, clusters=two_scans)["p_value"] is not None
+
+
 def test_cluster_bootstrap_equals_per_image_bootstrap_when_every_source_has_one_image():
     rng = np.random.default_rng(8)
     labels = rng.integers(0, 2, 300)

@@ -157,7 +157,8 @@ def random_init_option(function):
               help="Train every detector once per seed and report mean +- sd over seeds beside each seed's CIs "
                    "(overrides --seed; each seed's run is kept in RUN_DIR/seeds/<seed>/).")
 @click.option("--n-boot", type=int, default=1000, show_default=True,
-              help="Bootstrap resamples (of test sources) for CIs and paired tests.")
+              help="Bootstrap resamples (of test sources, or whole scans when the manifest has a scan column) "
+                   "for CIs and paired tests.")
 @click.option("--log", "log_sink", type=click.Choice(["tensorboard"]),
               help="Also log per-epoch metrics to TensorBoard (RUN_DIR/tensorboard; needs `pip install tensorboard`)."
                    " mfx.log and loss.png always have them.")

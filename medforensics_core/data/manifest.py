@@ -12,7 +12,7 @@ moved as a whole.
 series or patient. Images of one scan are not independent draws even when they
 are different sources (two regions of one slice, two slices of one volume share
 the patient, the scanner and the anatomy), so bootstrap intervals resample whole
-scans when the column is filled (:func:`medforensics_core.engine.protocols.bootstrap_clusters`),
+scans when the column is filled (:func:`bootstrap_clusters`),
 and the splitter keeps a scan in one split when it assigns splits. A dataset
 that may split one scan by region on purpose (MedForensics-mini: few scan files)
 says so in its card; the intervals still resample scans.
@@ -159,14 +159,18 @@ def bootstrap_clusters(rows: Sequence[ManifestRow]) -> list[str]:
 
     Rows are linked when they share a source (a real crop and the fakes made from it) or a
     ``scan`` (regions and slices of one acquisition), transitively. Without a ``scan`` column
-    this is exactly each row's :attr:`ManifestRow.source_key`. Why scans: crops of one slice and
+    this is exactly each row's :attr:`ManifestRow.source_key`. A cluster's id is its smallest source key, so it
+    depends on which rows are given: tests that share a draw over several folds compute the clusters once over
+    the union of their rows (:func:`medforensics_core.engine.compare.fold_merge.fold_paired_tests`). Why scans: crops of one slice and
     slices of one volume share the patient, the scanner and the anatomy, so resampling them
     apart treats one scan as many independent observations and the intervals come out too narrow.
     """
     scans: dict[str, set[str]] = {}
     for row in rows:
         scans.setdefault(row.source_key, set()).update([f"scan:{row.scan}"] if row.scan else [])
-    cluster_of = {member: min(group) for group in linked_groups(scans) for member in group}
+    cluster_of: dict[str, str] = {}
+    for group in linked_groups(scans):
+        cluster_of.update(dict.fromkeys(group, min(group)))
     return [cluster_of[row.source_key] for row in rows]
 
 

@@ -76,6 +76,23 @@ __all__ = ["CONFIG_FILE", "LOG_FILE", "SCORE_COLUMNS", "CompareOptions", "Detect
            "summarize_scores", "train_detector", "trainable_params", "write_scores"]
 
 
+def resummarised(saved: dict[str, Any], fold: Fold, options: CompareOptions) -> dict[str, Any]:
+    """A finished result of an earlier attempt with its metrics and CIs computed again from its saved scores.
+
+    Why: the scores are what was computed; the summary also depends on how this version resamples
+    (whole scans since the manifest's ``scan`` column, no interval for a degenerate group), and a
+    report that mixed intervals over sources with intervals over scans would compare unlike things.
+    """
+    import numpy as np
+
+    for row in saved["rows"].values():
+        entry = row.get("entry") or {}
+        if entry.get("status") == "ok" and "" in (row.get("scores") or {}):
+            entry.update(summarize_scores(fold.test, np.asarray(row["scores"][""]), options,
+                                          entry.get("threshold", 0.5)))
+    return saved
+
+
 def run_fold(plan: RunPlan, fold: Fold, fold_dir: RunDir, session: Session) -> dict[str, dict[str, Any]]:
     """Every detector on one fold; finished detectors of an earlier attempt are taken from disk."""
     store = ResultStore(fold_dir, writable=session.rank == 0)
@@ -91,7 +108,7 @@ def run_fold(plan: RunPlan, fold: Fold, fold_dir: RunDir, session: Session) -> d
         saved = store.finished(spec.name, test_paths)
         if saved is not None:
             session.say(f"{prefix}[dim]{spec.name}: finished in an earlier attempt, kept[/]")
-            results[spec.name] = saved
+            results[spec.name] = resummarised(saved, fold, plan.options)
             continue
         if session.resumed and spec.checkpoint is None:
             session.say(f"{prefix}{spec.name}: unfinished in the earlier attempt; restarting it from scratch "

@@ -109,12 +109,13 @@ def fold_paired_tests(runs: dict[int, dict[str, tuple[Any, dict[str, dict[str, A
     if len(ranked) < 2:
         return []
     best = max(ranked, key=lambda n: mean_auc[n])
+    cluster_of = shared_clusters([runs[seeds[0]][f][0] for f in fold_names])
 
     def fold_runs(name: str) -> list[FoldRuns]:
         out = []
         for f in fold_names:
             fold = runs[seeds[0]][f][0]
-            out.append(FoldRuns(fold.test.labels, bootstrap_clusters(fold.test.rows),
+            out.append(FoldRuns(fold.test.labels, [cluster_of[r.path] for r in fold.test.rows],
                                 [np.asarray(rows[s][f][best]["scores"][""]) for s in seeds],
                                 [np.asarray(rows[s][f][name]["scores"][""]) for s in seeds]))
         return out
@@ -128,6 +129,17 @@ def fold_paired_tests(runs: dict[int, dict[str, tuple[Any, dict[str, dict[str, A
         tests.append({"a": best, "b": name, **test, "per_fold": per_fold, "folds": fold_names,
                       **({"seeds": seeds} if len(seeds) > 1 else {})})
     return tests
+
+
+def shared_clusters(folds: Sequence[Any]) -> dict[str, str]:
+    """Each test image's cluster, computed once over the union of every fold's test rows (by path).
+
+    Why: one draw is shared by every fold, so a scan must carry the same id in each; ids computed fold
+    by fold follow the rows each fold holds (a fake's own source may be the smallest key of its scan in
+    one fold and absent from the next), and one scan would then be drawn as two clusters.
+    """
+    union = {r.path: r for fold in folds for r in fold.test.rows}
+    return dict(zip(union, bootstrap_clusters(list(union.values()))))
 
 
 def fold_pairing_note(seeds: Sequence[int]) -> str:
