@@ -25,13 +25,13 @@ cumulative counts over the sorted distinct scores, for all resamples at once
 (:func:`_weighted_metrics`; tested against scikit-learn with unit weights). Resampling is
 stratified by label, so every resample keeps the original numbers of reals and fakes.
 
-**Clusters.** Images are not independent when they share a ``source``: a real crop and the
-image-to-image fakes made from it, or many crops of one scan. Resampling images then treats
-one scan seen fifty times as fifty independent observations, and the CIs come out too
-narrow. Every bootstrap here therefore takes optional ``clusters`` (one id per image, the
-manifest's ``source``) and resamples *clusters* with replacement, each drawn cluster bringing
-all its images (``mfx compare`` passes :func:`~medforensics_core.data.manifest.bootstrap_clusters`:
-whole scans when the manifest has a ``scan`` column). Strata are the clusters' label make-up (only reals, only fakes, both), so each
+**Clusters.** Images are not independent when they share a ``source`` (a real crop and the
+image-to-image fakes made from it) or a scan (many crops of one scan). Resampling images then
+treats one scan seen fifty times as fifty independent observations, and the CIs come out too
+narrow. Every bootstrap here therefore takes optional ``clusters`` (one id per image: ``mfx
+compare`` passes :func:`~medforensics_core.data.manifest.bootstrap_clusters`, sources linked by
+the manifest's ``scan``) and resamples *clusters* with replacement, each drawn cluster bringing
+all its images. Strata are the clusters' label make-up (only reals, only fakes, both), so each
 resample keeps the number of clusters of each kind. Without ``clusters`` (or when every image
 is its own cluster) this is exactly the per-image stratified bootstrap, draw for draw.
 """
@@ -428,7 +428,8 @@ def paired_bootstrap_over_folds(folds: Sequence[FoldRuns], metric: str = "auc", 
     ``delta`` is the mean over folds of the mean over seeds of ``metric(a) - metric(b)``, the number a
     leave-one-generator-out table's "mean" column compares. Each bootstrap resample draws the
     *clusters* (sources, or whole scans) once, over the union of every fold's test clusters (within
-    their label strata), and applies the same draw to every fold, seed and both detectors: folds share their test reals, so
+    their label strata), and applies the same draw to every fold, seed and both detectors: folds share
+    their test reals, so
     resampling them independently per fold would understate how much the mean can move. Seeds are
     paired (each seed's two runs saw the same training luck). ``per_fold`` gives each fold's own delta;
     ``wins`` counts the (fold, seed) runs in which ``a`` beat ``b``. Folds where the metric is not

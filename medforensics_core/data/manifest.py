@@ -161,8 +161,8 @@ def bootstrap_clusters(rows: Sequence[ManifestRow]) -> list[str]:
     ``scan`` (regions and slices of one acquisition), transitively. Without a ``scan`` column
     this is exactly each row's :attr:`ManifestRow.source_key`. A cluster's id is its smallest source key, so it
     depends on which rows are given: tests that share a draw over several folds compute the clusters once over
-    the union of their rows (:func:`medforensics_core.engine.compare.fold_merge.fold_paired_tests`). Why scans: crops of one slice and
-    slices of one volume share the patient, the scanner and the anatomy, so resampling them
+    the union of their rows (:func:`medforensics_core.engine.compare.fold_merge.shared_clusters`). Why scans:
+    crops of one slice and slices of one volume share the patient, the scanner and the anatomy, so resampling them
     apart treats one scan as many independent observations and the intervals come out too narrow.
     """
     scans: dict[str, set[str]] = {}

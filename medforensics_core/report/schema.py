@@ -23,7 +23,8 @@ ENTRY_META = ("preset", "distribution", "version", "weights", "weights_status", 
 
 #: Metrics of one group of images (see :class:`medforensics_core.metrics.MetricSet`); ``None`` = not defined.
 #: ``tpr``/``fpr`` are taken at the detector's ``threshold``; ``tpr_at_fpr_X`` at a false-positive rate of X;
-#: ``n_clusters`` counts the clusters the bootstrap resamples (sources, or whole scans). (Functional form: some keys hold dots.)
+#: ``n_clusters`` counts the clusters the bootstrap resamples (sources, or whole scans).
+#: (Functional form: some keys hold dots.)
 GroupMetrics = TypedDict("GroupMetrics", {
     "n": int, "n_real": int, "n_fake": int, "n_clusters": int,
     "acc": Optional[float], "real_acc": Optional[float], "fake_acc": Optional[float],

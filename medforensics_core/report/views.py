@@ -248,7 +248,8 @@ def seeds_table(report: dict) -> TableView:
                                                  for key, _, _ in SEED_COLUMNS]))
     return TableView("Per seed", [h for _, h, _ in SEED_COLUMNS], rows,
                      note="one training per seed: each seed's metrics with their 95% bootstrap CI (over test "
-                          "clusters: sources, or whole scans), then the mean over seeds +- its standard deviation (n-1).",
+                          "clusters: sources, or whole scans), then the mean over seeds +- its standard "
+                          "deviation (n-1).",
                      mark_meaning="mean over seeds", lead_header="detector / seed")
 
 

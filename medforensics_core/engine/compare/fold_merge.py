@@ -53,8 +53,8 @@ def combine_folds(plan: RunPlan, reports: dict[str, dict[str, Any]]) -> Report:
                          "fold's full report, paired tests and perturbations are in folds/<fold>/)",
                          "overall and by_modality are means over folds (by_holdout); by_generator[g] is g's fakes "
                          "scored by the detector of the fold that held g out",
-                         f"{BOOTSTRAP_NOTE} {first['bootstrap']['resamples']} of each fold, not its images (counts in each "
-                         "fold's report.json)",
+                         f"{BOOTSTRAP_NOTE} {first['bootstrap']['resamples']} of each fold, not its images "
+                         "(counts in each fold's report.json)",
                          *dict.fromkeys(notes)]
     return combined
 
