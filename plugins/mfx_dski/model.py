@@ -19,7 +19,7 @@ from torch import nn
 
 from medforensics_core.errors import ConfigError, MfxError
 from medforensics_core.interfaces import NoiseExtractor
-from medforensics_core.seeding import derive_seed, torch_generator
+from medforensics_core.seeding import torch_generator
 
 from .cdfa import CDFA, CDFAAdapter, NoiseTokens
 from .prompts import PromptContext
@@ -73,7 +73,7 @@ def _reset_noise(noise: NoiseTokens, seed: int) -> None:
                 _reset_linear(layer, generator)
         noise.position.copy_(torch.randn(noise.position.shape, generator=generator) * 0.02)
         noise.norm.reset_parameters()
-    noise.dropout_generator.manual_seed(derive_seed(seed, "dski", "cdfa.noise.dropout"))
+    noise.dropout_generator = _seeded(seed, "cdfa.noise.dropout")
 
 
 def reset_parameters(net: DSKIModules, seed: int) -> None:

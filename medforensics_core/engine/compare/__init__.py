@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
@@ -83,8 +84,6 @@ def resummarised(saved: dict[str, Any], fold: Fold, options: CompareOptions) -> 
     (whole scans since the manifest's ``scan`` column, no interval for a degenerate group), and a
     report that mixed intervals over sources with intervals over scans would compare unlike things.
     """
-    import numpy as np
-
     for row in saved["rows"].values():
         entry = row.get("entry") or {}
         if entry.get("status") == "ok" and "" in (row.get("scores") or {}):
