@@ -44,6 +44,16 @@ def derive_seed(seed: int, *names: object) -> int:
     return int.from_bytes(digest[:8], "little") >> (64 - _SEED_BITS)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own random draws under ``torchrun`` (augmentation, dropout masks).
+
+    Why: every rank trains on its own shard, but with one seed every rank would draw the same sequence
+    of crops, flips and masks for its images, so the global batch's randomness would be one pattern
+    repeated ``world_size`` times. Rank 0 keeps ``seed``, so a single-process run is unchanged.
+    """
+    return seed if rank == 0 else derive_seed(seed, "rank", rank)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (every device) so a run is reproducible from its recorded seed."""
     random.seed(seed)

@@ -325,6 +325,32 @@ def test_noise_dropout_draws_its_own_stream_so_ablations_see_the_same_augmentati
     assert torch.equal(masks, again)
 
 
+def test_torchrun_ranks_share_weights_but_draw_their_own_dropout_masks():
+    """Under torchrun every rank starts from the same weights, but with one seed all ranks would drop the noise
+    branch for the same positions of their shards: rank > 0 draws its own masks; rank 0 is the single process."""
+    from mfx_dski.model import reset_parameters
+    from medforensics_core.seeding import rank_seed
+
+    detector = dski()
+    noise = detector.net.cdfa.noise
+    noise.train()
+    noise.dropout = 0.5
+    cells = torch.rand(64, noise.grid[0] * noise.grid[1], noise.in_channels)
+
+    def weights_and_masks(rank: int | None):
+        reset_parameters(detector.net, 3) if rank is None else reset_parameters(detector.net, 3, rank)
+        weights = {k: v.clone() for k, v in detector.net.state_dict().items()}
+        return weights, torch.cat([noise(cells)[1].flatten() for _ in range(3)])
+
+    single, single_masks = weights_and_masks(None)
+    rank0, rank0_masks = weights_and_masks(0)
+    rank1, rank1_masks = weights_and_masks(1)
+    assert all(torch.equal(single[k], rank0[k]) and torch.equal(single[k], rank1[k]) for k in single)
+    assert torch.equal(single_masks, rank0_masks)
+    assert not torch.equal(rank0_masks, rank1_masks)
+    assert rank_seed(3, 0) == 3 and rank_seed(3, 1) not in (3, rank_seed(3, 2))
+
+
 def test_no_noise_keeps_the_descriptor_and_no_descriptor_keeps_the_noise_branch():
     no_noise, no_descriptor = dski("dski-no-noise"), dski("dski-no-descriptor")
     assert no_noise.net.cdfa.noise is None and no_noise.uses_descriptor()
@@ -603,8 +629,8 @@ def test_weight_averaging_keeps_the_mean_of_the_last_epochs_weights(splits, monk
     states = []
     original = training._train_epoch
 
-    def recording(detector, loader, optimizer, ctx, epoch):
-        loss = original(detector, loader, optimizer, ctx, epoch)
+    def recording(detector, *args):
+        loss = original(detector, *args)
         states.append({k: v.detach().clone() for k, v in detector.net.state_dict().items()})
         return loss
 

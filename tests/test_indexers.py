@@ -279,3 +279,57 @@ def test_cli_index_writes_manifest_and_counts_table(tmp_path):
     assert "medforensics layout, detected" in result.output
     bad = CliRunner().invoke(cli, ["data", "index", str(tmp_path / "nowhere")])
     assert bad.exit_code != 0 and "folder not found" in bad.output and "Traceback" not in bad.output
+
+
+def _dicom_copy(source: str, target: Path, **tags: str) -> None:
+    """A real DICOM file with some header tags rewritten (another study of a patient, an anonymised ID...)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.dcmread(source)
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.save_as(target)
+
+
+def test_scan_by_patient_keeps_a_patients_studies_together_and_blanks_placeholder_ids(tmp_path):
+    ct, mr = get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")
+    real = tmp_path / "data" / "CT" / "ldm" / "0_real"
+    _dicom_copy(ct, real / "ct_study1.dcm")                                           # patient 1CT1, study A
+    _dicom_copy(ct, real / "ct_study2.dcm", StudyInstanceUID="1.2.826.0.1.99.1")     # patient 1CT1, study B
+    _dicom_copy(mr, real / "mr.dcm")                                                  # patient 4MR1
+    for i in range(6):  # other patients, so the splitter has groups to spread
+        _dicom_copy(ct, real / f"other{i}.dcm", StudyInstanceUID=f"1.2.826.0.1.98.{i}", PatientID=f"P{i:03d}")
+    _dicom_copy(ct, real / "anon.dcm", StudyInstanceUID="1.2.826.0.1.97.1", PatientID="ANONYMOUS")
+    png(tmp_path / "data" / "CT" / "ldm" / "1_fake" / "ct_study1.png", 1)
+
+    plain = index_folder(tmp_path / "data")
+    assert all(r.scan == "" for r in plain.rows) and not plain.notes  # the default is unchanged
+    result = index_folder(tmp_path / "data", scan_by="patient")
+    scan_of = {Path(r.path).stem + Path(r.path).suffix: r.scan for r in result.rows}
+    assert scan_of["ct_study1.dcm"] == scan_of["ct_study2.dcm"] == "patient:1CT1"
+    assert scan_of["mr.dcm"] == "patient:4MR1" and scan_of["other0.dcm"] == "patient:P000"
+    assert scan_of["anon.dcm"] == "" and scan_of["ct_study1.png"] == ""  # a placeholder; not DICOM
+    assert any("ANONYMOUS" in note and "placeholder" in note for note in result.notes)
+    sources = {r.source for r in result.rows if r.scan == "patient:1CT1"}
+    assert len(sources) == 2  # two studies: two sources, one scan
+    for seed in range(5):
+        splits = assign_splits(result.rows, val=0.2, test=0.3, seed=seed)
+        assert len({r.split for r in splits if r.scan == "patient:1CT1"}) == 1
+
+    out = tmp_path / "m.csv"
+    cli_run = CliRunner().invoke(cli, ["data", "index", str(tmp_path / "data"), "-o", str(out), "--scan-by", "patient"],
+                                 env={"COLUMNS": "200"})
+    assert cli_run.exit_code == 0, cli_run.output
+    assert "placeholder" in cli_run.output
+    assert {r.scan for r in read_manifest(out).rows} >= {"patient:1CT1", "patient:4MR1"}
+
+
+def test_one_patient_id_on_every_study_is_an_anonymisers_constant_not_a_patient(tmp_path):
+    ct = get_testdata_file("CT_small.dcm")
+    real = tmp_path / "CT" / "ldm" / "0_real"
+    for i in range(4):
+        _dicom_copy(ct, real / f"s{i}.dcm", StudyInstanceUID=f"1.2.826.0.1.96.{i}", PatientID="SITE-01")
+    result = index_folder(tmp_path, scan_by="patient")
+    assert all(r.scan == "" for r in result.rows)  # linking them all would leave one group: one split, no interval
+    assert any("SITE-01" in note and "all 4 studies" in note for note in result.notes)
+    with pytest.raises(Exception, match="scan-by"):
+        index_folder(tmp_path, scan_by="series")

@@ -82,3 +82,31 @@ def test_the_benchmark_build_inside_compare_gets_the_runs_progress_display(monke
 
     assert plan.resolve_data(None, quick=True, progress=display) == (tmp_path, True)
     assert seen == {"progress": display, "quick": True}
+
+
+def test_run_epoch_clips_each_step_to_max_grad_norm_and_reports_the_unclipped_norms():
+    """A batch whose gradient norm is ~100 moves SGD weights by at most lr x max_grad_norm; 0 leaves it alone."""
+    from medforensics_core.engine.context import FitContext
+    from medforensics_core.engine.training import run_epoch
+
+    inputs = torch.full((4, 3), 50.0)
+    labels = torch.zeros(4, dtype=torch.long)  # confident wrong logits: a large gradient
+
+    def one_step(max_grad_norm):
+        model = torch.nn.Linear(3, 1)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+            model.bias.fill_(0.0)
+        ctx = FitContext(seed=0)
+        loader = ctx.tensor_loader(inputs, labels, 4, shuffle=False)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        norms: list[float] = []
+        run_epoch(model, loader, optimizer, ctx, max_grad_norm=max_grad_norm, grad_norms=norms)
+        step = torch.cat([(model.weight - 1.0).reshape(-1), model.bias.reshape(-1)])
+        return float(step.norm()), norms
+
+    clipped, clipped_norms = one_step(1.0)
+    free, free_norms = one_step(0.0)
+    assert clipped_norms == free_norms and clipped_norms[0] > 50  # the norm before clipping, both times
+    assert abs(clipped - 0.1 * 1.0) < 1e-5  # lr x max_grad_norm
+    assert abs(free - 0.1 * free_norms[0]) < 1e-3  # unclipped: lr x the full norm

@@ -74,13 +74,33 @@ def images_hash(rows: Sequence[ManifestRow]) -> str:
     return digest.hexdigest()
 
 
+#: Packages whose version can change a build's bytes: decoders and resamplers of the real sources, the PNG writer.
+CONTENT_PACKAGES = ("pillow", "pydicom", "nibabel", "scikit-image", "scipy", "imagecodecs", "tifffile", "pylibjpeg",
+                    "pylibjpeg-libjpeg", "pylibjpeg-openjpeg")
+
+
+def content_package_versions() -> dict[str, str]:
+    """Installed versions of :data:`CONTENT_PACKAGES` (absent ones left out): why two builds of one key may differ."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in CONTENT_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
 def write_card_json(path: Path, rows: Sequence[ManifestRow], info: dict[str, Any], gate: Sequence[dict[str, Any]],
                     manifest: Path) -> dict[str, Any]:
     """card.json: the machine-readable card -- hashes, thread count, and the realism gate per setting.
 
     Two builds with equal ``images_sha256`` hold the same images bit for bit; if
     two machines' detector numbers differ while this hash is equal, the
-    difference comes from training, not from the build.
+    difference comes from training, not from the build. When the hashes differ for
+    one key, ``cpu_capability`` (the vector instruction set torch's kernels use) and
+    ``packages`` (decoder and image-library versions) are where to look.
     """
     import torch
 
@@ -91,6 +111,7 @@ def write_card_json(path: Path, rows: Sequence[ManifestRow], info: dict[str, Any
         "images_sha256": images_hash(rows), "manifest_sha256": sha256_file(manifest),
         "threads": info["threads"], "deterministic_algorithms": True,
         "torch": torch.__version__, "numpy": __import__("numpy").__version__, "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "packages": content_package_versions(),
         "seconds": info["seconds"], "cpu_seconds": info.get("cpu_seconds"),
         "settings": list(gate),
         "realism": verdict([realism_auc(g) for g in gate]),
@@ -139,7 +160,9 @@ def _gate_section(card: dict[str, Any] | None) -> list[str]:
                   f"{'yes' if realism['any_at_least_0.99'] else 'no'}; target met: "
                   f"{'yes' if realism['meets_target'] else 'no'}.",
               "", f"- images sha256 `{card['images_sha256']}`, manifest sha256 `{card['manifest_sha256']}`, "
-                  f"{card['threads']} build thread(s), torch {card['torch']}"]
+                  f"{card['threads']} build thread(s), torch {card['torch']}"
+                  + (f" ({card['cpu_capability']} kernels)" if card.get("cpu_capability") else "")
+                  + (", " + ", ".join(f"{k} {v}" for k, v in card["packages"].items()) if card.get("packages") else "")]
     return lines
 
 

@@ -160,7 +160,9 @@ def parse_settings(names: Sequence[str] | None) -> tuple[Setting, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class BuildPlan:
-    """Every parameter of one build; two builds with equal plans are identical, bit for bit."""
+    """Every parameter of one build. Two builds with equal plans are identical bit for bit on one machine and
+    library set; across CPU types and library versions the trained generators' floats may differ (the card's
+    ``images_sha256`` tells; see docs/explanations/benchmark.md, "Traceable numbers")."""
 
     size: int
     per_modality: int

@@ -33,8 +33,11 @@ def data_group() -> None:
               help="One row per frame/slice of multi-frame DICOM, TIFF stacks and NIfTI volumes.")
 @click.option("--frame-step", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --frames: keep every N-th frame/slice.")
+@click.option("--scan-by", type=click.Choice(["none", "patient"]), default="none", show_default=True,
+              help="Fill the scan column (what intervals resample whole, and splits keep together): patient = "
+                   "the DICOM PatientID, placeholders such as ANONYMOUS left blank.")
 def index_command(root: Path, output: Path | None, layout: str, modality: str | None, val: float, test: float,
-                  seed: int, frames: bool, frame_step: int) -> None:
+                  seed: int, frames: bool, frame_step: int, scan_by: str) -> None:
     """Index a folder layout into a manifest CSV (path, label, modality, generator, family, network, split, ...).
 
     \b
@@ -43,7 +46,8 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
       ROOT/<modality>/<generator>/{0_real,1_fake}/...           (MedForensics, splits made here)
       ROOT/<generator>/[<class>/]{0_real,1_fake}/...            (CNNDetection)
     Splits are made by source (study UID for DICOM, file stem otherwise), so no
-    source image or volume straddles two splits. A generator.json next to a
+    source image or volume straddles two splits; with --scan-by patient, no
+    patient either (and intervals resample patients). A generator.json next to a
     generator's 1_fake folder ({"family": ..., "network": ...}) fills the
     family and network columns of its fakes (blank without one).
 
@@ -51,6 +55,7 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
     Examples:
       mfx data index my-data                         writes my-data/manifest.csv
       mfx data index cnndet-root --layout cnndetection --modality xray -o cnndet.csv
+      mfx data index dicom-study --scan-by patient   a patient's studies stay together
     """
     from ..data.indexers import index_folder
     from ..data.manifest import write_manifest
@@ -60,7 +65,7 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
     output = output or root / "manifest.csv"
     with RichProgress(err_console) as progress:
         result = index_folder(root, layout=layout, modality=modality, expand_frames=frames, frame_step=frame_step,
-                              relative_to=output.parent, progress=progress)
+                              relative_to=output.parent, progress=progress, scan_by=scan_by)
     rows = assign_splits(result.rows, val=val, test=test, seed=seed)
     write_manifest(rows, output)
     console.print(_counts_table(rows, "images per split, modality, generator and label"))
@@ -69,6 +74,8 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
     for path in result.ignored:
         console.print(f"[yellow]not indexed[/] {escape(str(path))} (not an image, or outside a 0_real/1_fake folder)",
                       markup=True, highlight=False)
+    for note in result.notes:
+        console.print(f"[yellow]note[/] {escape(note)}", markup=True, highlight=False)
     console.print(f"wrote {len(rows)} rows to {escape(str(output))}")
 
 

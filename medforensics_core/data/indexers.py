@@ -24,6 +24,14 @@ stylegan, ...). ``layout=`` forces the choice.
   ``1_fake/x.png``, in any generator folder) share one source. Grouping too
   much is safe (it only coarsens the split); grouping too little would leak.
 
+``scan`` (what bootstrap intervals resample whole; see :mod:`.manifest`) is blank
+by default: a DICOM study is already one source. ``scan_by="patient"`` fills it
+with the DICOM PatientID, so a patient's several studies stay in one split and
+are resampled together. Anonymised sets often give every file one placeholder
+ID ("ANONYMOUS", "0", blank...), which would link the whole dataset into one
+scan (one split, no interval): such IDs, and an ID shared by every study of
+a dataset of several studies, leave ``scan`` blank, and the result says so.
+
 ``family`` and ``network`` (how a fake was made; see :mod:`.manifest`) come
 from an optional ``generator.json`` in the generator folder (the folder that
 holds ``1_fake``), e.g. ``{"family": "latent-diffusion", "network":
@@ -49,6 +57,11 @@ log = logging.getLogger(__name__)
 LABEL_FOLDERS = {"0_real": 0, "1_fake": 1}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LAYOUTS = ("auto", "medforensics", "cnndetection")
+SCAN_BY = ("none", "patient")
+HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "PatientID")
+#: PatientIDs anonymisers write instead of a patient (compared lower-case; all-zero IDs are placeholders too).
+PLACEHOLDER_PATIENTS = frozenset({"anonymous", "anon", "anonymized", "anonymised", "unknown", "none", "null", "na",
+                                  "n/a", "removed", "patient", "noid", "no id", "xxx"})
 #: Optional file in a generator folder giving the ``family`` and ``network`` of its fakes.
 GENERATOR_FILE = "generator.json"
 
@@ -75,6 +88,7 @@ class IndexResult:
     layout: str
     root: Path
     ignored: list[Path] = dataclasses.field(default_factory=list)  # non-image files, or images outside label folders
+    notes: list[str] = dataclasses.field(default_factory=list)  # what was left blank, and why (said, never silent)
 
 
 def detect_layout(root: str | os.PathLike) -> str:
@@ -108,17 +122,20 @@ def detect_layout(root: str | os.PathLike) -> str:
 
 def index_folder(root: str | os.PathLike, *, layout: str = "auto", modality: str | None = None,
                  expand_frames: bool = False, frame_step: int = 1, relative_to: str | os.PathLike | None = None,
-                 hash_files: bool = True, progress: Callable[[Iterable, int, str], Iterable] | None = None
-                 ) -> IndexResult:
+                 hash_files: bool = True, progress: Callable[[Iterable, int, str], Iterable] | None = None,
+                 scan_by: str = "none") -> IndexResult:
     """Rows for every image of ``root`` (splits only where the layout has them; see :mod:`.splits`).
 
     ``modality`` fills the modality of CNNDetection layouts (default ``"unknown"``).
     ``expand_frames`` writes one row per frame/slice (``path#N``, every
     ``frame_step``-th) for multi-frame DICOM, TIFF stacks and NIfTI volumes,
     all sharing the file's source. Paths are written relative to
-    ``relative_to`` (the manifest's folder; default ``root``).
+    ``relative_to`` (the manifest's folder; default ``root``). ``scan_by``: ``"none"`` (blank ``scan``)
+    or ``"patient"`` (DICOM PatientID; see the module docstring).
     """
     root = Path(root)
+    if scan_by not in SCAN_BY:
+        raise MfxError(f"--scan-by must be one of {', '.join(SCAN_BY)}, not {scan_by!r}")
     if not root.is_dir():
         raise BadInputError(root, "not a folder" if root.exists() else "folder not found")
     if layout not in LAYOUTS:
@@ -131,11 +148,14 @@ def index_folder(root: str | os.PathLike, *, layout: str = "auto", modality: str
         items = progress(items, len(items), "indexing")
     rows: list[ManifestRow] = []
     for path, fields in items:
-        rows.extend(_rows_for(path, fields, base, expand_frames, frame_step, hash_files))
+        rows.extend(_rows_for(path, fields, base, expand_frames, frame_step, hash_files, scan_by))
     if not rows:
         raise BadInputError(root, "no images found in the 0_real/1_fake folders "
                                   f"(images end in .png .jpg .tif .dcm .nii(.gz) ...; {len(ignored)} other file(s))")
-    return IndexResult(rows, chosen, root, ignored)
+    notes: list[str] = []
+    if scan_by == "patient":
+        rows, notes = drop_placeholder_patients(rows)
+    return IndexResult(rows, chosen, root, ignored, notes)
 
 
 def _label_dirs(root: Path) -> Iterator[Path]:
@@ -213,12 +233,15 @@ def generator_info(folder: Path) -> dict[str, str]:
 
 
 def _rows_for(path: Path, fields: dict, base: Path, expand_frames: bool, frame_step: int,
-              hash_files: bool) -> list[ManifestRow]:
+              hash_files: bool, scan_by: str = "none") -> list[ManifestRow]:
     relative = Path(os.path.relpath(path, base)).as_posix()
-    source = default_source(path, fields["modality"], fields["below"])
+    header = _dicom_header(path)
+    source = default_source(path, fields["modality"], fields["below"], header)
     digest = sha256_file(path) if hash_files else ""
+    patient = header.get("PatientID", "") if scan_by == "patient" else ""
+    scan = f"patient:{patient}" if patient else ""
     row = ManifestRow(path=relative, label=fields["label"], modality=fields["modality"],
-                      generator=fields["generator"], split=fields["split"], source=source, sha256=digest,
+                      generator=fields["generator"], split=fields["split"], source=source, scan=scan, sha256=digest,
                       params=_params(fields), family=fields.get("family", ""), network=fields.get("network", ""))
     if not expand_frames:
         return [row]
@@ -244,9 +267,10 @@ def _safe_count_frames(path: Path) -> int:
         return 1
 
 
-def default_source(path: Path, modality: str, below: Path) -> str:
-    """The split group of a file (see the module docstring)."""
-    uid = _dicom_group_uid(path)
+def default_source(path: Path, modality: str, below: Path, header: dict[str, str] | None = None) -> str:
+    """The split group of a file (see the module docstring); ``header``: its already read DICOM tags."""
+    header = _dicom_header(path) if header is None else header
+    uid = header.get("StudyInstanceUID") or header.get("SeriesInstanceUID") or ""
     if uid:
         return f"dicom:{uid}"
     stem = below.as_posix()
@@ -257,18 +281,51 @@ def default_source(path: Path, modality: str, below: Path) -> str:
     return f"{modality}:{stem}"
 
 
-def _dicom_group_uid(path: Path) -> str:
-    """StudyInstanceUID (else SeriesInstanceUID) from a DICOM header; "" for other files or no UID."""
+def _dicom_header(path: Path) -> dict[str, str]:
+    """The grouping tags of a DICOM header (study, series, patient), as stripped strings; {} for other files."""
     name = path.name.lower()
     if not (name.endswith(".dcm") or not path.suffix):
-        return ""
+        return {}
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS),
                              force=name.endswith(".dcm"))
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        log.debug("no DICOM UID for %s: %s", path, exc)
-        return ""
-    return str(ds.get("StudyInstanceUID") or ds.get("SeriesInstanceUID") or "")
+        log.debug("no DICOM header for %s: %s", path, exc)
+        return {}
+    return {tag: str(ds.get(tag) or "").strip() for tag in HEADER_TAGS}
+
+
+def is_placeholder_patient(patient: str) -> bool:
+    """An anonymisation placeholder rather than a patient: blank, all zeros or a stock word."""
+    text = patient.strip().lower()
+    return not text or set(text) <= set("0-_. ") or text in PLACEHOLDER_PATIENTS
+
+
+def drop_placeholder_patients(rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[str]]:
+    """Blank the ``scan`` of rows whose PatientID is a placeholder, or one ID shared by every study of a set of
+    several studies (an anonymiser's constant); notes say what was blanked."""
+    notes: list[str] = []
+    placeholders = sorted({r.scan for r in rows if r.scan and is_placeholder_patient(r.scan[len("patient:"):])})
+    studies_of: dict[str, set[str]] = {}
+    for row in rows:
+        if row.source.startswith("dicom:"):
+            studies_of.setdefault(row.scan, set()).add(row.source)
+    studies = set().union(*studies_of.values()) if studies_of else set()
+    constant = [scan for scan, seen in studies_of.items()
+                if scan and scan not in placeholders and len(studies) >= 3 and seen == studies]
+    if placeholders:
+        notes.append(f"PatientID {', '.join(p[len('patient:'):] or '(blank)' for p in placeholders)} looks like an "
+                     f"anonymisation placeholder: those images have no scan (each study is its own cluster)")
+    if constant:
+        notes.append(f"PatientID {constant[0][len('patient:'):]} is shared by all {len(studies)} studies: probably an "
+                     f"anonymiser's constant, so it is not used (each study is its own cluster)")
+    blank = set(placeholders) | set(constant)
+    if blank:
+        rows = [dataclasses.replace(r, scan="") if r.scan in blank else r for r in rows]
+    unknown = sum(1 for r in rows if not r.scan)
+    if unknown:
+        notes.append(f"{unknown} of {len(rows)} images have no usable PatientID (not DICOM, or a placeholder)")
+    return rows, notes

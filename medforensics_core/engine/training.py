@@ -28,7 +28,8 @@ def binary_logit_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor] | None, loader, optimizer: torch.optim.Optimizer,
               ctx: FitContext, loss_fn: LossFn = binary_logit_loss, description: str = "train", *,
-              synchronised: bool = False, batch_loss: Callable[[Batch], torch.Tensor] | None = None) -> float:
+              synchronised: bool = False, batch_loss: Callable[[Batch], torch.Tensor] | None = None,
+              max_grad_norm: float = 0.0, grad_norms: list[float] | None = None) -> float:
     """One pass over ``loader``: forward under autocast, loss, backward, step. Returns the mean loss.
 
     The loss is ``loss_fn(forward(batch.inputs), batch.labels)``, or ``batch_loss(batch)``
@@ -38,8 +39,17 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor] | None, loader, op
     ``forward`` is a ``DistributedDataParallel`` module (``ctx.parallel``) that
     already averages in ``backward``; otherwise the gradients are averaged here by
     hand (the same rule).
+
+    ``max_grad_norm`` > 0 rescales the (averaged, unscaled) gradient of all the optimiser's parameters
+    to at most that global L2 norm before each step (``torch.nn.utils.clip_grad_norm_``); 0 (the
+    default, and every paper recipe here) leaves it alone. Why: one outlier batch at a high learning
+    rate can throw trained weights far off in a single step (a loss jump between epochs), and clipping
+    bounds how far any one batch can move them, without changing the ordinary steps. ``grad_norms``, when
+    given, receives each step's gradient norm before clipping (a diagnostic: where a clip would bite).
     """
     total, count = 0.0, 0
+    measure = max_grad_norm > 0 or grad_norms is not None
+    parameters = [p for group in optimizer.param_groups for p in group["params"]] if measure else []
     scaler = ctx.grad_scaler()  # enabled only for fp16 on CUDA
     for batch in ctx.track(loader, len(loader), description):
         batch = batch.to(ctx.device)
@@ -49,6 +59,11 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor] | None, loader, op
         scaler.scale(loss).backward()
         if ctx.distributed and not synchronised:
             average_gradients(optimizer, ctx.world_size)
+        if parameters:
+            scaler.unscale_(optimizer)  # clip the true gradient, not the fp16 loss-scaled one
+            norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm > 0 else float("inf"))
+            if grad_norms is not None:
+                grad_norms.append(float(norm))
         scaler.step(optimizer)
         scaler.update()
         total += float(loss.detach()) * len(batch)

@@ -101,6 +101,10 @@ class DSKIConfig:
       weights, so one epoch's hold-out AUC swings by 0.1-0.3 between neighbours and the stage-1 AUC on
       a held-out network moved with the seed (``sr-resizeconv`` 0.92 / 0.85 / 0.90 over seeds 0-2;
       averaged: 0.895 / 0.894 / 0.903).
+      ``max_grad_norm`` > 0 clips each step's gradient (all trainable parameters) to that L2 norm
+      (``engine.training.run_epoch``); 0, the papers' recipe (FatFormer's released code holds no training
+      loop to say otherwise), leaves it alone. ``train_info["grad_norms"]`` records each epoch's median
+      and largest norm before clipping either way, and ``mfx.log`` prints them per epoch.
       A ``--budget-minutes`` run may stop early: its train_info and
       warnings say so, and its ablation rows are then not comparable.
 
@@ -203,6 +207,7 @@ class DSKIConfig:
     self_blend_share: float = 0.0
     select_best_epoch: bool = True
     average_last_fraction: float = 0.0
+    max_grad_norm: float = 0.0
     # tuning
     tune_holdout: str = "network"
     holdout_significance: float = 0.05

@@ -35,6 +35,7 @@ from medforensics_core.errors import ConfigError, MfxError
 from medforensics_core.toolkit import check_backbone
 from medforensics_core.interfaces import Detector, Retriever
 from medforensics_core.plugins import get_registry
+from medforensics_core.seeding import rank_seed
 from medforensics_core.retrieval import bank_state, check_compatible, new_bank, restore_bank, split_bank_tensors
 
 from . import bank as mfrm_bank
@@ -328,13 +329,14 @@ class DSKIBase(Detector, SupportsDistributed):
         """Train CDFA + prompt context (stage 1) on all but a held-out generator, tune MFRM on it, build the bank."""
         ctx = ctx or FitContext()
         self.to(ctx.device)
-        reset_parameters(self.net, ctx.seed)
+        reset_parameters(self.net, ctx.seed, ctx.rank)
         self.net.to(self.device)
         self.known_modalities = sorted({row.modality for row in train.rows})
         self.fusion, self.inconsistency_reference = self.default_fusion(), None
         rest, holdout, how = training.tuning_split(self, train, val, ctx.seed)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed)  # the random crops, flips and trace augmentation of train_transform
+            # the random crops, flips and trace augmentation of train_transform: each rank its own draws
+            torch.manual_seed(rank_seed(ctx.seed, ctx.rank))
             stage1_set = with_self_blends(rest, self.config.self_blend_share, SelfBlendRecipe(), ctx.seed)
             info = training.train_stage1(self, stage1_set, holdout, ctx) if self.trainable_parameters() \
                 else {"losses": []}

@@ -19,7 +19,7 @@ from torch import nn
 
 from medforensics_core.errors import ConfigError, MfxError
 from medforensics_core.interfaces import NoiseExtractor
-from medforensics_core.seeding import torch_generator
+from medforensics_core.seeding import rank_seed, torch_generator
 
 from .cdfa import CDFA, CDFAAdapter, NoiseTokens
 from .prompts import PromptContext
@@ -73,16 +73,20 @@ def _reset_noise(noise: NoiseTokens, seed: int) -> None:
                 _reset_linear(layer, generator)
         noise.position.copy_(torch.randn(noise.position.shape, generator=generator) * 0.02)
         noise.norm.reset_parameters()
-    noise.dropout_generator = _seeded(seed, "cdfa.noise.dropout")
 
 
-def reset_parameters(net: DSKIModules, seed: int) -> None:
-    """(Re-)initialise every trainable module from its own seed derived from ``(seed, module name)``."""
+def reset_parameters(net: DSKIModules, seed: int, rank: int = 0) -> None:
+    """(Re-)initialise every trainable module from its own seed derived from ``(seed, module name)``.
+
+    Weights are the same on every ``torchrun`` rank; the noise-dropout stream is the rank's own
+    (:func:`~medforensics_core.seeding.rank_seed`; rank 0's is the single-process one).
+    """
     if net.cdfa is not None:
         for index, adapter in net.cdfa.adapters.items():
             _reset_adapter(adapter, seed, f"cdfa.adapters.{index}")
         if net.cdfa.noise is not None:
             _reset_noise(net.cdfa.noise, seed)
+            net.cdfa.noise.dropout_generator = _seeded(rank_seed(seed, rank), "cdfa.noise.dropout")
     if net.context is not None:
         with torch.no_grad():
             vectors = torch.randn(net.context.vectors.shape, generator=_seeded(seed, "context")) * 0.02

@@ -127,7 +127,7 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.lr_decay_every), gamma=cfg.lr_decay)
     batch_size = min(ctx.batch_size_for(cfg.batch_size), max(1, len(train)))
     epochs = ctx.epochs_for(cfg.epochs)
-    info: dict[str, Any] = {"losses": [], "epochs_planned": epochs, "holdout_stage1_auc": []}
+    info: dict[str, Any] = {"losses": [], "epochs_planned": epochs, "holdout_stage1_auc": [], "grad_norms": []}
     best_auc, best_state = -1.0, None
     averaged = averaged_epoch_count(epochs, cfg.average_last_fraction)
     average = WeightAverage(detector.net, first_epoch=epochs - averaged) if averaged else None
@@ -136,7 +136,9 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
             detector.net.train()
             loader = ctx.loader(train, detector.train_transform, batch_size, shuffle=True,
                                 drop_last=len(train) > batch_size, epoch_offset=epoch)
-            info["losses"].append(_train_epoch(detector, loader, optimizer, ctx, epoch))
+            norms: list[float] = []
+            info["losses"].append(_train_epoch(detector, loader, optimizer, ctx, epoch, norms))
+            info["grad_norms"].append(_norm_summary(norms))
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             if average is not None:
@@ -150,8 +152,10 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
                     best_auc, best_state = auc, copy.deepcopy(detector.net.state_dict())
                     info["best_epoch"] = epoch + 1
             aucs = info["holdout_stage1_auc"]
+            norms_seen = info["grad_norms"][-1] or {}
             ctx.log_epoch(detector.name, epoch + 1, epochs, loss=info["losses"][-1], lr=lr,
-                          val_auc=aucs[-1] if len(aucs) == epoch + 1 else None)
+                          val_auc=aucs[-1] if len(aucs) == epoch + 1 else None,
+                          grad_norm=norms_seen.get("median"), grad_norm_max=norms_seen.get("max"))
             if ctx.out_of_time() and epoch + 1 < epochs:
                 log.warning("DSKI: time budget spent after epoch %d of %d", epoch + 1, epochs)
                 info["stopped_by_budget"] = True
@@ -174,6 +178,13 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
         info["best_epoch"] = len(info["losses"])
     info["epochs_trained"] = len(info["losses"])
     return info
+
+
+def _norm_summary(norms: list[float]) -> dict[str, float] | None:
+    """An epoch's gradient norms before clipping: median and max (train_info; where a clip bites)."""
+    if not norms:
+        return None
+    return {"median": round(float(np.median(norms)), 4), "max": round(float(np.max(norms)), 4)}
 
 
 def averaged_epoch_count(epochs: int, fraction: float) -> int:
@@ -246,10 +257,12 @@ def chance_auc(labels: np.ndarray, comparisons: int, significance: float) -> flo
     return float(0.5 + z * spread)
 
 
-def _train_epoch(detector: "DSKIBase", loader, optimizer, ctx: FitContext, epoch: int) -> float:
+def _train_epoch(detector: "DSKIBase", loader, optimizer, ctx: FitContext, epoch: int,
+                 grad_norms: list[float]) -> float:
     """One pass of stage 1. The adapters run inside the frozen backbone's forward, not through one
     module's ``forward``, so under ``torchrun`` the gradients are averaged by hand (the DDP rule)."""
     return run_epoch(None, loader, optimizer, ctx, description=f"dski epoch {epoch + 1}",
+                     max_grad_norm=detector.config.max_grad_norm, grad_norms=grad_norms,
                      batch_loss=lambda batch: stage1_loss(detector, batch.inputs, batch.labels, batch.modalities))
 
 
