@@ -84,6 +84,23 @@ def test_torchrun_compare_trains_and_reports_once(odd_dataset, tmp_path):
     assert_same_metrics(only_run_dir(single_cmp), only_run_dir(multi_cmp), "freq")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
+def test_torchrun_compare_reports_dski_stage_aucs_over_the_whole_test_set(odd_dataset, tmp_path):
+    """DSKI's stage-wise AUCs under torchrun: each rank scores its shard of the test set, and the stages are
+    gathered back into dataset order (before, the shard's scores met the whole set's labels and DSKI failed).
+    The fused stage is the detector's score, so its AUC is the report's overall AUC."""
+    out = tmp_path / "dski-cmp"
+    launched = torchrun("compare", "dski", "--data", str(odd_dataset), "--preset", "tiny", "--epochs", "1", "--n-boot", "100",
+                        "--device", "cpu", "--out", str(out), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert "Traceback" not in launched.stdout + launched.stderr
+    entry = json.loads((only_run_dir(out) / "report.json").read_text())["detectors"]["dski"]
+    assert entry["status"] == "ok"
+    assert all(entry[f"{stage}_auc"] is not None for stage in ("stage1", "retrieval", "fused"))
+    assert abs(entry["fused_auc"] - entry["overall"]["auc"]) < 1e-6
+
+
 def _free_port() -> int:
     import socket
 

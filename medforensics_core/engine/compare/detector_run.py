@@ -245,14 +245,23 @@ def stage_aucs(detector: Detector, images, ctx: FitContext, batch_size: int) -> 
 
     loader = ctx.loader(images, detector.preprocess, batch_size, shuffle=False)
     collected: dict[str, list[np.ndarray]] = {}
+    seen: list[np.ndarray] = []
     with torch.inference_mode():
         for batch in loader:
-            for stage, values in detector.stage_scores(batch.inputs, batch.modalities).items():
-                collected.setdefault(stage, []).append(np.asarray(values, dtype=np.float64))
+            batch = batch.to(ctx.device)
+            with ctx.autocast():
+                stages = detector.stage_scores(batch.inputs, batch.modalities)
+            for stage, values in stages.items():
+                collected.setdefault(stage, []).append(np.asarray(values, dtype=np.float64).reshape(-1))
+            seen.append(batch.indices.numpy().astype(np.int64))
     labels = np.asarray(images.labels)
     two_classes = len(np.unique(labels)) == 2
-    return {f"{stage}_auc": round(float(roc_auc_score(labels, np.concatenate(parts))), 6) if two_classes else None
-            for stage, parts in collected.items()}
+    indices = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
+    # under torchrun each rank scored its shard: back into dataset order, on every rank (as predict_loader does)
+    ordered = {stage: distributed.gather_in_order(np.concatenate(parts), indices, len(images), ctx.world_size)
+               for stage, parts in sorted(collected.items())}
+    return {f"{stage}_auc": round(float(roc_auc_score(labels, values)), 6) if two_classes else None
+            for stage, values in ordered.items()}
 
 
 def failed_result(spec: DetectorSpec, exc: BaseException) -> dict[str, Any]:
