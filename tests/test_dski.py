@@ -338,7 +338,10 @@ def test_torchrun_ranks_share_weights_but_draw_their_own_dropout_masks():
     cells = torch.rand(64, noise.grid[0] * noise.grid[1], noise.in_channels)
 
     def weights_and_masks(rank: int | None):
-        reset_parameters(detector.net, 3) if rank is None else reset_parameters(detector.net, 3, rank)
+        if rank is None:
+            reset_parameters(detector.net, 3)
+        else:
+            reset_parameters(detector.net, 3, rank)
         weights = {k: v.clone() for k, v in detector.net.state_dict().items()}
         return weights, torch.cat([noise(cells)[1].flatten() for _ in range(3)])
 

@@ -21,7 +21,7 @@ from medforensics_core.data import open_dataset, read_image
 from medforensics_core.data.indexers import detect_layout, index_folder
 from medforensics_core.data.manifest import ManifestRow, read_manifest, sha256_file, write_manifest
 from medforensics_core.data.splits import assign_splits, split_summary
-from medforensics_core.errors import BadInputError
+from medforensics_core.errors import BadInputError, MfxError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -290,6 +290,12 @@ def _dicom_copy(source: str, target: Path, **tags: str) -> None:
     ds.save_as(target)
 
 
+def _hashed(patient: str) -> str:
+    import hashlib
+
+    return "patient:" + hashlib.sha256(patient.encode()).hexdigest()[:12]
+
+
 def test_scan_by_patient_keeps_a_patients_studies_together_and_blanks_placeholder_ids(tmp_path):
     ct, mr = get_testdata_file("CT_small.dcm"), get_testdata_file("MR_small.dcm")
     real = tmp_path / "data" / "CT" / "ldm" / "0_real"
@@ -299,28 +305,33 @@ def test_scan_by_patient_keeps_a_patients_studies_together_and_blanks_placeholde
     for i in range(6):  # other patients, so the splitter has groups to spread
         _dicom_copy(ct, real / f"other{i}.dcm", StudyInstanceUID=f"1.2.826.0.1.98.{i}", PatientID=f"P{i:03d}")
     _dicom_copy(ct, real / "anon.dcm", StudyInstanceUID="1.2.826.0.1.97.1", PatientID="ANONYMOUS")
+    _dicom_copy(ct, real / "zeros.dcm", StudyInstanceUID="1.2.826.0.1.97.2", PatientID="0000")
+    _dicom_copy(ct, real / "blank.dcm", StudyInstanceUID="1.2.826.0.1.97.3", PatientID="")
     png(tmp_path / "data" / "CT" / "ldm" / "1_fake" / "ct_study1.png", 1)
 
     plain = index_folder(tmp_path / "data")
     assert all(r.scan == "" for r in plain.rows) and not plain.notes  # the default is unchanged
     result = index_folder(tmp_path / "data", scan_by="patient")
-    scan_of = {Path(r.path).stem + Path(r.path).suffix: r.scan for r in result.rows}
-    assert scan_of["ct_study1.dcm"] == scan_of["ct_study2.dcm"] == "patient:1CT1"
-    assert scan_of["mr.dcm"] == "patient:4MR1" and scan_of["other0.dcm"] == "patient:P000"
-    assert scan_of["anon.dcm"] == "" and scan_of["ct_study1.png"] == ""  # a placeholder; not DICOM
-    assert any("ANONYMOUS" in note and "placeholder" in note for note in result.notes)
-    sources = {r.source for r in result.rows if r.scan == "patient:1CT1"}
+    scan_of = {Path(r.path).name: r.scan for r in result.rows}
+    assert scan_of["ct_study1.dcm"] == scan_of["ct_study2.dcm"] == _hashed("1CT1")
+    assert scan_of["mr.dcm"] == _hashed("4MR1") and scan_of["other0.dcm"] == _hashed("P000")
+    assert not any("1CT1" in r.scan for r in result.rows)  # the identifier itself never reaches the manifest
+    for name in ("anon.dcm", "zeros.dcm", "blank.dcm", "ct_study1.png"):  # placeholders, no ID, not DICOM
+        assert scan_of[name] == "", name
+    assert any("ANONYMOUS" in note and "0000" in note and "placeholder" in note for note in result.notes)
+    assert any(note.startswith("4 of 13 images have no scan") for note in result.notes)
+    sources = {r.source for r in result.rows if r.scan == _hashed("1CT1")}
     assert len(sources) == 2  # two studies: two sources, one scan
     for seed in range(5):
         splits = assign_splits(result.rows, val=0.2, test=0.3, seed=seed)
-        assert len({r.split for r in splits if r.scan == "patient:1CT1"}) == 1
+        assert len({r.split for r in splits if r.scan == _hashed("1CT1")}) == 1
 
     out = tmp_path / "m.csv"
     cli_run = CliRunner().invoke(cli, ["data", "index", str(tmp_path / "data"), "-o", str(out), "--scan-by", "patient"],
                                  env={"COLUMNS": "200"})
     assert cli_run.exit_code == 0, cli_run.output
     assert "placeholder" in cli_run.output
-    assert {r.scan for r in read_manifest(out).rows} >= {"patient:1CT1", "patient:4MR1"}
+    assert {r.scan for r in read_manifest(out).rows} >= {_hashed("1CT1"), _hashed("4MR1")}
 
 
 def test_one_patient_id_on_every_study_is_an_anonymisers_constant_not_a_patient(tmp_path):
@@ -328,8 +339,20 @@ def test_one_patient_id_on_every_study_is_an_anonymisers_constant_not_a_patient(
     real = tmp_path / "CT" / "ldm" / "0_real"
     for i in range(4):
         _dicom_copy(ct, real / f"s{i}.dcm", StudyInstanceUID=f"1.2.826.0.1.96.{i}", PatientID="SITE-01")
+    _dicom_copy(ct, real / "anon.dcm", StudyInstanceUID="1.2.826.0.1.96.9", PatientID="ANONYMOUS")
     result = index_folder(tmp_path, scan_by="patient")
+    # the constant is judged on the studies with a usable ID: a placeholder beside it does not hide it
     assert all(r.scan == "" for r in result.rows)  # linking them all would leave one group: one split, no interval
     assert any("SITE-01" in note and "all 4 studies" in note for note in result.notes)
-    with pytest.raises(Exception, match="scan-by"):
+    with pytest.raises(MfxError, match="scan-by"):
         index_folder(tmp_path, scan_by="series")
+
+
+def test_two_studies_of_one_patient_are_one_patient(tmp_path):
+    """Under three studies a shared ID is taken at its word: a patient with two studies is common."""
+    ct = get_testdata_file("CT_small.dcm")
+    real = tmp_path / "CT" / "ldm" / "0_real"
+    for i in range(2):
+        _dicom_copy(ct, real / f"s{i}.dcm", StudyInstanceUID=f"1.2.826.0.1.95.{i}", PatientID="P7")
+    result = index_folder(tmp_path, scan_by="patient")
+    assert {r.scan for r in result.rows} == {_hashed("P7")} and not result.notes

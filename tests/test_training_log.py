@@ -110,3 +110,32 @@ def test_run_epoch_clips_each_step_to_max_grad_norm_and_reports_the_unclipped_no
     assert clipped_norms == free_norms and clipped_norms[0] > 50  # the norm before clipping, both times
     assert abs(clipped - 0.1 * 1.0) < 1e-5  # lr x max_grad_norm
     assert abs(free - 0.1 * free_norms[0]) < 1e-3  # unclipped: lr x the full norm
+
+
+def test_measuring_gradient_norms_without_clipping_leaves_training_bit_identical():
+    """grad_norms with max_grad_norm 0 only reads the gradients: the same weights as a run that does not
+    measure, and an infinite gradient entry stays where it is instead of turning every gradient into NaN."""
+    from medforensics_core.engine.context import FitContext
+    from medforensics_core.engine.training import clip_or_measure, run_epoch
+
+    generator = torch.Generator().manual_seed(0)
+    inputs, labels = torch.randn(32, 3, generator=generator), (torch.rand(32, generator=generator) > 0.5).long()
+
+    def trained(measure: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        ctx = FitContext(seed=0)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+        norms: list[float] = []
+        for epoch in range(3):
+            loader = ctx.tensor_loader(inputs, labels, 8, shuffle=True, epoch_offset=epoch)
+            run_epoch(model, loader, optimizer, ctx, grad_norms=norms if measure else None)
+        return model.state_dict(), norms
+
+    (measured, norms), (plain, _) = trained(True), trained(False)
+    assert all(torch.equal(measured[k], plain[k]) for k in plain) and len(norms) == 12 and min(norms) > 0
+
+    weights = torch.nn.Parameter(torch.zeros(3))
+    weights.grad = torch.tensor([1.0, float("inf"), 2.0])
+    assert clip_or_measure([weights], 0.0) == float("inf")
+    assert weights.grad[0] == 1.0 and weights.grad[2] == 2.0  # untouched, not NaN

@@ -35,7 +35,7 @@ def data_group() -> None:
               help="With --frames: keep every N-th frame/slice.")
 @click.option("--scan-by", type=click.Choice(["none", "patient"]), default="none", show_default=True,
               help="Fill the scan column (what intervals resample whole, and splits keep together): patient = "
-                   "the DICOM PatientID, placeholders such as ANONYMOUS left blank.")
+                   "the DICOM PatientID, hashed; placeholders such as ANONYMOUS left blank.")
 def index_command(root: Path, output: Path | None, layout: str, modality: str | None, val: float, test: float,
                   seed: int, frames: bool, frame_step: int, scan_by: str) -> None:
     """Index a folder layout into a manifest CSV (path, label, modality, generator, family, network, split, ...).
@@ -47,7 +47,8 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
       ROOT/<generator>/[<class>/]{0_real,1_fake}/...            (CNNDetection)
     Splits are made by source (study UID for DICOM, file stem otherwise), so no
     source image or volume straddles two splits; with --scan-by patient, no
-    patient either (and intervals resample patients). A generator.json next to a
+    patient's DICOM studies either (intervals then resample patients; fakes
+    saved as PNG are not linked to a DICOM real). A generator.json next to a
     generator's 1_fake folder ({"family": ..., "network": ...}) fills the
     family and network columns of its fakes (blank without one).
 

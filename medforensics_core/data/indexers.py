@@ -26,11 +26,13 @@ stylegan, ...). ``layout=`` forces the choice.
 
 ``scan`` (what bootstrap intervals resample whole; see :mod:`.manifest`) is blank
 by default: a DICOM study is already one source. ``scan_by="patient"`` fills it
-with the DICOM PatientID, so a patient's several studies stay in one split and
-are resampled together. Anonymised sets often give every file one placeholder
-ID ("ANONYMOUS", "0", blank...), which would link the whole dataset into one
-scan (one split, no interval): such IDs, and an ID shared by every study of
-a dataset of several studies, leave ``scan`` blank, and the result says so.
+with the DICOM PatientID (hashed: ``patient:`` + 12 hex digits), so a patient's
+several DICOM studies stay in one split and are resampled together. Anonymised
+sets often give every file one placeholder ID ("ANONYMOUS", "0", blank...),
+which would link the whole dataset into one scan (one split, no interval): such
+IDs, and an ID on every study of three or more, leave ``scan`` blank, and the
+result says so. Fakes saved as PNG next to DICOM reals get no scan and, with a
+source of their own (their stem, not the study), are not linked to their real.
 
 ``family`` and ``network`` (how a fake was made; see :mod:`.manifest`) come
 from an optional ``generator.json`` in the generator folder (the folder that
@@ -41,6 +43,7 @@ holds ``1_fake``), e.g. ``{"family": "latent-diffusion", "network":
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -58,6 +61,7 @@ LABEL_FOLDERS = {"0_real": 0, "1_fake": 1}
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LAYOUTS = ("auto", "medforensics", "cnndetection")
 SCAN_BY = ("none", "patient")
+PATIENT_PREFIX = "patient:"
 HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "PatientID")
 #: PatientIDs anonymisers write instead of a patient (compared lower-case; all-zero IDs are placeholders too).
 PLACEHOLDER_PATIENTS = frozenset({"anonymous", "anon", "anonymized", "anonymised", "unknown", "none", "null", "na",
@@ -135,7 +139,7 @@ def index_folder(root: str | os.PathLike, *, layout: str = "auto", modality: str
     """
     root = Path(root)
     if scan_by not in SCAN_BY:
-        raise MfxError(f"--scan-by must be one of {', '.join(SCAN_BY)}, not {scan_by!r}")
+        raise MfxError(f"scan_by (--scan-by) must be one of {', '.join(SCAN_BY)}, not {scan_by!r}")
     if not root.is_dir():
         raise BadInputError(root, "not a folder" if root.exists() else "folder not found")
     if layout not in LAYOUTS:
@@ -154,7 +158,7 @@ def index_folder(root: str | os.PathLike, *, layout: str = "auto", modality: str
                                   f"(images end in .png .jpg .tif .dcm .nii(.gz) ...; {len(ignored)} other file(s))")
     notes: list[str] = []
     if scan_by == "patient":
-        rows, notes = drop_placeholder_patients(rows)
+        rows, notes = patient_scans(rows)
     return IndexResult(rows, chosen, root, ignored, notes)
 
 
@@ -239,7 +243,7 @@ def _rows_for(path: Path, fields: dict, base: Path, expand_frames: bool, frame_s
     source = default_source(path, fields["modality"], fields["below"], header)
     digest = sha256_file(path) if hash_files else ""
     patient = header.get("PatientID", "") if scan_by == "patient" else ""
-    scan = f"patient:{patient}" if patient else ""
+    scan = PATIENT_PREFIX + patient if patient else ""  # the raw ID, until patient_scans checks and hashes it
     row = ManifestRow(path=relative, label=fields["label"], modality=fields["modality"],
                       generator=fields["generator"], split=fields["split"], source=source, scan=scan, sha256=digest,
                       params=_params(fields), family=fields.get("family", ""), network=fields.get("network", ""))
@@ -299,33 +303,45 @@ def _dicom_header(path: Path) -> dict[str, str]:
 
 
 def is_placeholder_patient(patient: str) -> bool:
-    """An anonymisation placeholder rather than a patient: blank, all zeros or a stock word."""
+    """An anonymisation placeholder rather than a patient: blank, all zeros or dashes, or a stock word."""
     text = patient.strip().lower()
     return not text or set(text) <= set("0-_. ") or text in PLACEHOLDER_PATIENTS
 
 
-def drop_placeholder_patients(rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[str]]:
-    """Blank the ``scan`` of rows whose PatientID is a placeholder, or one ID shared by every study of a set of
-    several studies (an anonymiser's constant); notes say what was blanked."""
-    notes: list[str] = []
-    placeholders = sorted({r.scan for r in rows if r.scan and is_placeholder_patient(r.scan[len("patient:"):])})
+def patient_scans(rows: list[ManifestRow]) -> tuple[list[ManifestRow], list[str]]:
+    """Turn the raw PatientIDs that ``_rows_for`` put in ``scan`` into scan names, and say what was left blank.
+
+    Blank: placeholders, and an ID shared by every study that has a usable ID when there are three or
+    more (an anonymiser's or a site's constant: linking them all leaves one group, one split, no interval).
+    Kept IDs are written as ``patient:`` + 12 hex digits of their sha256, so a manifest and the notes of
+    ``mfx data check`` group by patient without carrying the identifier itself.
+    """
+    ids = {r.scan[len(PATIENT_PREFIX):] for r in rows if r.scan.startswith(PATIENT_PREFIX)}
+    placeholders = sorted(i for i in ids if is_placeholder_patient(i))
     studies_of: dict[str, set[str]] = {}
     for row in rows:
-        if row.source.startswith("dicom:"):
-            studies_of.setdefault(row.scan, set()).add(row.source)
+        patient = row.scan[len(PATIENT_PREFIX):] if row.scan.startswith(PATIENT_PREFIX) else ""
+        if row.source.startswith("dicom:") and patient and patient not in placeholders:
+            studies_of.setdefault(patient, set()).add(row.source)
     studies = set().union(*studies_of.values()) if studies_of else set()
-    constant = [scan for scan, seen in studies_of.items()
-                if scan and scan not in placeholders and len(studies) >= 3 and seen == studies]
+    constant = [p for p, seen in studies_of.items() if len(studies) >= 3 and seen == studies]
+    notes: list[str] = []
     if placeholders:
-        notes.append(f"PatientID {', '.join(p[len('patient:'):] or '(blank)' for p in placeholders)} looks like an "
-                     f"anonymisation placeholder: those images have no scan (each study is its own cluster)")
+        notes.append(f"PatientID {', '.join(placeholders)} looks like an anonymisation placeholder: "
+                     f"those images have no scan (each study is its own cluster)")
     if constant:
-        notes.append(f"PatientID {constant[0][len('patient:'):]} is shared by all {len(studies)} studies: probably an "
-                     f"anonymiser's constant, so it is not used (each study is its own cluster)")
-    blank = set(placeholders) | set(constant)
-    if blank:
-        rows = [dataclasses.replace(r, scan="") if r.scan in blank else r for r in rows]
-    unknown = sum(1 for r in rows if not r.scan)
-    if unknown:
-        notes.append(f"{unknown} of {len(rows)} images have no usable PatientID (not DICOM, or a placeholder)")
+        notes.append(f"PatientID {constant[0]} is on all {len(studies)} studies that have one: probably an "
+                     f"anonymiser's or a site's constant, so it is not used (each study is its own cluster)")
+    unusable = set(placeholders) | set(constant)
+    rows = [dataclasses.replace(r, scan=_patient_scan(r.scan, unusable)) for r in rows]
+    missing = sum(1 for r in rows if not r.scan)
+    if missing:
+        notes.append(f"{missing} of {len(rows)} images have no scan (not DICOM, no PatientID, or an ID named above)")
     return rows, notes
+
+
+def _patient_scan(raw: str, unusable: set[str]) -> str:
+    """``patient:<12 hex of sha256(ID)>`` for a usable raw ``patient:<ID>``; blank otherwise."""
+    if not raw.startswith(PATIENT_PREFIX) or raw[len(PATIENT_PREFIX):] in unusable:
+        return ""
+    return PATIENT_PREFIX + hashlib.sha256(raw[len(PATIENT_PREFIX):].encode("utf-8")).hexdigest()[:12]

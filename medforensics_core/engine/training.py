@@ -61,15 +61,28 @@ def run_epoch(forward: Callable[[torch.Tensor], torch.Tensor] | None, loader, op
             average_gradients(optimizer, ctx.world_size)
         if parameters:
             scaler.unscale_(optimizer)  # clip the true gradient, not the fp16 loss-scaled one
-            norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm > 0 else float("inf"))
+            norm = clip_or_measure(parameters, max_grad_norm)
             if grad_norms is not None:
-                grad_norms.append(float(norm))
+                grad_norms.append(norm)
         scaler.step(optimizer)
         scaler.update()
         total += float(loss.detach()) * len(batch)
         count += len(batch)
         ctx.status(f"loss {total / count:.4f}")
     return total / max(count, 1)
+
+
+def clip_or_measure(parameters: list[torch.Tensor], max_grad_norm: float) -> float:
+    """The global L2 norm of the parameters' gradients, before clipping them to ``max_grad_norm`` (> 0).
+
+    With ``max_grad_norm`` 0 the gradients are only measured, never touched: scaling them by an
+    ``inf / norm`` factor of 1 would be a no-op for finite norms but turn every gradient into NaN once
+    one is infinite (an fp16 overflow step that the grad scaler is about to skip).
+    """
+    if max_grad_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
+    grads = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
 
 
 @torch.no_grad()

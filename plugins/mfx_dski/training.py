@@ -123,6 +123,8 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
     modality (``batch.modalities``).
     """
     cfg = detector.config
+    if cfg.max_grad_norm < 0:
+        raise ConfigError(f"max_grad_norm must be >= 0 (0: no clipping), not {cfg.max_grad_norm}")
     optimizer = optimizer_for(detector)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.lr_decay_every), gamma=cfg.lr_decay)
     batch_size = min(ctx.batch_size_for(cfg.batch_size), max(1, len(train)))
@@ -181,10 +183,16 @@ def train_stage1(detector: "DSKIBase", train: ImageSet, tune: ImageSet | None, c
 
 
 def _norm_summary(norms: list[float]) -> dict[str, float] | None:
-    """An epoch's gradient norms before clipping: median and max (train_info; where a clip bites)."""
-    if not norms:
+    """An epoch's gradient norms before clipping: median and max of the finite ones, and how many were not
+    finite (fp16 overflow steps the grad scaler skipped), for train_info and mfx.log (where a clip bites)."""
+    values = np.asarray(norms, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if not len(finite):
         return None
-    return {"median": round(float(np.median(norms)), 4), "max": round(float(np.max(norms)), 4)}
+    summary = {"median": float(f"{np.median(finite):.4g}"), "max": float(f"{finite.max():.4g}")}
+    if len(finite) < len(values):
+        summary["not_finite"] = int(len(values) - len(finite))
+    return summary
 
 
 def averaged_epoch_count(epochs: int, fraction: float) -> int:
