@@ -35,7 +35,7 @@ import torch
 from ..contract import Batch
 from ..decision import accuracy
 from ..errors import ConfigError
-from ..seeding import seeded  # noqa: F401 - re-exported for the baselines
+from ..seeding import rank_seed, seeded  # noqa: F401 - seeded re-exported for the baselines
 from .context import FitContext
 from .training import LossFn, binary_logit_loss, predict_loader, run_epoch
 
@@ -170,7 +170,13 @@ def train_binary(module: torch.nn.Module, forward: Callable[[torch.Tensor], torc
     a validation :class:`Batch` to fake probabilities (gathered over ranks, so
     every rank takes the same early-stopping decision); ``loss_fn(logits, labels)``
     is the training objective (default: BCE on one logit per image).
+
+    Under ``torchrun`` a rank > 0 reseeds torch's global stream (augmentation draws from it) with its own
+    :func:`~medforensics_core.seeding.rank_seed`, so the ranks do not augment their shards with one sequence;
+    rank 0 keeps the single process's stream.
     """
+    if ctx.rank > 0:  # weights are built (and DDP broadcasts rank 0's): from here on, this rank's own draws
+        torch.manual_seed(rank_seed(ctx.seed, ctx.rank))
     state = ScheduleState(schedule)
     saved: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = {"epochs": 0, "lr_drops": 0, "lr": [], "keep": schedule.keep}
