@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -170,6 +171,7 @@ def _univfd_fit(rank: int, world_size: int, port: int, dataset: str, out: str, b
     try:
         train = _even_train_set(ImageSet(read_manifest(Path(dataset) / "manifest.csv").split("train")))
         seen: list[int] = []
+        streams: list[str] = []
 
         class Recorded:
             """A training loader that notes the dataset index of every image it yields."""
@@ -186,6 +188,8 @@ def _univfd_fit(rank: int, world_size: int, port: int, dataset: str, out: str, b
             def __iter__(self):
                 for batch in self.loader:
                     seen.extend(int(i) for i in batch.indices)
+                    # where torch's global stream (augmentation draws from it) stands, read without drawing
+                    streams.append(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16])
                     yield batch
 
         class RecordingContext(FitContext):
@@ -199,7 +203,7 @@ def _univfd_fit(rank: int, world_size: int, port: int, dataset: str, out: str, b
         detector.fit(train, None, ctx)
         head = {k: v.tolist() for k, v in detector.head.state_dict().items()}
         Path(out, f"univfd-{world_size}-{rank}.json").write_text(json.dumps({"head": head, "seen": seen,
-                                                                              "n": len(train)}))
+                                                                              "streams": streams, "n": len(train)}))
         if world_size > 1:
             dist.barrier()  # leave the group together (see _fit_on_shard)
     finally:
@@ -217,7 +221,8 @@ def test_ddp_epoch_equals_one_process_with_the_doubled_batch(quick_benchmark, tm
 
     Each rank trains on its half of the images (the shard sampler splits one shared order), DDP
     averages the gradients in backward, so every step equals the single process's step on the
-    union batch; the cached frozen features are encoded once per shard and gathered.
+    union batch; the cached frozen features are encoded once per shard and gathered. The ranks
+    share weights but not torch's global stream: the shared loop reseeds rank 1 with its own seed.
     """
     import torch.multiprocessing as mp
 
@@ -231,6 +236,10 @@ def test_ddp_epoch_equals_one_process_with_the_doubled_batch(quick_benchmark, tm
     assert set(ranks[0]["seen"]).isdisjoint(ranks[1]["seen"])
     assert sorted(ranks[0]["seen"] + ranks[1]["seen"]) == list(range(n))
     assert ranks[0]["head"] == ranks[1]["head"]  # the ranks stay in lockstep
+    # ... yet draw their own randomness: with one seed on every rank, both would augment their shards with the
+    # same sequence of draws (the stream is read at each batch, without drawing)
+    assert len(ranks[1]["streams"]) == len(ranks[0]["streams"]) > 0
+    assert not set(ranks[0]["streams"]) & set(ranks[1]["streams"])
     for key, value in single["head"].items():
         np.testing.assert_allclose(np.array(ranks[0]["head"][key]), np.array(value), rtol=1e-4, atol=1e-6)
     assert any(abs(b) > 0 for b in single["head"]["bias"])  # it did train (the head's bias starts at 0)
