@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -265,3 +268,35 @@ def test_register_commands_failure_costs_only_that_plugin(fresh_registry, fresh_
     finally:
         for plugin in (broken, good, hijacker):
             fresh_registry.unregister_plugin(plugin)
+
+
+
+HEAVY_AT_FIRST_USE = ("torchvision", "sklearn", "pandas", "pydicom", "nibabel")
+"""Libraries a detector or reader needs only once it runs; importing them costs seconds (``medforensics_core.lazy``)."""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"]])
+def test_listing_commands_and_plugins_imports_no_library_it_does_not_use(args):
+    """``mfx --help`` and ``mfx plugins`` load every built-in plugin, yet import none of the heavy libraries
+    those plugins use only to train, score or read images: the listing stays quick."""
+    probe = ("import sys\nfrom click.testing import CliRunner\nfrom medforensics_core.cli import cli\n"
+             f"result = CliRunner().invoke(cli, {args!r})\nassert result.exit_code == 0, result.output\n"
+             "print(result.output)\n"
+             f"print('IMPORTED', sorted(m for m in {HEAVY_AT_FIRST_USE!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "IMPORTED []" in result.stdout
+    if args == ["plugins"]:  # every built-in still registered, so the plugins were really loaded
+        assert all(name in result.stdout for name in ("dski", "cnnspot", "npr", "univfd", "fatformer", "rine"))
+
+
+def test_a_lazy_module_imports_on_first_use_and_then_is_the_module():
+    from medforensics_core.lazy import lazy_module
+
+    sys.modules.pop("colorsys", None)
+    stand_in = lazy_module("colorsys")
+    assert "colorsys" not in sys.modules and "not imported yet" in repr(stand_in)
+    assert stand_in.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
+    assert stand_in.rgb_to_hsv is sys.modules["colorsys"].rgb_to_hsv
+    assert "not" not in repr(stand_in)

@@ -39,18 +39,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torchvision
-from torchvision.transforms import v2
 
 from medforensics_core.checkpoint import load_state_strict
 from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.errors import MfxError, WeightsNotFoundError
 from medforensics_core.hookspecs import hookimpl
 from medforensics_core.interfaces import Detector
+from medforensics_core.lazy import lazy_module
 from medforensics_core.toolkit import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, Schedule, blur_jpeg_transform,
                                        check_geometry, detector_loaders, eval_geometry_transform, linear_head,
                                        normalise, resize_shorter, seeded, train_binary, train_geometry,
                                        train_resize_for, validation_recipe)
+
+torchvision = lazy_module("torchvision")
+v2 = lazy_module("torchvision.transforms.v2")
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from medforensics_core.clip_parts import (check_vision_tower, encode_text_embeddings, evenly_spaced_blocks,
                                           project_tokens, run_image_tower, used_length)
@@ -21,8 +20,11 @@ from medforensics_core.engine.training import predict_loader
 from medforensics_core.errors import ConfigError
 from medforensics_core.toolkit import check_backbone
 from medforensics_core.interfaces import Detector
+from medforensics_core.lazy import lazy_module
 
 from .modules import FatFormerModule
+
+v2 = lazy_module("torchvision.transforms.v2")
 
 log = logging.getLogger(__name__)
 

@@ -31,16 +31,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torchvision
-from torchvision.transforms import v2
 
 from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.errors import MfxError
 from medforensics_core.hookspecs import hookimpl
 from medforensics_core.interfaces import Detector
+from medforensics_core.lazy import lazy_module
 from medforensics_core.toolkit import (IMAGENET_MEAN, IMAGENET_STD, Schedule, check_geometry, detector_loaders,
                                        eval_geometry_transform, normalise, seeded, train_binary, train_geometry,
                                        train_resize_for, variable_size)
+
+torchvision = lazy_module("torchvision")
+v2 = lazy_module("torchvision.transforms.v2")
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 

@@ -8,7 +8,6 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from medforensics_core.clip_parts import block_class_tokens, check_vision_tower
 from medforensics_core.contract import Batch, SupportsDistributed
@@ -18,8 +17,11 @@ from medforensics_core.engine.schedules import Schedule, detector_loaders, seede
 from medforensics_core.engine.training import predict_loader
 from medforensics_core.toolkit import check_backbone
 from medforensics_core.interfaces import Detector
+from medforensics_core.lazy import lazy_module
 
 from .model import RINEHead, rine_loss
+
+v2 = lazy_module("torchvision.transforms.v2")
 
 log = logging.getLogger(__name__)
 

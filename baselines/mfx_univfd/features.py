@@ -16,12 +16,14 @@ import logging
 from typing import Any, Mapping
 
 import torch
-from torchvision.transforms import v2
 
 from medforensics_core import toolkit
 from medforensics_core.errors import WeightsNotFoundError
 from medforensics_core.interfaces import Detector
+from medforensics_core.lazy import lazy_module
 from medforensics_core.toolkit import check_geometry, eval_geometry_transform, normalise
+
+v2 = lazy_module("torchvision.transforms.v2")
 
 log = logging.getLogger(__name__)
 

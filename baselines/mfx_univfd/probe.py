@@ -33,15 +33,17 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from medforensics_core.contract import Batch, SupportsDistributed
+from medforensics_core.lazy import lazy_module
 from medforensics_core.toolkit import (BlurJpegRecipe, Schedule, blur_jpeg_transform, detector_loaders, linear_head,
                                        normalise, resize_shorter, seeded, train_binary, train_geometry,
                                        train_resize_for, validation_recipe)
 
 from .features import TINY_BACKBONE, ClipFeatureDetector
 
+
+v2 = lazy_module("torchvision.transforms.v2")
 
 @dataclasses.dataclass
 class UnivFDConfig:

@@ -505,7 +505,7 @@ def _dicom_dataset(path: Path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pydicom's "invalid VR value" chatter
             return pydicom.dcmread(path, force=not _has_preamble(path), defer_size="1 MB")
-    except (InvalidDicomError, zlib.error, *_DICOM_HEADER_ERRORS) as exc:
+    except (InvalidDicomError, zlib.error, *_dicom_errors()) as exc:
         raise BadInputError(path, f"not a readable DICOM file ({_one_line(exc)})") from None
 
 
@@ -519,18 +519,18 @@ def _dicom_checked(path: Path, limits: ReadLimits):
     ds = _dicom_dataset(path)
     try:  # elements are parsed lazily: a malformed one fails here, not at dcmread
         return _dicom_header_checked(path, ds, limits)
-    except _DICOM_HEADER_ERRORS as exc:
+    except _dicom_errors() as exc:
         raise BadInputError(path, f"malformed DICOM header ({_one_line(exc)})") from None
 
 
+@functools.cache
 def _dicom_errors() -> tuple[type[BaseException], ...]:
+    """What a malformed DICOM raises; looked up at the first failure, so listing plugins never imports pydicom."""
     from pydicom.errors import BytesLengthException
 
     return (ValueError, NotImplementedError, KeyError, TypeError, AttributeError, struct.error, EOFError, OSError,
             BytesLengthException)
 
-
-_DICOM_HEADER_ERRORS = _dicom_errors()
 
 
 def _dicom_header_checked(path: Path, ds, limits: ReadLimits):
@@ -644,11 +644,11 @@ def _dicom_frame(path: Path, ds, index: int, n_frames: int, window: tuple[float,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             raw = pixel_array(ds, index=index if n_frames > 1 else None)
-    except (RuntimeError, zlib.error, *_DICOM_HEADER_ERRORS) as exc:
+    except (RuntimeError, zlib.error, *_dicom_errors()) as exc:
         raise BadInputError(path, f"cannot decode DICOM pixel data ({_one_line(exc)})") from None
     try:
         meta = _dicom_meta(ds, raw, index, n_frames)
-    except _DICOM_HEADER_ERRORS as exc:
+    except _dicom_errors() as exc:
         raise BadInputError(path, f"malformed DICOM header ({_one_line(exc)})") from None
     raw = _finite_or_fail(path, raw, meta)
     try:
@@ -778,7 +778,7 @@ def _nifti_header(path: Path):
 
     try:
         img = nibabel.load(path)
-    except _NIFTI_ERRORS as exc:
+    except _nifti_errors() as exc:
         raise BadInputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
     if not isinstance(img, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
         raise BadInputError(path, f"{type(img).__name__}, not a NIfTI image volume")
@@ -788,7 +788,9 @@ def _nifti_header(path: Path):
     return img
 
 
+@functools.cache
 def _nifti_errors() -> tuple[type[BaseException], ...]:
+    """What a malformed NIfTI raises; looked up at the first failure, so listing plugins never imports nibabel."""
     from xml.parsers.expat import ExpatError
 
     from nibabel.filebasedimages import ImageFileError
@@ -855,7 +857,7 @@ def _nifti_volume(path_text: str, size: int, mtime_ns: int,
         img = nibabel.as_closest_canonical(img)
         data = np.asanyarray(img.dataobj, dtype=np.float32) if len(shape) <= 3 else \
             np.asarray(img.dataobj[..., 0], dtype=np.float32)
-    except _NIFTI_ERRORS as exc:
+    except _nifti_errors() as exc:
         raise BadInputError(path, f"truncated or corrupt NIfTI data ({_one_line(exc)})") from None
     data = data.reshape(data.shape[:3] + (1,) * max(0, 3 - data.ndim))
     while data.ndim > 3:  # 5-D and up: first of every extra dimension
@@ -900,8 +902,6 @@ def _read_nifti(path: Path, frame: int | None, axis: int, window: Any, limits: R
         meta["nonfinite_pixels"] = nonfinite
     return LoadedImage(_to_rgb_tensor(path, unit.astype(np.float32)), meta)
 
-
-_NIFTI_ERRORS = _nifti_errors()
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -20,10 +20,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from ..data.dataset import ImageSet
+from ..lazy import lazy_module
 from ..seeding import numpy_rng, torch_generator
+
+v2 = lazy_module("torchvision.transforms.v2")
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

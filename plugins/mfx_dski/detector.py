@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms import v2
 
 from medforensics_core.backbones import ClipBackbone, load_clip
 from medforensics_core.contract import Batch, ReferenceBank, SupportsDistributed
@@ -34,6 +33,7 @@ from medforensics_core.engine.context import FitContext
 from medforensics_core.errors import ConfigError, MfxError
 from medforensics_core.toolkit import check_backbone
 from medforensics_core.interfaces import Detector, Retriever
+from medforensics_core.lazy import lazy_module
 from medforensics_core.plugins import get_registry
 from medforensics_core.seeding import rank_seed
 from medforensics_core.retrieval import bank_state, check_compatible, new_bank, restore_bank, split_bank_tensors
@@ -46,6 +46,8 @@ from .inconsistency import RealReference, smoothest_cell_deviation
 from .model import (CellStats, DSKIModules, GridViews, NoiseMaps, check_extractors, descriptor, mean_over_views,
                     noise_channel_count, reset_parameters, split_channels)
 from .prompts import PromptContext, PromptEncoder
+
+v2 = lazy_module("torchvision.transforms.v2")
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,12 @@ import logging
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from medforensics_core.interfaces import Retriever
+from medforensics_core.lazy import lazy_module
 from medforensics_core.retrieval import bank_labels
+
+metrics = lazy_module("sklearn.metrics")
 
 log = logging.getLogger(__name__)
 _EPS = 1e-6
@@ -149,7 +151,7 @@ def auc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2 or not np.all(np.isfinite(scores)):
         return None
-    return float(roc_auc_score(labels, scores))
+    return float(metrics.roc_auc_score(labels, scores))
 
 
 def tune_fusion(stage1: np.ndarray, labels: np.ndarray, neighbours_for: Mapping[float, Neighbours],
@@ -172,7 +174,7 @@ def tune_fusion(stage1: np.ndarray, labels: np.ndarray, neighbours_for: Mapping[
         return None
     candidates = [default] + [Fusion(a, b, w) for w, a, b in
                               itertools.product(sorted(neighbours_for), sorted(alphas), sorted(betas))]
-    scored = [(fusion, float(roc_auc_score(labels, fused_probability(
+    scored = [(fusion, float(metrics.roc_auc_score(labels, fused_probability(
         stage1, neighbours_for[fusion.descriptor_weight], fusion.alpha, fusion.beta))))
         for fusion in candidates if fusion.descriptor_weight in neighbours_for]
     if not scored:
