@@ -310,16 +310,18 @@ def test_scan_by_patient_keeps_a_patients_studies_together_and_blanks_placeholde
     png(tmp_path / "data" / "CT" / "ldm" / "1_fake" / "ct_study1.png", 1)
 
     plain = index_folder(tmp_path / "data")
-    assert all(r.scan == "" for r in plain.rows) and not plain.notes  # the default is unchanged
+    assert all(r.scan == "" for r in plain.rows)  # the default leaves scan blank
+    assert [n for n in plain.notes if "scan" in n or "placeholder" in n] == []
     result = index_folder(tmp_path / "data", scan_by="patient")
     scan_of = {Path(r.path).name: r.scan for r in result.rows}
     assert scan_of["ct_study1.dcm"] == scan_of["ct_study2.dcm"] == _hashed("1CT1")
     assert scan_of["mr.dcm"] == _hashed("4MR1") and scan_of["other0.dcm"] == _hashed("P000")
     assert not any("1CT1" in r.scan for r in result.rows)  # the identifier itself never reaches the manifest
-    for name in ("anon.dcm", "zeros.dcm", "blank.dcm", "ct_study1.png"):  # placeholders, no ID, not DICOM
+    for name in ("anon.dcm", "zeros.dcm", "blank.dcm"):  # placeholders, no ID
         assert scan_of[name] == "", name
+    assert scan_of["ct_study1.png"] == _hashed("1CT1")  # the fake saved under its real's name: the real's patient
     assert any("ANONYMOUS" in note and "0000" in note and "placeholder" in note for note in result.notes)
-    assert any(note.startswith("4 of 13 images have no scan") for note in result.notes)
+    assert any(note.startswith("3 of 13 images have no scan") for note in result.notes)
     sources = {r.source for r in result.rows if r.scan == _hashed("1CT1")}
     assert len(sources) == 2  # two studies: two sources, one scan
     for seed in range(5):
@@ -356,3 +358,39 @@ def test_two_studies_of_one_patient_are_one_patient(tmp_path):
         _dicom_copy(ct, real / f"s{i}.dcm", StudyInstanceUID=f"1.2.826.0.1.95.{i}", PatientID="P7")
     result = index_folder(tmp_path, scan_by="patient")
     assert {r.scan for r in result.rows} == {_hashed("P7")} and not result.notes
+
+
+def test_a_fake_saved_as_png_under_its_dicom_reals_name_takes_the_reals_study(tmp_path):
+    """``1_fake/x.png`` made from ``0_real/x.dcm``: one group, so the splitter never puts the real in training and
+    its fake in the test set. A name whose DICOM files belong to two studies is ambiguous and left alone."""
+    ct = get_testdata_file("CT_small.dcm")
+    root = tmp_path / "data"
+    for i in range(8):
+        _dicom_copy(ct, root / "CT" / "ldm" / "0_real" / f"scan{i}.dcm", StudyInstanceUID=f"1.2.826.0.1.96.{i}")
+        png(root / "CT" / "ldm" / "1_fake" / f"scan{i}.png", i)   # same generator folder
+        png(root / "CT" / "gan" / "1_fake" / f"scan{i}.png", 50 + i)  # another generator folder, same name
+    png(root / "CT" / "ldm" / "1_fake" / "unrelated.png", 99)
+    _dicom_copy(ct, root / "CT" / "ldm" / "0_real" / "twice" / "a.dcm", StudyInstanceUID="1.2.826.0.1.95.1")
+    _dicom_copy(ct, root / "CT" / "gan" / "0_real" / "twice" / "a.dcm", StudyInstanceUID="1.2.826.0.1.95.2")
+    png(root / "CT" / "gan" / "1_fake" / "twice" / "a.png", 7)
+
+    result = index_folder(root)
+    source_of = {r.path: r.source for r in result.rows}
+    for i in range(8):
+        study = f"dicom:1.2.826.0.1.96.{i}"
+        assert source_of[f"CT/ldm/0_real/scan{i}.dcm"] == study
+        assert source_of[f"CT/ldm/1_fake/scan{i}.png"] == source_of[f"CT/gan/1_fake/scan{i}.png"] == study
+    assert source_of["CT/ldm/1_fake/unrelated.png"] == "CT:unrelated"
+    assert source_of["CT/gan/1_fake/twice/a.png"] == "CT:twice/a"  # two studies answer to that name
+    assert any(n.startswith("16 non-DICOM image(s) share the study") for n in result.notes)
+    assert any("several studies" in n and "CT:twice/a" in n for n in result.notes)
+    for seed in range(5):
+        split_of = {r.path: r.split for r in assign_splits(result.rows, val=0.2, test=0.3, seed=seed)}
+        for i in range(8):
+            assert len({split_of[f"CT/{g}/{k}/scan{i}.{e}"]
+                        for g, k, e in (("ldm", "0_real", "dcm"), ("ldm", "1_fake", "png"), ("gan", "1_fake", "png"))}) == 1
+
+    out = tmp_path / "m.csv"
+    run = CliRunner().invoke(cli, ["data", "index", str(root), "-o", str(out)], env={"COLUMNS": "200"})
+    assert run.exit_code == 0, run.output
+    assert "share the study" in run.output

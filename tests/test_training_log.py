@@ -102,7 +102,7 @@ def test_run_epoch_clips_each_step_to_max_grad_norm_and_reports_the_unclipped_no
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         norms: list[float] = []
         run_epoch(model, loader, optimizer, ctx, max_grad_norm=max_grad_norm, grad_norms=norms)
-        step = torch.cat([(model.weight - 1.0).reshape(-1), model.bias.reshape(-1)])
+        step = torch.cat([(model.weight - 1.0).reshape(-1), model.bias.reshape(-1)]).detach()
         return float(step.norm()), norms
 
     clipped, clipped_norms = one_step(1.0)

@@ -47,8 +47,9 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
       ROOT/<generator>/[<class>/]{0_real,1_fake}/...            (CNNDetection)
     Splits are made by source (study UID for DICOM, file stem otherwise), so no
     source image or volume straddles two splits; with --scan-by patient, no
-    patient's DICOM studies either (intervals then resample patients; fakes
-    saved as PNG are not linked to a DICOM real). A generator.json next to a
+    patient's DICOM studies either (intervals then resample patients). A fake
+    saved as 1_fake/x.png for a real 0_real/x.dcm takes that real's study and
+    patient, so it stays in its real's split. A generator.json next to a
     generator's 1_fake folder ({"family": ..., "network": ...}) fills the
     family and network columns of its fakes (blank without one).
 

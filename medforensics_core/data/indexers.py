@@ -31,8 +31,9 @@ several DICOM studies stay in one split and are resampled together. Anonymised
 sets often give every file one placeholder ID ("ANONYMOUS", "0", blank...),
 which would link the whole dataset into one scan (one split, no interval): such
 IDs, and an ID on every study of three or more, leave ``scan`` blank, and the
-result says so. Fakes saved as PNG next to DICOM reals get no scan and, with a
-source of their own (their stem, not the study), are not linked to their real.
+result says so. A fake saved in another format under a DICOM real's name
+(``1_fake/x.png`` for ``0_real/x.dcm``, in any generator folder) takes that real's
+study and scan, so it stays in its real's split; other non-DICOM files get no scan.
 
 ``family`` and ``network`` (how a fake was made; see :mod:`.manifest`) come
 from an optional ``generator.json`` in the generator folder (the folder that
@@ -151,15 +152,53 @@ def index_folder(root: str | os.PathLike, *, layout: str = "auto", modality: str
     if progress is not None:
         items = progress(items, len(items), "indexing")
     rows: list[ManifestRow] = []
+    names: list[str] = []
     for path, fields in items:
-        rows.extend(_rows_for(path, fields, base, expand_frames, frame_step, hash_files, scan_by))
+        found = _rows_for(path, fields, base, expand_frames, frame_step, hash_files, scan_by)
+        rows.extend(found)
+        names.extend([name_source(fields["modality"], fields["below"])] * len(found))
     if not rows:
         raise BadInputError(root, "no images found in the 0_real/1_fake folders "
                                   f"(images end in .png .jpg .tif .dcm .nii(.gz) ...; {len(ignored)} other file(s))")
-    notes: list[str] = []
+    rows, notes = link_to_dicom_studies(rows, names)
     if scan_by == "patient":
-        rows, notes = patient_scans(rows)
+        rows, patient_notes = patient_scans(rows)
+        notes += patient_notes
     return IndexResult(rows, chosen, root, ignored, notes)
+
+
+def link_to_dicom_studies(rows: list[ManifestRow], names: list[str]) -> tuple[list[ManifestRow], list[str]]:
+    """Give a non-DICOM image the study of the DICOM file of the same name (``1_fake/x.png`` and ``0_real/x.dcm``).
+
+    ``names[i]`` is row ``i``'s name source (:func:`name_source`). A fake saved as PNG from a DICOM real keeps
+    that name by the layout's convention, but its own source would be its stem while the real's is its study:
+    two groups, so the splitter could put a real in training and the fake made from it in the test set. Linked,
+    the fake takes the study (and, with ``--scan-by patient``, the patient) and stays in its real's split. A
+    name whose DICOM files belong to several studies is ambiguous and left as it is; the notes say both.
+    """
+    studies: dict[str, dict[str, str]] = {}
+    for row, name in zip(rows, names):
+        if row.source.startswith("dicom:"):
+            studies.setdefault(name, {}).setdefault(row.source, row.scan)
+    linked, ambiguous, out = 0, set(), []
+    for row, name in zip(rows, names):
+        found = studies.get(name, {})
+        if not row.source.startswith("dicom:") and found:
+            if len(found) == 1:
+                (source, scan), = found.items()
+                row = dataclasses.replace(row, source=source, scan=scan)
+                linked += 1
+            else:
+                ambiguous.add(name)
+        out.append(row)
+    notes = []
+    if linked:
+        notes.append(f"{linked} non-DICOM image(s) share the study of the DICOM file of the same name "
+                     f"(e.g. 1_fake/x.png and 0_real/x.dcm), so each stays in its real's split")
+    if ambiguous:
+        notes.append(f"{len(ambiguous)} name(s) belong to DICOM files of several studies "
+                     f"(e.g. {sorted(ambiguous)[0]}): images of that name in other formats keep their own source")
+    return out, notes
 
 
 def _label_dirs(root: Path) -> Iterator[Path]:
@@ -277,6 +316,11 @@ def default_source(path: Path, modality: str, below: Path, header: dict[str, str
     uid = header.get("StudyInstanceUID") or header.get("SeriesInstanceUID") or ""
     if uid:
         return f"dicom:{uid}"
+    return name_source(modality, below)
+
+
+def name_source(modality: str, below: Path) -> str:
+    """``<modality>:<path below the label folder without its suffix>``: the source a file's name gives."""
     stem = below.as_posix()
     for suffix in (".nii.gz", *(s for s in (below.suffix,) if s)):
         if stem.lower().endswith(suffix.lower()):
