@@ -15,9 +15,16 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from .errors import MfxError
+
 
 class LazyModule:
-    """Stands for the module ``name``: the first attribute access imports it, later ones read it directly."""
+    """Stands for the module ``name``: the first attribute access imports it, later ones read it directly.
+
+    A failed import (a torchvision built for another torch, a missing library) becomes one
+    :class:`~medforensics_core.errors.MfxError` naming the module, where an import at load time would have
+    been reported by ``mfx plugins`` as that plugin's problem. Pickled, it is the call that makes it again.
+    """
 
     def __init__(self, name: str):
         self._name = name
@@ -25,15 +32,34 @@ class LazyModule:
 
     def _load(self) -> ModuleType:
         if self._module is None:
-            self._module = importlib.import_module(self._name)
+            try:
+                self._module = importlib.import_module(self._name)
+            except (ImportError, OSError, RuntimeError) as exc:
+                raise MfxError(f"{self._name} failed to import ({type(exc).__name__}: {exc}); check that it is "
+                               f"installed and built for this torch ({torch_version()})") from exc
         return self._module
 
     def __getattr__(self, attribute: str) -> Any:
+        if attribute in ("_name", "_module"):
+            raise AttributeError(attribute)  # an instance not built by __init__: no recursion through _load
         return getattr(self._load(), attribute)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return lazy_module, (self._name,)
 
     def __repr__(self) -> str:
         state = "imported" if self._module is not None else "not imported yet"
         return f"<lazy module {self._name!r}, {state}>"
+
+
+def torch_version() -> str:
+    """The installed torch's version, read from its metadata (importing torch is not needed to name it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"torch {version('torch')}"
+    except PackageNotFoundError:
+        return "torch not installed"
 
 
 def lazy_module(name: str) -> Any:

@@ -207,6 +207,57 @@ def test_few_shot_references_of_both_classes_raise_auc_on_an_unseen_generator(he
     assert after > before, (held_out, before, after)
 
 
+def test_index_add_from_a_manifest_equals_one_call_per_label_and_modality(splits, trained, tmp_path):
+    """``--manifest`` adds every row with its own label, modality and generator: the bank it builds scores the
+    test images exactly as the one built by one ``index add`` call per label and modality; a bad row is skipped
+    with --on-bad skip and stops the call (nothing written) by default."""
+    import dataclasses
+
+    from medforensics_core.cli import cli
+    from medforensics_core.data.manifest import write_manifest
+    from medforensics_core.engine.protocols import support_shots
+
+    _, path = trained
+    support = support_shots(splits["all_train"], {"ae-bilinear"}, 4, seed=0)
+    rows = [dataclasses.replace(r, path=str(r.resolved(support.root))) for r in support.rows]
+    write_manifest(rows, tmp_path / "references.csv")
+    one_call = tmp_path / "one-call.safetensors"
+    result = CliRunner().invoke(cli, ["index", "add", str(path), "--manifest", str(tmp_path / "references.csv"),
+                                      "-o", str(one_call)])
+    assert result.exit_code == 0, result.output
+    assert f"added {len(rows)} reference(s) (" in result.output
+
+    per_group = tmp_path / "per-group.safetensors"
+    source = path
+    for label, modality in sorted({(int(r.label), r.modality) for r in rows}):
+        files = [r.path for r in rows if int(r.label) == label and r.modality == modality]
+        options = ["--label", "fake", "--generator", "ae-bilinear"] if label else ["--label", "real"]
+        result = CliRunner().invoke(cli, ["index", "add", str(source), *options, "--modality", modality,
+                                          "-o", str(per_group), *files])
+        assert result.exit_code == 0, result.output
+        source = per_group
+    load = get_registry().detector("dski").load
+    a, b = load(one_call), load(per_group)
+    assert a.bank_summary()["groups"] == b.bank_summary()["groups"]
+    evaluation = splits["test"].where(generator=("real", "ae-bilinear"))
+    np.testing.assert_allclose(score(a, evaluation), score(b, evaluation), rtol=0, atol=1e-6)
+
+    broken = tmp_path / "broken.png"
+    broken.write_text("<html>not an image</html>")
+    write_manifest([*rows, dataclasses.replace(rows[0], path=str(broken))], tmp_path / "with-bad.csv")
+    refused = tmp_path / "refused.safetensors"
+    result = CliRunner().invoke(cli, ["index", "add", str(path), "--manifest", str(tmp_path / "with-bad.csv"),
+                                      "-o", str(refused)])
+    assert result.exit_code != 0 and "broken.png" in result.output and not refused.exists()
+    result = CliRunner().invoke(cli, ["index", "add", str(path), "--manifest", str(tmp_path / "with-bad.csv"),
+                                      "-o", str(refused), "--on-bad", "skip"])
+    assert result.exit_code == 0 and "skipped" in result.output
+    assert len(load(refused).bank) == len(a.bank)
+    mixed = CliRunner().invoke(cli, ["index", "add", str(path), "--manifest", str(tmp_path / "references.csv"),
+                                     "--label", "real", "-o", str(refused)])
+    assert mixed.exit_code != 0 and "pass no IMAGES" in mixed.output
+
+
 def test_index_add_refuses_unknown_modality_naming_known_ones(splits, trained, tmp_path):
     from medforensics_core.cli import cli
 

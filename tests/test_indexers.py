@@ -361,8 +361,9 @@ def test_two_studies_of_one_patient_are_one_patient(tmp_path):
 
 
 def test_a_fake_saved_as_png_under_its_dicom_reals_name_takes_the_reals_study(tmp_path):
-    """``1_fake/x.png`` made from ``0_real/x.dcm``: one group, so the splitter never puts the real in training and
-    its fake in the test set. A name whose DICOM files belong to two studies is ambiguous and left alone."""
+    """``1_fake/x.png`` (or a DICOM fake with a new study UID) made from ``0_real/x.dcm``: one group, so the splitter
+    never puts the real in training and its fake in the test set. A name whose DICOM reals belong to two studies
+    is ambiguous and left alone, with a note."""
     ct = get_testdata_file("CT_small.dcm")
     root = tmp_path / "data"
     for i in range(8):
@@ -370,6 +371,8 @@ def test_a_fake_saved_as_png_under_its_dicom_reals_name_takes_the_reals_study(tm
         png(root / "CT" / "ldm" / "1_fake" / f"scan{i}.png", i)   # same generator folder
         png(root / "CT" / "gan" / "1_fake" / f"scan{i}.png", 50 + i)  # another generator folder, same name
     png(root / "CT" / "ldm" / "1_fake" / "unrelated.png", 99)
+    # a generator that writes DICOM with a study UID of its own: still its real's study
+    _dicom_copy(ct, root / "CT" / "sr" / "1_fake" / "scan0.dcm", StudyInstanceUID="1.2.826.0.1.94.1")
     _dicom_copy(ct, root / "CT" / "ldm" / "0_real" / "twice" / "a.dcm", StudyInstanceUID="1.2.826.0.1.95.1")
     _dicom_copy(ct, root / "CT" / "gan" / "0_real" / "twice" / "a.dcm", StudyInstanceUID="1.2.826.0.1.95.2")
     png(root / "CT" / "gan" / "1_fake" / "twice" / "a.png", 7)
@@ -380,9 +383,10 @@ def test_a_fake_saved_as_png_under_its_dicom_reals_name_takes_the_reals_study(tm
         study = f"dicom:1.2.826.0.1.96.{i}"
         assert source_of[f"CT/ldm/0_real/scan{i}.dcm"] == study
         assert source_of[f"CT/ldm/1_fake/scan{i}.png"] == source_of[f"CT/gan/1_fake/scan{i}.png"] == study
+    assert source_of["CT/sr/1_fake/scan0.dcm"] == "dicom:1.2.826.0.1.96.0"
     assert source_of["CT/ldm/1_fake/unrelated.png"] == "CT:unrelated"
     assert source_of["CT/gan/1_fake/twice/a.png"] == "CT:twice/a"  # two studies answer to that name
-    assert any(n.startswith("16 non-DICOM image(s) share the study") for n in result.notes)
+    assert any(n.startswith("17 fake image(s) or frame(s) named like a DICOM real") for n in result.notes)
     assert any("several studies" in n and "CT:twice/a" in n for n in result.notes)
     for seed in range(5):
         split_of = {r.path: r.split for r in assign_splits(result.rows, val=0.2, test=0.3, seed=seed)}
@@ -393,4 +397,4 @@ def test_a_fake_saved_as_png_under_its_dicom_reals_name_takes_the_reals_study(tm
     out = tmp_path / "m.csv"
     run = CliRunner().invoke(cli, ["data", "index", str(root), "-o", str(out)], env={"COLUMNS": "200"})
     assert run.exit_code == 0, run.output
-    assert "share the study" in run.output
+    assert "take that real's study" in run.output

@@ -300,3 +300,17 @@ def test_a_lazy_module_imports_on_first_use_and_then_is_the_module():
     assert stand_in.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
     assert stand_in.rgb_to_hsv is sys.modules["colorsys"].rgb_to_hsv
     assert "not" not in repr(stand_in)
+    import copy
+    import pickle
+
+    for again in (pickle.loads(pickle.dumps(stand_in)), copy.deepcopy(stand_in)):  # e.g. in a DataLoader worker
+        assert again.rgb_to_hsv is stand_in.rgb_to_hsv
+
+
+def test_a_lazy_module_that_cannot_import_is_one_error_naming_it():
+    from medforensics_core.errors import MfxError
+    from medforensics_core.lazy import lazy_module
+
+    missing = lazy_module("mfx_no_such_library.transforms")
+    with pytest.raises(MfxError, match="mfx_no_such_library.transforms failed to import .*torch"):
+        missing.Compose

@@ -42,8 +42,8 @@ from medforensics_core.toolkit import (BlurJpegRecipe, Schedule, blur_jpeg_trans
 
 from .features import TINY_BACKBONE, ClipFeatureDetector
 
-
 v2 = lazy_module("torchvision.transforms.v2")
+
 
 @dataclasses.dataclass
 class UnivFDConfig:

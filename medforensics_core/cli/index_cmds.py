@@ -9,7 +9,9 @@ a lock, so an interrupted or concurrent run never leaves half a model behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -66,7 +68,12 @@ def _checked_frames(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     except (MfxError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - an unforeseen reader failure is still that file's failure
-        raise BadInputError(path, f"unexpected reader error ({type(exc).__name__}: {exc}); please report it") from exc
+        raise unexpected_reader_error(path, exc) from exc
+
+
+def unexpected_reader_error(path: str | Path, exc: Exception) -> BadInputError:
+    """A reader's unforeseen exception, as the bad-input line of the file it happened on."""
+    return BadInputError(path, f"unexpected reader error ({type(exc).__name__}: {exc}); please report it")
 
 
 @cli.group("index")
@@ -82,45 +89,53 @@ def index_group() -> None:
 
 @index_group.command("add")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("images", nargs=-1, required=True)
-@click.option("--label", type=click.Choice(["fake", "real"]), required=True, help="Label of every image added.")
+@click.argument("images", nargs=-1)
+@click.option("--label", type=click.Choice(["fake", "real"]), default=None,
+              help="Label of every image in IMAGES (required with IMAGES).")
 @click.option("--generator", default=None,
               help="Generator that made the fakes (default 'real' for --label real).")
-@click.option("--modality", required=True, help="Modality of the images (DSKI: one the model was trained on).")
+@click.option("--modality", default=None,
+              help="Modality of the images in IMAGES (required with IMAGES; DSKI: one the model was trained on).")
+@click.option("--manifest", "manifest_path", type=click.Path(exists=False), default=None,
+              help="Instead of IMAGES: a manifest CSV or dataset folder; every row is added (all splits) with its "
+                   "own label, modality and generator.")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False), default=None,
               help="Write the updated model to this file instead of overwriting CHECKPOINT.")
 @on_bad_option(DATASET_ON_BAD)
-def index_add(checkpoint: str, images: tuple[str, ...], label: str, generator: str | None, modality: str,
-              out: str | None, on_bad: str) -> None:
+def index_add(checkpoint: str, images: tuple[str, ...], label: str | None, generator: str | None,
+              modality: str | None, manifest_path: str | None, out: str | None, on_bad: str) -> None:
     """Add IMAGES (files or folders; DICOM/NIfTI frames count one each) to CHECKPOINT's reference bank.
 
     Give references of both classes, one call per label: K fakes of the new generator
     (--label fake --generator NAME) and K reals of the same modality (--label real), e.g. from
-    a new scanner, so the bank's evidence grows balanced.
+    a new scanner, so the bank's evidence grows balanced. Or list them all, of every label and
+    modality, in a manifest (path,label,modality,generator columns) and add them in one call
+    with --manifest.
 
     With --on-bad fail (the default) a bad file stops the command and nothing is written.
 
     \b
-    Example:
+    Examples:
       mfx index add nn.safetensors support/ct --label fake --generator ldm --modality ct -o adapted.safetensors
+      mfx index add dski.safetensors --manifest references.csv -o adapted.safetensors
     """
-    from ..data.walk import expand_inputs
     from ..engine.progress import RichProgress
     from ..locking import locked
 
-    if generator is None:
-        if label == "fake":
-            raise MfxError("--generator is required with --label fake (the generator that made the images)")
-        generator = "real"
+    if manifest_path is not None:
+        if images or label or modality or generator:
+            raise MfxError("--manifest gives every image its label, modality and generator: pass no IMAGES, "
+                           "--label, --modality or --generator with it")
+        references = _manifest_references(manifest_path)
+    else:
+        if not images:
+            raise MfxError("nothing to add: give IMAGES (with --label and --modality) or --manifest")
+        references = _file_references(images, label, modality, generator)
     destination = Path(out or checkpoint)
-    files, bad = expand_inputs(images)
-    if bad:
-        raise MfxError(f"{bad[0][0]}: {bad[0][1]}")
     # load -> add -> save under the destination's lock: a concurrent `index add` waits, then adds to our result
     with locked(destination, waiting=lambda message: err_console.print(f"[yellow]{escape(message)}[/]")):
         detector = load_bank_detector(checkpoint)
-        detector.check_reference_modalities([modality])
-        target = 1 if label == "fake" else 0
+        detector.check_reference_modalities(references.modalities)
         before = len(detector.bank) if detector.bank is not None else 0
         skipped: list[str] = []
 
@@ -128,28 +143,116 @@ def index_add(checkpoint: str, images: tuple[str, ...], label: str, generator: s
             skipped.append(path)
             err_console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(reason)}", soft_wrap=True)
 
+        added: Counter[tuple[str, str, str]] = Counter()
         with RichProgress(console) as progress:
-            chunk: list[tuple[str, torch.Tensor]] = []
-            for item in progress(iter_images(files, on_bad, skip), None, f"adding {len(files)} file(s)"):
+            chunk: list[Reference] = []
+            for item in progress(references.read(on_bad, skip), None, f"adding {references.count} file(s)"):
                 chunk.append(item)
                 if len(chunk) == CHUNK:
-                    _add_chunk(detector, chunk, target, modality, generator)
+                    _add_chunk(detector, chunk, added)
                     chunk = []
             if chunk:
-                _add_chunk(detector, chunk, target, modality, generator)
+                _add_chunk(detector, chunk, added)
         if (len(detector.bank) if detector.bank is not None else 0) == before:
             raise MfxError(f"nothing added: all {len(skipped)} file(s) were bad; {destination} left unchanged")
         detector.save(destination)
         after = len(detector.bank)
-    console.print(f"added {after - before} {label} reference(s) (generator {escape(generator)}, modality "
-                  f"{escape(modality)}); bank now holds {after}; wrote {escape(str(destination))}")
+    console.print(f"added {_added_text(added)}; bank now holds {after}; wrote {escape(str(destination))}")
 
 
-def _add_chunk(detector: ReferenceBank, chunk: list[tuple[str, torch.Tensor]], label: int, modality: str,
-               generator: str) -> None:
-    n = len(chunk)
-    detector.add_references([image for _, image in chunk], [label] * n, [modality] * n, [generator] * n,
-                            [source for source, _ in chunk])
+@dataclasses.dataclass
+class Reference:
+    """One image (a frame of a file) to add, with the label, modality and generator it goes into the bank with."""
+
+    source: str
+    image: torch.Tensor
+    label: int
+    modality: str
+    generator: str
+
+
+@dataclasses.dataclass
+class References:
+    """What one ``index add`` call adds: ``read`` yields each image as it is decoded (one at a time)."""
+
+    count: int
+    modalities: list[str]
+    read: Callable[[str, Callable[[str, str], None]], Iterator[Reference]]
+
+
+def _file_references(images: tuple[str, ...], label: str | None, modality: str | None,
+                     generator: str | None) -> References:
+    """IMAGES (files or folders), every one with the same ``--label``/``--modality``/``--generator``."""
+    from ..data.walk import expand_inputs
+
+    if label is None or modality is None:
+        raise MfxError("--label and --modality are required with IMAGES (or list the images in a --manifest)")
+    if generator is None:
+        if label == "fake":
+            raise MfxError("--generator is required with --label fake (the generator that made the images)")
+        generator = "real"
+    files, bad = expand_inputs(images)
+    if bad:
+        raise MfxError(f"{bad[0][0]}: {bad[0][1]}")
+    target = 1 if label == "fake" else 0
+
+    def read(on_bad: str, skip: Callable[[str, str], None]) -> Iterator[Reference]:
+        for source, image in iter_images(files, on_bad, skip):
+            yield Reference(source, image, target, modality, generator)
+
+    return References(len(files), [modality], read)
+
+
+def _manifest_references(path: str) -> References:
+    """Every row of a manifest CSV or dataset folder (all splits), with its own label, modality and generator."""
+    from ..data import open_dataset
+
+    manifest = open_dataset(path)
+    rows = manifest.rows
+    if not rows:
+        raise BadInputError(path, "the manifest lists no images")
+
+    def read(on_bad: str, skip: Callable[[str, str], None]) -> Iterator[Reference]:
+        for row in rows:
+            file = manifest.path_of(row)
+            try:
+                image = _read_one(file)
+            except BadInputError as exc:
+                if on_bad != "skip":
+                    raise
+                skip(exc.path, exc.reason)
+                continue
+            yield Reference(str(file), image, int(row.label), row.modality, row.generator)
+
+    return References(len(rows), sorted({row.modality for row in rows}), read)
+
+
+def _read_one(file: Path) -> torch.Tensor:
+    """One manifest row's image (``path#N``: that frame); any reader failure as that file's bad-input line."""
+    from ..data import read_image
+
+    try:
+        return read_image(file).tensor
+    except (MfxError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unforeseen reader failure is still that file's failure
+        raise unexpected_reader_error(file, exc) from exc
+
+
+def _added_text(added: Counter[tuple[str, str, str]]) -> str:
+    """``4 fake reference(s) (generator ldm, modality ct)``; several groups: their total, then each group."""
+    if len(added) == 1:
+        ((label, generator, modality), n), = added.items()
+        return f"{n} {label} reference(s) (generator {escape(generator)}, modality {escape(modality)})"
+    groups = ", ".join(f"{n} {label} {escape(generator)} {escape(modality)}"
+                       for (label, generator, modality), n in sorted(added.items()))
+    return f"{sum(added.values())} reference(s) ({groups})"
+
+
+def _add_chunk(detector: ReferenceBank, chunk: list[Reference], added: Counter[tuple[str, str, str]]) -> None:
+    detector.add_references([r.image for r in chunk], [r.label for r in chunk], [r.modality for r in chunk],
+                            [r.generator for r in chunk], [r.source for r in chunk])
+    added.update(("fake" if r.label else "real", r.generator, r.modality) for r in chunk)
 
 
 @index_group.command("show")

@@ -31,9 +31,10 @@ several DICOM studies stay in one split and are resampled together. Anonymised
 sets often give every file one placeholder ID ("ANONYMOUS", "0", blank...),
 which would link the whole dataset into one scan (one split, no interval): such
 IDs, and an ID on every study of three or more, leave ``scan`` blank, and the
-result says so. A fake saved in another format under a DICOM real's name
-(``1_fake/x.png`` for ``0_real/x.dcm``, in any generator folder) takes that real's
-study and scan, so it stays in its real's split; other non-DICOM files get no scan.
+result says so. A fake saved under a DICOM real's name (``1_fake/x.png``, or an
+``x.dcm`` with a study UID of its own, for ``0_real/x.dcm``, in any generator folder)
+takes that real's study and scan, so it stays in its real's split; other non-DICOM
+files get no scan.
 
 ``family`` and ``network`` (how a fake was made; see :mod:`.manifest`) come
 from an optional ``generator.json`` in the generator folder (the folder that
@@ -168,22 +169,24 @@ def index_folder(root: str | os.PathLike, *, layout: str = "auto", modality: str
 
 
 def link_to_dicom_studies(rows: list[ManifestRow], names: list[str]) -> tuple[list[ManifestRow], list[str]]:
-    """Give a non-DICOM image the study of the DICOM file of the same name (``1_fake/x.png`` and ``0_real/x.dcm``).
+    """Give a fake the study of the DICOM real of the same name (``1_fake/x.png`` or ``x.dcm`` and ``0_real/x.dcm``).
 
-    ``names[i]`` is row ``i``'s name source (:func:`name_source`). A fake saved as PNG from a DICOM real keeps
-    that name by the layout's convention, but its own source would be its stem while the real's is its study:
-    two groups, so the splitter could put a real in training and the fake made from it in the test set. Linked,
-    the fake takes the study (and, with ``--scan-by patient``, the patient) and stays in its real's split. A
-    name whose DICOM files belong to several studies is ambiguous and left as it is; the notes say both.
+    ``names[i]`` is row ``i``'s name source (:func:`name_source`). A fake saved from a DICOM real keeps that
+    name by the layout's convention, but its own source would be its stem (PNG, NIfTI...) or the new study UID
+    a generator wrote: two groups, so the splitter could put a real in training and the fake made from it in
+    the test set. Linked, the fake takes the real's study (and, with ``--scan-by patient``, its patient) and
+    stays in its real's split. A name whose DICOM reals belong to several studies is ambiguous: its fakes are
+    left as they are (merging would join unrelated studies that happen to share a file name), and a note says
+    they may land in another split than their real.
     """
     studies: dict[str, dict[str, str]] = {}
     for row, name in zip(rows, names):
-        if row.source.startswith("dicom:"):
+        if row.label == 0 and row.source.startswith("dicom:"):
             studies.setdefault(name, {}).setdefault(row.source, row.scan)
     linked, ambiguous, out = 0, set(), []
     for row, name in zip(rows, names):
         found = studies.get(name, {})
-        if not row.source.startswith("dicom:") and found:
+        if row.label == 1 and found and row.source not in found:
             if len(found) == 1:
                 (source, scan), = found.items()
                 row = dataclasses.replace(row, source=source, scan=scan)
@@ -193,11 +196,12 @@ def link_to_dicom_studies(rows: list[ManifestRow], names: list[str]) -> tuple[li
         out.append(row)
     notes = []
     if linked:
-        notes.append(f"{linked} non-DICOM image(s) share the study of the DICOM file of the same name "
-                     f"(e.g. 1_fake/x.png and 0_real/x.dcm), so each stays in its real's split")
+        notes.append(f"{linked} fake image(s) or frame(s) named like a DICOM real (e.g. 1_fake/x.png for "
+                     f"0_real/x.dcm) take that real's study, so each stays in its real's split")
     if ambiguous:
-        notes.append(f"{len(ambiguous)} name(s) belong to DICOM files of several studies "
-                     f"(e.g. {sorted(ambiguous)[0]}): images of that name in other formats keep their own source")
+        notes.append(f"{len(ambiguous)} name(s) match DICOM reals of several studies (e.g. {sorted(ambiguous)[0]}): "
+                     f"their fakes keep their own source and may land in another split than their real; "
+                     f"write source (or scan) into the manifest to link them")
     return out, notes
 
 

@@ -532,7 +532,6 @@ def _dicom_errors() -> tuple[type[BaseException], ...]:
             BytesLengthException)
 
 
-
 def _dicom_header_checked(path: Path, ds, limits: ReadLimits):
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         kind = getattr(ds.get("SOPClassUID"), "name", None) or ds.get("Modality") or "unknown SOP class"
@@ -901,7 +900,6 @@ def _read_nifti(path: Path, frame: int | None, axis: int, window: Any, limits: R
     if nonfinite:
         meta["nonfinite_pixels"] = nonfinite
     return LoadedImage(_to_rgb_tensor(path, unit.astype(np.float32)), meta)
-
 
 
 # --------------------------------------------------------------------------- dispatch
