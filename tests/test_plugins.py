@@ -313,4 +313,4 @@ def test_a_lazy_module_that_cannot_import_is_one_error_naming_it():
 
     missing = lazy_module("mfx_no_such_library.transforms")
     with pytest.raises(MfxError, match="mfx_no_such_library.transforms failed to import .*torch"):
-        missing.Compose
+        _ = missing.Compose

@@ -199,7 +199,7 @@ def link_to_dicom_studies(rows: list[ManifestRow], names: list[str]) -> tuple[li
         notes.append(f"{linked} fake image(s) or frame(s) named like a DICOM real (e.g. 1_fake/x.png for "
                      f"0_real/x.dcm) take that real's study, so each stays in its real's split")
     if ambiguous:
-        notes.append(f"{len(ambiguous)} name(s) match DICOM reals of several studies (e.g. {sorted(ambiguous)[0]}): "
+        notes.append(f"{len(ambiguous)} name(s) match DICOM reals of several studies (e.g. {min(ambiguous)}): "
                      f"their fakes keep their own source and may land in another split than their real; "
                      f"write source (or scan) into the manifest to link them")
     return out, notes
