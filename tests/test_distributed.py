@@ -172,6 +172,7 @@ def _univfd_fit(rank: int, world_size: int, port: int, dataset: str, out: str, b
         train = _even_train_set(ImageSet(read_manifest(Path(dataset) / "manifest.csv").split("train")))
         seen: list[int] = []
         streams: list[str] = []
+        started: list[str] = []
 
         class Recorded:
             """A training loader that notes the dataset index of every image it yields."""
@@ -197,13 +198,18 @@ def _univfd_fit(rank: int, world_size: int, port: int, dataset: str, out: str, b
                 loader = super()._loader(*args, **kwargs)
                 return Recorded(loader) if kwargs.get("shuffle") else loader
 
+            def epoch_range(self, *args, **kwargs):  # the epoch loop starts: where the stream stands
+                started.append(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16])
+                return super().epoch_range(*args, **kwargs)
+
         ctx = RecordingContext(seed=0, epochs=1, batch_size=batch_size, rank=rank, world_size=world_size,
                                cache_dir=Path(out) / f"cache-{world_size}")
         detector = get_registry().detector("univfd")(preset="tiny")
         detector.fit(train, None, ctx)
         head = {k: v.tolist() for k, v in detector.head.state_dict().items()}
         Path(out, f"univfd-{world_size}-{rank}.json").write_text(json.dumps({"head": head, "seen": seen,
-                                                                              "streams": streams, "n": len(train)}))
+                                                                              "streams": streams, "started": started,
+                                                                              "n": len(train)}))
         if world_size > 1:
             dist.barrier()  # leave the group together (see _fit_on_shard)
     finally:
@@ -240,6 +246,7 @@ def test_ddp_epoch_equals_one_process_with_the_doubled_batch(quick_benchmark, tm
     # same sequence of draws (the stream is read at each batch, without drawing)
     assert len(ranks[1]["streams"]) == len(ranks[0]["streams"]) > 0
     assert not set(ranks[0]["streams"]) & set(ranks[1]["streams"])
+    assert ranks[0]["started"] == single["started"] != ranks[1]["started"]  # rank 0 keeps the single process's
     for key, value in single["head"].items():
         np.testing.assert_allclose(np.array(ranks[0]["head"][key]), np.array(value), rtol=1e-4, atol=1e-6)
     assert any(abs(b) > 0 for b in single["head"]["bias"])  # it did train (the head's bias starts at 0)
