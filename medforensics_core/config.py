@@ -147,8 +147,15 @@ def build_config(config_class: type, presets: Mapping[str, Mapping[str, Any]], p
 
 
 def config_from_dict(config_class: type, data: Mapping[str, Any]) -> Any:
-    """Rebuild a config saved with :func:`config_to_dict` (e.g. from a checkpoint)."""
-    return build_config(config_class, {}, None, data)
+    """Rebuild a config saved with :func:`config_to_dict` (e.g. from a checkpoint).
+
+    A key the saved config lacks takes the value the class lists for it in ``legacy_values`` (a
+    ``ClassVar`` mapping: the value that reproduces what was saved before the key existed), else the
+    current default. Why: a field added with a default that changes the model (a new layer) would
+    otherwise make every older checkpoint build a model its weights do not fit.
+    """
+    legacy = {k: v for k, v in getattr(config_class, "legacy_values", {}).items() if k not in data}
+    return build_config(config_class, {}, None, {**legacy, **data})
 
 
 def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, str]:

@@ -385,7 +385,8 @@ def capabilities(cls: type) -> list[str]:
 
 
 def check_plugin_references(config: Any, registry: Registry | None = None) -> None:
-    """A config field named after a plugin kind (``retriever``, ``noise_extractors``...) must name registered ones.
+    """A config field named after a plugin kind (``retriever``, ``noise_extractors``...), or declaring one in its
+    metadata (``dataclasses.field(metadata={"plugin_kind": "noise_extractor"})``), must name registered ones.
 
     Run at plan time, so ``--set dski.retriever=faiss-flt`` fails in one line
     (with a suggestion) before a run directory exists or any image is decoded.
@@ -393,6 +394,7 @@ def check_plugin_references(config: Any, registry: Registry | None = None) -> No
     registry = registry or get_registry()
     for field in dataclasses.fields(config):
         kind = field.name[:-1] if field.name.endswith("s") and field.name[:-1] in KIND_HOOKS else field.name
+        kind = field.metadata.get("plugin_kind", kind)
         if kind not in KIND_HOOKS:
             continue
         value = getattr(config, field.name)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medforensics_core.errors import ConfigError
+from medforensics_core.errors import ConfigError, MfxError
 
 BLOCK_PARTS = ("ln_1", "attention", "ls_1", "ln_2", "mlp", "ls_2")
 
@@ -49,24 +49,64 @@ class NoiseTokens(nn.Module):
     branch alone.
     """
 
-    def __init__(self, in_channels: int, grid: tuple[int, int], dim: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, grid: tuple[int, int], dim: int, dropout: float = 0.0,
+                 trace_in: int = 0, trace_channels: int = 16):
         super().__init__()
         self.grid = grid
         self.in_channels = in_channels
         self.dropout = dropout
-        self.embed = nn.Sequential(nn.Linear(in_channels, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.trace = TraceStem(trace_in, trace_channels, grid) if trace_in else None
+        width = in_channels + (trace_channels if trace_in else 0)
+        self.embed = nn.Sequential(nn.Linear(width, dim), nn.GELU(), nn.Linear(dim, dim))
         self.position = nn.Parameter(torch.randn(grid[0] * grid[1], dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
         self.dropout_generator = torch.Generator()
 
-    def forward(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``cells`` ``(N, grid cells, C)`` -> noise tokens ``(N, grid cells, dim)`` and a keep mask ``(N, 1, 1)`` or None."""
-        tokens = self.norm(self.embed(cells.float()) + self.position)
+    def forward(self, cells: torch.Tensor, trace: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``cells`` ``(N, grid cells, C)`` (and, with a trace stem, full-resolution maps ``(N, T, S, S)``) ->
+        noise tokens ``(N, grid cells, dim)`` and a keep mask ``(N, 1, 1)`` or None."""
+        features = cells.float()
+        if self.trace is not None:
+            if trace is None:
+                raise MfxError("this noise branch reads a full-resolution trace map; pass images through "
+                               "detector.preprocess")
+            features = torch.cat([features, self.trace(trace)], dim=-1)
+        tokens = self.norm(self.embed(features) + self.position)
         keep = None
         if self.training and self.dropout > 0:
             draws = torch.rand(len(cells), 1, 1, generator=self.dropout_generator)  # on the CPU: any device, one stream
             keep = (draws >= self.dropout).to(device=tokens.device, dtype=tokens.dtype)
         return tokens, keep
+
+
+class TraceStem(nn.Module):
+    """A small convolution over a full-resolution trace map (e.g. NPR's residual), pooled per token cell.
+
+    Why: the cell statistics keep one mean per cell, and the cell mean of a signed residual is about 0;
+    the arrangement of the residual inside each 2x2 block, which NPR's network learns from, is lost. Two
+    3x3 layers (the first with stride 2, as in NPR's ResNet stem) see that arrangement. Each view's map is
+    first divided by its own mean magnitude, so the stem reads the residual's pattern, not its level (a
+    smoother unseen generator would otherwise land beyond the reals, as the first build's linear branch did).
+    """
+
+    def __init__(self, in_channels: int, channels: int, grid: tuple[int, int]):
+        super().__init__()
+        self.grid = grid
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """``(N, T, S, S)`` -> per-cell features ``(N, grid cells, channels)``."""
+        maps = maps.float()
+        maps = maps / (maps.abs().mean(dim=(1, 2, 3), keepdim=True) + TRACE_FLOOR)
+        hidden = F.gelu(self.conv2(F.gelu(self.conv1(maps))))
+        return F.adaptive_avg_pool2d(hidden, self.grid).flatten(2).transpose(1, 2)
+
+
+TRACE_FLOOR = 1.0 / 255
+"""Added to a view's mean trace magnitude before dividing by it: a flat view (black background) has a residual
+of about 0, and one grey level is the smallest level that means anything."""
 
 
 class CDFAAdapter(nn.Module):
@@ -132,13 +172,15 @@ class CDFA(nn.Module):
     """
 
     def __init__(self, visual: Any, blocks: Sequence[int], bottleneck: int, scale: float,
-                 noise_channels: int, noise_heads: int, noise_dropout: float = 0.0):
+                 noise_channels: int, noise_heads: int, noise_dropout: float = 0.0,
+                 trace_in: int = 0, trace_channels: int = 16):
         super().__init__()
         check_vision_tower(visual, blocks)
         width = visual.transformer.width
         grid = tuple(visual.grid_size)
         self.blocks = tuple(blocks)
-        self.noise = NoiseTokens(noise_channels, grid, bottleneck, noise_dropout) if noise_channels else None
+        self.noise = NoiseTokens(noise_channels, grid, bottleneck, noise_dropout, trace_in,
+                                 trace_channels) if noise_channels else None
         heads = noise_heads if noise_channels else None
         self.adapters = nn.ModuleDict({str(i): CDFAAdapter(width, bottleneck, scale, heads) for i in self.blocks})
 
@@ -160,16 +202,16 @@ def check_vision_tower(visual: Any, blocks: Sequence[int]) -> None:
 
 
 def adapted_image_features(visual: Any, images: torch.Tensor, cdfa: CDFA | None,
-                           stats: torch.Tensor | None = None) -> torch.Tensor:
+                           stats: torch.Tensor | None = None, trace: torch.Tensor | None = None) -> torch.Tensor:
     """open_clip's ``visual(images)`` with the CDFA adapters added in their blocks.
 
     ``stats`` are the images' per-cell noise statistics ``(N, cells, C)`` for the noise branch (needed only when
-    it exists).
+    it exists), ``trace`` its full-resolution trace maps ``(N, T, S, S)`` (only with a trace stem).
     Returns the unnormalised image features.
     """
     tokens = visual._embeds(images)
     batch_first = getattr(visual.transformer, "batch_first", True)
-    noise, keep = (cdfa.noise(stats) if cdfa is not None and cdfa.noise is not None and stats is not None
+    noise, keep = (cdfa.noise(stats, trace) if cdfa is not None and cdfa.noise is not None and stats is not None
                    else (None, None))
     for index, block in enumerate(visual.transformer.resblocks):
         adapter = cdfa.adapters[str(index)] if cdfa is not None and index in cdfa.blocks else None

@@ -80,6 +80,7 @@ class DSKIBase(Detector, SupportsDistributed):
         self.backbone: ClipBackbone = load_clip(cfg.clip_model, cfg.pretrained, device="cpu",
                                                 seed=cfg.backbone_seed)
         self.noise_maps = self._build_noise_maps()
+        self.trace_maps = self._build_trace_maps()
         self.cell_stats = self._build_cell_stats()
         self.net = DSKIModules(self._build_cdfa(), self._build_context())
         reset_parameters(self.net, cfg.backbone_seed)
@@ -114,6 +115,14 @@ class DSKIBase(Detector, SupportsDistributed):
         return NoiseMaps({name: registry.noise_extractor(name)() for name in self.config.noise_extractors},
                          cache_mb=self.config.noise_cache_mb)
 
+    def _build_trace_maps(self) -> NoiseMaps | None:
+        """The full-resolution trace map of the noise branch's convolution (``trace_extractor``), or None."""
+        cfg = self.config
+        if not (cfg.trace_extractor and cfg.use_cdfa and cfg.use_noise):
+            return None
+        extractor = get_registry().noise_extractor(cfg.trace_extractor)()
+        return NoiseMaps({cfg.trace_extractor: extractor}, cache_mb=cfg.noise_cache_mb)
+
     def _build_cell_stats(self) -> CellStats | None:
         if self.noise_maps is None:
             return None
@@ -130,6 +139,10 @@ class DSKIBase(Detector, SupportsDistributed):
         """Channels per view that carry the packed per-cell statistics (0 without noise maps)."""
         return self.cell_stats.packed_channels if self.cell_stats is not None else 0
 
+    def _trace_channels(self) -> int:
+        """Channels per view that carry the full-resolution trace map (0 without ``trace_extractor``)."""
+        return noise_channel_count(self.trace_maps)
+
     def _build_cdfa(self) -> CDFA | None:
         cfg = self.config
         if not cfg.use_cdfa:
@@ -139,7 +152,7 @@ class DSKIBase(Detector, SupportsDistributed):
         blocks = tuple(cfg.adapter_blocks) or evenly_spaced_blocks(depth, cfg.num_adapters)
         channels = noise_channel_count(self.noise_maps) if cfg.use_noise else 0
         return CDFA(visual, blocks, cfg.bottleneck_dim, cfg.adapter_scale, channels, cfg.noise_heads,
-                    cfg.noise_dropout)
+                    cfg.noise_dropout, self._trace_channels() if channels else 0, cfg.trace_channels)
 
     def _build_context(self) -> PromptContext | None:
         if self.config.n_ctx <= 0:
@@ -170,9 +183,10 @@ class DSKIBase(Detector, SupportsDistributed):
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """Noise statistics at native resolution, then centre crop (``crop``) or resize, CLIP normalisation.
 
-        Returns ``V (3 + P)`` channels: per view, the CLIP input, then the ``C`` noise statistics averaged over
+        Returns ``V (3 + P + T)`` channels: per view, the CLIP input, then the ``C`` noise statistics averaged over
         each cell of the token grid and packed into ``P`` channels (:class:`CellStats`; none when neither the noise
-        branch nor the retrieval descriptor is used).
+        branch nor the retrieval descriptor is used), then the ``T`` channels of the trace map at full
+        resolution (only with ``trace_extractor``).
         """
         return self._prepare(image, self._test_geometry)
 
@@ -182,14 +196,16 @@ class DSKIBase(Detector, SupportsDistributed):
         return self._prepare(augmented, self._train_geometry, keep_maps=augmented is image)
 
     def _prepare(self, image: torch.Tensor, geometry, keep_maps: bool = True) -> torch.Tensor:
-        packed = image if self.noise_maps is None else \
-            torch.cat([image, self.noise_maps.image_maps(image, keep=keep_maps)])
-        packed = geometry(self._fit_size(packed))
-        views = packed.reshape(-1, 3 + noise_channel_count(self.noise_maps), *packed.shape[-2:])
+        parts = [image] + [maps.image_maps(image, keep=keep_maps) for maps in (self.noise_maps, self.trace_maps)
+                           if maps is not None]
+        packed = geometry(self._fit_size(torch.cat(parts)))
+        stats_end = 3 + noise_channel_count(self.noise_maps)
+        views = packed.reshape(-1, stats_end + self._trace_channels(), *packed.shape[-2:])
         colour = (views[:, :3] - self._mean) / self._std
         if self.cell_stats is None:
             return colour.flatten(0, 1)
-        return torch.cat([colour, self.cell_stats.pack(views[:, 3:])], dim=1).flatten(0, 1)
+        return torch.cat([colour, self.cell_stats.pack(views[:, 3:stats_end]), views[:, stats_end:]],
+                         dim=1).flatten(0, 1)
 
     def _fit_size(self, image: torch.Tensor) -> torch.Tensor:
         size = self.backbone.image_size
@@ -212,10 +228,13 @@ class DSKIBase(Detector, SupportsDistributed):
         """:meth:`encode` plus the raw local-inconsistency score of each image (``with_extras=False``: neither)."""
         from .cdfa import adapted_image_features
 
-        images, packed, views = split_channels(batch.to(self.device), self._stat_channels())
+        images, extra, views = split_channels(batch.to(self.device), self._stat_channels() + self._trace_channels())
+        packed, trace = (extra[:, :self._stat_channels()], extra[:, self._stat_channels():]) if extra is not None \
+            else (None, None)
         stats = self.cell_stats.unpack(packed) if packed is not None else None
         noise_stats = stats if self.net.cdfa is not None and self.net.cdfa.noise is not None else None
-        features = adapted_image_features(self.backbone.model.visual, images, self.net.cdfa, noise_stats)
+        features = adapted_image_features(self.backbone.model.visual, images, self.net.cdfa, noise_stats,
+                                          trace if self.trace_maps is not None else None)
         features = mean_over_views(F.normalize(features.float(), dim=-1), views)
         desc = local = None
         if with_extras and self.uses_descriptor() and stats is not None:

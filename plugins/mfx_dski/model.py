@@ -50,6 +50,15 @@ def _reset_linear(layer: nn.Linear, generator: torch.Generator) -> None:
             layer.bias.copy_(torch.empty_like(layer.bias).uniform_(-bound, bound, generator=generator))
 
 
+def _reset_conv(conv: nn.Conv2d, generator: torch.Generator) -> None:
+    """PyTorch's default ``nn.Conv2d`` initialisation (bound ``1/sqrt(fan_in)``), drawn from ``generator``."""
+    bound = 1.0 / (conv.weight[0].numel()) ** 0.5
+    with torch.no_grad():
+        conv.weight.copy_(torch.empty_like(conv.weight).uniform_(-bound, bound, generator=generator))
+        if conv.bias is not None:
+            conv.bias.copy_(torch.empty_like(conv.bias).uniform_(-bound, bound, generator=generator))
+
+
 def _reset_adapter(adapter: CDFAAdapter, seed: int, name: str) -> None:
     with torch.no_grad():
         _reset_linear(adapter.down, _seeded(seed, f"{name}.spatial"))
@@ -73,6 +82,10 @@ def _reset_noise(noise: NoiseTokens, seed: int) -> None:
                 _reset_linear(layer, generator)
         noise.position.copy_(torch.randn(noise.position.shape, generator=generator) * 0.02)
         noise.norm.reset_parameters()
+        if noise.trace is not None:
+            stem = _seeded(seed, "cdfa.noise.trace")
+            for conv in (noise.trace.conv1, noise.trace.conv2):
+                _reset_conv(conv, stem)
 
 
 def reset_parameters(net: DSKIModules, seed: int, rank: int = 0) -> None:
@@ -229,7 +242,8 @@ def split_channels(batch: torch.Tensor, noise_channels: int) -> tuple[torch.Tens
 
     A test-time batch may carry ``V`` views (crops) of each image stacked along the channels
     (``V (3 + P)`` channels, see :class:`GridViews`); they come back as ``N V`` single views, image-major.
-    ``noise_channels`` is ``P``, the packed channels of :class:`CellStats` (0 without statistics).
+    ``noise_channels`` is ``P``, the packed channels of :class:`CellStats` (0 without statistics), plus the
+    ``T`` channels of a full-resolution trace map where the detector has one.
     """
     per_view = 3 + noise_channels
     if batch.shape[1] % per_view:
