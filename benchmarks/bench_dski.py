@@ -89,8 +89,8 @@ def overhead_row(model: str, device: str, batch: int, repeats: int) -> tuple[str
     are not part of the forward; their cost per image is reported in its own column, as the data loader
     pays it. "CDFA alone" divides by DSKI without CDFA (``use_cdfa=False``), timed in the same loop: the
     same packed input (colour and noise-statistics channels split apart) and the same normalisation, so
-    it is the adapters' and the noise tokens' own cost; the "ratio" column (the issue's target) also
-    counts that unpacking against DSKI.
+    it is the adapters', the noise tokens' and the trace stem's own cost; the "ratio" column (the issue's
+    target) also counts that unpacking against DSKI.
     """
     detector = build(model, device)
     without_cdfa = build(model, device, use_cdfa=False)  # same backbone weights (seeded), same input packing
@@ -99,13 +99,15 @@ def overhead_row(model: str, device: str, batch: int, repeats: int) -> tuple[str
     inputs = torch.stack([detector.preprocess(im) for im in images]).to(device)
     frozen = detector.backbone.model.encode_image
     colour = inputs[:, :3].contiguous()
+    # without CDFA there is no trace stem, so no trace channels: its input is the same batch without them
+    unstemmed = inputs[:, :3 + detector._stat_channels()].contiguous()
     with torch.inference_mode():
-        frozen(colour), detector.embed(inputs), without_cdfa.embed(inputs)  # warm-up
+        frozen(colour), detector.embed(inputs), without_cdfa.embed(unstemmed)  # warm-up
         plain, adapted, packed = [], [], []
         while len(plain) < repeats or sum(plain) + sum(adapted) < MIN_TIMED_SECONDS:
             plain.append(timed_call(lambda: frozen(colour), device))
             adapted.append(timed_call(lambda: detector.embed(inputs), device))
-            packed.append(timed_call(lambda: without_cdfa.embed(inputs), device))
+            packed.append(timed_call(lambda: without_cdfa.embed(unstemmed), device))
     # a first-time cost: with the noise-map cache on, every repeat after the first would time a cache hit
     uncached = build(model, device, noise_cache_mb=0.0)
     maps = statistics.median(timed_call(lambda: uncached.preprocess(images[0]), "cpu") for _ in range(repeats))
