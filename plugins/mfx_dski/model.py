@@ -41,22 +41,14 @@ def _seeded(seed: int, name: str) -> torch.Generator:
     return torch_generator(seed, "dski", name)
 
 
-def _reset_linear(layer: nn.Linear, generator: torch.Generator) -> None:
-    """PyTorch's default ``nn.Linear`` initialisation, drawn from ``generator``."""
-    bound = 1.0 / layer.in_features**0.5
+def _reset_linear(layer: nn.Linear | nn.Conv2d, generator: torch.Generator) -> None:
+    """PyTorch's default ``nn.Linear`` / ``nn.Conv2d`` initialisation (bound ``1/sqrt(fan_in)``), drawn from
+    ``generator``."""
+    bound = 1.0 / layer.weight[0].numel() ** 0.5
     with torch.no_grad():
         layer.weight.copy_(torch.empty_like(layer.weight).uniform_(-bound, bound, generator=generator))
         if layer.bias is not None:
             layer.bias.copy_(torch.empty_like(layer.bias).uniform_(-bound, bound, generator=generator))
-
-
-def _reset_conv(conv: nn.Conv2d, generator: torch.Generator) -> None:
-    """PyTorch's default ``nn.Conv2d`` initialisation (bound ``1/sqrt(fan_in)``), drawn from ``generator``."""
-    bound = 1.0 / (conv.weight[0].numel()) ** 0.5
-    with torch.no_grad():
-        conv.weight.copy_(torch.empty_like(conv.weight).uniform_(-bound, bound, generator=generator))
-        if conv.bias is not None:
-            conv.bias.copy_(torch.empty_like(conv.bias).uniform_(-bound, bound, generator=generator))
 
 
 def _reset_adapter(adapter: CDFAAdapter, seed: int, name: str) -> None:
@@ -85,7 +77,7 @@ def _reset_noise(noise: NoiseTokens, seed: int) -> None:
         if noise.trace is not None:
             stem = _seeded(seed, "cdfa.noise.trace")
             for conv in (noise.trace.conv1, noise.trace.conv2):
-                _reset_conv(conv, stem)
+                _reset_linear(conv, stem)
 
 
 def reset_parameters(net: DSKIModules, seed: int, rank: int = 0) -> None:
