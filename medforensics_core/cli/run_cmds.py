@@ -144,6 +144,9 @@ def random_init_option(function):
               help="Join single-seed runs of one comparison (e.g. cluster jobs with --seed 0, --seed 1, ...) into "
                    "a new multi-seed run under --out, as --seeds would have made it; finishes what they left and "
                    "reports mean +- sd (repeatable; only the seed may differ).")
+@click.option("--extend", type=click.Path(path_type=str), metavar="RUN_DIR",
+              help="Add DETECTORS to a finished comparison: train only them, on its folds and test images, and "
+                   "report all together in a copy under --out (the run is left untouched).")
 @click.option("--train-modalities", help="cross-modality: comma-separated modalities to train on.")
 @click.option("--shots", type=int, default=5, show_default=True,
               help="few-shot: support images of the held-out generator.")
@@ -165,8 +168,8 @@ def random_init_option(function):
 @precision_option
 @random_init_option
 def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
-                    checkpoints, settings, perturb, out, resume, merge, train_modalities, shots, holdout, holdout_by,
-                    seeds, n_boot, precision, allow_random_init) -> None:
+                    checkpoints, settings, perturb, out, resume, merge, extend, train_modalities, shots, holdout,
+                    holdout_by, seeds, n_boot, precision, allow_random_init) -> None:
     """Train (or load) DETECTORS on the same data, evaluate them on the same images, report.
 
     \b
@@ -177,6 +180,7 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
       mfx compare dski univfd --perturb jpeg:50,blur:1.5
       mfx compare --resume runs/20261125-180000-compare  finish an interrupted run
       mfx compare --merge runs/A --merge runs/B          join two seeds run as separate jobs
+      mfx compare --extend runs/A freq                   add a detector to a finished comparison
     """
     from ..engine.compare import CompareOptions, run_compare
 
@@ -193,6 +197,8 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
     _check_names(detectors)
     if merge:
         resume = _merged_run(merge, resume, detectors, out)
+    elif extend:
+        resume = _extended_run(extend, resume, options)
     elif resume and detectors:
         _check_resume_detectors(resume, list(detectors))
     elif not resume and not detectors:
@@ -215,6 +221,19 @@ def _merged_run(merge: tuple[str, ...], resume: str | None, detectors, out: str)
     merged = merge_seed_runs(list(merge), out)
     console.print(f"merged {len(merge)} runs into [bold]{merged.path}[/]")
     return str(merged.path)
+
+
+def _extended_run(extend: str, resume: str | None, options) -> str:
+    """``--extend``: a copy of the run with the new detectors (then resumed like ``--resume``)."""
+    from ..engine.compare import extend_run
+
+    if resume:
+        raise MfxError("give --extend or --resume, not both")
+    if not options.detectors:
+        raise MfxError("--extend RUN_DIR: name the detectors to add (e.g. `mfx compare --extend RUN_DIR freq`)")
+    extended = extend_run(extend, options.detectors, options.overrides, options.out, options.command)
+    console.print(f"extended {extend} into [bold]{extended.path}[/]: training {' '.join(options.detectors)}")
+    return str(extended.path)
 
 
 def _seed_list(text: str | None) -> list[int]:

@@ -62,15 +62,16 @@ from .plan import (
 )
 from .report_build import LOG_FILE, SCORE_COLUMNS, fold_report, ok_rows, paired_tests, summarize_scores, write_scores
 from .seed_merge import combine_seeds, seed_paired_tests
-from .run_dirs import (CONFIG_FILE, load_resume_options, merge_seed_runs, prepare_run_dir, resolved_config,
-                       run_logging)
+from .run_dirs import (CONFIG_FILE, extend_run, load_resume_options, merge_seed_runs, prepare_run_dir,
+                       resolved_config, run_logging)
 from .session import Session, run_log
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CONFIG_FILE", "LOG_FILE", "SCORE_COLUMNS", "CompareOptions", "DetectorSpec", "PerturbedImages", "RunPlan",
            "Session", "add_references", "check_checkpoint", "checkpoint_detector_name", "combine_folds",
-           "failed_result", "fit_context", "fold_report", "load_resume_options", "merge_seed_runs", "make_context",
+           "extend_run", "failed_result", "fit_context", "fold_report", "load_resume_options", "merge_seed_runs",
+           "make_context",
            "obtain_detector", "ok_rows", "open_manifest", "paired_tests", "parse_perturbations", "plan_run",
            "prepare_run_dir",
            "resolve_data", "resolved_config", "run_compare", "run_detector", "run_fold", "run_logging",
@@ -109,7 +110,7 @@ def run_fold(plan: RunPlan, fold: Fold, fold_dir: RunDir, session: Session) -> d
             session.say(f"{prefix}[dim]{spec.name}: finished in an earlier attempt, kept[/]")
             results[spec.name] = resummarised(saved, fold, plan.options)
             continue
-        if session.resumed and spec.checkpoint is None:
+        if session.resumed and spec.checkpoint is None and spec.name not in session.added:
             session.say(f"{prefix}{spec.name}: unfinished in the earlier attempt; restarting it from scratch "
                         "(detectors keep no per-epoch checkpoints)")
         session.say(f"{prefix}[bold]{spec.name}[/]: {'loading checkpoint' if spec.checkpoint else 'training'} "
@@ -140,7 +141,8 @@ def run_compare(options: CompareOptions, *, console: Console | None = None, prog
     seeds = run_seeds(options)
     folds = protocol_folds(options, data, seeds[0])  # protocol errors come before any folder is made
     rank, world_size, device = distributed.init_from_env(resolve_device(options.device))
-    session = Session(device, rank, world_size, progress, console if rank == 0 else None, resumed=resumed is not None)
+    session = Session(device, rank, world_size, progress, console if rank == 0 else None, resumed=resumed is not None,
+                      added=_never_started(options, resumed))
     run_dir = prepare_run_dir(plan, session, resumed)
     session.log_path = run_dir.file(LOG_FILE)
     with run_logging(run_dir, enabled=rank == 0):
@@ -152,6 +154,13 @@ def run_compare(options: CompareOptions, *, console: Console | None = None, prog
         else:
             report = _run_seeds(plan, data, seeds, run_dir, session)
     return report, run_dir
+
+
+def _never_started(options: CompareOptions, resumed: RunDir | None) -> frozenset[str]:
+    """The detectors the last ``--extend`` added, while the extended copy has not run yet (no ``mfx.log``)."""
+    if resumed is None or not options.extends or resumed.exists(LOG_FILE):
+        return frozenset()
+    return frozenset(options.extends[-1]["added"])
 
 
 def protocol_folds(options: CompareOptions, data: DataBundle, seed: int) -> list[Fold]:

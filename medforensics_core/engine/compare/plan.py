@@ -53,6 +53,7 @@ class CompareOptions:
     allow_random_init: bool = False  # missing pretrained weights: random init (marked on every row) instead of failing
     allow: list[str] = dataclasses.field(default_factory=list)  # manifest problems to run with anyway (--allow)
     log: str | None = None  # "tensorboard": per-epoch scalars under RUN_DIR/tensorboard as well as mfx.log
+    extends: list[dict[str, Any]] | None = None  # runs this one was extended from (--extend): what each kept
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompareOptions:

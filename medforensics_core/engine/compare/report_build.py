@@ -101,7 +101,7 @@ def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], d
         "paired": paired_tests(results, fold.test.labels, options, bootstrap_clusters(fold.test.rows)),
         "bootstrap": bootstrap_info(fold, options),
         "notes": [*fold.notes, bootstrap_note(fold, options), *(scan_overlap_notes(fold) if needs_train else []),
-                  *_bankless_notes(plan, fold), *_notes(results, env)],
+                  *_bankless_notes(plan, fold), *extension_notes(options), *_notes(results, env)],
     }
     if plan.perturbations:
         report["perturbations"] = perturbation_section(plan, fold, results)
@@ -153,6 +153,13 @@ def _bankless_notes(plan: RunPlan, fold: Fold) -> list[str]:
 
     return [f"{spec.name} has no reference bank (does not declare ReferenceBank): no few-shot row"
             for spec in plan.specs if not issubclass(spec.cls, ReferenceBank)]
+
+
+def extension_notes(options: CompareOptions) -> list[str]:
+    """One line per ``--extend``: which detectors were kept from which run (and its mfx version)."""
+    return [f"{', '.join(step['added'])} added by --extend to {step['run']}: {', '.join(step['kept'])} are that "
+            f"run's results, kept as they were (mfx {step.get('mfx_version') or 'unknown'}), not trained again"
+            for step in options.extends or []]
 
 
 def _notes(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> list[str]:

@@ -92,7 +92,7 @@ def load_resume_options(run_dir: str | Path) -> tuple[CompareOptions, RunDir]:
         raise MfxError(f"{folder.file(CONFIG_FILE)}: damaged options ({exc}); cannot resume from it") from None
 
 
-MERGE_MAY_DIFFER = frozenset({"seed", "seeds", "out", "command", "run_dir"})
+MERGE_MAY_DIFFER = frozenset({"seed", "seeds", "out", "command", "run_dir", "extends"})
 """The options in which single-seed runs of one comparison may differ when :func:`merge_seed_runs` joins them."""
 
 
@@ -122,7 +122,9 @@ def merge_seed_runs(run_paths: Sequence[str | Path], out: str | Path) -> RunDir:
                         ignore=shutil.ignore_patterns(CONFIG_FILE, LOG_FILE))
     default_seed = next(f.default for f in dataclasses.fields(CompareOptions) if f.name == "seed")
     # ``seed`` of a multi-seed run only seeds the bootstrap: the value ``--seeds`` records without ``--seed``
+    extends = [step for options, _, _ in loaded for step in options.extends or []]  # each job's --extend history
     options = dataclasses.replace(first, seeds=seeds, seed=default_seed, out=str(out), run_dir=None,
+                                  extends=extends or None,
                                   command=f"{first.command} [merged: seeds {','.join(map(str, seeds))}]")
     target.write_json(CONFIG_FILE, {**first_config, "options": dataclasses.asdict(options), "seed": default_seed,
                                     "merged_from": {str(seed): str(folder.path.resolve())
@@ -147,3 +149,64 @@ def _seed_of_mergeable(run: tuple[CompareOptions, RunDir, dict[str, Any]],
                        "(another mfx version or --set?); runs with different configs are not seeds of one "
                        "comparison")
     return options.seeds[0] if options.seeds else options.seed
+
+
+def extend_run(run_path: str | Path, added: Sequence[str], overrides: dict[str, dict[str, str]], out: str | Path,
+               command: str) -> RunDir:
+    """A copy of a comparison under ``out`` with detectors ``added``: resuming it trains only those.
+
+    Why: a researcher who finished a comparison and then installs (or writes) one more detector wants it
+    in the same report, on the same folds and test images, paired against the detectors already there,
+    without training those again. The copy keeps every finished result (``results/<detector>.json``);
+    its ``config.json`` lists the old detectors and the new ones, so ``--resume`` of the copy trains the
+    new ones only and reports all of them together. The kept results were computed by the code that
+    made the source run: ``options.extends`` records that run, its mfx version and what was kept, and
+    the report says so. Refused when a name is already compared, or when the data's images differ from
+    the ones the kept results were scored on. The source run is left untouched.
+    """
+    from .plan import plan_run
+
+    options, source = load_resume_options(run_path)
+    already = [name for name in added if name in options.detectors]
+    if already:
+        raise MfxError(f"--extend: {', '.join(already)} already compared in {source.path} (name only new detectors)")
+    foreign = sorted(set(overrides) - set(added))
+    if foreign:
+        raise MfxError(f"--extend: --set names {', '.join(foreign)}, which is not added (the kept detectors "
+                       "keep the settings they were trained with)")
+    config = source.read_json(CONFIG_FILE)
+    extended = dataclasses.replace(
+        options, detectors=[*options.detectors, *added], overrides={**options.overrides, **overrides},
+        out=str(out), run_dir=None, label=f"{options.label}-{'-'.join(added)}",
+        command=f"{command} [extends {source.path.name}]",
+        extends=[*(options.extends or []), {"run": str(source.path.resolve()), "kept": list(options.detectors),
+                                            "mfx_version": _run_version(source), "added": list(added)}])
+    plan = plan_run(extended)
+    _check_same_images(source, plan.data_path)
+    target = new_run_dir(out, extended.label)
+    shutil.copytree(source.path, target.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CONFIG_FILE, LOG_FILE))
+    new_config = resolved_config(plan)
+    new_config["detectors"] = {**config.get("detectors", {}), **new_config["detectors"]}  # kept ones as trained
+    target.write_json(CONFIG_FILE, new_config)
+    return target
+
+
+def _run_version(run: RunDir) -> str | None:
+    """The mfx version that made a run (its environment.json), if recorded."""
+    if not run.exists("environment.json"):
+        return None
+    return run.read_json("environment.json").get("mfx_version")
+
+
+def _check_same_images(source: RunDir, data_path: Path) -> None:
+    """Refuse to extend a run whose data changed since: its kept scores would pair with other pixels."""
+    from .plan import open_manifest
+    from .report_build import data_fingerprint
+
+    if not source.exists("report.json"):
+        return  # an interrupted run wrote no report yet; resume's own check of the test paths still applies
+    recorded = (source.read_json("report.json").get("data") or {}).get("images_sha256")
+    now = data_fingerprint(data_path, open_manifest(data_path).rows).get("images_sha256")
+    if recorded and now and recorded != now:
+        raise MfxError(f"--extend: {data_path} now holds other images (sha256 {now[:16]}) than the ones "
+                       f"{source.path} was scored on ({recorded[:16]}); run the comparison again instead")

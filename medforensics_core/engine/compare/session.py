@@ -26,6 +26,7 @@ class Session:
     console: Console | None = None
     log_path: Path | None = None
     resumed: bool = False
+    added: frozenset[str] = frozenset()  # detectors --extend just added: no earlier attempt of theirs exists
 
     def say(self, message: str) -> None:
         if self.console is not None and self.rank == 0:
