@@ -640,16 +640,23 @@ def test_a_bank_smaller_than_top_k_gives_the_same_evidence_when_tuned_as_when_se
 
 
 def test_noise_map_cache_changes_no_number_and_skips_augmented_images(splits):
-    """The cached maps of a real benchmark image are those computed afresh; an augmented image is not kept."""
+    """The cached maps of a real benchmark image are those computed afresh; an augmented image is not kept;
+    the statistic maps and the trace maps share one ``noise_cache_mb``."""
     cached, fresh = dski(), dski(noise_cache_mb=0)
     image = splits["test"][0][0]
     first = cached.preprocess(image)
-    assert cached.noise_maps._cached_bytes > 0 and fresh.noise_maps._cached_bytes == 0
+    assert cached.noise_maps.cached_bytes > 0 and cached.trace_maps.cached_bytes > 0
+    assert fresh.noise_maps.cached_bytes == fresh.trace_maps.cached_bytes == 0
     torch.testing.assert_close(cached.preprocess(image), first, atol=0, rtol=0)
     torch.testing.assert_close(fresh.preprocess(image), first, atol=0, rtol=0)
-    kept = cached.noise_maps._cached_bytes
+    kept = cached.noise_maps.cached_bytes
     cached.noise_maps.image_maps((image * 0.9).contiguous(), keep=False)
-    assert cached.noise_maps._cached_bytes == kept
+    assert cached.noise_maps.cached_bytes == kept
+    # a budget that holds one image's statistic maps but not its trace maps as well: together they stay within it
+    tight = dski(noise_cache_mb=(kept + cached.trace_maps.cached_bytes - 1) / 2**20)
+    torch.testing.assert_close(tight.preprocess(image), first, atol=0, rtol=0)
+    assert tight.noise_maps.cached_bytes + tight.trace_maps.cached_bytes <= tight._cache_budget.limit
+    assert (tight.noise_maps.cached_bytes > 0) != (tight.trace_maps.cached_bytes > 0)
 
 
 def test_grid_views_see_an_edit_the_centre_crop_misses():

@@ -76,8 +76,8 @@ class DSKIConfig:
       for an image with this probability, and its parameters get weight decay ``noise_weight_decay``,
       so the adapters cannot lean on it alone and the gate does not open on a shortcut.
       ``noise_cache_mb``: the maps of un-augmented images are kept in memory (keyed by their pixels) up to
-      this many megabytes, because every epoch and every tuning pass would compute them again
-      (0 = recompute always; the cache changes no number, only the time).
+      this many megabytes (the statistic maps and the trace maps together), because every epoch and every
+      tuning pass would compute them again (0 = recompute always; the cache changes no number, only the time).
       ``trace_extractor``: one more registered, parameter-free extractor (e.g. ``npr``) whose per-pixel map
       is *not* pooled: it travels at full resolution with each view, is divided by its own mean magnitude
       (pattern, not level), and a small trained convolution (two 3x3 layers, ``trace_channels`` wide, the

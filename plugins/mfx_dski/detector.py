@@ -43,8 +43,8 @@ from . import mfrm, training
 from .cdfa import CDFA, evenly_spaced_blocks
 from .config import PRESETS, DSKIConfig
 from .inconsistency import RealReference, smoothest_cell_deviation
-from .model import (CellStats, DSKIModules, GridViews, NoiseMaps, check_extractors, descriptor, mean_over_views,
-                    noise_channel_count, reset_parameters, split_channels)
+from .model import (CacheBudget, CellStats, DSKIModules, GridViews, NoiseMaps, check_extractors, descriptor,
+                    mean_over_views, noise_channel_count, reset_parameters, split_channels)
 from .prompts import PromptContext, PromptEncoder
 
 v2 = lazy_module("torchvision.transforms.v2")
@@ -79,6 +79,7 @@ class DSKIBase(Detector, SupportsDistributed):
         cfg = self.config
         self.backbone: ClipBackbone = load_clip(cfg.clip_model, cfg.pretrained, device="cpu",
                                                 seed=cfg.backbone_seed)
+        self._cache_budget = CacheBudget(int(cfg.noise_cache_mb * 2**20))  # one budget for both kinds of map
         self.noise_maps = self._build_noise_maps()
         self.trace_maps = self._build_trace_maps()
         self.cell_stats = self._build_cell_stats()
@@ -113,7 +114,7 @@ class DSKIBase(Detector, SupportsDistributed):
         check_extractors(self.config.noise_extractors)
         registry = get_registry()
         return NoiseMaps({name: registry.noise_extractor(name)() for name in self.config.noise_extractors},
-                         cache_mb=self.config.noise_cache_mb)
+                         budget=self._cache_budget)
 
     def _build_trace_maps(self) -> NoiseMaps | None:
         """The full-resolution trace map of the noise branch's convolution (``trace_extractor``), or None."""
@@ -121,7 +122,7 @@ class DSKIBase(Detector, SupportsDistributed):
         if not (cfg.trace_extractor and cfg.use_cdfa and cfg.use_noise):
             return None
         extractor = get_registry().noise_extractor(cfg.trace_extractor)()
-        return NoiseMaps({cfg.trace_extractor: extractor}, cache_mb=cfg.noise_cache_mb)
+        return NoiseMaps({cfg.trace_extractor: extractor}, budget=self._cache_budget)
 
     def _build_cell_stats(self) -> CellStats | None:
         if self.noise_maps is None:

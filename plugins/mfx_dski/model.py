@@ -10,6 +10,7 @@ name), independent of which other modules exist or of the order they are built.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Mapping, Sequence
 
@@ -98,6 +99,22 @@ def reset_parameters(net: DSKIModules, seed: int, rank: int = 0) -> None:
             net.context.vectors.copy_(vectors)
 
 
+@dataclasses.dataclass
+class CacheBudget:
+    """Bytes that several map caches share: DSKI's cell-statistic maps and trace maps draw on one
+    ``noise_cache_mb``, so the setting bounds the memory the caches take together, not each of them."""
+
+    limit: int
+    used: int = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes if they fit (True), else leave the budget as it is (False)."""
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+
 class NoiseMaps:
     """Fixed noise extractors applied to one image at native resolution, before any resize (float32).
 
@@ -110,11 +127,12 @@ class NoiseMaps:
     The maps of an image depend on its pixels only, and training sees the same
     un-augmented image every epoch (and tuning embeds the same hold-out after every
     epoch), so :meth:`image_maps` keeps them, keyed by a digest of the pixels, up
-    to ``cache_mb`` megabytes (0 = no cache). Augmented images are not kept: they
-    never come back.
+    to ``cache_mb`` megabytes (0 = no cache), or within a ``budget`` shared with other
+    maps. Augmented images are not kept: they never come back.
     """
 
-    def __init__(self, extractors: Mapping[str, NoiseExtractor], cache_mb: float = 0.0):
+    def __init__(self, extractors: Mapping[str, NoiseExtractor], cache_mb: float = 0.0,
+                 budget: CacheBudget | None = None):
         trainable = [name for name, ex in extractors.items() if any(True for _ in ex.parameters())]
         if trainable:
             raise ConfigError(f"noise extractor {', '.join(trainable)} has trainable weights; DSKI's noise branch "
@@ -125,9 +143,9 @@ class NoiseMaps:
             extractor.eval()
         self.channels = sum(ex.out_channels for ex in self.extractors.values())
         self._reference: torch.Tensor | None = None
-        self.cache_bytes = int(cache_mb * 2**20)
+        self.budget = budget if budget is not None else CacheBudget(int(cache_mb * 2**20))
         self._cache: dict[bytes, torch.Tensor] = {}
-        self._cached_bytes = 0
+        self.cached_bytes = 0  # this cache's own share of the budget
 
     def energy_channels(self) -> tuple[int, ...]:
         """Channels that are per-band log local energies (extractors declaring ``local_energy_channels``)."""
@@ -139,7 +157,7 @@ class NoiseMaps:
 
     def image_maps(self, image: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """Maps ``(channels, H, W)`` of one image ``(3, H, W)``; kept for next time when ``keep`` and room is left."""
-        if self.cache_bytes <= 0 or image.device.type != "cpu":
+        if self.budget.limit <= 0 or image.device.type != "cpu":
             return self.maps(image[None])[0]
         key = pixel_digest(image)
         found = self._cache.get(key)
@@ -147,9 +165,9 @@ class NoiseMaps:
             return found
         found = self.maps(image[None])[0]
         size = found.numel() * found.element_size()
-        if keep and self._cached_bytes + size <= self.cache_bytes:
+        if keep and self.budget.take(size):
             self._cache[key] = found
-            self._cached_bytes += size
+            self.cached_bytes += size
         return found
 
     @torch.no_grad()
