@@ -386,7 +386,8 @@ def capabilities(cls: type) -> list[str]:
 
 def check_plugin_references(config: Any, registry: Registry | None = None) -> None:
     """A config field named after a plugin kind (``retriever``, ``noise_extractors``...), or declaring one in its
-    metadata (``dataclasses.field(metadata={"plugin_kind": "noise_extractor"})``), must name registered ones.
+    metadata (``dataclasses.field(metadata={"plugin_kind": "noise_extractor"})``), must name registered ones;
+    ``"optional": True`` in the metadata says that the empty name turns the part off (the error says so too).
 
     Run at plan time, so ``--set dski.retriever=faiss-flt`` fails in one line
     (with a suggestion) before a run directory exists or any image is decoded.
@@ -403,7 +404,8 @@ def check_plugin_references(config: Any, registry: Registry | None = None) -> No
                 try:
                     registry.get(kind, name)
                 except UnknownPluginError as exc:
-                    raise UnknownPluginError(f"config key {field.name!r}: {exc}") from None
+                    hint = f"; `{field.name}=` (empty) turns it off" if field.metadata.get("optional") else ""
+                    raise UnknownPluginError(f"config key {field.name!r}: {exc}{hint}") from None
 
 
 def plugin_rows(registry: Registry | None = None) -> list[dict[str, Any]]:

@@ -54,8 +54,11 @@ def test_set_has_one_syntax_and_train_takes_the_short_form():
                                                                         "cnnspot": {"lr": "0.1"}}
     assert detector_overrides(("epochs=2", "freq.n_bins=8"), detector="freq") == {"freq": {"epochs": "2",
                                                                                              "n_bins": "8"}}
+    assert detector_overrides(("dski.trace_extractor=",)) == {"dski": {"trace_extractor": ""}}  # "none" is a value
     with pytest.raises(MfxError, match="DETECTOR.key=value"):
         detector_overrides(("epochs=2",))
+    with pytest.raises(MfxError, match="NAME.key=value"):
+        detector_overrides(("dski.epochs",))
     with pytest.raises(MfxError, match="this command runs 'freq'"):
         detector_overrides(("dski.epochs=2",), detector="freq")
 

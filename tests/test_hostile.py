@@ -335,7 +335,8 @@ def test_run_files_get_normal_permissions(tmp_path):
     (["dski", "--set", "dski.top_k=0"], "top_k"),
     (["dski", "--set", "dski.retriever=faiss-flt"], "faiss-flt"),
     (["dski", "--set", "dski.noise_extractors=srm,nosuch"], "nosuch"),
-    (["dski", "--set", "dski.trace_extractor=nprr"], "nprr"),
+    (["dski", "--set", "dski.trace_extractor=nprr"], "`trace_extractor=` (empty) turns it off"),
+    (["dski", "--set", "dski.epochs="], "'' is not a valid int"),
 ])
 def test_nonsense_values_fail_at_plan_time_before_a_run_directory(args, expected, dataset, tmp_path):
     runs = tmp_path / "runs"

@@ -45,11 +45,15 @@ def on_bad_option(default: str, *, aliases: dict[str, str] | None = None):
 
 
 def detector_overrides(values: tuple[str, ...], *, detector: str | None = None) -> dict[str, dict[str, str]]:
-    """``--set dski.epochs=2`` -> ``{"dski": {"epochs": "2"}}``; with ``detector``, ``epochs=2`` means that detector."""
+    """``--set dski.epochs=2`` -> ``{"dski": {"epochs": "2"}}``; with ``detector``, ``epochs=2`` means that detector.
+
+    An empty value is a value: ``--set dski.trace_extractor=`` turns off a part that a key names (the empty
+    name means none); a key whose type cannot be empty says so in one line when the config is built.
+    """
     out: dict[str, dict[str, str]] = {}
     for value in values:
         target, sep, setting = value.partition("=")
-        if not sep or not target.strip() or not setting.strip():
+        if not sep or not target.strip():
             raise MfxError(f"--set expects NAME.key=value, got {value!r}")
         name, dot, key = target.strip().partition(".")
         if not dot:

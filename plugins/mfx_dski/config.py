@@ -202,7 +202,8 @@ class DSKIConfig:
     noise_dropout: float = 0.2
     noise_weight_decay: float = 0.05
     noise_cache_mb: float = 2048.0
-    trace_extractor: str = dataclasses.field(default="npr", metadata={"plugin_kind": "noise_extractor"})
+    trace_extractor: str = dataclasses.field(default="npr",
+                                                metadata={"plugin_kind": "noise_extractor", "optional": True})
     trace_channels: int = 16
     # training
     lr: float = 4e-4
