@@ -78,3 +78,21 @@ def test_extend_refuses_what_would_not_be_one_comparison(small_dataset, test_det
         assert result.exit_code == 2 and len(error_lines(result.output)) == 1, (args, result.output)
         assert reason in error_lines(result.output)[0] and "Traceback" not in result.output
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())  # nothing half-made
+
+
+def test_extend_of_a_multi_seed_run_trains_the_new_detector_once_per_seed(small_dataset, test_detectors, tmp_path):
+    """``--seeds 3,4`` then ``--extend``: the same report, per-seed rows and seed-paired tests as naming both."""
+    data = ("--data", str(small_dataset), "--seeds", "3,4", "--n-boot", "100")
+    assert run_mfx("compare", "freq", "test-probe", *data, "--out", str(tmp_path / "together")).exit_code == 0
+    reference = _report(only_run_dir(tmp_path / "together"))
+    assert run_mfx("compare", "freq", *data, "--out", str(tmp_path / "first")).exit_code == 0
+    extended = run_mfx("compare", "--extend", str(only_run_dir(tmp_path / "first")), "test-probe",
+                       "--out", str(tmp_path / "extended"))
+    assert extended.exit_code == 0, extended.output
+    assert extended.output.count("test-probe: training (") == 2 and ": training (" not in \
+        extended.output.replace("test-probe: training (", "")
+    report = _report(only_run_dir(tmp_path / "extended"))
+    assert report["seeds"] == [3, 4]
+    for name in ("freq", "test-probe"):
+        assert report["detectors"][name]["overall"] == reference["detectors"][name]["overall"]
+    assert report["per_seed"] == reference["per_seed"] and report["paired"] == reference["paired"]
