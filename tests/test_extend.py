@@ -53,6 +53,7 @@ def test_extend_trains_only_the_new_detector_and_reports_as_if_compared_together
     assert config["options"]["detectors"] == ["freq", "test-probe"]
     assert config["options"]["extends"][0]["kept"] == ["freq"]
     assert set(config["detectors"]) == {"freq", "test-probe"}
+    assert config["detectors"]["freq"] == json.loads((source / "config.json").read_text())["detectors"]["freq"]
     assert not list(source.rglob("test-probe*"))  # the extended run is untouched
     assert _report(source)["detectors"].keys() == {"freq"}
 
@@ -66,9 +67,20 @@ def test_extend_refuses_what_would_not_be_one_comparison(small_dataset, test_det
     report = _report(changed)
     report["data"]["images_sha256"] = "0" * 64  # what a rebuilt dataset with other pixels would have recorded
     (changed / "report.json").write_text(json.dumps(report))
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(source, unfinished)
+    (unfinished / "results" / "freq.json").unlink()  # as a run stopped while freq trained leaves it
+    no_report = tmp_path / "no-report"
+    shutil.copytree(source, no_report)
+    (no_report / "report.json").unlink()
     out = ("--out", str(tmp_path / "x"))
     cases = [(("--extend", str(source), "freq"), "freq already compared"),
              (("--extend", str(source), "test-probe", "--set", "freq.max_iter=5"), "which is not added"),
+             (("--extend", str(source), "test-probe", "--checkpoint", "freq=f.safetensors"), "which is not added"),
+             (("--extend", str(source), "test-probe", "--seed", "3"), "not --seed"),
+             (("--extend", str(source), "test-probe", "--merge", str(source)), "not both"),
+             (("--extend", str(unfinished), "test-probe"), "freq did not finish"),
+             (("--extend", str(no_report), "test-probe"), "is not finished"),
              (("--extend", str(changed), "test-probe"), "now holds other images"),
              (("--extend", str(source)), "name the detectors to add"),
              (("--extend", str(source), "--resume", str(source), "test-probe"), "not both"),
@@ -78,6 +90,16 @@ def test_extend_refuses_what_would_not_be_one_comparison(small_dataset, test_det
         assert result.exit_code == 2 and len(error_lines(result.output)) == 1, (args, result.output)
         assert reason in error_lines(result.output)[0] and "Traceback" not in result.output
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())  # nothing half-made
+    # a refusal that comes only once the copy is resumed (here: the data is gone) leaves no copy either
+    moved = tmp_path / "moved-data"
+    shutil.copytree(small_dataset, moved)
+    elsewhere = run_mfx("compare", "freq", "--data", str(moved), "--n-boot", "50", "--out", str(tmp_path / "b"))
+    assert elsewhere.exit_code == 0, elsewhere.output
+    next(moved.rglob("*.png")).unlink()  # an image lost after the run: found only when the copy's run opens the data
+    result = run_mfx("compare", "--extend", str(only_run_dir(tmp_path / "b")), "test-probe", *out)
+    assert result.exit_code == 2 and len(error_lines(result.output)) == 1, result.output
+    assert "extended " in result.output  # the copy was made, then removed when its run refused to start
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
 def test_extend_of_a_multi_seed_run_trains_the_new_detector_once_per_seed(small_dataset, test_detectors, tmp_path):

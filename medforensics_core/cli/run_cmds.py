@@ -195,10 +195,14 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
         label="compare-" + "-".join(detectors), command=_command_line(), precision=precision,
         allow_random_init=allow_random_init)
     _check_names(detectors)
+    if merge and extend:
+        raise MfxError("give --merge or --extend, not both (merge first, then extend the merged run)")
     if merge:
         resume = _merged_run(merge, resume, detectors, out)
     elif extend:
         resume = _extended_run(extend, resume, options)
+        _run_extended(options, resume)
+        return
     elif resume and detectors:
         _check_resume_detectors(resume, list(detectors))
     elif not resume and not detectors:
@@ -223,17 +227,56 @@ def _merged_run(merge: tuple[str, ...], resume: str | None, detectors, out: str)
     return str(merged.path)
 
 
+EXTEND_TAKES = frozenset({"detectors", "extend", "settings", "checkpoints", "out"})
+"""What ``--extend`` takes from the command line; every other option is the run's (its config.json)."""
+
+
 def _extended_run(extend: str, resume: str | None, options) -> str:
     """``--extend``: a copy of the run with the new detectors (then resumed like ``--resume``)."""
     from ..engine.compare import extend_run
 
     if resume:
         raise MfxError("give --extend or --resume, not both")
+    import os
+
+    if _rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise MfxError("--extend makes a copy in one process: run it without torchrun, stop it once it trains "
+                       "if you like, then `torchrun ... mfx compare --resume COPY`")
     if not options.detectors:
         raise MfxError("--extend RUN_DIR: name the detectors to add (e.g. `mfx compare --extend RUN_DIR freq`)")
-    extended = extend_run(extend, options.detectors, options.overrides, options.out, options.command)
+    given = _options_given(EXTEND_TAKES)
+    if given:
+        raise MfxError(f"--extend takes the run's own options (its config.json), not {', '.join(given)}: a "
+                       "detector added with other options would not be paired fairly (run a new comparison)")
+    extended = extend_run(extend, options.detectors, options.overrides, options.checkpoints, options.out,
+                          options.command)
     console.print(f"extended {extend} into [bold]{extended.path}[/]: training {' '.join(options.detectors)}")
     return str(extended.path)
+
+
+def _run_extended(options, copy: str) -> None:
+    """Finish the extended copy like ``--resume``; if it stops before it started, nothing is left of it."""
+    from ..engine.compare import discard_unstarted, run_compare
+
+    try:
+        report, run_dir = _progress_and_run(
+            lambda progress: run_compare(options, console=console, progress=progress, resume=copy))
+    except MfxError:
+        discard_unstarted(copy)
+        raise
+    finally:
+        _finish_distributed()
+    _report_outcome(report, run_dir, _rank())
+
+
+def _options_given(allowed: frozenset[str]) -> list[str]:
+    """The options typed on the command line (or set from the environment) that are not in ``allowed``."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return [param.opts[0] for param in ctx.command.params
+            if param.name not in allowed and ctx.get_parameter_source(param.name)
+            not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
 
 
 def _seed_list(text: str | None) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
@@ -151,17 +152,19 @@ def _seed_of_mergeable(run: tuple[CompareOptions, RunDir, dict[str, Any]],
     return options.seeds[0] if options.seeds else options.seed
 
 
-def extend_run(run_path: str | Path, added: Sequence[str], overrides: dict[str, dict[str, str]], out: str | Path,
-               command: str) -> RunDir:
-    """A copy of a comparison under ``out`` with detectors ``added``: resuming it trains only those.
+def extend_run(run_path: str | Path, added: Sequence[str], overrides: dict[str, dict[str, str]],
+               checkpoints: dict[str, str], out: str | Path, command: str) -> RunDir:
+    """A copy of a finished comparison under ``out`` with detectors ``added``: resuming it trains only those.
 
     Why: a researcher who finished a comparison and then installs (or writes) one more detector wants it
     in the same report, on the same folds and test images, paired against the detectors already there,
     without training those again. The copy keeps every finished result (``results/<detector>.json``);
-    its ``config.json`` lists the old detectors and the new ones, so ``--resume`` of the copy trains the
-    new ones only and reports all of them together. The kept results were computed by the code that
-    made the source run: ``options.extends`` records that run, its mfx version and what was kept, and
-    the report says so. Refused when a name is already compared, or when the data's images differ from
+    its ``config.json`` lists the old detectors (with the configs they were trained with) and the new
+    ones, so ``--resume`` of the copy trains the new ones only and reports all of them together. The kept
+    results were computed by the code that made the source run: ``options.extends`` records that run,
+    its mfx version and what was kept, and the report says so. Refused, before anything is written, when
+    a name is already compared, when ``--set``/``--checkpoint`` name a kept detector, when the run is not
+    finished (a detector missing or failed: ``--resume`` it first), or when the data's images differ from
     the ones the kept results were scored on. The source run is left untouched.
     """
     from .plan import plan_run
@@ -170,25 +173,73 @@ def extend_run(run_path: str | Path, added: Sequence[str], overrides: dict[str, 
     already = [name for name in added if name in options.detectors]
     if already:
         raise MfxError(f"--extend: {', '.join(already)} already compared in {source.path} (name only new detectors)")
-    foreign = sorted(set(overrides) - set(added))
+    foreign = sorted((set(overrides) | set(checkpoints)) - set(added))
     if foreign:
-        raise MfxError(f"--extend: --set names {', '.join(foreign)}, which is not added (the kept detectors "
-                       "keep the settings they were trained with)")
+        raise MfxError(f"--extend: --set/--checkpoint name {', '.join(foreign)}, which is not added (the kept "
+                       "detectors keep the settings they were trained with)")
+    _check_finished(source, options.detectors)
     config = source.read_json(CONFIG_FILE)
     extended = dataclasses.replace(
         options, detectors=[*options.detectors, *added], overrides={**options.overrides, **overrides},
-        out=str(out), run_dir=None, label=f"{options.label}-{'-'.join(added)}",
-        command=f"{command} [extends {source.path.name}]",
+        checkpoints={**options.checkpoints, **checkpoints}, out=str(out), run_dir=None,
+        label=f"{options.label}-{'-'.join(added)}", command=f"{command} [extends {source.path.name}]",
         extends=[*(options.extends or []), {"run": str(source.path.resolve()), "kept": list(options.detectors),
                                             "mfx_version": _run_version(source), "added": list(added)}])
     plan = plan_run(extended)
     _check_same_images(source, plan.data_path)
     target = new_run_dir(out, extended.label)
-    shutil.copytree(source.path, target.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CONFIG_FILE, LOG_FILE))
+    shutil.copytree(source.path, target.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*NOT_COPIED))
     new_config = resolved_config(plan)
-    new_config["detectors"] = {**config.get("detectors", {}), **new_config["detectors"]}  # kept ones as trained
+    new_config["detectors"] = {**new_config["detectors"], **config.get("detectors", {})}  # kept ones as trained
     target.write_json(CONFIG_FILE, new_config)
     return target
+
+
+NOT_COPIED = (CONFIG_FILE, LOG_FILE, "report.json", "report.md", "report.html", "metrics.csv")
+"""Left out of an extended copy: written anew for it (a stale report would name only the old detectors)."""
+
+
+def discard_unstarted(run_path: str | Path) -> None:
+    """Remove an extended copy that stopped before any added detector finished: it holds nothing new, and a
+    copy that looks like an extension but is none should not be left for a later ``--resume`` to mistake."""
+    from ..resume import RESULTS_FOLDER
+
+    folder = Path(run_path)
+    if not (folder / CONFIG_FILE).is_file():
+        return
+    options, _ = load_resume_options(folder)
+    added = (options.extends or [{}])[-1].get("added", [])
+    made = [path for name in added for path in folder.rglob(f"{RESULTS_FOLDER}/{name}.json")]
+    if not made:
+        shutil.rmtree(folder)
+
+
+def _check_finished(source: RunDir, detectors: Sequence[str]) -> None:
+    """Every detector of the run finished on every fold and seed (else its result would be trained anew by
+    another version of the code, while the report called it kept)."""
+    from ..resume import RESULTS_FOLDER
+
+    folders = [p for p in source.path.rglob(RESULTS_FOLDER) if p.is_dir()]
+    if not source.exists("report.json") or not folders:
+        raise MfxError(f"--extend: {source.path} is not finished (no report); finish it with "
+                       f"`mfx compare --resume {source.path}` first")
+    for folder in folders:
+        for name in detectors:
+            status = _result_status(folder / f"{name}.json")
+            if status != "ok":
+                raise MfxError(f"--extend: {name} {status} in {folder.parent}; finish the run with "
+                               f"`mfx compare --resume {source.path}` first")
+
+
+def _result_status(path: Path) -> str:
+    """``ok``, or what went wrong with a saved result, in words."""
+    if not path.is_file():
+        return "did not finish"
+    try:
+        status = json.loads(path.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return "has a damaged result file"
+    return "ok" if status == "ok" else "failed"
 
 
 def _run_version(run: RunDir) -> str | None:
@@ -203,8 +254,6 @@ def _check_same_images(source: RunDir, data_path: Path) -> None:
     from .plan import open_manifest
     from .report_build import data_fingerprint
 
-    if not source.exists("report.json"):
-        return  # an interrupted run wrote no report yet; resume's own check of the test paths still applies
     recorded = (source.read_json("report.json").get("data") or {}).get("images_sha256")
     now = data_fingerprint(data_path, open_manifest(data_path).rows).get("images_sha256")
     if recorded and now and recorded != now:
