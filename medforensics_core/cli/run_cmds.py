@@ -201,8 +201,6 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
         resume = _merged_run(merge, resume, detectors, out)
     elif extend:
         resume = _extended_run(extend, resume, options)
-        _run_extended(options, resume)
-        return
     elif resume and detectors:
         _check_resume_detectors(resume, list(detectors))
     elif not resume and not detectors:
@@ -211,6 +209,12 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
         report, run_dir = _progress_and_run(
             lambda progress: run_compare(options, console=console, progress=progress, resume=resume))
         _report_outcome(report, run_dir, _rank())
+    except MfxError:
+        if extend:  # a copy whose run stopped before any added detector finished is not left behind
+            from ..engine.compare import discard_unstarted
+
+            discard_unstarted(resume)
+        raise
     finally:
         _finish_distributed()
 
@@ -233,12 +237,12 @@ EXTEND_TAKES = frozenset({"detectors", "extend", "settings", "checkpoints", "out
 
 def _extended_run(extend: str, resume: str | None, options) -> str:
     """``--extend``: a copy of the run with the new detectors (then resumed like ``--resume``)."""
+    import os
+
     from ..engine.compare import extend_run
 
     if resume:
         raise MfxError("give --extend or --resume, not both")
-    import os
-
     if _rank() != 0 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MfxError("--extend makes a copy in one process: run it without torchrun, stop it once it trains "
                        "if you like, then `torchrun ... mfx compare --resume COPY`")
@@ -252,21 +256,6 @@ def _extended_run(extend: str, resume: str | None, options) -> str:
                           options.command)
     console.print(f"extended {extend} into [bold]{extended.path}[/]: training {' '.join(options.detectors)}")
     return str(extended.path)
-
-
-def _run_extended(options, copy: str) -> None:
-    """Finish the extended copy like ``--resume``; if it stops before it started, nothing is left of it."""
-    from ..engine.compare import discard_unstarted, run_compare
-
-    try:
-        report, run_dir = _progress_and_run(
-            lambda progress: run_compare(options, console=console, progress=progress, resume=copy))
-    except MfxError:
-        discard_unstarted(copy)
-        raise
-    finally:
-        _finish_distributed()
-    _report_outcome(report, run_dir, _rank())
 
 
 def _options_given(allowed: frozenset[str]) -> list[str]:

@@ -62,16 +62,16 @@ from .plan import (
 )
 from .report_build import LOG_FILE, SCORE_COLUMNS, fold_report, ok_rows, paired_tests, summarize_scores, write_scores
 from .seed_merge import combine_seeds, seed_paired_tests
-from .run_dirs import (CONFIG_FILE, discard_unstarted, extend_run, load_resume_options, merge_seed_runs, prepare_run_dir,
-                       resolved_config, run_logging)
+from .run_dirs import (CONFIG_FILE, discard_unstarted, extend_run, load_resume_options, merge_seed_runs,
+                       prepare_run_dir, resolved_config, run_logging)
 from .session import Session, run_log
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CONFIG_FILE", "LOG_FILE", "SCORE_COLUMNS", "CompareOptions", "DetectorSpec", "PerturbedImages", "RunPlan",
            "Session", "add_references", "check_checkpoint", "checkpoint_detector_name", "combine_folds",
-           "discard_unstarted", "extend_run", "failed_result", "fit_context", "fold_report", "load_resume_options", "merge_seed_runs",
-           "make_context",
+           "discard_unstarted", "extend_run", "failed_result", "fit_context", "fold_report", "load_resume_options",
+           "merge_seed_runs", "make_context",
            "obtain_detector", "ok_rows", "open_manifest", "paired_tests", "parse_perturbations", "plan_run",
            "prepare_run_dir",
            "resolve_data", "resolved_config", "run_compare", "run_detector", "run_fold", "run_logging",
