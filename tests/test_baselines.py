@@ -367,6 +367,32 @@ def test_precision_is_fp32_by_default_and_autocasts_when_asked():
             assert layer(x).dtype == dtype
 
 
+@pytest.mark.parametrize("name", ["dski", "fatformer", "rine"])
+def test_allow_random_init_holds_for_detectors_that_load_clip_weights_at_build_or_fit(name, splits, monkeypatch):
+    """--allow-random-init promises every detector a random start when its weights are missing: DSKI loads its
+    backbone when built, FatFormer and RINE in fit; none of them handled the flag itself, so each one failed."""
+    from medforensics_core.engine.compare.detector_run import train_detector
+    from medforensics_core.engine.compare.plan import DetectorSpec
+
+    monkeypatch.setenv("MFX_ALLOW_DOWNLOAD", "0")
+    train, val = splits["train"].subset(range(0, 96, 3)), splits["val"].subset(range(0, 48, 3))
+    cls = get_registry().detector(name)
+    missing = DetectorSpec(name, cls, "tiny", {"pretrained": "openai", "epochs": "1"})  # not on this machine
+    with pytest.raises(WeightsNotFoundError, match="openai") as info:
+        train_detector(missing, train, val, FitContext())
+    assert "\n" not in str(info.value)
+
+    fallen_back, _ = train_detector(missing, train, val, FitContext(allow_random_init=True))
+    assert fallen_back.random_init_fallback and fallen_back.config.pretrained == "random"
+    assert "random init" in fallen_back.weights_info() and fallen_back.warnings()
+    # the same detector as one asked for with random weights: same seed, same start, same scores
+    chosen, _ = train_detector(DetectorSpec(name, cls, "tiny", {"pretrained": "random", "epochs": "1"}), train, val,
+                               FitContext())
+    assert not getattr(chosen, "random_init_fallback", False)
+    test = splits["test"].subset(range(0, 60, 4))
+    np.testing.assert_array_equal(score(fallen_back, test), score(chosen, test))
+
+
 def test_a_random_init_fallback_is_marked_on_every_report_row():
     from medforensics_core.report import views
 

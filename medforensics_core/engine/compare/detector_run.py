@@ -17,7 +17,7 @@ import torch
 
 from ...contract import ReferenceBank, SupportsDistributed
 from ...decision import DEFAULT_THRESHOLD, flag_fake
-from ...errors import MfxError
+from ...errors import MfxError, WeightsNotFoundError
 from ...interfaces import Detector, Perturbation
 from ...report.schema import TRAINABLE_PARAMS, DetectorEntry
 from ...metrics import VALIDATION_FPR, threshold_at_fpr
@@ -30,6 +30,8 @@ from ..protocols import Fold
 from ..rundir import RunDir, release_memory, reset_peak_memory
 from .plan import CompareOptions, DetectorSpec, RunPlan
 from .report_build import summarize_scores
+
+log = logging.getLogger("mfx.run")
 
 
 def make_context(options: CompareOptions, device: torch.device, rank: int = 0, world_size: int = 1,
@@ -75,14 +77,41 @@ def fit_context(cls: type[Detector], ctx: FitContext) -> FitContext:
 
 def train_detector(spec: DetectorSpec, train, val, ctx: FitContext) -> tuple[Detector, float]:
     """Seed, build and fit one detector, then fix its threshold on ``val``; returns it and its training seconds."""
-    seed_everything(ctx.seed)
-    detector = spec.build(ctx.device)
     start = time.perf_counter()
-    detector.fit(train, val, fit_context(spec.cls, ctx))
-    detector.fitted = True
+    try:
+        detector = built_and_fitted(spec, train, val, ctx)
+    except WeightsNotFoundError as exc:
+        if not ctx.allow_random_init or not hasattr(spec.config(), "pretrained"):
+            raise
+        detector = random_init_fallback(spec, train, val, ctx, exc)
     seconds = time.perf_counter() - start
     detector.train_info.update(validated_threshold(detector, val, ctx))
     return detector, seconds
+
+
+def built_and_fitted(spec: DetectorSpec, train, val, ctx: FitContext) -> Detector:
+    seed_everything(ctx.seed)
+    detector = spec.build(ctx.device)
+    detector.fit(train, val, fit_context(spec.cls, ctx))
+    detector.fitted = True
+    return detector
+
+
+def random_init_fallback(spec: DetectorSpec, train, val, ctx: FitContext, missing: WeightsNotFoundError) -> Detector:
+    """``--allow-random-init`` for any detector that follows the one weights key, ``pretrained``: built and fitted
+    again with ``pretrained=random``, and marked so that every report row says so.
+
+    Why here and not in each detector: DSKI loads its frozen backbone when it is built (before ``fit`` sees the
+    context), FatFormer and RINE at the start of ``fit``, and a third-party detector anywhere; the flag promises the
+    same for all of them. CNNSpot and UnivFD fall back inside ``fit`` themselves (so the Python API's
+    ``FitContext(allow_random_init=True)`` works for them) and never reach this. Weights are resolved before any
+    training image is read, so nothing computed is thrown away.
+    """
+    log.warning("%s: %s; --allow-random-init: random weights instead (every report row is marked)", spec.name, missing)
+    detector = built_and_fitted(dataclasses.replace(spec, overrides={**spec.overrides, "pretrained": "random"}),
+                                train, val, ctx)
+    detector.random_init_fallback = True
+    return detector
 
 
 def validated_threshold(detector: Detector, val, ctx: FitContext, fpr: float = VALIDATION_FPR) -> dict[str, Any]:
@@ -194,8 +223,7 @@ def report_examples(detector: Detector, images, scores: np.ndarray, threshold: f
     try:
         return write_examples(detector, images, scores, threshold, fold_dir, name, ctx)
     except (OSError, ValueError, RuntimeError, MfxError) as exc:
-        logging.getLogger("mfx.run").warning("%s: no example images in the report (%s: %s)", name,
-                                             type(exc).__name__, exc)
+        log.warning("%s: no example images in the report (%s: %s)", name, type(exc).__name__, exc)
         return {}
 
 
