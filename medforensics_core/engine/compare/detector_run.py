@@ -104,8 +104,8 @@ def random_init_fallback(spec: DetectorSpec, train, val, ctx: FitContext, missin
     Why here and not in each detector: DSKI loads its frozen backbone when it is built (before ``fit`` sees the
     context), FatFormer and RINE at the start of ``fit``, and a third-party detector anywhere; the flag promises the
     same for all of them. CNNSpot and UnivFD fall back inside ``fit`` themselves (so the Python API's
-    ``FitContext(allow_random_init=True)`` works for them) and never reach this. Weights are resolved before any
-    training image is read, so nothing computed is thrown away.
+    ``FitContext(allow_random_init=True)`` works for them) and never reach this. Every built-in detector resolves its
+    weights before the first training step (RINE after reading its first batch), so the retry repeats no training.
     """
     log.warning("%s: %s; --allow-random-init: random weights instead (every report row is marked)", spec.name, missing)
     detector = built_and_fitted(dataclasses.replace(spec, overrides={**spec.overrides, "pretrained": "random"}),
