@@ -393,6 +393,24 @@ def test_allow_random_init_holds_for_detectors_that_load_clip_weights_at_build_o
     np.testing.assert_array_equal(score(fallen_back, test), score(chosen, test))
 
 
+@pytest.mark.parametrize("name", ["dski", "univfd", "fatformer", "rine", "cnnspot", "npr"])
+def test_bf16_scoring_returns_float_scores_close_to_fp32(name, splits):
+    """``--precision bf16`` scores under autocast; DSKI and UnivFD handed bf16 tensors to numpy, which has no
+    bfloat16, and stopped ("Got unsupported ScalarType BFloat16"). Every detector's scores now come back as
+    floats, a small move from fp32 (tests/test_cuda.py checks the same on a GPU)."""
+    from medforensics_core.engine.compare.detector_run import train_detector
+    from medforensics_core.engine.compare.plan import DetectorSpec
+
+    train, val = splits["train"].subset(range(0, 96, 3)), splits["val"].subset(range(0, 48, 3))
+    detector, _ = train_detector(DetectorSpec(name, get_registry().detector(name), "tiny", {"epochs": "1"}), train,
+                                 val, FitContext())
+    test = splits["test"].subset(range(0, 120, 3))
+    in_fp32 = score(detector, test, FitContext())
+    in_bf16 = score(detector, test, FitContext(precision="bf16"))
+    assert in_bf16.dtype.kind == "f" and np.all(np.isfinite(in_bf16))
+    assert np.abs(in_bf16 - in_fp32).mean() < 0.03
+
+
 def test_a_random_init_fallback_is_marked_on_every_report_row():
     from medforensics_core.report import views
 

@@ -195,7 +195,7 @@ class FatFormerDetector(Detector, SupportsDistributed):
     @torch.no_grad()
     def predict_proba(self, batch: Batch) -> np.ndarray:
         self.ensure_model().eval()
-        return torch.sigmoid(self.forward(batch.inputs)).cpu().numpy()
+        return torch.sigmoid(self.forward(batch.inputs)).float().cpu().numpy()
 
     # -- training
     def fit(self, train: Any, val: Any | None = None, ctx: Any | None = None) -> "FatFormerDetector":

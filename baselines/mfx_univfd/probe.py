@@ -167,7 +167,7 @@ class UnivFDDetector(ClipFeatureDetector, SupportsDistributed):
 
     @torch.no_grad()
     def predict_proba(self, batch: Batch) -> np.ndarray:
-        return torch.sigmoid(self.forward(batch.inputs).reshape(-1)).cpu().numpy()
+        return torch.sigmoid(self.forward(batch.inputs).reshape(-1)).float().cpu().numpy()
 
     def load_state(self, tensors: Mapping[str, torch.Tensor], extra: Mapping[str, Any],
                    source: str = "checkpoint") -> None:

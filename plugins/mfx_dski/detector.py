@@ -261,7 +261,7 @@ class DSKIBase(Detector, SupportsDistributed):
         """Raw scores standardised against the training reals of each image's modality (``None``: not fitted)."""
         if raw is None or self.inconsistency_reference is None:
             return None
-        values = raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
+        values = raw.detach().float().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
         return self.inconsistency_reference.standardise(values, modalities)
 
     def bank_dim(self) -> int:
@@ -299,7 +299,7 @@ class DSKIBase(Detector, SupportsDistributed):
 
     def stage1_probability(self, embeddings: torch.Tensor, modalities: Sequence[str] | None) -> np.ndarray:
         logits = self.clip_logits(embeddings, self.prompt_modalities(modalities, len(embeddings)))
-        return torch.softmax(logits, dim=-1)[:, 1].detach().cpu().numpy().astype(np.float64)
+        return torch.softmax(logits, dim=-1)[:, 1].detach().float().cpu().numpy().astype(np.float64)
 
     def stage_scores(self, batch: torch.Tensor, modalities: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Each stage's score: ``stage1`` probability, ``retrieval`` evidence ``F - R`` (0 without a bank), ``fused``.
@@ -337,7 +337,7 @@ class DSKIBase(Detector, SupportsDistributed):
 
     def _search(self, vectors: torch.Tensor, modalities: Sequence[str] | None) -> mfrm.Neighbours:
         restrict = list(modalities) if self.config.same_modality and modalities is not None else None
-        return mfrm.search(self.bank, vectors.detach().cpu().numpy().astype(np.float32), self.config.top_k, restrict)
+        return mfrm.search(self.bank, vectors.detach().float().cpu().numpy().astype(np.float32), self.config.top_k, restrict)
 
     def mfrm_active(self) -> bool:
         """Whether test-time retrieval is used: MFRM on and a non-empty bank."""
@@ -523,7 +523,7 @@ class DSKIDetector(DSKIBase, ReferenceBank):
             meta = [{"label": int(labels[i]), "modality": modalities[i], "generator": generators[i],
                      "source": sources[i], "added": "reference"} for i in range(start, stop)]
             vectors = self.retrieval_vectors(*self.encode(batch))
-            self.bank.add(vectors.cpu().numpy(), [int(x) for x in labels[start:stop]], meta)
+            self.bank.add(vectors.float().cpu().numpy(), [int(x) for x in labels[start:stop]], meta)
         self._empty_bank_logged = False
         return len(self.bank)
 

@@ -42,14 +42,20 @@ def _seeded(seed: int, name: str) -> torch.Generator:
     return torch_generator(seed, "dski", name)
 
 
+def _uniform(like: torch.Tensor, bound: float, generator: torch.Generator) -> torch.Tensor:
+    """Uniform draws in ``[-bound, bound]`` of ``like``'s shape, made on the CPU (where the seeded generators
+    live): the same start on any device, and a CUDA tensor cannot draw from a CPU generator."""
+    return torch.empty(like.shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+
+
 def _reset_linear(layer: nn.Linear | nn.Conv2d, generator: torch.Generator) -> None:
     """PyTorch's default ``nn.Linear`` / ``nn.Conv2d`` initialisation (bound ``1/sqrt(fan_in)``), drawn from
     ``generator``."""
     bound = 1.0 / layer.weight[0].numel() ** 0.5
     with torch.no_grad():
-        layer.weight.copy_(torch.empty_like(layer.weight).uniform_(-bound, bound, generator=generator))
+        layer.weight.copy_(_uniform(layer.weight, bound, generator))
         if layer.bias is not None:
-            layer.bias.copy_(torch.empty_like(layer.bias).uniform_(-bound, bound, generator=generator))
+            layer.bias.copy_(_uniform(layer.bias, bound, generator))
 
 
 def _reset_adapter(adapter: CDFAAdapter, seed: int, name: str) -> None:
@@ -61,7 +67,7 @@ def _reset_adapter(adapter: CDFAAdapter, seed: int, name: str) -> None:
             generator = _seeded(seed, f"{name}.cross")
             for weight in (adapter.cross.in_proj_weight, adapter.cross.out_proj.weight):
                 bound = (6.0 / sum(weight.shape)) ** 0.5  # xavier-uniform, as MultiheadAttention does
-                weight.copy_(torch.empty_like(weight).uniform_(-bound, bound, generator=generator))
+                weight.copy_(_uniform(weight, bound, generator))
             adapter.cross.in_proj_bias.zero_()
             adapter.cross.out_proj.bias.zero_()
             adapter.gate.zero_()
