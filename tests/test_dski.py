@@ -951,3 +951,20 @@ def test_inconsistency_term_is_weight_times_z_in_the_logit_and_tuning_scores_wha
     assert old.inconsistency_reference is None and old.fusion.inconsistency_weight == 0.0
     np.testing.assert_allclose(old.stage_scores(inputs, modalities)["fused"], scores["fused_without_inconsistency"])
     assert "inconsistency" not in old.stage_scores(inputs, modalities)
+
+
+def test_loader_workers_repeat_training_and_leave_scores_unchanged(splits):
+    """``--workers N``: DSKI's noise statistics and augmentation run in N loader processes. A training run repeats
+    itself for the same N (the workers' random streams derive from the run's seeded generators), and a trained
+    model scores the same images identically however many processes load them."""
+    from medforensics_core.engine.compare.detector_run import train_detector
+    from medforensics_core.engine.compare.plan import DetectorSpec
+
+    train, val = splits["train"].subset(range(0, 160, 2)), splits["val"].subset(range(0, 60, 2))
+    test = splits["test"].subset(range(0, 90, 3))
+    spec = DetectorSpec("dski", get_registry().detector("dski"), "tiny", {"epochs": "2"})
+    first, _ = train_detector(spec, train, val, FitContext(seed=0, num_workers=2))
+    again, _ = train_detector(spec, train, val, FitContext(seed=0, num_workers=2))
+    in_workers = score(first, test, FitContext(num_workers=2))
+    np.testing.assert_array_equal(in_workers, score(again, test, FitContext(num_workers=2)))
+    np.testing.assert_array_equal(in_workers, score(first, test, FitContext(num_workers=0)))

@@ -115,6 +115,15 @@ def precision_option(function):
                              "Default: each detector's own (fp32 for the baselines, as their official code).")(function)
 
 
+def workers_option(function):
+    return click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                        help="Data-loading worker processes (decoding, preprocessing, DSKI's noise statistics), so "
+                             "that a GPU is not kept waiting for the CPU. 0 loads in the main process. Training "
+                             "draws its random augmentation in the workers: a run repeats itself for the same "
+                             "--workers, and differs in those draws from another value; scores of a trained "
+                             "model do not depend on it.")(function)
+
+
 def random_init_option(function):
     return click.option("--allow-random-init", is_flag=True,
                         help="A detector whose pretrained weights are missing trains from random weights instead "
@@ -166,10 +175,11 @@ def random_init_option(function):
               help="Also log per-epoch metrics to TensorBoard (RUN_DIR/tensorboard; needs `pip install tensorboard`)."
                    " mfx.log and loss.png always have them.")
 @precision_option
+@workers_option
 @random_init_option
 def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, protocol, preset, epochs, budget_minutes,
                     checkpoints, settings, perturb, out, resume, merge, extend, train_modalities, shots, holdout,
-                    holdout_by, seeds, n_boot, precision, allow_random_init) -> None:
+                    holdout_by, seeds, n_boot, precision, workers, allow_random_init) -> None:
     """Train (or load) DETECTORS on the same data, evaluate them on the same images, report.
 
     \b
@@ -192,7 +202,7 @@ def compare_command(log_sink, detectors, data, device, seed, on_bad, quick, prot
         overrides=detector_overrides(settings), perturb=list(perturb), out=out, on_bad=on_bad, quick=quick,
         train_modalities=_csv(train_modalities), shots=shots, holdout=holdout, holdout_by=holdout_by,
         seeds=_seed_list(seeds), n_boot=n_boot, log=log_sink,
-        label="compare-" + "-".join(detectors), command=_command_line(), precision=precision,
+        label="compare-" + "-".join(detectors), command=_command_line(), precision=precision, workers=workers,
         allow_random_init=allow_random_init)
     _check_names(detectors)
     if merge and extend:
@@ -312,9 +322,10 @@ def _check_resume_detectors(resume: str, detectors: list[str]) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=str),
               help="Checkpoint file to write (default DETECTOR.safetensors).")
 @precision_option
+@workers_option
 @random_init_option
 def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, budget_minutes, settings,
-                  output, precision, allow_random_init) -> None:
+                  output, precision, workers, allow_random_init) -> None:
     """Train DETECTOR on the train split and save a safetensors checkpoint.
 
     \b
@@ -334,7 +345,7 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
                              seed=seed, epochs=epochs, budget_minutes=budget_minutes,
                              overrides={detector: detector_overrides(settings, detector=detector).get(detector, {})},
                              on_bad=on_bad, quick=quick, command=_command_line(), precision=precision,
-                             allow_random_init=allow_random_init)
+                             workers=workers, allow_random_init=allow_random_init)
     plan = plan_run(options)
     target = writable_file(output or f"{detector}.safetensors", "checkpoint (-o)")  # fail now, not after training
     try:
@@ -370,8 +381,9 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
               help="Run directory to write (default: a new one under runs/).")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for CIs.")
 @precision_option
+@workers_option
 def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, split, perturb, out, n_boot,
-                     precision) -> None:
+                     precision, workers) -> None:
     """Evaluate a trained DETECTOR checkpoint: metrics per modality and generator, with CIs, and a run directory.
 
     \b
@@ -385,7 +397,7 @@ def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, sp
                              on_bad=on_bad, quick=quick,
                              checkpoints={detector: checkpoint}, perturb=list(perturb), test_split=split,
                              n_boot=n_boot, label=f"evaluate-{detector}", command=_command_line(),
-                             run_dir=out, precision=precision)
+                             run_dir=out, precision=precision, workers=workers)
     try:
         report, run_dir = _progress_and_run(
             lambda progress: run_compare(options, console=console, progress=progress))

@@ -44,7 +44,7 @@ def make_context(options: CompareOptions, device: torch.device, rank: int = 0, w
         else None
     return FitContext(device=device, precision=precision, seed=options.seed, epochs=options.epochs,
                       budget_seconds=budget, progress=progress, rank=rank, world_size=world_size, work_dir=work_dir,
-                      allow_random_init=options.allow_random_init, scalar_sink=sink)
+                      allow_random_init=options.allow_random_init, scalar_sink=sink, num_workers=options.workers)
 
 
 def tensorboard_sink(folder: Path):

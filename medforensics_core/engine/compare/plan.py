@@ -50,6 +50,7 @@ class CompareOptions:
     command: str = ""
     run_dir: str | None = None  # write exactly here (mfx evaluate --out) instead of a new folder under ``out``
     precision: str | None = None  # fp32|bf16|fp16 for every detector; None: each detector's default (fp32 baselines)
+    workers: int = 0  # data-loading worker processes per process (0: the main process loads)
     allow_random_init: bool = False  # missing pretrained weights: random init (marked on every row) instead of failing
     allow: list[str] = dataclasses.field(default_factory=list)  # manifest problems to run with anyway (--allow)
     log: str | None = None  # "tensorboard": per-epoch scalars under RUN_DIR/tensorboard as well as mfx.log
