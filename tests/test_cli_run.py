@@ -65,6 +65,25 @@ def test_evaluate_reproduces_compare_with_the_trained_checkpoint(dataset, freq_c
     assert "loaded from checkpoint" in flat and "train 0.0 s" not in flat
 
 
+def test_workers_reproduce_compare_scores_and_are_noted(dataset, freq_checkpoint, tmp_path):
+    """``--workers 2`` scores exactly as the main process does; the run keeps the option (``--resume`` reuses it)
+    and the report says what it changes; a negative count is one clean line."""
+    runner = CliRunner()
+    runs = {}
+    for workers in ("0", "2"):
+        result = runner.invoke(cli, ["evaluate", "freq", "--checkpoint", str(freq_checkpoint), "--data", str(dataset),
+                                     "--out", str(tmp_path / workers), "--n-boot", "0", "--workers", workers])
+        assert result.exit_code == 0, result.output
+        runs[workers] = json.loads((tmp_path / workers / "report.json").read_text())
+    assert runs["2"]["detectors"]["freq"]["overall"] == runs["0"]["detectors"]["freq"]["overall"]
+    assert (tmp_path / "2" / "scores.csv").read_text() == (tmp_path / "0" / "scores.csv").read_text()
+    assert json.loads((tmp_path / "2" / "config.json").read_text())["options"]["workers"] == 2
+    assert any("2 worker processes" in note for note in runs["2"]["notes"])
+    assert not any("worker processes" in note for note in runs["0"]["notes"])
+    refused = runner.invoke(cli, ["evaluate", "freq", "--checkpoint", str(freq_checkpoint), "--workers", "-1"])
+    assert refused.exit_code == 2 and "--workers" in refused.output and "Traceback" not in refused.output
+
+
 def test_evaluate_other_split_and_refused_checkpoint(dataset, freq_checkpoint, tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", "freq", "--checkpoint", str(freq_checkpoint), "--data", str(dataset),
                                       "--split", "val", "--out", str(tmp_path / "val"), "--n-boot", "0",

@@ -101,7 +101,8 @@ def fold_report(plan: RunPlan, fold: Fold, results: dict[str, dict[str, Any]], d
         "paired": paired_tests(results, fold.test.labels, options, bootstrap_clusters(fold.test.rows)),
         "bootstrap": bootstrap_info(fold, options),
         "notes": [*fold.notes, bootstrap_note(fold, options), *(scan_overlap_notes(fold) if needs_train else []),
-                  *_bankless_notes(plan, fold), *extension_notes(options), *_notes(results, env)],
+                  *_bankless_notes(plan, fold), *extension_notes(options), *_notes(results, env),
+                  *worker_notes(options, env)],
     }
     if plan.perturbations:
         report["perturbations"] = perturbation_section(plan, fold, results)
@@ -160,6 +161,16 @@ def extension_notes(options: CompareOptions) -> list[str]:
     return [f"{', '.join(step['added'])} added by --extend to {step['run']}: {', '.join(step['kept'])} are that "
             f"run's results, kept as they were (mfx {step.get('mfx_version') or 'unknown'}), not trained again"
             for step in options.extends or []]
+
+
+def worker_notes(options: CompareOptions, env: dict[str, Any]) -> list[str]:
+    """``--workers N``: what it changes in the numbers (augmentation draws) and what memory leaves out."""
+    if not options.workers:
+        return []
+    memory = "" if str(env.get("device") or "").startswith("cuda") else \
+        "; peak_memory_mb counts the main process, not the loader processes"
+    return [f"data loaded by {options.workers} worker processes (--workers {options.workers}): training's random "
+            f"augmentation is drawn in them, so its numbers repeat for the same --workers only{memory}"]
 
 
 def _notes(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> list[str]:
