@@ -66,8 +66,8 @@ def test_evaluate_reproduces_compare_with_the_trained_checkpoint(dataset, freq_c
 
 
 def test_workers_reproduce_compare_scores_and_are_noted(dataset, freq_checkpoint, tmp_path):
-    """``--workers 2`` scores exactly as the main process does; the run keeps the option (``--resume`` reuses it)
-    and the report says what it changes; a negative count is one clean line."""
+    """``--workers 2`` scores exactly as the main process does; config.json keeps the option (what ``--resume``
+    reads back) and the report says what it changes; a negative count is one clean line."""
     runner = CliRunner()
     runs = {}
     for workers in ("0", "2"):

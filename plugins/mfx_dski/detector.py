@@ -337,7 +337,7 @@ class DSKIBase(Detector, SupportsDistributed):
 
     def _search(self, vectors: torch.Tensor, modalities: Sequence[str] | None) -> mfrm.Neighbours:
         restrict = list(modalities) if self.config.same_modality and modalities is not None else None
-        return mfrm.search(self.bank, vectors.detach().float().cpu().numpy().astype(np.float32), self.config.top_k, restrict)
+        return mfrm.search(self.bank, vectors.detach().float().cpu().numpy(), self.config.top_k, restrict)
 
     def mfrm_active(self) -> bool:
         """Whether test-time retrieval is used: MFRM on and a non-empty bank."""

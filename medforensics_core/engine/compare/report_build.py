@@ -169,8 +169,8 @@ def worker_notes(options: CompareOptions, env: dict[str, Any]) -> list[str]:
         return []
     memory = "" if str(env.get("device") or "").startswith("cuda") else \
         "; peak_memory_mb counts the main process, not the loader processes"
-    return [f"data loaded by {options.workers} worker processes (--workers {options.workers}): training's random "
-            f"augmentation is drawn in them, so its numbers repeat for the same --workers only{memory}"]
+    return [(f"data loaded by {options.workers} worker processes (--workers {options.workers}): training's random "
+             f"augmentation is drawn in them, so its numbers repeat for the same --workers only{memory}")]
 
 
 def _notes(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> list[str]:
