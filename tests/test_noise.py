@@ -254,3 +254,64 @@ def test_grid_phase_flat_and_tiny_images_give_zero():
     assert extractor(torch.full((1, 3, 32, 32), 0.3)).abs().max() == 0
     assert extractor(torch.rand(1, 3, 5, 7)).shape == (1, 3, 5, 7)
     assert extractor(torch.rand(1, 3, 5, 7)).abs().max() == 0
+
+
+# --------------------------------------------------------------------------- fast paths, bit for bit
+
+
+def _grid_phase_by_definition(image: torch.Tensor, periods: tuple[int, ...], window: int,
+                              floor: float) -> torch.Tensor:
+    """Grid phase computed as its docstring defines it, one period and direction at a time: every phase's
+    masked copy through a wrapped box mean, the log of every phase mean, then max minus min."""
+    from mfx_noise.phase import box_mean, neighbour_differences, phase_masks
+
+    grey = image.float().mean(dim=1, keepdim=True)
+    maps = []
+    for period in periods:
+        spreads = []
+        for axis in (-1, -2):
+            differences = neighbour_differences(grey, axis)
+            across = box_mean(differences, window, -2 if axis == -1 else -1)
+            masks = phase_masks(differences.shape[axis], period)
+            masks = masks.view((1, period, 1, -1) if axis == -1 else (1, period, -1, 1))
+            logs = torch.log(box_mean(across * masks, window, axis) * period + floor)
+            spreads.append(logs.amax(dim=1, keepdim=True) - logs.amin(dim=1, keepdim=True))
+        maps.append((spreads[0] + spreads[1]) / 2)
+    return torch.cat(maps, dim=1)
+
+
+@pytest.mark.parametrize("crop, periods, window", [
+    ((128, 128), (2, 4, 8), 64),  # the default: row lengths a multiple of every period (the fast path)
+    ((96, 80), (2, 4, 8), 64),  # the default window shrinks to the image
+    ((97, 83), (2, 4, 8), 64),  # lengths no period divides: the masked path
+    ((100, 100), (2, 4, 8), 64),  # 100 = 4 x 25: periods 2 and 4 on the fast path, 8 on the masked one
+    ((120, 72), (3, 6), 24),  # a period that is not a power of two (sliding extremes by overlapping runs)
+])
+def test_grid_phase_equals_its_definition_bit_for_bit_on_a_real_ct(crop, periods, window):
+    """The extractor shares the across-mean, sums each phase without masked copies and takes two logs
+    instead of one per phase; none of that may change a bit of the maps DSKI was tuned with."""
+    from mfx_noise.phase import GridPhaseConfig, GridPhaseExtractor
+
+    config = GridPhaseConfig(periods=periods, window=window)
+    extractor = GridPhaseExtractor(config)
+    ct = _real_ct(crop)
+    for image in (ct, _upsampled_ct("bilinear")[..., :crop[0], :crop[1]].contiguous()):
+        expected = _grid_phase_by_definition(image, periods, extractor._window(image.shape[-2:]), config.floor)
+        found = extractor(image)
+        assert torch.equal(found, expected), (found - expected).abs().max()
+        assert found.abs().max() > 0  # a real image: not the all-zero output of a too-small one
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 7])
+def test_noise_stats_local_mean_equals_average_pooling_bit_for_bit(window):
+    """``local_mean`` adds shifted slices in ``avg_pool2d``'s order (slow with stride 1 on the CPU): same bits."""
+    from mfx_noise.stats import local_mean
+
+    bands = get_registry().noise_extractor("noise-stats")().residuals(_real_fundus(48))
+    maps = torch.cat([bands, bands.square()], dim=1)
+    half = window // 2
+    wrapped = F.pad(maps, (half,) * 4, mode="circular")
+    expected = F.avg_pool2d(F.avg_pool2d(wrapped, (1, window), 1), (window, 1), 1)
+    found = local_mean(maps, window)
+    assert found.shape == maps.shape
+    assert torch.equal(found, expected)

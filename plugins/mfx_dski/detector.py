@@ -44,7 +44,7 @@ from .cdfa import CDFA, evenly_spaced_blocks
 from .config import PRESETS, DSKIConfig
 from .inconsistency import RealReference, smoothest_cell_deviation
 from .model import (CacheBudget, CellStats, DSKIModules, GridViews, NoiseMaps, check_extractors, descriptor,
-                    mean_over_views, noise_channel_count, reset_parameters, split_channels)
+                    mean_over_views, noise_channel_count, pixel_digest, reset_parameters, split_channels)
 from .prompts import PromptContext, PromptEncoder
 
 v2 = lazy_module("torchvision.transforms.v2")
@@ -197,8 +197,9 @@ class DSKIBase(Detector, SupportsDistributed):
         return self._prepare(augmented, self._train_geometry, keep_maps=augmented is image)
 
     def _prepare(self, image: torch.Tensor, geometry, keep_maps: bool = True) -> torch.Tensor:
-        parts = [image] + [maps.image_maps(image, keep=keep_maps) for maps in (self.noise_maps, self.trace_maps)
-                           if maps is not None]
+        found = [maps for maps in (self.noise_maps, self.trace_maps) if maps is not None]
+        key = pixel_digest(image) if keep_maps and any(maps.caches(image) for maps in found) else None
+        parts = [image] + [maps.image_maps(image, keep=keep_maps, key=key) for maps in found]
         packed = geometry(self._fit_size(torch.cat(parts)))
         stats_end = 3 + noise_channel_count(self.noise_maps)
         views = packed.reshape(-1, stats_end + self._trace_channels(), *packed.shape[-2:])

@@ -161,17 +161,26 @@ class NoiseMaps:
             offset += extractor.out_channels
         return tuple(found)
 
-    def image_maps(self, image: torch.Tensor, keep: bool = True) -> torch.Tensor:
-        """Maps ``(channels, H, W)`` of one image ``(3, H, W)``; kept for next time when ``keep`` and room is left."""
-        if self.budget.limit <= 0 or image.device.type != "cpu":
+    def caches(self, image: torch.Tensor) -> bool:
+        """Whether :meth:`image_maps` looks ``image`` up (a budget is set, and the image is on the CPU)."""
+        return self.budget.limit > 0 and image.device.type == "cpu"
+
+    def image_maps(self, image: torch.Tensor, keep: bool = True, key: bytes | None = None) -> torch.Tensor:
+        """Maps ``(channels, H, W)`` of one image ``(3, H, W)``; kept for next time when ``keep`` and room is left.
+
+        ``keep=False`` (an augmented image: it never comes back) neither looks up nor digests the image; the maps
+        are the same either way. ``key`` is the image's :func:`pixel_digest` when the caller already has it (one
+        digest for several caches of the same image: hashing the pixels costs a sixth of the maps themselves).
+        """
+        if not keep or not self.caches(image):
             return self.maps(image[None])[0]
-        key = pixel_digest(image)
+        key = pixel_digest(image) if key is None else key
         found = self._cache.get(key)
         if found is not None:
             return found
         found = self.maps(image[None])[0]
         size = found.numel() * found.element_size()
-        if keep and self.budget.take(size):
+        if self.budget.take(size):
             self._cache[key] = found
             self.cached_bytes += size
         return found

@@ -83,6 +83,55 @@ def box_mean(maps: torch.Tensor, window: int, axis: int) -> torch.Tensor:
     return (summed.narrow(axis, window, length) - summed.narrow(axis, 0, length)) / window
 
 
+def masked_phase_means(across: torch.Tensor, period: int, window: int) -> torch.Tensor:
+    """``(N, 1, H, L)`` -> ``(N, period, H, L)``: for each phase ``k``, the wrapped box mean over ``window`` along
+    the rows of the values at positions ``i mod period == k`` (the others count as 0).
+
+    Any row length, one masked copy per phase. :func:`phase_mean_extremes` gets the same bits with ``period``
+    times fewer sums where the row length is a multiple of the period.
+    """
+    masks = phase_masks(across.shape[-1], period).to(across.device)
+    return box_mean(across * masks.view(1, period, 1, -1), window, -1)
+
+
+def phase_mean_extremes(across: torch.Tensor, period: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest and the smallest over the phases of :func:`masked_phase_means` for one period, for rows whose
+    length is a multiple of ``period``: two ``(N, 1, H, L)`` maps, bit for bit (a test checks).
+
+    Why it is equal: the masked running sum only adds zeros between two values of a phase, which changes no
+    bit, so at every position it equals the running sum of that phase's values alone. With a row length and a
+    window that are multiples of the period, the wrapped row keeps the phase pattern: phase ``r`` of the padded
+    row is column ``r`` of its ``(L + window) / period`` x ``period`` reshape. One running sum down those
+    columns (a ``period``-th of the masked copies' length) gives, read row-major, the sum of every ``window /
+    period`` values ``period`` apart, from each start ``t``; the window at ``i`` holds one such sum per phase,
+    those from the starts ``i .. i + period - 1``. So the largest and smallest phase mean are a sliding max and
+    min over ``period`` neighbours of that row.
+    """
+    length = across.shape[-1]
+    before, after = (window - 1) // 2, window // 2
+    padded = F.pad(across, (before, after + 1, 0, 0), mode="circular")  # one more: length L + window
+    sums = F.pad(padded.unflatten(-1, (-1, period)).cumsum(dim=-2), (0, 0, 1, 0))  # (N, 1, H, n + 1, period)
+    span = window // period
+    strided = ((sums[..., span:, :] - sums[..., :-span, :]) / window).flatten(-2)  # (N, 1, H, L + period)
+    return (sliding_extreme(strided, period, length, torch.maximum),
+            sliding_extreme(strided, period, length, torch.minimum))
+
+
+def sliding_extreme(values: torch.Tensor, width: int, length: int, pick) -> torch.Tensor:
+    """``pick`` (``torch.maximum`` / ``torch.minimum``) over ``values[..., i:i + width]`` for ``i < length``.
+
+    By doubling (runs of 1, 2, 4 ... values), then two overlapping runs: ``log2(width) + 1`` element-wise
+    operations; an extreme is exact, so the order does not change a bit.
+    """
+    covered, run = 1, values
+    while 2 * covered <= width:
+        run = pick(run[..., :-covered], run[..., covered:])
+        covered *= 2
+    if covered == width:
+        return run[..., :length]
+    return pick(run[..., :length], run[..., width - covered:width - covered + length])
+
+
 class GridPhaseExtractor(NoiseExtractor):
     """Log max/min ratio of phase-wise neighbour differences, one map per grid period; no parameters."""
 
@@ -104,17 +153,30 @@ class GridPhaseExtractor(NoiseExtractor):
     def out_channels(self) -> int:
         return len(self.config.periods)
 
-    def _spread(self, differences: torch.Tensor, period: int, axis: int, window: int) -> torch.Tensor:
-        """``(N, 1, H, W)`` neighbour differences along ``axis`` -> ``(N, 1, H, W)`` local log max/min over its phases.
+    def _spreads(self, differences: torch.Tensor, axis: int, window: int) -> list[torch.Tensor]:
+        """``(N, 1, H, W)`` neighbour differences along ``axis`` -> per period, ``(N, 1, H, W)`` local log max/min
+        over its phases.
 
-        The window spans a multiple of ``period`` along ``axis``, so it holds as many pairs of each phase.
+        The window spans a multiple of every period along ``axis``, so it holds as many pairs of each phase. The
+        mean across ``axis`` is shared by every phase and period; the logarithm, which keeps order, is taken of
+        the largest and smallest phase mean only.
         """
-        across = box_mean(differences, window, -2 if axis == -1 else -1)  # shared by every phase
-        masks = phase_masks(differences.shape[axis], period).to(differences.device)
-        masks = masks.view((1, period, 1, -1) if axis == -1 else (1, period, -1, 1))
-        per_phase = box_mean(across * masks, window, axis) * period
-        logs = torch.log(per_phase + self.config.floor)
-        return logs.amax(dim=1, keepdim=True) - logs.amin(dim=1, keepdim=True)
+        across = box_mean(differences, window, -2 if axis == -1 else -1)
+        if axis == -2:  # the phases run down the columns: work on the transposed view, transpose back
+            return [spread.transpose(-1, -2) for spread in self._spreads_along_rows(across.transpose(-1, -2), window)]
+        return self._spreads_along_rows(across, window)
+
+    def _spreads_along_rows(self, across: torch.Tensor, window: int) -> list[torch.Tensor]:
+        spreads = []
+        for period in self.config.periods:
+            if across.shape[-1] % period:
+                masked = masked_phase_means(across, period, window)
+                top, bottom = masked.amax(dim=1, keepdim=True), masked.amin(dim=1, keepdim=True)
+            else:
+                top, bottom = phase_mean_extremes(across, period, window)
+            floor = self.config.floor
+            spreads.append(torch.log(top * period + floor) - torch.log(bottom * period + floor))
+        return spreads
 
     def _window(self, size: tuple[int, int]) -> int:
         """The configured window, shrunk to a multiple of every period that fits the image."""
@@ -127,7 +189,6 @@ class GridPhaseExtractor(NoiseExtractor):
         with torch.autocast(images.device.type, enabled=False):
             grey = images.float().mean(dim=1, keepdim=True)
             window = self._window(grey.shape[-2:])
-            horizontal, vertical = neighbour_differences(grey, -1), neighbour_differences(grey, -2)
-            maps = [(self._spread(horizontal, p, -1, window) + self._spread(vertical, p, -2, window)) / 2
-                    for p in self.config.periods]
-            return torch.cat(maps, dim=1)
+            horizontal = self._spreads(neighbour_differences(grey, -1), -1, window)
+            vertical = self._spreads(neighbour_differences(grey, -2), -2, window)
+            return torch.cat([(h + v) / 2 for h, v in zip(horizontal, vertical)], dim=1)
