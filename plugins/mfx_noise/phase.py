@@ -153,18 +153,22 @@ class GridPhaseExtractor(NoiseExtractor):
     def out_channels(self) -> int:
         return len(self.config.periods)
 
-    def _spreads(self, differences: torch.Tensor, axis: int, window: int) -> list[torch.Tensor]:
-        """``(N, 1, H, W)`` neighbour differences along ``axis`` -> per period, ``(N, 1, H, W)`` local log max/min
-        over its phases.
+    def _spreads(self, grey: torch.Tensor, window: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Grey ``(N, 1, H, W)`` -> per period, the local log max/min over its phases of the horizontal and of the
+        vertical neighbour differences (two lists of ``(N, 1, H, W)``).
 
-        The window spans a multiple of every period along ``axis``, so it holds as many pairs of each phase. The
-        mean across ``axis`` is shared by every phase and period; the logarithm, which keeps order, is taken of
-        the largest and smallest phase mean only.
+        The window spans a multiple of every period along the differences, so it holds as many pairs of each
+        phase. The mean across them is shared by every phase and period; the logarithm, which keeps order, is
+        taken of the largest and smallest phase mean only. The vertical phases run down the columns, so they are
+        worked on transposed; on a square image both directions then go through in one batch.
         """
-        across = box_mean(differences, window, -2 if axis == -1 else -1)
-        if axis == -2:  # the phases run down the columns: work on the transposed view, transpose back
-            return [spread.transpose(-1, -2) for spread in self._spreads_along_rows(across.transpose(-1, -2), window)]
-        return self._spreads_along_rows(across, window)
+        rows = box_mean(neighbour_differences(grey, -1), window, -2)
+        columns = box_mean(neighbour_differences(grey, -2), window, -1).transpose(-1, -2)
+        if rows.shape == columns.shape:
+            both = self._spreads_along_rows(torch.cat([rows, columns]), window)
+            return [s[:len(grey)] for s in both], [s[len(grey):].transpose(-1, -2) for s in both]
+        return (self._spreads_along_rows(rows, window),
+                [s.transpose(-1, -2) for s in self._spreads_along_rows(columns, window)])
 
     def _spreads_along_rows(self, across: torch.Tensor, window: int) -> list[torch.Tensor]:
         spreads = []
@@ -189,6 +193,5 @@ class GridPhaseExtractor(NoiseExtractor):
         with torch.autocast(images.device.type, enabled=False):
             grey = images.float().mean(dim=1, keepdim=True)
             window = self._window(grey.shape[-2:])
-            horizontal = self._spreads(neighbour_differences(grey, -1), -1, window)
-            vertical = self._spreads(neighbour_differences(grey, -2), -2, window)
+            horizontal, vertical = self._spreads(grey, window)
             return torch.cat([(h + v) / 2 for h, v in zip(horizontal, vertical)], dim=1)
