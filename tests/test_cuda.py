@@ -143,3 +143,19 @@ def test_fp16_training_on_cuda_stays_finite(quick_benchmark_v1, tmp_path):
     assert result.exit_code == 0, result.output
     reloaded = get_registry().detector("cnnspot").load(out)
     assert all(torch.isfinite(p).all() for m in reloaded.modules().values() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", ["noise-stats", "grid-phase", "npr"])
+def test_noise_maps_on_the_gpu_match_the_cpus(name, splits, monkeypatch):
+    """DSKI computes its maps on the CPU in the loader; an extractor run on a GPU (a plugin's own use) must give
+    the same maps up to float rounding: the GPU's parallel running sums and pooling add in another order.
+    TF32 is off here: it would round the residual filters to a 10-bit mantissa, a precision choice, not the
+    algorithm this checks."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    extractor = get_registry().noise_extractor(name)()
+    images = torch.stack([splits["test"][i][0] for i in range(8)])
+    with torch.no_grad():
+        on_cpu = extractor(images)
+        on_gpu = extractor.to(GPU)(images.to(GPU)).cpu()
+    assert on_gpu.shape == on_cpu.shape and torch.isfinite(on_gpu).all()
+    torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=1e-3)

@@ -96,7 +96,8 @@ def masked_phase_means(across: torch.Tensor, period: int, window: int) -> torch.
 
 def phase_mean_extremes(across: torch.Tensor, period: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The largest and the smallest over the phases of :func:`masked_phase_means` for one period, for rows whose
-    length is a multiple of ``period``: two ``(N, 1, H, L)`` maps, bit for bit (a test checks).
+    length is a multiple of ``period``: two ``(N, 1, H, L)`` maps, bit for bit where running sums add in order
+    (the CPU, where DSKI computes its maps; a test checks), within float rounding on a GPU's parallel scan.
 
     Why it is equal: the masked running sum only adds zeros between two values of a phase, which changes no
     bit, so at every position it equals the running sum of that phase's values alone. With a row length and a
