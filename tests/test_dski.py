@@ -974,20 +974,23 @@ def test_preprocess_digests_an_image_once_for_both_caches_and_never_an_augmented
     """The statistic and trace caches share one digest of the pixels; an augmented image (never seen again)
     is not digested at all. The maps are those of an uncached detector either way."""
     import mfx_dski.detector as detector_module
+    import mfx_dski.model as model_module
 
     digested = []
-    real_digest = detector_module.pixel_digest
-    monkeypatch.setattr(detector_module, "pixel_digest", lambda image: digested.append(1) or real_digest(image))
+    real_digest = model_module.pixel_digest
+    for module in (detector_module, model_module):  # the detector's own call and the caches' fallback
+        monkeypatch.setattr(module, "pixel_digest", lambda image: digested.append(1) or real_digest(image))
     cached, fresh = dski(), dski(noise_cache_mb=0)
     image = splits["test"][0][0]
     assert cached.noise_maps is not None and cached.trace_maps is not None
     torch.testing.assert_close(cached.preprocess(image), fresh.preprocess(image), atol=0, rtol=0)
     assert len(digested) == 1
     before = cached.noise_maps.cached_bytes + cached.trace_maps.cached_bytes
-    cached.noise_maps.image_maps(image)  # found under the shared key: nothing new kept
+    cached.noise_maps.image_maps(image)  # digested again on its own, found under the shared key: nothing new kept
+    assert len(digested) == 2
     augmented = (image * 0.9).contiguous()
     # as train_transform prepares an augmented image, with the test-time crop (the random one would differ)
     torch.testing.assert_close(cached._prepare(augmented, cached._test_geometry, keep_maps=False),
                                fresh._prepare(augmented, fresh._test_geometry, keep_maps=False), atol=0, rtol=0)
-    assert len(digested) == 1
+    assert len(digested) == 2
     assert cached.noise_maps.cached_bytes + cached.trace_maps.cached_bytes == before
