@@ -172,14 +172,14 @@ class GridPhaseExtractor(NoiseExtractor):
                 [s.transpose(-1, -2) for s in self._spreads_along_rows(columns, window)])
 
     def _spreads_along_rows(self, across: torch.Tensor, window: int) -> list[torch.Tensor]:
-        spreads = []
+        """Per period, the log max/min of the phase means along the rows of ``across`` ``(N, 1, H, L)``."""
+        spreads, floor = [], self.config.floor
         for period in self.config.periods:
             if across.shape[-1] % period:
                 masked = masked_phase_means(across, period, window)
                 top, bottom = masked.amax(dim=1, keepdim=True), masked.amin(dim=1, keepdim=True)
             else:
                 top, bottom = phase_mean_extremes(across, period, window)
-            floor = self.config.floor
             spreads.append(torch.log(top * period + floor) - torch.log(bottom * period + floor))
         return spreads
 
