@@ -970,41 +970,6 @@ def test_loader_workers_repeat_training_and_leave_scores_unchanged(splits):
     np.testing.assert_array_equal(in_workers, score(first, test, FitContext(num_workers=0)))
 
 
-def test_loader_workers_compute_each_images_maps_once_as_the_main_process_does(splits, monkeypatch):
-    """With ``--workers N`` the loader processes are forked afresh every epoch, so maps they computed and kept died
-    with them and were computed again each epoch (3 epochs: 3x). ``warm_map_caches`` computes them once before
-    training, and every fork inherits them: with no augmentation (every image un-augmented, so cacheable) a
-    3-epoch fit computes as many maps with workers as without, and the training images' maps are in the main
-    process's caches."""
-    import multiprocessing
-
-    from mfx_dski.model import NoiseMaps, pixel_digest
-
-    workers = 2
-    computed = multiprocessing.Value("i", 0)  # shared with the forked loader processes
-    real_maps = NoiseMaps.maps
-
-    def counting(self, images):
-        with computed.get_lock():
-            computed.value += len(images)
-        return real_maps(self, images)
-
-    monkeypatch.setattr(NoiseMaps, "maps", counting)
-    no_augmentation = dict(epochs=3, aug_blur_prob=0.0, aug_resample_prob=0.0, aug_jpeg_prob=0.0,
-                           aug_noise_prob=0.0)
-    train, val = splits["train"].subset(range(0, 160, 8)), splits["val"].subset(range(0, 60, 6))
-    counts = {}
-    for n in (0, workers):
-        computed.value = 0
-        detector = dski(**no_augmentation).fit(train, val, FitContext(seed=0, num_workers=n))
-        counts[n] = computed.value
-    assert counts[workers] == counts[0] > len(train)
-    warmup = detector.train_info["map_warmup"]
-    assert warmup["images"] >= len(train) and warmup["kept"] == warmup["images"]
-    image = train[0][0]
-    assert pixel_digest(image) in detector.noise_maps and pixel_digest(image) in detector.trace_maps
-
-
 def test_preprocess_digests_an_image_once_for_both_caches_and_never_an_augmented_one(splits, monkeypatch):
     """The statistic and trace caches share one digest of the pixels; an augmented image (never seen again)
     is not digested at all. The maps are those of an uncached detector either way."""

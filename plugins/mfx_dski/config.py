@@ -78,9 +78,6 @@ class DSKIConfig:
       ``noise_cache_mb``: the maps of un-augmented images are kept in memory (keyed by their pixels) up to
       this many megabytes (the statistic maps and the trace maps together), because every epoch and every
       tuning pass would compute them again (0 = recompute always; the cache changes no number, only the time).
-      With loader processes (``--workers N``) the maps of every training and tuning image are computed once
-      before training, in those N processes, and kept in the main process, whose cache each epoch's forked
-      workers inherit (``mfx_dski.warmup``).
       ``trace_extractor``: one more registered, parameter-free extractor (e.g. ``npr``) whose per-pixel map
       is *not* pooled: it travels at full resolution with each view, is divided by its own mean magnitude
       (pattern, not level), and a small trained convolution (two 3x3 layers, ``trace_channels`` wide, the

@@ -46,7 +46,6 @@ from .inconsistency import RealReference, smoothest_cell_deviation
 from .model import (CacheBudget, CellStats, DSKIModules, GridViews, NoiseMaps, check_extractors, descriptor,
                     mean_over_views, noise_channel_count, pixel_digest, reset_parameters, split_channels)
 from .prompts import PromptContext, PromptEncoder
-from .warmup import warm_map_caches
 
 v2 = lazy_module("torchvision.transforms.v2")
 
@@ -362,14 +361,12 @@ class DSKIBase(Detector, SupportsDistributed):
             # the random crops, flips and trace augmentation of train_transform: each rank its own draws
             torch.manual_seed(rank_seed(ctx.seed, ctx.rank))
             stage1_set = with_self_blends(rest, self.config.self_blend_share, SelfBlendRecipe(), ctx.seed)
-            warmed = warm_map_caches(self, [stage1_set, holdout], ctx)
             info = training.train_stage1(self, stage1_set, holdout, ctx) if self.trainable_parameters() \
                 else {"losses": []}
         self.prompts.clear_cache()
         self.train_info = {**info, "train_images": len(train), "tuning": how,
                            "self_blended_fakes": len(stage1_set) - len(rest),
                            "tuning_images": len(holdout) if holdout is not None else 0,
-                           **({"map_warmup": warmed} if warmed else {}),
                            "trainable_params": sum(p.numel() for p in self.trainable_parameters()),
                            "modalities": self.known_modalities}
         if self.config.use_mfrm:

@@ -179,23 +179,11 @@ class NoiseMaps:
         if found is not None:
             return found
         found = self.maps(image[None])[0]
-        self.keep(key, found)
+        size = found.numel() * found.element_size()
+        if self.budget.take(size):
+            self._cache[key] = found
+            self.cached_bytes += size
         return found
-
-    def keep(self, key: bytes, maps: torch.Tensor) -> bool:
-        """Keep ``maps`` (one image's, computed elsewhere, e.g. in a loader process) under ``key`` if the budget
-        has room; True when they are (or already were) kept."""
-        if key in self._cache:
-            return True
-        size = maps.numel() * maps.element_size()
-        if not self.budget.take(size):
-            return False
-        self._cache[key] = maps
-        self.cached_bytes += size
-        return True
-
-    def __contains__(self, key: bytes) -> bool:
-        return key in self._cache
 
     @torch.no_grad()
     def maps(self, images: torch.Tensor) -> torch.Tensor:
