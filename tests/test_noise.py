@@ -328,3 +328,39 @@ def test_noise_stats_local_mean_equals_average_pooling_bit_for_bit(window):
     flat = -torch.zeros(1, 2, 12, 12)
     pooled = F.avg_pool2d(F.avg_pool2d(F.pad(flat, (half,) * 4, mode="circular"), (1, window), 1), (window, 1), 1)
     assert _same_bits(local_mean(flat, window), pooled)
+
+
+def test_noise_stats_correlations_do_not_amplify_rounding(quick_benchmark_v1, monkeypatch):
+    """Where a band is flat beside a strong one, the correlation must not multiply the flat band's rounding residue.
+    With the floor on the product of the two energies (before 2026-12-04) it did, by up to a thousand: on these
+    benchmark images, the CUDA test found CPU and GPU maps 0.24 apart, the residual filter computed in float64 and
+    rounded once moved correlations by 0.72, and a 1e-6 change of the pixels (a 4000th of a grey level) by 0.72.
+    Now: the float64 filter gives the maps within the GPU test's 1e-3, the nudge moves no map by 0.05 (what
+    remains is the log energy's and the clip's own slope at the level floor), and where both energies are at
+    least the floor the correlation is the plain formula, bit for bit."""
+    from pathlib import Path
+
+    import mfx_noise.stats as stats
+
+    from medforensics_core.data.dataset import ImageSet
+    from medforensics_core.data.manifest import read_manifest
+
+    test = ImageSet(read_manifest(Path(quick_benchmark_v1) / "manifest.csv").split("test"))
+    images = torch.stack([test[i][0] for i in range(8)])  # the CUDA test's images
+    nudged = images + 1e-6 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    extractor = get_registry().noise_extractor("noise-stats")()
+    with torch.no_grad():
+        maps, moved = extractor(images), extractor(nudged)
+        bands = extractor.residuals(images)
+        float32_conv = F.conv2d
+        monkeypatch.setattr(stats.F, "conv2d", lambda x, w, *a, **k: float32_conv(x.double(), w.double(), *a, **k).float())
+        rounded_once = extractor(images)
+    torch.testing.assert_close(rounded_once, maps, atol=1e-3, rtol=1e-3)
+    assert (maps - moved).abs().max() < 0.05
+    first, second = list(stats.FIRST), list(stats.SECOND)
+    energy = stats.local_mean(bands.square(), extractor.config.window)
+    products = stats.local_mean(bands[:, first] * bands[:, second], extractor.config.window)
+    both_above = (energy[:, first] >= stats.ENERGY_FLOOR) & (energy[:, second] >= stats.ENERGY_FLOOR)
+    assert 0.3 < both_above.float().mean() < 1  # both cases occur on these images
+    formula = products / (energy[:, first] * energy[:, second]).sqrt()
+    assert torch.equal(maps[:, 2 * len(stats.BAND_NAMES):][both_above], formula[both_above])

@@ -13,7 +13,8 @@ break that shortcut:
   is how the noise is *structured*;
 * **nonlinear local statistics**: per band, the clipped magnitude ``min(|r|, T)``
   and the log local energy ``log(mean_w r^2)``, and per band pair the local
-  correlation ``mean_w(r_i r_j) / sqrt(mean_w r_i^2 mean_w r_j^2)`` — the
+  correlation ``mean_w(r_i r_j) / sqrt(mean_w r_i^2 mean_w r_j^2)`` (each energy
+  floored at :data:`ENERGY_FLOOR`) — the
   shape and spatial/cross-band coupling of the noise (interpolation kernels,
   denoisers and up-samplers couple neighbouring residuals; sensor noise does not).
 
@@ -40,7 +41,15 @@ from .srm import SRM_KERNELS
 
 MAD_TO_SIGMA = 0.6745
 """``median(|x|) / 0.6745`` estimates the standard deviation of Gaussian noise (Donoho & Johnstone 1994)."""
-_EPS = 1e-6
+ENERGY_FLOOR = 1e-3
+"""Floor of each band's local energy in the correlation's denominator, in units of the image's own noise energy.
+
+Why each band's and not their product's: where one band is flat (energy ~ 0) beside a strong one, a floor of
+1e-6 on the product left the denominator at 1e-3 and multiplied whatever residue the flat band had by a
+thousand. On 8-bit pixels that residue is exactly 0, but a change of the pixels far below one grey level
+(float rounding in a resampler, a GPU's other order of additions) moved such a correlation by up to 0.75: the
+CUDA test found it. With the floor on each band, the correlation there stays within a few thousandths, and
+wherever both energies are at least the floor the result is the product formula's, bit for bit."""
 BAND_NAMES = ("srm-kb", "srm-kv", "srm-h2", "haar-h", "haar-v", "haar-d")
 PAIRS = ((0, 1), (3, 4), (2, 3))
 """Band pairs whose local correlation is kept: (KB, KV), (Haar H, Haar V), (SRM 2nd-order H, Haar H)."""
@@ -142,5 +151,6 @@ class NoiseStatsExtractor(NoiseExtractor):
             magnitude = bands.abs().clamp(max=self.config.clip)
             first, second = list(FIRST), list(SECOND)
             products = local_mean(bands[:, first] * bands[:, second], window)
-            correlation = products / (energy[:, first] * energy[:, second]).clamp(min=_EPS).sqrt()
+            floor = ENERGY_FLOOR
+            correlation = products / (energy[:, first].clamp(min=floor) * energy[:, second].clamp(min=floor)).sqrt()
             return torch.cat([magnitude, torch.log(energy + 1e-3), correlation], dim=1)
