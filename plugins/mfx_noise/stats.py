@@ -152,6 +152,6 @@ class NoiseStatsExtractor(NoiseExtractor):
             magnitude = bands.abs().clamp(max=self.config.clip)
             first, second = list(FIRST), list(SECOND)
             products = local_mean(bands[:, first] * bands[:, second], window)
-            floor = ENERGY_FLOOR
-            correlation = products / (energy[:, first].clamp(min=floor) * energy[:, second].clamp(min=floor)).sqrt()
+            floored = energy.clamp(min=ENERGY_FLOOR)
+            correlation = products / (floored[:, first] * floored[:, second]).sqrt()
             return torch.cat([magnitude, torch.log(energy + 1e-3), correlation], dim=1)
