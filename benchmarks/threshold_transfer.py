@@ -1,0 +1,95 @@
+"""Does a checkpoint's validated threshold hold on the test reals? False-positive rate on both, per modality.
+
+Not a test: run it by hand on a finished leave-one-out ``mfx compare`` run (one seed's folder) that kept its
+checkpoints.
+
+    python benchmarks/threshold_transfer.py runs/<run>                       # every detector of the run
+    python benchmarks/threshold_transfer.py runs/<run>/seeds/0 --detectors dski,npr --data <build>
+
+Why: ``mfx compare`` fixes each detector's decision threshold at 5 % false positives on the validation
+split, and the checkpoint carries it to ``mfx predict``. Whether that operating point transfers is a
+question of how far the test reals lie from the validation reals, which the AUC does not show. Each
+fold's checkpoint scores the validation split's reals again (the rule must come back at about its 5 %),
+and the test reals' scores are read from the fold's results; the table gives the mean over folds of the
+share of reals flagged at the checkpoint's threshold, validation / test, overall and per modality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from medforensics_core import api
+from medforensics_core.data.manifest import read_manifest
+from medforensics_core.decision import flag_fake
+
+
+def validation_reals(root: Path) -> tuple[list[Path], np.ndarray]:
+    """The validation split's real images and their modalities."""
+    rows = [r for r in read_manifest(root / "manifest.csv").rows if r.split == "val" and r.label == 0]
+    return [root / r.path for r in rows], np.array([r.modality for r in rows])
+
+
+def test_reals(fold: Path, name: str, root: Path, modality_of: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """One detector's scores of the fold's test reals (from its results file) and their modalities."""
+    result = json.loads((fold / "results" / f"{name}.json").read_text())
+    scores = np.asarray(result["rows"][name]["scores"][""], dtype=float)
+    paths = [str(Path(p).relative_to(root)) if Path(p).is_absolute() else p for p in result["test_paths"]]
+    real = np.array([p in modality_of for p in paths])
+    return scores[real], np.array([modality_of[p] for p, r in zip(paths, real) if r])
+
+
+def flagged(scores: np.ndarray, modalities: np.ndarray, threshold: float) -> dict[str, float]:
+    """Share of reals called fake at the threshold (:func:`flag_fake`, as reports do), overall and per modality."""
+    out = {"all": float(flag_fake(scores, threshold).mean())}
+    for m in sorted(set(modalities)):
+        out[m] = float(flag_fake(scores[modalities == m], threshold).mean())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="one seed's folder of a leave-one-out run (it has folds/)")
+    parser.add_argument("--data", type=Path, help="the run's dataset (default: the one its config.json names)")
+    parser.add_argument("--detectors", help="comma-separated (default: every detector with a checkpoint)")
+    args = parser.parse_args()
+    config = next(p for p in (args.run / "config.json", args.run.parent.parent / "config.json") if p.exists())
+    root = args.data or Path(json.loads(config.read_text())["options"]["data"])
+    manifest = read_manifest(root / "manifest.csv")
+    modality_of = {r.path: r.modality for r in manifest.rows if r.split == "test" and r.label == 0}
+    val_paths, val_modalities = validation_reals(root)
+    folds = sorted(p for p in (args.run / "folds").iterdir() if (p / "checkpoints").is_dir())
+    names = args.detectors.split(",") if args.detectors else sorted(
+        {c.stem for f in folds for c in (f / "checkpoints").glob("*.safetensors")})
+    console = Console(width=max(Console().width, 120))
+    modalities = sorted(set(val_modalities))
+    table = Table(title=f"reals flagged at the checkpoint's threshold, mean over {len(folds)} folds")
+    for column in ["detector", "reals", "all", *modalities]:
+        table.add_column(column, justify="left" if column in ("detector", "reals") else "right", no_wrap=True)
+    for name in names:
+        per_fold = defaultdict(list)
+        for fold in folds:
+            detector = api.load_detector(fold / "checkpoints" / f"{name}.safetensors")
+            threshold = detector.train_info.get("threshold")
+            if threshold is None:
+                console.print(f"{name}: {fold.name}: the checkpoint holds no validated threshold, skipped")
+                continue
+            val = flagged(api.score(detector, val_paths), val_modalities, threshold)
+            test = flagged(*test_reals(fold, name, root, modality_of), threshold)
+            for key in val:
+                per_fold[key].append((val[key], test.get(key, float("nan"))))
+        for which, label in enumerate(("validation", "test") if per_fold else ()):
+            table.add_row(name if which == 0 else "", label,
+                          *(f"{np.mean([pair[which] for pair in per_fold[k]]):.3f}" for k in ["all", *modalities]),
+                          end_section=which == 1)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
