@@ -15,7 +15,7 @@ from medforensics_core.engine.context import FitContext
 from medforensics_core.errors import MfxError
 
 RUN_DIR_COMMANDS = {("compare",), ("evaluate",), ("data", "demo")}
-ONE_FILE_COMMANDS = {("train",), ("index", "add"), ("data", "index"), ("data", "show")}
+ONE_FILE_COMMANDS = {("train",), ("calibrate",), ("index", "add"), ("data", "index"), ("data", "show")}
 
 
 def _commands(group: click.Group, prefix=()):

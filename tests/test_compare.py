@@ -279,6 +279,10 @@ def _check_forensic_conventions(run: Path, report: dict, rows: list[dict]) -> No
     freq = report["detectors"]["freq"]
     assert freq["source"] == "trained" and freq["weights_status"] == "from-scratch"
     assert freq["threshold_rule"].startswith("5% FPR on the validation split")
+    from medforensics_core.checkpoint import load_metadata  # mfx predict warns when it scores otherwise
+
+    assert load_metadata(run / "checkpoints" / "freq.safetensors")["train_info"]["threshold_scoring"] == {
+        "mode": "center"}
     labels = np.array([int(r["label"]) for r in rows if r["detector"] == "freq"])
     scores = np.array([float(r["score"]) for r in rows if r["detector"] == "freq"])
     generators = np.array([r["generator"] for r in rows if r["detector"] == "freq"])

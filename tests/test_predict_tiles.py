@@ -250,3 +250,60 @@ def test_modality_names_from_dicom_tags_nifti_headers_and_file_names(tmp_path):
     nibabel.save(plain, tmp_path / "sub-01_T1w.nii.gz")
     found = M.from_nifti(tmp_path / "sub-01_T1w.nii.gz")
     assert found.name == "mri" and "file name" in found.source
+
+
+def real_ct_crops(folder: Path, count: int, side: int = 96) -> list[Path]:
+    """``count`` crops of pydicom's real CT_small, at random places, saved as 8-bit PNGs (real pixels only)."""
+    rng = np.random.default_rng(7)
+    ct = ct_image()
+    folder.mkdir()
+    paths = []
+    for i in range(count):
+        y, x = (int(v) for v in rng.integers(0, ct.shape[-1] - side, 2))
+        paths.append(save_png(ct[:, y:y + side, x:x + side], folder / f"real-{i:02d}.png"))
+    return paths
+
+
+def test_calibrate_fixes_the_threshold_on_given_reals_as_predict_scores_them(patch_checkpoint, tmp_path):
+    """The new threshold is the rule ``mfx compare`` uses, on these reals' tile scores; predict then keeps to it."""
+    import hashlib
+
+    import medforensics_core as mfx
+    from medforensics_core.metrics import threshold_at_fpr
+
+    reals = real_ct_crops(tmp_path / "reals", 24)
+    before = hashlib.sha256(patch_checkpoint.read_bytes()).hexdigest()
+    out = tmp_path / "calibrated.safetensors"
+    result = CliRunner().invoke(cli, ["calibrate", "--checkpoint", str(patch_checkpoint), str(tmp_path / "reals"),
+                                      "-o", str(out)])  # modality from the files, as mfx.score reads it
+    assert result.exit_code == 0, result.output
+    original = mfx.load_detector(patch_checkpoint)
+    tile_scores = mfx.score(original, reals, crop="tiles")  # 96 px reals, 64 px tiles: four tiles, their max
+    calibrated = mfx.load_detector(out)
+    info = calibrated.train_info
+    assert info["threshold"] == pytest.approx(threshold_at_fpr(tile_scores, 0.05), abs=1e-6)
+    assert info["threshold_scoring"] == {"mode": "tiles", "aggregate": "max", "tile_size": CROP, "stride": 0.5}
+    assert info["threshold_rule"].startswith("5% FPR on 24 real frames of 24 files given to mfx calibrate")
+    assert info["threshold_before_calibration"]["threshold"] == 0.5  # the fixture's checkpoint had none
+    assert np.array_equal(mfx.score(calibrated, reals, crop="tiles"), tile_scores)  # the model itself is unchanged
+    assert hashlib.sha256(patch_checkpoint.read_bytes()).hexdigest() == before
+    predicted = json.loads(CliRunner().invoke(cli, ["predict", "--checkpoint", str(out), str(tmp_path / "reals"),
+                                                    "--json"]).output)
+    assert predicted["threshold_source"].startswith("checkpoint: 5% FPR on 24 real frames")
+    assert predicted["threshold_warning"] is None
+    assert sum(p["verdict"] == "fake" for p in predicted["predictions"]) <= 1  # floor(5 % of 24)
+    centre = json.loads(CliRunner().invoke(cli, ["predict", "--checkpoint", str(out), str(reals[0]), "--json",
+                                                 "--crop", "center"]).output)
+    assert "64 px tiles" in centre["threshold_warning"] and "mfx calibrate" in centre["threshold_warning"]
+
+
+def test_calibrate_refuses_too_few_reals_and_an_existing_output_in_one_line(patch_checkpoint, tmp_path):
+    real_ct_crops(tmp_path / "few", 5)
+    out = tmp_path / "calibrated.safetensors"
+    few = CliRunner().invoke(cli, ["calibrate", "--checkpoint", str(patch_checkpoint), str(tmp_path / "few"),
+                                   "-o", str(out)])
+    assert few.exit_code != 0 and "5 real frame(s) scored" in few.output and "at least 20" in few.output
+    assert "Traceback" not in few.output and not out.exists()
+    again = CliRunner().invoke(cli, ["calibrate", "--checkpoint", str(patch_checkpoint), str(tmp_path / "few"),
+                                     "-o", str(patch_checkpoint)])
+    assert again.exit_code != 0 and "already exists" in again.output and "Traceback" not in again.output

@@ -415,27 +415,38 @@ class NothingScored(MfxError):
     exit_code = 1
 
 
+def scoring_options(command):
+    """The options ``mfx predict`` and ``mfx calibrate`` share: how a file is scored, on what, and bad files."""
+    options = [
+        click.option("--crop", type=click.Choice(["tiles", "center"]), default="tiles", show_default=True,
+                     help="tiles: score the whole image by tiles of the detector's input size; center: only the "
+                          "centre crop the detector's preprocessing takes."),
+        click.option("--aggregate", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+                     help="Image score from tile scores: max (local edits) or mean (fully generated images)."),
+        click.option("--stride", type=float, default=0.5, show_default=True,
+                     help="Tile step, as a fraction of a tile."),
+        on_bad_option(FILES_ON_BAD),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps."),
+        click.option("--modality",
+                     help="Modality of every input (ct, mri, xray, ultrasound... or a DICOM code such as MR) "
+                          "[default: the DICOM Modality tag / NIfTI header of each file]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command("predict")
 @click.argument("inputs", nargs=-1, required=True, metavar="[DETECTOR] FILES_OR_DIRS...")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=str),
-              help="Checkpoint written by mfx train/compare (it names its detector).")
+              help="Checkpoint written by mfx train/compare/calibrate (it names its detector).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--threshold", type=float, default=None,
               help="Score above which an image is called fake [default: the checkpoint's validated threshold, "
                    "else 0.5].")
-@click.option("--crop", type=click.Choice(["tiles", "center"]), default="tiles", show_default=True,
-              help="tiles: score the whole image by tiles of the detector's input size; center: only the "
-                   "centre crop the detector's preprocessing takes.")
-@click.option("--aggregate", type=click.Choice(["max", "mean"]), default="max", show_default=True,
-              help="Image score from tile scores: max (local edits) or mean (fully generated images).")
-@click.option("--stride", type=float, default=0.5, show_default=True, help="Tile step, as a fraction of a tile.")
 @click.option("--explain", type=click.Path(path_type=Path), metavar="OUTDIR",
               help="Write a heat-map overlay PNG per input (its most suspicious frame) into OUTDIR.")
-@on_bad_option(FILES_ON_BAD)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
-@click.option("--modality",
-              help="Modality of every input (ct, mri, xray, ultrasound... or a DICOM code such as MR) "
-                   "[default: the DICOM Modality tag / NIfTI header of each file].")
+@scoring_options
 def predict_command(inputs, checkpoint, as_json, threshold, crop, aggregate, stride, explain, on_bad,
                     device, modality) -> None:
     """Score real-world files (DICOM incl. multi-frame, NIfTI slices, PNG, JPEG, TIFF) with a trained detector.
@@ -448,6 +459,7 @@ def predict_command(inputs, checkpoint, as_json, threshold, crop, aggregate, str
       mfx predict dski scans/ --checkpoint dski.safetensors --explain heatmaps/ --json
     """
     from ..api import checkpoint_detector_name, load_detector
+    from ..engine.calibrate import scoring_mismatch
     from ..engine.context import FitContext
     from ..engine.device import resolve_device
     from ..engine.predict import PredictOptions, check_explain_dir, checkpoint_threshold, predict_files
@@ -462,6 +474,7 @@ def predict_command(inputs, checkpoint, as_json, threshold, crop, aggregate, str
     torch_device = resolve_device(device)
     model = load_detector(checkpoint, device=str(torch_device))
     value, source = checkpoint_threshold(model, threshold)
+    mismatch = scoring_mismatch(model, tiles) if threshold is None else None
     options = PredictOptions(threshold=value, on_bad=on_bad, modality=modality, tiles=tiles, explain=explain)
     with RichProgress(console, enabled=console.is_terminal and not as_json) as progress:
         ctx = FitContext(device=torch_device, progress=progress)
@@ -469,7 +482,7 @@ def predict_command(inputs, checkpoint, as_json, threshold, crop, aggregate, str
         scoring = _scoring_line(model, tiles)
     verdict = {"detector": detector, "checkpoint": checkpoint, "weights": model.weights_status(),
                "weights_info": model.weights_info(), "threshold": value, "threshold_source": source,
-               "scoring": scoring, "predictions": [p.to_dict() for p in predictions],
+               "threshold_warning": mismatch, "scoring": scoring, "predictions": [p.to_dict() for p in predictions],
                "bad": [{"path": p, "reason": r} for p, r in bad]}
     if as_json:
         click.echo(json.dumps(verdict, indent=2))
@@ -519,6 +532,8 @@ def _print_predictions(verdict: dict, predictions, bad) -> None:
                f"{scoring['aggregate']} of tile scores")
     console.print(f"weights: {escape(verdict['weights'])} ({escape(verdict['weights_info'])})")
     console.print(f"threshold {verdict['threshold']:.3f} ({escape(verdict['threshold_source'])}); scoring: {how}")
+    if verdict["threshold_warning"]:
+        console.print(f"[bold yellow]WARNING[/] {escape(verdict['threshold_warning'])}")
     table = Table(title=f"{verdict['detector']}: fake probability")
     for column in ("file", "frame", "modality", "score", "verdict"):
         table.add_column(column, justify="right" if column in ("frame", "score") else "left",
@@ -534,3 +549,69 @@ def _print_predictions(verdict: dict, predictions, bad) -> None:
 
 compare_command.interrupt_hint = ("finished detectors are kept in the run directory named above "
                                   "(finish with mfx compare --resume RUN_DIR)")
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+@cli.command("calibrate")
+@click.argument("reals", nargs=-1, required=True, metavar="REAL_FILES_OR_DIRS...")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint written by mfx train/compare (left as it is).")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="New checkpoint to write: the same model with the new threshold.")
+@click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
+              help="Share of these reals the new threshold may call fake.")
+@scoring_options
+def calibrate_command(reals, checkpoint, output, fpr, crop, aggregate, stride, on_bad, device, modality) -> None:
+    """Fix a checkpoint's decision threshold again on reals you trust, scored as mfx predict will score them.
+
+    The threshold mfx compare stores is fixed on the validation split's reals, each scored by its centre
+    crop. On whole images scored by tiles, and on reals of another scanner, it flags more reals than its
+    rule says (docs: metrics, "The detector's threshold"). Give real images only (at least 20 frames
+    for --fpr 0.05), and the same --crop/--aggregate/--stride you will predict with.
+
+    \b
+    Examples:
+      mfx calibrate --checkpoint dski.safetensors reals/ -o dski-our-ct.safetensors
+      mfx calibrate --checkpoint dski.safetensors ct/ mr/ --fpr 0.01 --crop center -o dski-1pct.safetensors
+    """
+    from ..api import load_detector
+    from ..engine.calibrate import calibrate, scoring_of, write_calibrated
+    from ..engine.context import FitContext
+    from ..engine.device import resolve_device
+    from ..engine.predict import PredictOptions, checkpoint_threshold, predict_files
+    from ..engine.progress import RichProgress
+    from ..engine.tiles import TileConfig
+
+    if output.exists():
+        raise MfxError(f"{output}: already exists; name a new file")
+    tiles = TileConfig(mode=crop, aggregate=aggregate, stride=stride)
+    torch_device = resolve_device(device)
+    model = load_detector(checkpoint, device=str(torch_device))
+    previous = checkpoint_threshold(model)
+    options = PredictOptions(threshold=previous[0], on_bad=on_bad, modality=modality, tiles=tiles)
+    with RichProgress(console, enabled=console.is_terminal) as progress:
+        predictions, bad = predict_files(model, reals, FitContext(device=torch_device, progress=progress), options)
+    for path, reason in bad:
+        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    result = calibrate(model, predictions, fpr, scoring_of(model, tiles), previous)
+    written = write_calibrated(model, result, checkpoint, output)
+    _print_calibration(result, written)
+
+
+def _print_calibration(result, written: Path) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"share of these reals called fake (target {result.fpr:.0%})")
+    for column in ("modality", "frames", "old threshold", "new threshold"):
+        table.add_column(column, justify="left" if column == "modality" else "right")
+    for modality in ("all", *result.counts):
+        count = result.n_frames if modality == "all" else result.counts[modality]
+        table.add_row(modality, str(count), f"{result.flagged_before[modality]:.3f}",
+                      f"{result.flagged_after[modality]:.3f}")
+    console.print(table)
+    console.print(f"old threshold {result.previous:.3f} ({escape(result.previous_source)})")
+    console.print(f"new threshold {result.threshold:.3f} ({escape(result.rule)})")
+    console.print(f"wrote {escape(str(written))}")

@@ -17,6 +17,7 @@ import torch
 
 from ...contract import ReferenceBank, SupportsDistributed
 from ...decision import DEFAULT_THRESHOLD, flag_fake
+from ..calibrate import CENTRE_SCORING
 from ...errors import MfxError, WeightsNotFoundError
 from ...interfaces import Detector, Perturbation
 from ...report.schema import TRAINABLE_PARAMS, DetectorEntry
@@ -131,7 +132,9 @@ def validated_threshold(detector: Detector, val, ctx: FitContext, fpr: float = V
     recall = float(flag_fake(scores[labels == 1], threshold).mean()) if n_fake else None
     rule = (f"{fpr:.0%} FPR on the validation split ({n_real} real, {n_fake} fake"
             + (f"; validation TPR {recall:.3f})" if recall is not None else ")"))
-    return {"threshold": threshold, "threshold_rule": rule, "threshold_fpr": fpr}
+    # scored by the detector's own preprocessing: mfx predict warns when it scores otherwise (tiles)
+    return {"threshold": threshold, "threshold_rule": rule, "threshold_fpr": fpr,
+            "threshold_scoring": dict(CENTRE_SCORING)}
 
 
 def obtain_detector(spec: DetectorSpec, fold: Fold, ctx: FitContext,

@@ -1,0 +1,137 @@
+"""A checkpoint's decision threshold fixed again on reals the user trusts, scored as ``mfx predict`` scores them.
+
+Why this exists: ``mfx compare`` fixes each detector's threshold at 5 % false positives on its
+validation reals, each scored by the detector's own preprocessing (its centre crop). Two things
+move that operating point in use, both measured on the default build (leave-one-network-out,
+seed 0, tiny DSKI):
+
+* **the scoring**: ``mfx predict`` scores a whole image by tiles and keeps the most suspicious one.
+  The max of nine 64-px tiles of a 128-px real is above its centre crop's score, so the same
+  threshold flagged 0.24-0.26 of the validation reals instead of 0.043 (NPR, which sees the whole
+  image in one tile, stayed at 0.043). On a 512-px scan there are many more tiles;
+* **the reals**: reals further from the training data than the validation reals score higher
+  (DSKI flagged 0.106 of the test reals at a threshold that flags 0.047 of the validation reals).
+
+So the threshold that matters is the one fixed on reals of the user's own scanner, under the
+scoring the user will run. The new threshold is stored with its rule and its scoring
+(``train_info``: ``threshold``, ``threshold_rule``, ``threshold_fpr``, ``threshold_scoring``) in a
+new checkpoint; the given one is never rewritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..decision import flag_fake
+from ..errors import MfxError
+from ..interfaces import Detector
+from ..metrics import threshold_at_fpr
+from .predict import Prediction
+from .tiles import TileConfig, input_size
+
+CENTRE_SCORING = {"mode": "center"}
+"""How ``mfx compare`` scores the validation images: the detector's own preprocessing. A checkpoint's threshold
+without a recorded scoring was fixed that way."""
+
+
+def scoring_of(detector: Detector, tiles: TileConfig) -> dict[str, Any]:
+    """The scoring a threshold depends on: centre crop, or tiles of the detector's input size and their aggregate.
+
+    A detector that takes any input size scores the whole image in one tile, which is its centre scoring.
+    """
+    size = input_size(detector) if tiles.mode == "tiles" else None
+    if size is None:
+        return dict(CENTRE_SCORING)
+    return {"mode": "tiles", "aggregate": tiles.aggregate, "tile_size": size, "stride": tiles.stride}
+
+
+def describe_scoring(scoring: dict[str, Any]) -> str:
+    if scoring.get("mode") != "tiles":
+        return "the detector's centre crop (--crop center)"
+    return (f"{scoring.get('tile_size', '?')} px tiles, stride {scoring.get('stride', '?')}, "
+            f"{scoring.get('aggregate', '?')} of tile scores")
+
+
+def scoring_mismatch(detector: Detector, tiles: TileConfig) -> str | None:
+    """Why the checkpoint's threshold does not fit this scoring, or None (the same scoring, or no threshold)."""
+    if detector.train_info.get("threshold") is None:
+        return None
+    stored = detector.train_info.get("threshold_scoring")
+    stored = stored if isinstance(stored, dict) else CENTRE_SCORING  # none recorded: fixed by mfx compare
+    running = scoring_of(detector, tiles)
+    if stored == running:
+        return None
+    return (f"the checkpoint's threshold was fixed on {describe_scoring(stored)}; this run scores by "
+            f"{describe_scoring(running)}, which flags more reals than its rule says. Fix it on reals of your "
+            f"own scanner: mfx calibrate --checkpoint CKPT REALS... -o NEW")
+
+
+def minimum_reals(fpr: float) -> int:
+    """The fewest reals at which ``fpr`` is a share of at least one image (20 for 5 %)."""
+    return math.ceil(1.0 / fpr - 1e-9)
+
+
+@dataclasses.dataclass
+class Calibration:
+    """A threshold fixed on given reals: the rule, and the share of them flagged before and after, per modality."""
+
+    threshold: float
+    fpr: float
+    scoring: dict[str, Any]
+    n_frames: int
+    n_files: int
+    previous: float
+    previous_source: str
+    counts: dict[str, int]
+    flagged_before: dict[str, float]
+    flagged_after: dict[str, float]
+
+    @property
+    def rule(self) -> str:
+        files = f"{self.n_files} file" + ("s" if self.n_files != 1 else "")
+        return (f"{self.fpr:.0%} FPR on {self.n_frames} real frames of {files} given to mfx calibrate "
+                f"({describe_scoring(self.scoring)})")
+
+    def train_info(self) -> dict[str, Any]:
+        """The keys a calibrated checkpoint's ``train_info`` gets (the rest is kept)."""
+        return {"threshold": self.threshold, "threshold_rule": self.rule, "threshold_fpr": self.fpr,
+                "threshold_scoring": self.scoring,
+                "threshold_before_calibration": {"threshold": self.previous, "source": self.previous_source}}
+
+
+def calibrate(detector: Detector, predictions: Sequence[Prediction], fpr: float, scoring: dict[str, Any],
+              previous: tuple[float, str]) -> Calibration:
+    """The lowest threshold that flags at most ``fpr`` of these real frames (the rule ``mfx compare`` uses)."""
+    if not predictions:
+        raise MfxError("no real image was scored: nothing to calibrate on")
+    needed = minimum_reals(fpr)
+    if len(predictions) < needed:
+        raise MfxError(f"{len(predictions)} real frame(s) scored; a threshold at {fpr:.0%} false positives needs "
+                       f"at least {needed}")
+    scores = np.array([p.score for p in predictions], dtype=np.float64)
+    modalities = np.array([p.modality for p in predictions])
+    threshold = threshold_at_fpr(scores, fpr)
+    counts = dict(sorted(Counter(modalities.tolist()).items()))
+
+    def shares(cut: float) -> dict[str, float]:
+        out = {m: float(flag_fake(scores[modalities == m], cut).mean()) for m in counts}
+        return {"all": float(flag_fake(scores, cut).mean()), **out}
+
+    return Calibration(threshold, fpr, scoring, len(predictions), len({p.path for p in predictions}),
+                       previous[0], previous[1], counts, shares(previous[0]), shares(threshold))
+
+
+def write_calibrated(detector: Detector, calibration: Calibration, source: Path, output: Path) -> Path:
+    """Save the detector with the new threshold as ``output``; the source checkpoint is never overwritten."""
+    if output.exists():
+        what = "the checkpoint being calibrated" if output.resolve() == source.resolve() else "a file"
+        raise MfxError(f"{output}: already exists ({what}); name a new file")
+    detector.train_info = {**detector.train_info, **calibration.train_info()}
+    return detector.save(output)
