@@ -595,7 +595,7 @@ def calibrate_command(reals, checkpoint, output, fpr, crop, aggregate, stride, o
         predictions, bad = predict_files(model, reals, FitContext(device=torch_device, progress=progress), options)
     for path, reason in bad:
         console.print(f"[yellow]skipped[/] {path}: {reason}")
-    result = calibrate(model, predictions, fpr, scoring_of(model, tiles), previous)
+    result = calibrate(predictions, fpr, scoring_of(model, tiles), previous)
     written = write_calibrated(model, result, checkpoint, output)
     _print_calibration(result, written)
 

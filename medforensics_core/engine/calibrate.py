@@ -106,7 +106,7 @@ class Calibration:
                 "threshold_before_calibration": {"threshold": self.previous, "source": self.previous_source}}
 
 
-def calibrate(detector: Detector, predictions: Sequence[Prediction], fpr: float, scoring: dict[str, Any],
+def calibrate(predictions: Sequence[Prediction], fpr: float, scoring: dict[str, Any],
               previous: tuple[float, str]) -> Calibration:
     """The lowest threshold that flags at most ``fpr`` of these real frames (the rule ``mfx compare`` uses)."""
     if not predictions:
