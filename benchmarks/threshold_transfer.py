@@ -3,15 +3,17 @@
 Not a test: run it by hand on a finished leave-one-out ``mfx compare`` run (one seed's folder) that kept its
 checkpoints.
 
-    python benchmarks/threshold_transfer.py runs/<run>                       # every detector of the run
-    python benchmarks/threshold_transfer.py runs/<run>/seeds/0 --detectors dski,npr --data <build>
+    python benchmarks/threshold_transfer.py runs/<run>                       # a single-seed run: every detector
+    python benchmarks/threshold_transfer.py runs/<run>/seeds/0 --detectors dski,npr --data <build>   # a merged run
 
 Why: ``mfx compare`` fixes each detector's decision threshold at 5 % false positives on the validation
 split, and the checkpoint carries it to ``mfx predict``. Whether that operating point transfers is a
 question of how far the test reals lie from the validation reals, which the AUC does not show. Each
 fold's checkpoint scores the validation split's reals again (the rule must come back at about its 5 %),
 and the test reals' scores are read from the fold's results; the table gives the mean over folds of the
-share of reals flagged at the checkpoint's threshold, validation / test, overall and per modality.
+share of reals flagged at the checkpoint's threshold, validation / test, overall and per modality. The
+validation reals are the manifest's ``val`` split; a protocol that validates a fold on part of them
+(the threshold rule in the report says how many) gives an approximate validation share.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medforensics_core import api
@@ -59,8 +62,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="the run's dataset (default: the one its config.json names)")
     parser.add_argument("--detectors", help="comma-separated (default: every detector with a checkpoint)")
     args = parser.parse_args()
-    config = next(p for p in (args.run / "config.json", args.run.parent.parent / "config.json") if p.exists())
-    root = args.data or Path(json.loads(config.read_text())["options"]["data"])
+    if (args.run / "seeds").is_dir():
+        raise SystemExit(f"{args.run}: a run of several seeds; pass one seed's folder, e.g. {args.run / 'seeds' / '0'}")
+    if not (args.run / "folds").is_dir():
+        raise SystemExit(f"{args.run}: no folds/ folder; pass a leave-one-out run that kept its checkpoints")
+    configs = [p for p in (args.run / "config.json", args.run.parent.parent / "config.json") if p.exists()]
+    if args.data is None and not configs:
+        raise SystemExit(f"{args.run}: no config.json names the dataset; pass --data")
+    root = args.data or Path(json.loads(configs[0].read_text())["options"]["data"])
     manifest = read_manifest(root / "manifest.csv")
     modality_of = {r.path: r.modality for r in manifest.rows if r.split == "test" and r.label == 0}
     val_paths, val_modalities = validation_reals(root)
@@ -71,21 +80,21 @@ def main() -> None:
     modalities = sorted(set(val_modalities))
     table = Table(title=f"reals flagged at the checkpoint's threshold, mean over {len(folds)} folds")
     for column in ["detector", "reals", "all", *modalities]:
-        table.add_column(column, justify="left" if column in ("detector", "reals") else "right", no_wrap=True)
+        table.add_column(escape(column), justify="left" if column in ("detector", "reals") else "right", no_wrap=True)
     for name in names:
         per_fold = defaultdict(list)
         for fold in folds:
             detector = api.load_detector(fold / "checkpoints" / f"{name}.safetensors")
             threshold = detector.train_info.get("threshold")
             if threshold is None:
-                console.print(f"{name}: {fold.name}: the checkpoint holds no validated threshold, skipped")
+                console.print(f"{escape(name)}: {escape(fold.name)}: no validated threshold in the checkpoint, skipped")
                 continue
             val = flagged(api.score(detector, val_paths), val_modalities, threshold)
             test = flagged(*test_reals(fold, name, root, modality_of), threshold)
             for key in val:
                 per_fold[key].append((val[key], test.get(key, float("nan"))))
         for which, label in enumerate(("validation", "test") if per_fold else ()):
-            table.add_row(name if which == 0 else "", label,
+            table.add_row(escape(name) if which == 0 else "", label,
                           *(f"{np.mean([pair[which] for pair in per_fold[k]]):.3f}" for k in ["all", *modalities]),
                           end_section=which == 1)
     console.print(table)

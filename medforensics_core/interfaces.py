@@ -215,7 +215,7 @@ class Detector(Plugin, abc.ABC):
             detector.load_state(tensors, meta.get("extra", {}) or {}, source=str(path))
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # hostile or damaged metadata
             raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
-        detector.train_info = meta.get("train_info", {})
+        detector.train_info = meta.get("train_info") or {}  # a null in the file is no information
         detector.fitted = True
         return detector.to(device)
 

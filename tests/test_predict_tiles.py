@@ -284,17 +284,19 @@ def test_calibrate_fixes_the_threshold_on_given_reals_as_predict_scores_them(pat
     assert info["threshold"] == pytest.approx(threshold_at_fpr(tile_scores, 0.05), abs=1e-6)
     assert info["threshold_scoring"] == {"mode": "tiles", "aggregate": "max", "tile_size": CROP, "stride": 0.5}
     assert info["threshold_rule"].startswith("5% FPR on 24 real frames of 24 files given to mfx calibrate")
-    assert info["threshold_before_calibration"]["threshold"] == 0.5  # the fixture's checkpoint had none
+    assert info["thresholds_replaced"] == [{"threshold": 0.5, "rule": "default 0.5 (the checkpoint holds no "
+                                                                   "validated threshold)"}]  # the fixture had none
     assert np.array_equal(mfx.score(calibrated, reals, crop="tiles"), tile_scores)  # the model itself is unchanged
     assert hashlib.sha256(patch_checkpoint.read_bytes()).hexdigest() == before
     predicted = json.loads(CliRunner().invoke(cli, ["predict", "--checkpoint", str(out), str(tmp_path / "reals"),
                                                     "--json"]).output)
+    assert predicted["threshold"] == info["threshold"]
     assert predicted["threshold_source"].startswith("checkpoint: 5% FPR on 24 real frames")
     assert predicted["threshold_warning"] is None
     assert sum(p["verdict"] == "fake" for p in predicted["predictions"]) <= 1  # floor(5 % of 24)
     centre = json.loads(CliRunner().invoke(cli, ["predict", "--checkpoint", str(out), str(reals[0]), "--json",
                                                  "--crop", "center"]).output)
-    assert "64 px tiles" in centre["threshold_warning"] and "mfx calibrate" in centre["threshold_warning"]
+    assert f"{CROP} px tiles" in centre["threshold_warning"] and "mfx calibrate" in centre["threshold_warning"]
 
 
 def test_calibrate_refuses_too_few_reals_and_an_existing_output_in_one_line(patch_checkpoint, tmp_path):
@@ -304,6 +306,43 @@ def test_calibrate_refuses_too_few_reals_and_an_existing_output_in_one_line(patc
                                    "-o", str(out)])
     assert few.exit_code != 0 and "5 real frame(s) scored" in few.output and "at least 20" in few.output
     assert "Traceback" not in few.output and not out.exists()
+    import hashlib
+
+    before = hashlib.sha256(patch_checkpoint.read_bytes()).hexdigest()
     again = CliRunner().invoke(cli, ["calibrate", "--checkpoint", str(patch_checkpoint), str(tmp_path / "few"),
                                      "-o", str(patch_checkpoint)])
     assert again.exit_code != 0 and "already exists" in again.output and "Traceback" not in again.output
+    assert hashlib.sha256(patch_checkpoint.read_bytes()).hexdigest() == before
+    nowhere = CliRunner().invoke(cli, ["calibrate", "--checkpoint", str(patch_checkpoint), str(tmp_path / "few"),
+                                       "-o", str(tmp_path / "no-such-folder" / "x.safetensors")])
+    assert nowhere.exit_code != 0 and "cannot write there" in nowhere.output and "Traceback" not in nowhere.output
+
+
+def test_predict_warns_when_the_threshold_was_fixed_under_another_scoring(patch_checkpoint, tmp_path):
+    """A compare threshold (centre crops, no scoring recorded) under tiles warns; --threshold, or odd metadata, not
+    a traceback."""
+    from pydicom.data import get_testdata_file
+
+    from medforensics_core.engine.compare.detector_run import threshold_scoring_warning
+    from medforensics_core.plugins import get_registry
+
+    detector = get_registry().detector("dski").load(patch_checkpoint)
+    ct = get_testdata_file("CT_small.dcm")
+
+    def predict_with(train_info, *extra):
+        detector.train_info = train_info
+        path = detector.save(tmp_path / f"ck-{len(list(tmp_path.iterdir()))}.safetensors")
+        result = CliRunner().invoke(cli, ["predict", "--checkpoint", str(path), ct, "--json", *extra])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+        return json.loads(result.stdout)  # log lines go to stderr
+
+    compare_made = {"threshold": 0.4, "threshold_rule": "5% FPR on the validation split (40 real, 40 fake)"}
+    assert "centre crop" in predict_with(compare_made)["threshold_warning"]
+    assert predict_with(compare_made, "--crop", "center")["threshold_warning"] is None
+    assert predict_with(compare_made, "--threshold", "0.5")["threshold_warning"] is None
+    assert predict_with({**compare_made, "threshold_scoring": "garbage"}, "--crop", "center")["threshold_warning"] \
+        is None  # unreadable: taken as compare's centre crop, logged
+    assert predict_with(None)["threshold"] == 0.5  # a null train_info is no information, not a crash
+    tiles = {"mode": "tiles", "aggregate": "max", "tile_size": CROP, "stride": 0.5}
+    assert threshold_scoring_warning({**compare_made, "threshold_scoring": tiles})  # a report says so
+    assert threshold_scoring_warning(compare_made) == []

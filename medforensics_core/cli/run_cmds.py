@@ -557,7 +557,7 @@ compare_command.interrupt_hint = ("finished detectors are kept in the run direct
 @cli.command("calibrate")
 @click.argument("reals", nargs=-1, required=True, metavar="REAL_FILES_OR_DIRS...")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint written by mfx train/compare (left as it is).")
+              help="Checkpoint written by mfx train/compare/calibrate (left as it is).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="New checkpoint to write: the same model with the new threshold.")
 @click.option("--fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05, show_default=True,
@@ -577,39 +577,57 @@ def calibrate_command(reals, checkpoint, output, fpr, crop, aggregate, stride, o
       mfx calibrate --checkpoint dski.safetensors ct/ mr/ --fpr 0.01 --crop center -o dski-1pct.safetensors
     """
     from ..api import load_detector
-    from ..engine.calibrate import calibrate, scoring_of, write_calibrated
+    from ..engine.calibrate import calibrate, check_output, write_calibrated
     from ..engine.context import FitContext
     from ..engine.device import resolve_device
-    from ..engine.predict import PredictOptions, checkpoint_threshold, predict_files
+    from ..engine.predict import PredictOptions, predict_files
     from ..engine.progress import RichProgress
-    from ..engine.tiles import TileConfig
+    from ..engine.tiles import TileConfig, scoring_of
 
-    if output.exists():
-        raise MfxError(f"{output}: already exists; name a new file")
+    check_output(output)  # before any scoring: a refused output must not cost the scoring
     tiles = TileConfig(mode=crop, aggregate=aggregate, stride=stride)
     torch_device = resolve_device(device)
     model = load_detector(checkpoint, device=str(torch_device))
-    previous = checkpoint_threshold(model)
+    previous = _replaced_threshold(model)
     options = PredictOptions(threshold=previous[0], on_bad=on_bad, modality=modality, tiles=tiles)
     with RichProgress(console, enabled=console.is_terminal) as progress:
         predictions, bad = predict_files(model, reals, FitContext(device=torch_device, progress=progress), options)
-    for path, reason in bad:
-        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    _print_skipped(bad)
     result = calibrate(predictions, fpr, scoring_of(model, tiles), previous)
-    written = write_calibrated(model, result, checkpoint, output)
+    written = write_calibrated(model, result, output)
     _print_calibration(result, written)
 
 
-def _print_calibration(result, written: Path) -> None:
+def _replaced_threshold(model) -> tuple[float, str]:
+    """The threshold being replaced and its source; an unusable one (NaN, not a number) is what calibrating fixes."""
+    from ..engine.predict import checkpoint_threshold
+
+    try:
+        return checkpoint_threshold(model)
+    except MfxError as exc:
+        return 0.5, f"default 0.5 (the checkpoint's own threshold was unusable: {exc})"
+
+
+def _print_skipped(bad) -> None:
     from rich.markup import escape
+
+    for path, reason in bad:
+        console.print(f"[yellow]skipped[/] {escape(str(path))}: {escape(str(reason))}", soft_wrap=True)
+
+
+def _print_calibration(result, written: Path) -> None:
+    """The share of the given reals flagged at the old and the new threshold, per modality, and both rules."""
+    from rich.markup import escape
+
+    from ..engine.calibrate import percent
     from rich.table import Table
 
-    table = Table(title=f"share of these reals called fake (target {result.fpr:.0%})")
+    table = Table(title=f"share of these reals called fake (target {percent(result.fpr)})")
     for column in ("modality", "frames", "old threshold", "new threshold"):
         table.add_column(column, justify="left" if column == "modality" else "right")
     for modality in ("all", *result.counts):
         count = result.n_frames if modality == "all" else result.counts[modality]
-        table.add_row(modality, str(count), f"{result.flagged_before[modality]:.3f}",
+        table.add_row(escape(modality), str(count), f"{result.flagged_before[modality]:.3f}",
                       f"{result.flagged_after[modality]:.3f}")
     console.print(table)
     console.print(f"old threshold {result.previous:.3f} ({escape(result.previous_source)})")

@@ -7,10 +7,11 @@ seed 0, tiny DSKI):
 
 * **the scoring**: ``mfx predict`` scores a whole image by tiles and keeps the most suspicious one.
   The max of nine 64-px tiles of a 128-px real is above its centre crop's score, so the same
-  threshold flagged 0.24-0.26 of the validation reals instead of 0.043 (NPR, which sees the whole
-  image in one tile, stayed at 0.043). On a 512-px scan there are many more tiles;
+  threshold flagged 0.24-0.26 of the validation reals instead of 0.043 (two folds; NPR, which sees
+  the whole image in one tile, stayed at 0.043). On a 512-px scan there are many more tiles;
 * **the reals**: reals further from the training data than the validation reals score higher
-  (DSKI flagged 0.106 of the test reals at a threshold that flags 0.047 of the validation reals).
+  (DSKI flagged 0.106 of the test reals at thresholds that flag 0.047 of the validation reals, mean
+  over five folds).
 
 So the threshold that matters is the one fixed on reals of the user's own scanner, under the
 scoring the user will run. The new threshold is stored with its rule and its scoring
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,43 +36,25 @@ from ..errors import MfxError
 from ..interfaces import Detector
 from ..metrics import threshold_at_fpr
 from .predict import Prediction
-from .tiles import TileConfig, input_size
-
-CENTRE_SCORING = {"mode": "center"}
-"""How ``mfx compare`` scores the validation images: the detector's own preprocessing. A checkpoint's threshold
-without a recorded scoring was fixed that way."""
-
-
-def scoring_of(detector: Detector, tiles: TileConfig) -> dict[str, Any]:
-    """The scoring a threshold depends on: centre crop, or tiles of the detector's input size and their aggregate.
-
-    A detector that takes any input size scores the whole image in one tile, which is its centre scoring.
-    """
-    size = input_size(detector) if tiles.mode == "tiles" else None
-    if size is None:
-        return dict(CENTRE_SCORING)
-    return {"mode": "tiles", "aggregate": tiles.aggregate, "tile_size": size, "stride": tiles.stride}
-
-
-def describe_scoring(scoring: dict[str, Any]) -> str:
-    if scoring.get("mode") != "tiles":
-        return "the detector's centre crop (--crop center)"
-    return (f"{scoring.get('tile_size', '?')} px tiles, stride {scoring.get('stride', '?')}, "
-            f"{scoring.get('aggregate', '?')} of tile scores")
+from .tiles import TileConfig, describe_scoring, scoring_of, stored_scoring
 
 
 def scoring_mismatch(detector: Detector, tiles: TileConfig) -> str | None:
     """Why the checkpoint's threshold does not fit this scoring, or None (the same scoring, or no threshold)."""
-    if detector.train_info.get("threshold") is None:
+    info = detector.train_info or {}
+    if info.get("threshold") is None:
         return None
-    stored = detector.train_info.get("threshold_scoring")
-    stored = stored if isinstance(stored, dict) else CENTRE_SCORING  # none recorded: fixed by mfx compare
-    running = scoring_of(detector, tiles)
+    stored, running = stored_scoring(info), scoring_of(detector, tiles)
     if stored == running:
         return None
     return (f"the checkpoint's threshold was fixed on {describe_scoring(stored)}; this run scores by "
-            f"{describe_scoring(running)}, which flags more reals than its rule says. Fix it on reals of your "
-            f"own scanner: mfx calibrate --checkpoint CKPT REALS... -o NEW")
+            f"{describe_scoring(running)}, so the false-positive rate of its rule does not hold here. Fix it on "
+            f"reals of your own scanner: mfx calibrate --checkpoint CKPT REALS... -o NEW")
+
+
+def percent(share: float) -> str:
+    """``0.05`` -> ``5%``, ``0.005`` -> ``0.5%`` (``{:.0%}`` would print 0%)."""
+    return f"{share * 100:g}%"
 
 
 def minimum_reals(fpr: float) -> int:
@@ -96,14 +80,20 @@ class Calibration:
     @property
     def rule(self) -> str:
         files = f"{self.n_files} file" + ("s" if self.n_files != 1 else "")
-        return (f"{self.fpr:.0%} FPR on {self.n_frames} real frames of {files} given to mfx calibrate "
+        return (f"{percent(self.fpr)} FPR on {self.n_frames} real frames of {files} given to mfx calibrate "
                 f"({describe_scoring(self.scoring)})")
 
-    def train_info(self) -> dict[str, Any]:
-        """The keys a calibrated checkpoint's ``train_info`` gets (the rest is kept)."""
+    def train_info(self, before: dict[str, Any]) -> dict[str, Any]:
+        """The keys a calibrated checkpoint's ``train_info`` gets (the rest of ``before`` is kept).
+
+        ``thresholds_replaced`` lists every earlier threshold with its rule, oldest first, so a checkpoint
+        calibrated twice still says what ``mfx compare`` chose.
+        """
+        replaced = before.get("thresholds_replaced")
+        replaced = list(replaced) if isinstance(replaced, list) else []
+        replaced.append({"threshold": self.previous, "rule": self.previous_source})
         return {"threshold": self.threshold, "threshold_rule": self.rule, "threshold_fpr": self.fpr,
-                "threshold_scoring": self.scoring,
-                "threshold_before_calibration": {"threshold": self.previous, "source": self.previous_source}}
+                "threshold_scoring": self.scoring, "thresholds_replaced": replaced}
 
 
 def calibrate(predictions: Sequence[Prediction], fpr: float, scoring: dict[str, Any],
@@ -113,8 +103,8 @@ def calibrate(predictions: Sequence[Prediction], fpr: float, scoring: dict[str, 
         raise MfxError("no real image was scored: nothing to calibrate on")
     needed = minimum_reals(fpr)
     if len(predictions) < needed:
-        raise MfxError(f"{len(predictions)} real frame(s) scored; a threshold at {fpr:.0%} false positives needs "
-                       f"at least {needed}")
+        raise MfxError(f"{len(predictions)} real frame(s) scored; a threshold at {percent(fpr)} false positives "
+                       f"needs at least {needed}")
     scores = np.array([p.score for p in predictions], dtype=np.float64)
     modalities = np.array([p.modality for p in predictions])
     threshold = threshold_at_fpr(scores, fpr)
@@ -128,10 +118,18 @@ def calibrate(predictions: Sequence[Prediction], fpr: float, scoring: dict[str, 
                        previous[0], previous[1], counts, shares(previous[0]), shares(threshold))
 
 
-def write_calibrated(detector: Detector, calibration: Calibration, source: Path, output: Path) -> Path:
-    """Save the detector with the new threshold as ``output``; the source checkpoint is never overwritten."""
-    if output.exists():
-        what = "the checkpoint being calibrated" if output.resolve() == source.resolve() else "a file"
-        raise MfxError(f"{output}: already exists ({what}); name a new file")
-    detector.train_info = {**detector.train_info, **calibration.train_info()}
+def check_output(output: Path) -> None:
+    """Refuse, before any scoring, an output that exists (the given checkpoint included) or cannot be written."""
+    if output.exists() or output.is_symlink():
+        raise MfxError(f"{output}: already exists; name a new file (the given checkpoint is never rewritten)")
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise MfxError(f"{output}: cannot write there (no such folder, or not writable)")
+
+
+def write_calibrated(detector: Detector, calibration: Calibration, output: Path) -> Path:
+    """Save the detector with the new threshold as ``output`` (checked again: never over an existing file)."""
+    check_output(output)
+    before = detector.train_info or {}
+    detector.train_info = {**before, **calibration.train_info(before)}
     return detector.save(output)

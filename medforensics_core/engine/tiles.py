@@ -22,6 +22,7 @@ get one tile, the whole image.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Iterator, Sequence
 
@@ -32,6 +33,8 @@ from ..contract import Batch
 from ..errors import ConfigError
 from ..interfaces import Detector
 from .context import FitContext
+
+log = logging.getLogger(__name__)
 
 MODES = ("tiles", "center")
 AGGREGATES = ("max", "mean")
@@ -99,6 +102,46 @@ class ImageScore:
             region = heat[tile.y:tile.y + tile.height, tile.x:tile.x + tile.width]
             np.fmax(region, tile.score, out=region)
         return heat
+
+
+CENTRE_SCORING = {"mode": "center"}
+"""How ``mfx compare`` scores its validation images: the detector's own preprocessing. A checkpoint's threshold
+that records no scoring was fixed that way."""
+SCORING_KEYS = ("mode", "aggregate", "tile_size", "stride")
+
+
+def scoring_of(detector: Detector, tiles: TileConfig) -> dict:
+    """The scoring a threshold depends on: centre crop, or tiles of the detector's input size and their aggregate.
+
+    A detector that takes any input size scores the whole image in one tile, which is its centre scoring.
+    """
+    size = input_size(detector) if tiles.mode == "tiles" else None
+    if size is None:
+        return dict(CENTRE_SCORING)
+    return {"mode": "tiles", "aggregate": tiles.aggregate, "tile_size": size, "stride": tiles.stride}
+
+
+def stored_scoring(train_info: dict | None) -> dict:
+    """The scoring a checkpoint's threshold was fixed under (``threshold_scoring``), reduced to what identifies it.
+
+    None recorded means ``mfx compare``'s centre crop; anything unreadable (a hostile or damaged checkpoint) is
+    taken as that too, with a log line, rather than failing the scoring.
+    """
+    stored = (train_info or {}).get("threshold_scoring")
+    if stored is None:
+        return dict(CENTRE_SCORING)
+    if not isinstance(stored, dict):
+        log.warning("the checkpoint's threshold_scoring is not readable (%r): taken as the centre crop", stored)
+        return dict(CENTRE_SCORING)
+    return {key: stored[key] for key in SCORING_KEYS if key in stored}
+
+
+def describe_scoring(scoring: dict) -> str:
+    """One phrase for a scoring, as the threshold rule and predict's warning print it."""
+    if scoring.get("mode") != "tiles":
+        return "the detector's centre crop (--crop center)"
+    return (f"{scoring.get('tile_size', '?')} px tiles, stride {scoring.get('stride', '?')}, "
+            f"{scoring.get('aggregate', '?')} of tile scores")
 
 
 def input_size(detector: Detector) -> int | None:

@@ -17,7 +17,6 @@ import torch
 
 from ...contract import ReferenceBank, SupportsDistributed
 from ...decision import DEFAULT_THRESHOLD, flag_fake
-from ..calibrate import CENTRE_SCORING
 from ...errors import MfxError, WeightsNotFoundError
 from ...interfaces import Detector, Perturbation
 from ...report.schema import TRAINABLE_PARAMS, DetectorEntry
@@ -29,6 +28,7 @@ from ..device import peak_memory_mb, resolve_precision
 from ..evaluate import score_with_timing
 from ..protocols import Fold
 from ..rundir import RunDir, release_memory, reset_peak_memory
+from ..tiles import CENTRE_SCORING, describe_scoring, stored_scoring
 from .plan import CompareOptions, DetectorSpec, RunPlan
 from .report_build import summarize_scores
 
@@ -202,13 +202,25 @@ def _entry(detector: Detector, spec: DetectorSpec, train_seconds: float, speed: 
     info = detector.train_info or {}
     return {"status": "ok", "error": None, "preset": detector.preset or spec.preset, **_origin(spec.name),
             "weights": detector.weights_info(), "weights_status": detector.weights_status(),
-            "warnings": list(detector.warnings()), "source": "loaded" if loaded else "trained",
+            "warnings": [*detector.warnings(), *threshold_scoring_warning(info)],
+            "source": "loaded" if loaded else "trained",
             "precision": precision, "random_init": bool(getattr(detector, "random_init_fallback", False)),
             "threshold": detector_threshold(detector),
             "threshold_rule": info.get("threshold_rule") or "default 0.5 (no validated threshold)",
             "train_seconds": None if loaded else round(train_seconds, 3), "infer_images_per_s": round(speed, 2),
             "peak_memory_mb": round(peak_memory_mb(device), 1), "trainable_params": trainable_params(detector),
             "checkpoint": checkpoint, "train_info": dict(detector.train_info), **summary}
+
+
+def threshold_scoring_warning(train_info: dict[str, Any]) -> list[str]:
+    """A report scores centre crops: a threshold fixed under another scoring (``mfx calibrate`` on tiles) puts
+    TPR, FPR and ACC at an operating point chosen for that other scoring, which the report must say."""
+    stored = stored_scoring(train_info)
+    if train_info.get("threshold") is None or stored == CENTRE_SCORING:
+        return []
+    return [f"threshold fixed on {describe_scoring(stored)} (mfx calibrate), but this report scores "
+            f"{describe_scoring(CENTRE_SCORING)}: TPR, FPR and ACC are at an operating point chosen for another "
+            f"scoring (AUC and AP are not affected)"]
 
 
 def _origin(name: str) -> dict[str, str]:
