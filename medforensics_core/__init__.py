@@ -22,8 +22,8 @@ try:
 except _metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-_API = ("checkpoint_detector_name", "create_detector", "demo_data", "list_detectors", "load_detector", "open_images",
-        "read_image", "score")
+_API = ("calibrate", "checkpoint_detector_name", "create_detector", "demo_data", "list_detectors", "load_detector",
+        "open_images", "read_image", "score")
 __all__ = ["__version__", *_API]
 
 

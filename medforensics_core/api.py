@@ -24,8 +24,8 @@ import torch
 from .errors import CheckpointError, MfxError
 from .interfaces import Detector
 
-__all__ = ["checkpoint_detector_name", "create_detector", "demo_data", "list_detectors", "load_detector",
-           "open_images", "read_image", "score"]
+__all__ = ["calibrate", "checkpoint_detector_name", "create_detector", "demo_data", "list_detectors",
+           "load_detector", "open_images", "read_image", "score"]
 
 
 def list_detectors() -> list[str]:
@@ -103,6 +103,28 @@ def score(detector: Detector, paths: Sequence[str | os.PathLike] | str | os.Path
     if bad:
         raise MfxError(f"{bad[0][0]}: {bad[0][1]}")
     return np.array([p.score for p in predictions])
+
+
+def calibrate(detector: Detector, reals: Sequence[str | os.PathLike] | str | os.PathLike, *, fpr: float = 0.05,
+              crop: str = "tiles", aggregate: str = "max", stride: float = 0.5, batch_size: int = 64) -> float:
+    """Fix ``detector``'s decision threshold on these real files, scored as :func:`score` scores them with the same
+    ``crop`` (``mfx calibrate``). The threshold, its rule and its scoring go into ``detector.train_info``, so
+    ``detector.save(path)`` keeps them; returns the threshold. A bad file raises one error.
+
+    Why: a threshold fixed by ``mfx compare`` holds for its validation reals scored by centre crop, not for whole
+    images scored by tiles nor for reals of another scanner (docs: "A threshold for your scanner").
+    """
+    from .engine.calibrate import calibrate_files
+    from .engine.context import FitContext
+    from .engine.predict import PredictOptions
+    from .engine.tiles import TileConfig
+
+    if isinstance(reals, (str, os.PathLike)):
+        reals = [reals]
+    options = PredictOptions(on_bad="fail", tiles=TileConfig(mode=crop, aggregate=aggregate, stride=stride,
+                                                            batch_size=batch_size))
+    result, _ = calibrate_files(detector, list(reals), FitContext(device=detector.device), options, fpr)
+    return result.threshold
 
 
 def _device(name: str) -> torch.device:

@@ -287,6 +287,9 @@ def test_calibrate_fixes_the_threshold_on_given_reals_as_predict_scores_them(pat
     assert info["thresholds_replaced"] == [{"threshold": 0.5, "rule": "default 0.5 (the checkpoint holds no "
                                                                    "validated threshold)"}]  # the fixture had none
     assert np.array_equal(mfx.score(calibrated, reals, crop="tiles"), tile_scores)  # the model itself is unchanged
+    in_python = mfx.load_detector(patch_checkpoint)
+    assert mfx.calibrate(in_python, reals) == info["threshold"]  # the Python API: the same rule, the same scoring
+    assert in_python.train_info["threshold_rule"] == info["threshold_rule"]
     assert hashlib.sha256(patch_checkpoint.read_bytes()).hexdigest() == before
     predicted = json.loads(CliRunner().invoke(cli, ["predict", "--checkpoint", str(out), str(tmp_path / "reals"),
                                                     "--json"]).output)

@@ -577,35 +577,22 @@ def calibrate_command(reals, checkpoint, output, fpr, crop, aggregate, stride, o
       mfx calibrate --checkpoint dski.safetensors ct/ mr/ --fpr 0.01 --crop center -o dski-1pct.safetensors
     """
     from ..api import load_detector
-    from ..engine.calibrate import calibrate, check_output, write_calibrated
+    from ..engine.calibrate import calibrate_files, check_output, write_calibrated
     from ..engine.context import FitContext
     from ..engine.device import resolve_device
-    from ..engine.predict import PredictOptions, predict_files
+    from ..engine.predict import PredictOptions
     from ..engine.progress import RichProgress
-    from ..engine.tiles import TileConfig, scoring_of
+    from ..engine.tiles import TileConfig
 
     check_output(output)  # before any scoring: a refused output must not cost the scoring
     tiles = TileConfig(mode=crop, aggregate=aggregate, stride=stride)
     torch_device = resolve_device(device)
     model = load_detector(checkpoint, device=str(torch_device))
-    previous = _replaced_threshold(model)
-    options = PredictOptions(threshold=previous[0], on_bad=on_bad, modality=modality, tiles=tiles)
+    options = PredictOptions(on_bad=on_bad, modality=modality, tiles=tiles)
     with RichProgress(console, enabled=console.is_terminal) as progress:
-        predictions, bad = predict_files(model, reals, FitContext(device=torch_device, progress=progress), options)
+        result, bad = calibrate_files(model, reals, FitContext(device=torch_device, progress=progress), options, fpr)
     _print_skipped(bad)
-    result = calibrate(predictions, fpr, scoring_of(model, tiles), previous)
-    written = write_calibrated(model, result, output)
-    _print_calibration(result, written)
-
-
-def _replaced_threshold(model) -> tuple[float, str]:
-    """The threshold being replaced and its source; an unusable one (NaN, not a number) is what calibrating fixes."""
-    from ..engine.predict import checkpoint_threshold
-
-    try:
-        return checkpoint_threshold(model)
-    except MfxError as exc:
-        return 0.5, f"default 0.5 (the checkpoint's own threshold was unusable: {exc})"
+    _print_calibration(result, write_calibrated(model, output))
 
 
 def _print_skipped(bad) -> None:

@@ -35,7 +35,8 @@ from ..decision import flag_fake
 from ..errors import MfxError
 from ..interfaces import Detector
 from ..metrics import threshold_at_fpr
-from .predict import Prediction
+from .context import FitContext
+from .predict import Prediction, PredictOptions
 from .tiles import TileConfig, describe_scoring, scoring_of, stored_scoring
 
 
@@ -127,9 +128,26 @@ def check_output(output: Path) -> None:
         raise MfxError(f"{output}: cannot write there (no such folder, or not writable)")
 
 
-def write_calibrated(detector: Detector, calibration: Calibration, output: Path) -> Path:
-    """Save the detector with the new threshold as ``output`` (checked again: never over an existing file)."""
+def write_calibrated(detector: Detector, output: Path) -> Path:
+    """Save the calibrated detector as ``output`` (checked again: never over an existing file)."""
     check_output(output)
-    before = detector.train_info or {}
-    detector.train_info = {**before, **calibration.train_info(before)}
     return detector.save(output)
+
+
+def calibrate_files(detector: Detector, reals: Sequence[str | os.PathLike], ctx: FitContext, options: PredictOptions,
+                    fpr: float) -> tuple[Calibration, list[tuple[str, str]]]:
+    """Score these real files as ``mfx predict`` would (``options``), fix the threshold on them, and set it on the
+    detector's ``train_info`` (``detector.save`` then keeps it). The command line and :func:`mfx.calibrate
+    <medforensics_core.api.calibrate>` both come here. Returns the calibration and the bad files skipped."""
+    from .predict import checkpoint_threshold, predict_files
+
+    try:
+        previous = checkpoint_threshold(detector)
+    except MfxError as exc:  # a NaN or non-numeric stored threshold is exactly what calibrating replaces
+        previous = 0.5, f"default 0.5 (the checkpoint's own threshold was unusable: {exc})"
+    options = dataclasses.replace(options, threshold=previous[0])
+    predictions, bad = predict_files(detector, list(reals), ctx, options)
+    result = calibrate(predictions, fpr, scoring_of(detector, options.tiles), previous)
+    before = detector.train_info or {}
+    detector.train_info = {**before, **result.train_info(before)}
+    return result, bad
