@@ -5,6 +5,7 @@ checkpoints.
 
     python benchmarks/threshold_transfer.py runs/<run>                       # a single-seed run: every detector
     python benchmarks/threshold_transfer.py runs/<run>/seeds/0 --detectors dski,npr --data <build>   # a merged run
+    python benchmarks/threshold_transfer.py runs/<run> --crop tiles     # scored as mfx predict scores (tile max)
 
 Why: ``mfx compare`` fixes each detector's decision threshold at 5 % false positives on the validation
 split, and the checkpoint carries it to ``mfx predict``. Whether that operating point transfers is a
@@ -39,13 +40,29 @@ def validation_reals(root: Path) -> tuple[list[Path], np.ndarray]:
     return [root / r.path for r in rows], np.array([r.modality for r in rows])
 
 
-def test_reals(fold: Path, name: str, root: Path, modality_of: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """One detector's scores of the fold's test reals (from its results file) and their modalities."""
+def test_reals(fold: Path, name: str, root: Path, modality_of: dict[str, str], detector, crop: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One detector's scores of the fold's test reals and their modalities: from its results file (what the report
+    scored: centre crops), or scored again by tiles as ``mfx predict`` scores."""
     result = json.loads((fold / "results" / f"{name}.json").read_text())
-    scores = np.asarray(result["rows"][name]["scores"][""], dtype=float)
     paths = [str(Path(p).relative_to(root)) if Path(p).is_absolute() else p for p in result["test_paths"]]
     real = np.array([p in modality_of for p in paths])
-    return scores[real], np.array([modality_of[p] for p, r in zip(paths, real) if r])
+    modalities = np.array([modality_of[p] for p, r in zip(paths, real) if r])
+    if crop == "center":
+        return np.asarray(result["rows"][name]["scores"][""], dtype=float)[real], modalities
+    return api.score(detector, [root / p for p, r in zip(paths, real) if r], crop=crop), modalities
+
+
+def fold_shares(fold: Path, name: str, root: Path, modality_of: dict[str, str], val: tuple[list[Path], np.ndarray],
+                crop: str) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The shares of validation and test reals one fold's checkpoint flags at its threshold (None: no threshold)."""
+    detector = api.load_detector(fold / "checkpoints" / f"{name}.safetensors")
+    threshold = detector.train_info.get("threshold")
+    if threshold is None:
+        return None
+    val_scores = api.score(detector, val[0], crop=crop)
+    return (flagged(val_scores, val[1], threshold),
+            flagged(*test_reals(fold, name, root, modality_of, detector, crop), threshold))
 
 
 def flagged(scores: np.ndarray, modalities: np.ndarray, threshold: float) -> dict[str, float]:
@@ -61,6 +78,8 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="one seed's folder of a leave-one-out run (it has folds/)")
     parser.add_argument("--data", type=Path, help="the run's dataset (default: the one its config.json names)")
     parser.add_argument("--detectors", help="comma-separated (default: every detector with a checkpoint)")
+    parser.add_argument("--crop", choices=("center", "tiles"), default="center",
+                        help="center: as the report scored; tiles: as mfx predict scores by default (max of tiles)")
     args = parser.parse_args()
     if (args.run / "seeds").is_dir():
         raise SystemExit(f"{args.run}: a run of several seeds; pass one seed's folder, e.g. {args.run / 'seeds' / '0'}")
@@ -78,21 +97,19 @@ def main() -> None:
         {c.stem for f in folds for c in (f / "checkpoints").glob("*.safetensors")})
     console = Console(width=max(Console().width, 120))
     modalities = sorted(set(val_modalities))
-    table = Table(title=f"reals flagged at the checkpoint's threshold, mean over {len(folds)} folds")
+    table = Table(title=f"reals flagged at the checkpoint's threshold, scored by {args.crop}, mean over "
+                        f"{len(folds)} folds")
     for column in ["detector", "reals", "all", *modalities]:
         table.add_column(escape(column), justify="left" if column in ("detector", "reals") else "right", no_wrap=True)
     for name in names:
         per_fold = defaultdict(list)
         for fold in folds:
-            detector = api.load_detector(fold / "checkpoints" / f"{name}.safetensors")
-            threshold = detector.train_info.get("threshold")
-            if threshold is None:
+            shares = fold_shares(fold, name, root, modality_of, (val_paths, val_modalities), args.crop)
+            if shares is None:
                 console.print(f"{escape(name)}: {escape(fold.name)}: no validated threshold in the checkpoint, skipped")
                 continue
-            val = flagged(api.score(detector, val_paths), val_modalities, threshold)
-            test = flagged(*test_reals(fold, name, root, modality_of), threshold)
-            for key in val:
-                per_fold[key].append((val[key], test.get(key, float("nan"))))
+            for key in shares[0]:
+                per_fold[key].append((shares[0][key], shares[1].get(key, float("nan"))))
         for which, label in enumerate(("validation", "test") if per_fold else ()):
             table.add_row(escape(name) if which == 0 else "", label,
                           *(f"{np.mean([pair[which] for pair in per_fold[k]]):.3f}" for k in ["all", *modalities]),

@@ -3,12 +3,12 @@
 Why this exists: ``mfx compare`` fixes each detector's threshold at 5 % false positives on its
 validation reals, each scored by the detector's own preprocessing (its centre crop). Two things
 move that operating point in use, both measured on the default build (leave-one-network-out,
-seed 0, tiny DSKI):
+seed 0, tiny DSKI; ``benchmarks/threshold_transfer.py RUN --crop tiles``):
 
 * **the scoring**: ``mfx predict`` scores a whole image by tiles and keeps the most suspicious one.
   The max of nine 64-px tiles of a 128-px real is above its centre crop's score, so the same
-  threshold flagged 0.24-0.26 of the validation reals instead of 0.043 (two folds; NPR, which sees
-  the whole image in one tile, stayed at 0.043). On a 512-px scan there are many more tiles;
+  thresholds flagged 0.295 of the validation reals instead of 0.047 (mean over five folds; NPR,
+  which sees the whole image in one tile, stayed at 0.043). On a 512-px scan there are many more tiles;
 * **the reals**: reals further from the training data than the validation reals score higher
   (DSKI flagged 0.106 of the test reals at thresholds that flag 0.047 of the validation reals, mean
   over five folds).
