@@ -349,3 +349,16 @@ def test_predict_warns_when_the_threshold_was_fixed_under_another_scoring(patch_
     tiles = {"mode": "tiles", "aggregate": "max", "tile_size": CROP, "stride": 0.5}
     assert threshold_scoring_warning({**compare_made, "threshold_scoring": tiles})  # a report says so
     assert threshold_scoring_warning(compare_made) == []
+
+
+def test_a_detector_that_takes_any_size_scores_tiles_as_its_centre_so_no_warning():
+    """NPR and freq see the whole image in one tile: their compare threshold holds under predict's default."""
+    from medforensics_core.engine.calibrate import scoring_mismatch
+    from medforensics_core.engine.tiles import CENTRE_SCORING, TileConfig, input_size, scoring_of
+    from medforensics_core.plugins import get_registry
+
+    freq = get_registry().detector("freq")(preset="tiny")
+    assert input_size(freq) is None
+    assert scoring_of(freq, TileConfig()) == CENTRE_SCORING
+    freq.train_info = {"threshold": 0.4}  # as mfx compare leaves it
+    assert scoring_mismatch(freq, TileConfig()) is None
