@@ -31,12 +31,12 @@ from rich.table import Table
 
 from medforensics_core import api
 from medforensics_core.data.manifest import read_manifest
-from medforensics_core.decision import flag_fake
+from medforensics_core.engine.calibrate import flagged_shares
 
 
-def validation_reals(root: Path) -> tuple[list[Path], np.ndarray]:
+def validation_reals(manifest, root: Path) -> tuple[list[Path], np.ndarray]:
     """The validation split's real images and their modalities."""
-    rows = [r for r in read_manifest(root / "manifest.csv").rows if r.split == "val" and r.label == 0]
+    rows = [r for r in manifest.rows if r.split == "val" and r.label == 0]
     return [root / r.path for r in rows], np.array([r.modality for r in rows])
 
 
@@ -61,16 +61,8 @@ def fold_shares(fold: Path, name: str, root: Path, modality_of: dict[str, str], 
     if threshold is None:
         return None
     val_scores = api.score(detector, val[0], crop=crop)
-    return (flagged(val_scores, val[1], threshold),
-            flagged(*test_reals(fold, name, root, modality_of, detector, crop), threshold))
-
-
-def flagged(scores: np.ndarray, modalities: np.ndarray, threshold: float) -> dict[str, float]:
-    """Share of reals called fake at the threshold (:func:`flag_fake`, as reports do), overall and per modality."""
-    out = {"all": float(flag_fake(scores, threshold).mean())}
-    for m in sorted(set(modalities)):
-        out[m] = float(flag_fake(scores[modalities == m], threshold).mean())
-    return out
+    return (flagged_shares(val_scores, val[1], threshold),
+            flagged_shares(*test_reals(fold, name, root, modality_of, detector, crop), threshold))
 
 
 def main() -> None:
@@ -91,7 +83,7 @@ def main() -> None:
     root = args.data or Path(json.loads(configs[0].read_text())["options"]["data"])
     manifest = read_manifest(root / "manifest.csv")
     modality_of = {r.path: r.modality for r in manifest.rows if r.split == "test" and r.label == 0}
-    val_paths, val_modalities = validation_reals(root)
+    val_paths, val_modalities = validation_reals(manifest, root)
     folds = sorted(p for p in (args.run / "folds").iterdir() if (p / "checkpoints").is_dir())
     names = args.detectors.split(",") if args.detectors else sorted(
         {c.stem for f in folds for c in (f / "checkpoints").glob("*.safetensors")})

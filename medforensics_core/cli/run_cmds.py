@@ -543,8 +543,7 @@ def _print_predictions(verdict: dict, predictions, bad) -> None:
         table.add_row(escape(p.path), "" if p.frame is None else str(p.frame), escape(p.modality), f"{p.score:.3f}",
                       f"[{colour}]{p.verdict}[/]")
     console.print(table)
-    for path, reason in bad:
-        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}", soft_wrap=True)
+    _print_skipped(bad)
 
 
 compare_command.interrupt_hint = ("finished detectors are kept in the run directory named above "
@@ -596,6 +595,7 @@ def calibrate_command(reals, checkpoint, output, fpr, crop, aggregate, stride, o
 
 
 def _print_skipped(bad) -> None:
+    """One line per bad input that ``mfx predict``/``calibrate`` listed and went past."""
     from rich.markup import escape
 
     for path, reason in bad:
@@ -605,9 +605,9 @@ def _print_skipped(bad) -> None:
 def _print_calibration(result, written: Path) -> None:
     """The share of the given reals flagged at the old and the new threshold, per modality, and both rules."""
     from rich.markup import escape
+    from rich.table import Table
 
     from ..engine.calibrate import percent
-    from rich.table import Table
 
     table = Table(title=f"share of these reals called fake (target {percent(result.fpr)})")
     for column in ("modality", "frames", "old threshold", "new threshold"):

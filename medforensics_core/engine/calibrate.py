@@ -36,7 +36,7 @@ from ..errors import MfxError
 from ..interfaces import Detector
 from ..metrics import threshold_at_fpr
 from .context import FitContext
-from .predict import Prediction, PredictOptions
+from .predict import Prediction, PredictOptions, checkpoint_threshold, predict_files
 from .tiles import TileConfig, describe_scoring, scoring_of, stored_scoring
 
 
@@ -110,13 +110,18 @@ def calibrate(predictions: Sequence[Prediction], fpr: float, scoring: dict[str, 
     modalities = np.array([p.modality for p in predictions])
     threshold = threshold_at_fpr(scores, fpr)
     counts = dict(sorted(Counter(modalities.tolist()).items()))
-
-    def shares(cut: float) -> dict[str, float]:
-        out = {m: float(flag_fake(scores[modalities == m], cut).mean()) for m in counts}
-        return {"all": float(flag_fake(scores, cut).mean()), **out}
-
     return Calibration(threshold, fpr, scoring, len(predictions), len({p.path for p in predictions}),
-                       previous[0], previous[1], counts, shares(previous[0]), shares(threshold))
+                       previous[0], previous[1], counts, flagged_shares(scores, modalities, previous[0]),
+                       flagged_shares(scores, modalities, threshold))
+
+
+def flagged_shares(scores: np.ndarray, modalities: np.ndarray, threshold: float) -> dict[str, float]:
+    """Share of these reals called fake at ``threshold`` (:func:`flag_fake`, as reports do): ``all``, then per
+    modality."""
+    out = {"all": float(flag_fake(scores, threshold).mean())}
+    for m in sorted(set(modalities.tolist())):
+        out[m] = float(flag_fake(scores[modalities == m], threshold).mean())
+    return out
 
 
 def check_output(output: Path) -> None:
@@ -139,8 +144,6 @@ def calibrate_files(detector: Detector, reals: Sequence[str | os.PathLike], ctx:
     """Score these real files as ``mfx predict`` would (``options``), fix the threshold on them, and set it on the
     detector's ``train_info`` (``detector.save`` then keeps it). The command line and :func:`mfx.calibrate
     <medforensics_core.api.calibrate>` both come here. Returns the calibration and the bad files skipped."""
-    from .predict import checkpoint_threshold, predict_files
-
     try:
         previous = checkpoint_threshold(detector)
     except MfxError as exc:  # a NaN or non-numeric stored threshold is exactly what calibrating replaces
