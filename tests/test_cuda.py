@@ -145,7 +145,7 @@ def test_fp16_training_on_cuda_stays_finite(quick_benchmark_v1, tmp_path):
     assert all(torch.isfinite(p).all() for m in reloaded.modules().values() for p in m.parameters())
 
 
-@pytest.mark.parametrize("name", ["noise-stats", "grid-phase", "npr"])
+@pytest.mark.parametrize("name", ["noise-stats", "grid-phase", "npr", "npr-blocks"])
 def test_noise_maps_on_the_gpu_match_the_cpus(name, splits, monkeypatch):
     """DSKI computes its maps on the CPU in the loader; an extractor run on a GPU (a plugin's own use) must give
     the same maps up to float rounding: the GPU's parallel running sums and pooling add in another order.

@@ -65,7 +65,7 @@ def _real_fundus(size: int = 64) -> torch.Tensor:
     return array.permute(2, 0, 1)[None].contiguous()
 
 
-NAMES = ["npr", "srm", "bayar", "wavelet", "noise-stats", "grid-phase"]
+NAMES = ["npr", "srm", "bayar", "wavelet", "noise-stats", "grid-phase", "npr-blocks"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -256,6 +256,49 @@ def test_grid_phase_flat_and_tiny_images_give_zero():
     assert extractor(torch.rand(1, 3, 5, 7)).abs().max() == 0
 
 
+# --------------------------------------------------------------------------- npr-blocks
+
+
+def _block_means(image: torch.Tensor) -> torch.Tensor:
+    return get_registry().noise_extractor("npr-blocks")()(image).mean(dim=(2, 3))[0]
+
+
+def test_npr_blocks_are_the_differences_to_each_blocks_top_left_pixel_on_a_real_ct():
+    """The h, v, d components are NPR's residual read block by block: x01 - x00, x10 - x00, x11 - x00."""
+    from mfx_noise import block_differences
+
+    grey = _real_ct((96, 80))[:, :1]
+    blocks = block_differences(grey)
+    x = grey[0, 0]
+    expected = torch.stack([x[0::2, 1::2] - x[0::2, 0::2], x[1::2, 0::2] - x[0::2, 0::2],
+                            x[1::2, 1::2] - x[0::2, 0::2]])
+    torch.testing.assert_close(blocks[0], expected, atol=0, rtol=0)
+    odd = block_differences(grey[..., :95, :79])  # a trailing row / column is a block of its own
+    assert odd.shape == (1, 3, 48, 40) and torch.isfinite(odd).all()
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "pixel-shuffle"])
+def test_npr_blocks_see_an_x2_upsampler_on_a_real_ct(mode):
+    """The same real slice through an x2 up-sampler shapes the three differences of each block together:
+    their energies relative to the diagonal one move (measured: the h - d log-energy gap is -1.09 on the real
+    slice, -0.90 bilinear, -2.08 pixel shuffle; every difference is 0 after nearest), or their coupling does."""
+    real, fake = _block_means(_real_ct((128, 128))), _block_means(_upsampled_ct(mode))
+    assert real.shape == (6,) and torch.isfinite(fake).all()
+    assert (fake - real).abs().max() > 0.4, (mode, real.tolist(), fake.tolist())
+
+
+def test_npr_blocks_ignore_contrast_and_keep_odd_sizes():
+    """Divided by the image's own noise level: halving the contrast changes nothing; any size comes back whole."""
+    ct = _real_ct((128, 128))
+    torch.testing.assert_close(_block_means(0.25 + 0.5 * ct), _block_means(ct), atol=1e-3, rtol=1e-3)
+    extractor = get_registry().noise_extractor("npr-blocks")()
+    assert extractor(torch.rand(1, 3, 5, 7)).shape == (1, 6, 5, 7)
+    flat = extractor(torch.full((1, 3, 16, 16), 0.3))
+    assert torch.isfinite(flat).all() and flat[:, 3:].abs().max() == 0  # no difference, no correlation
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert extractor(ct).dtype == torch.float32
+
+
 # --------------------------------------------------------------------------- fast paths, bit for bit
 
 
@@ -357,7 +400,7 @@ def test_noise_stats_correlations_do_not_amplify_rounding(quick_benchmark_v1, mo
         rounded_once = extractor(images)
     torch.testing.assert_close(rounded_once, maps, atol=1e-3, rtol=1e-3)
     assert (maps - moved).abs().max() < 0.05
-    first, second = list(stats.FIRST), list(stats.SECOND)
+    first, second = [i for i, _ in stats.PAIRS], [j for _, j in stats.PAIRS]
     energy = stats.local_mean(bands.square(), extractor.config.window)
     products = stats.local_mean(bands[:, first] * bands[:, second], extractor.config.window)
     both_above = (energy[:, first] >= stats.ENERGY_FLOOR) & (energy[:, second] >= stats.ENERGY_FLOOR)

@@ -54,7 +54,6 @@ bit for bit."""
 BAND_NAMES = ("srm-kb", "srm-kv", "srm-h2", "haar-h", "haar-v", "haar-d")
 PAIRS = ((0, 1), (3, 4), (2, 3))
 """Band pairs whose local correlation is kept: (KB, KV), (Haar H, Haar V), (SRM 2nd-order H, Haar H)."""
-FIRST, SECOND = tuple(i for i, _ in PAIRS), tuple(j for _, j in PAIRS)
 HAAR_DIAGONAL = 5
 
 
@@ -147,11 +146,18 @@ class NoiseStatsExtractor(NoiseExtractor):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(images.device.type, enabled=False):
             bands = self.residuals(images)
-            window = self.config.window
-            energy = local_mean(bands.square(), window)
+            energy, correlation = local_energy_and_correlation(bands, PAIRS, self.config.window)
             magnitude = bands.abs().clamp(max=self.config.clip)
-            first, second = list(FIRST), list(SECOND)
-            products = local_mean(bands[:, first] * bands[:, second], window)
-            floored = energy.clamp(min=ENERGY_FLOOR)
-            correlation = products / (floored[:, first] * floored[:, second]).sqrt()
             return torch.cat([magnitude, torch.log(energy + 1e-3), correlation], dim=1)
+
+
+def local_energy_and_correlation(bands: torch.Tensor, pairs: tuple[tuple[int, int], ...], window: int
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per band the local energy ``mean_w r^2`` ``(N, B, H, W)``, and per band pair the local correlation
+    ``mean_w(r_i r_j) / sqrt(mean_w r_i^2 mean_w r_j^2)`` ``(N, len(pairs), H, W)`` (each energy floored at
+    :data:`ENERGY_FLOOR` in the denominator), over ``window`` x ``window`` wrapped windows."""
+    energy = local_mean(bands.square(), window)
+    first, second = [i for i, _ in pairs], [j for _, j in pairs]
+    products = local_mean(bands[:, first] * bands[:, second], window)
+    floored = energy.clamp(min=ENERGY_FLOOR)
+    return energy, products / (floored[:, first] * floored[:, second]).sqrt()
