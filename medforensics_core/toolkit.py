@@ -44,7 +44,8 @@ from .clip_parts import (block_class_tokens, encode_text_embeddings, evenly_spac
                          run_image_tower)
 from .engine.augment import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, blur_jpeg_transform, check_geometry,
                              eval_geometry_transform, normalise, resize_shorter, test_geometry, train_geometry,
-                             train_resize_for, validation_recipe, variable_size)
+                             train_resize_for, validation_recipe, validation_steps,
+                             variable_size)
 from .engine.features import FeatureCache, cached_features, encode_images, feature_loader
 from .engine.schedules import Schedule, detector_loaders, scale_lr, train_binary
 from .engine.training import binary_logit_loss, predict_loader, run_epoch
@@ -56,7 +57,8 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "BlurJpegRecipe", "ClipBackbone", "F
            "detector_loaders", "encode_images", "encode_text_embeddings", "evenly_spaced_blocks", "feature_loader",
            "linear_head", "load_clip", "normalise", "predict_loader", "project_tokens", "resize_shorter", "run_epoch",
            "run_image_tower", "scale_lr", "seeded", "test_geometry", "train_binary", "train_geometry",
-           "check_geometry", "eval_geometry_transform", "train_resize_for", "validation_recipe", "variable_size"]
+           "check_geometry", "eval_geometry_transform", "train_resize_for", "validation_recipe", "validation_steps",
+           "variable_size"]
 
 
 def linear_head(in_features: int, std: float = 0.02, *, zero_bias: bool = True) -> torch.nn.Linear:

@@ -304,6 +304,23 @@ def test_train_and_test_see_one_scale(scans):
         assert found < 1e-5, name
 
 
+@pytest.mark.parametrize("name,stats", [("cnnspot", IMAGENET), ("univfd", CLIP)])
+def test_validation_sees_the_training_scale(scans, name, stats):
+    """The official ``get_val_opt`` resizes validation images as training images are resized (256 px, then
+    centre crop 224). On the official's own 256 px images mfx's validation is that pipeline; on a 512 px scan it
+    stays at the native scale training and test use, not halved (blur/JPEG off: the geometry alone)."""
+    cls = get_registry().detector(name)
+    overrides = {"clip_model": "ViT-B-32", "pretrained": "random"} if name == "univfd" else {}
+    detector = cls(cls.make_config(blur_prob=0.0, jpeg_prob=0.0, **overrides))
+    official = official_test_transform(scans[256], resize=256, crop=224, stats=stats)
+    ours = detector.val_transform(as_tensor(scans[256]))
+    assert ours.shape == official.shape and float((ours - official).abs().max()) < 1e-5
+    native = as_tensor(scans[512])
+    torch.testing.assert_close(detector.val_transform(native), detector.preprocess(native), atol=1e-6, rtol=0)
+    halved = official_test_transform(scans[512], resize=256, crop=224, stats=stats)  # what a fixed resize gave
+    assert float((detector.val_transform(native) - halved).abs().max()) > 0.1
+
+
 # --------------------------------------------------------------------------- augmentation
 
 
@@ -416,6 +433,56 @@ def test_npr_residual_and_network_forward_match_the_official_formula(scans, size
 
 
 # --------------------------------------------------------------------------- freq
+
+
+def notebook_azimuthal_average(image: np.ndarray) -> np.ndarray:
+    """UpConv ``radialProfile.azimuthalAverage``: radii about the (fractional) centre of the shifted spectrum,
+    sorted, integer parts binned by a cumulative sum whose differences drop the first and the last bin."""
+    y, x = np.indices(image.shape)
+    radius = np.hypot(x - (x.max() - x.min()) / 2.0, y - (y.max() - y.min()) / 2.0)
+    order = np.argsort(radius.flat)
+    whole = radius.flat[order].astype(int)
+    changes = np.where(whole[1:] - whole[:-1])[0]
+    running = np.cumsum(image.flat[order], dtype=float)
+    return (running[changes[1:]] - running[changes[:-1]]) / (changes[1:] - changes[:-1])
+
+
+def notebook_features(grey: np.ndarray, n: int = 300) -> np.ndarray:
+    """Vis_clas.ipynb on one 8-bit grey image: 20 ln|fftshift(fft2)|, azimuthal average, cubic griddata to N
+    points, divided by the first."""
+    from scipy.interpolate import griddata
+
+    profile = notebook_azimuthal_average(20 * np.log(np.abs(np.fft.fftshift(np.fft.fft2(grey))) + 1e-8))
+    resampled = griddata(np.linspace(0, n, num=profile.size), profile, np.linspace(0, n, num=n), method="cubic")
+    return resampled / resampled[0]
+
+
+def test_freq_features_follow_the_notebook_on_a_real_ct():
+    """Same steps as Durall et al.'s notebook; the rings differ where documented: mfx's are centred on DC (the
+    notebook's centre is half a pixel off it on even sides) and run to the corner (the notebook drops its last).
+    On the same rings the resampling and scaling are the notebook's to float rounding."""
+    from pydicom.data import get_testdata_file
+
+    from medforensics_core.data.readers import read_image
+    from mfx_freq import grey_levels, radial_power_profile
+
+    image = read_image(get_testdata_file("CT_small.dcm")).tensor
+    grey = np.round(grey_levels(image).numpy().astype(np.float64) * 255)
+    ours = radial_power_profile(torch.from_numpy(grey / 255).float().expand(3, -1, -1), 300).numpy()
+    theirs = notebook_features(grey)
+    assert ours.shape == theirs.shape == (300,)
+    difference = float(np.abs(ours - theirs).max())
+    assert difference < 0.2 and np.corrcoef(ours, theirs)[0, 1] > 0.99  # measured 0.116 and 0.9975
+    report("freq features vs the notebook on CT_small (ring centre and corner differ)", difference)
+    from scipy.interpolate import griddata  # mfx's own rings through the notebook's resampling and scaling
+
+    from mfx_freq import ring_layout
+
+    ring, inside, outer = ring_layout(*grey.shape)
+    magnitude = 20 * np.log(np.abs(np.fft.fft2(grey)) + 1e-8)
+    rings = (np.bincount(ring, weights=magnitude[inside]) / np.bincount(ring))[1:]  # DC left out
+    notebook = griddata(np.linspace(0, 300, num=rings.size), rings, np.linspace(0, 300, num=300), method="cubic")
+    np.testing.assert_allclose(ours, notebook / notebook[0], rtol=1e-5)
 
 
 def test_freq_profile_sees_the_checkerboard_corner(scans):

@@ -313,24 +313,40 @@ def test_radial_profile_sees_upsampling_periodicity():
     upsampled = torch.rand(3, 32, 32, generator=g).repeat_interleave(2, -2).repeat_interleave(2, -1)
     white, nearest = detector.preprocess(noise), detector.preprocess(upsampled)
     assert white.shape == (32,)
-    # white noise: flat spectrum beyond DC; nearest 2x up-sampling: energy falls towards Nyquist (sinc zero)
-    assert white[1:].std() < 0.3
-    assert nearest[-1] < nearest[1] - 3 and nearest[-1] < white[-1] - 3
+    # white noise: flat spectrum beyond DC; nearest 2x up-sampling: energy falls towards Nyquist (sinc zero).
+    # Units: 20 ln|F| (the notebook's), so 1 here is 0.05 nepers of magnitude
+    assert white[1:].std() < 3
+    assert nearest[-1] < nearest[1] - 30 and nearest[-1] < white[-1] - 30
+    scaled = freq(freq.make_config(n_bins=32)).preprocess(noise)  # the notebook's scaling: by the first value
+    torch.testing.assert_close(scaled, white / white[0])
+
+
+def test_a_freq_checkpoint_saved_before_the_notebook_recipe_keeps_its_recipe():
+    """A saved config without the notebook-recipe keys (mfx before 2026-12-04) rebuilds the recipe it was trained
+    with: min-max profiles with the DC ring, linear resampling, a scaler and lbfgs."""
+    from medforensics_core.config import config_from_dict
+
+    freq = get_registry().detector("freq")
+    old = config_from_dict(freq.config_class, {"n_bins": 32, "normalise_profile": True, "spectrum_extent": "corner",
+                                               "C": 1.0, "max_iter": 2000, "batch_size": 64})
+    assert (old.profile_scaling, old.drop_dc, old.interpolation, old.standardise, old.solver) == \
+        ("minmax", False, "linear", True, "lbfgs")
+    profile = freq(old).preprocess(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    assert float(profile.min()) == 0.0 and float(profile.max()) == 1.0 and float(profile[0]) == 1.0  # DC on top
 
 
 def test_freq_state_is_tensors_matching_sklearn(trained, splits):
+    """The saved tensors score as the notebook's classifier: liblinear logistic regression on the raw profiles."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
     detector = trained["freq"][0]
     assert set(detector.state_tensors()) == {"model.mean", "model.scale", "model.coef", "model.intercept"}
+    assert not detector.config.standardise and detector.config.solver == "liblinear"
     ctx = FitContext()
     features, labels = detector.profiles(splits["train"], ctx)
-    scaler = StandardScaler().fit(features)
-    classifier = LogisticRegression(C=detector.config.C, max_iter=detector.config.max_iter, random_state=0)
-    classifier.fit(scaler.transform(features), labels)
+    classifier = LogisticRegression(solver="liblinear", max_iter=1000, random_state=0).fit(features, labels)
     test_features, _ = detector.profiles(splits["test"], ctx)
-    expected = classifier.predict_proba(scaler.transform(test_features))[:, 1]
+    expected = classifier.predict_proba(test_features)[:, 1]
     np.testing.assert_allclose(trained["freq"][1], expected, atol=1e-5)
 
 

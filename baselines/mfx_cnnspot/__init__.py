@@ -48,8 +48,8 @@ from medforensics_core.interfaces import Detector
 from medforensics_core.lazy import lazy_module
 from medforensics_core.toolkit import (IMAGENET_MEAN, IMAGENET_STD, BlurJpegRecipe, Schedule, blur_jpeg_transform,
                                        check_geometry, detector_loaders, eval_geometry_transform, linear_head,
-                                       normalise, resize_shorter, seeded, train_binary, train_geometry,
-                                       train_resize_for, validation_recipe)
+                                       normalise, seeded, train_binary, train_geometry,
+                                       train_resize_for, validation_recipe, validation_steps)
 
 torchvision = lazy_module("torchvision")
 v2 = lazy_module("torchvision.transforms.v2")
@@ -179,8 +179,7 @@ class CNNSpotDetector(Detector, SupportsDistributed):
                                         blur_jpeg_transform(cfg.augmentation),
                                         train_geometry(cfg.crop_size, cfg.flip)])
         val_recipe = validation_recipe(cfg.augmentation, cfg.val_blur_sigma, cfg.val_jpeg_quality)
-        self._val_steps = v2.Compose([resize_shorter(cfg.load_size), blur_jpeg_transform(val_recipe),
-                                      v2.CenterCrop(cfg.crop_size)])
+        self._val_steps = validation_steps(cfg.eval_geometry, cfg.load_size, cfg.crop_size, val_recipe)
 
     # -- preprocessing
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
@@ -190,7 +189,8 @@ class CNNSpotDetector(Detector, SupportsDistributed):
         return self._normalise(self._train_steps(image))
 
     def val_transform(self, image: torch.Tensor) -> torch.Tensor:
-        """The official validation: resize 256, blur sigma 1.5 / JPEG 65 at the training rates, centre crop."""
+        """The official validation (blur sigma 1.5 / JPEG 65 at the training rates, centre crop) at the training
+        scale: the official resizes validation images as it resizes training images (see ``validation_steps``)."""
         return self._normalise(self._val_steps(image))
 
     # -- weights

@@ -37,8 +37,8 @@ import torch
 from medforensics_core.contract import Batch, SupportsDistributed
 from medforensics_core.lazy import lazy_module
 from medforensics_core.toolkit import (BlurJpegRecipe, Schedule, blur_jpeg_transform, detector_loaders, linear_head,
-                                       normalise, resize_shorter, seeded, train_binary, train_geometry,
-                                       train_resize_for, validation_recipe)
+                                       normalise, seeded, train_binary, train_geometry,
+                                       train_resize_for, validation_recipe, validation_steps)
 
 from .features import TINY_BACKBONE, ClipFeatureDetector
 
@@ -126,13 +126,13 @@ class UnivFDDetector(ClipFeatureDetector, SupportsDistributed):
         return self._train_steps(image)
 
     def val_transform(self, image: torch.Tensor) -> torch.Tensor:
-        """The official validation: resize 256, blur sigma 1.5 / JPEG 65 at the training rates, centre crop."""
+        """The official validation (blur sigma 1.5 / JPEG 65 at the training rates, centre crop) at the training
+        scale: the official resizes validation images as it resizes training images (see ``validation_steps``)."""
         if self._val_steps is None:
             cfg, bb = self.config, self.backbone
             recipe = validation_recipe(cfg.augmentation, cfg.val_blur_sigma, cfg.val_jpeg_quality)
-            self._val_steps = v2.Compose([resize_shorter(max(cfg.load_size, bb.image_size)),
-                                          blur_jpeg_transform(recipe), v2.CenterCrop(bb.image_size),
-                                          normalise(bb.mean, bb.std)])
+            self._val_steps = v2.Compose([validation_steps(cfg.eval_geometry, max(cfg.load_size, bb.image_size),
+                                                           bb.image_size, recipe), normalise(bb.mean, bb.std)])
         return self._val_steps(image)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:

@@ -251,6 +251,19 @@ def train_resize_for(geometry: str, load_size: int) -> Transform:
     return resize_square(load_size) if geometry.startswith("resize-square") else resize_shorter(load_size)
 
 
+def validation_steps(geometry: str, load_size: int, crop_size: int, recipe: BlurJpegRecipe) -> Transform:
+    """The official validation pipeline (resize, blur/JPEG at the validation recipe, centre crop) on the scale
+    training uses.
+
+    CNNDetection's and UniversalFakeDetect's ``get_val_opt`` resize validation images exactly as training images
+    (both to 256), so the accuracy that drives early stopping is measured at the training scale. Training here
+    follows the test geometry (:func:`train_resize_for`: native scale for a native test), and validation follows
+    training: a fixed resize to ``load_size`` would score a native-scale model at another scale (a 128 px crop
+    doubled, a 512 px scan halved) and move the epoch at which it stops.
+    """
+    return v2.Compose([train_resize_for(geometry, load_size), blur_jpeg_transform(recipe), v2.CenterCrop(crop_size)])
+
+
 def variable_size(geometry: str) -> bool:
     """Whether ``geometry`` leaves test images at their own (possibly different) sizes."""
     return geometry in ("native",)
