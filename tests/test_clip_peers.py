@@ -211,6 +211,47 @@ def test_rine_head_shapes_and_block_softmax():
     assert torch.allclose(torch.softmax(head.alpha, 1).sum(1), torch.ones(1, 1024))
 
 
+class OfficialRineTrainable(torch.nn.Module):
+    """The trainable part of RINE's ``Model`` (mever-team/rine ``src/models.py:43-89``), rewritten: alpha, proj1 and
+    proj2 (Dropout, then nproj x Linear/ReLU/Dropout), the three-layer head; forward from the hooked tokens."""
+
+    def __init__(self, blocks: int, width: int, nproj: int, proj_dim: int):
+        super().__init__()
+        self.alpha = torch.nn.Parameter(torch.randn([1, blocks, proj_dim]))
+        nn = torch.nn
+
+        def stack(first_in: int) -> nn.Sequential:
+            layers: list[nn.Module] = [nn.Dropout()]
+            for i in range(nproj):
+                layers += [nn.Linear(first_in if i == 0 else proj_dim, proj_dim), nn.ReLU(), nn.Dropout()]
+            return nn.Sequential(*layers)
+
+        self.proj1, self.proj2 = stack(width), stack(proj_dim)
+        self.head = nn.Sequential(nn.Linear(proj_dim, proj_dim), nn.ReLU(), nn.Dropout(), nn.Linear(proj_dim, proj_dim),
+                                  nn.ReLU(), nn.Dropout(), nn.Linear(proj_dim, 1))
+
+    def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.proj1(g.float())
+        z = torch.sum(torch.softmax(self.alpha, dim=1) * g, dim=1)
+        z = self.proj2(z)
+        return self.head(z), z
+
+
+def test_rine_head_forward_equals_the_official_model_on_the_same_weights():
+    from mfx_rine.model import RINEHead
+
+    torch.manual_seed(0)
+    ours = RINEHead(blocks=6, width=32, dim=16, layers=2, dropout=0.5).eval()
+    official = OfficialRineTrainable(blocks=6, width=32, nproj=2, proj_dim=16).eval()
+    renamed = {"first": "proj1", "second": "proj2", "classifier": "head", "alpha": "alpha"}
+    official.load_state_dict({renamed[k.split(".")[0]] + k[len(k.split(".")[0]):]: v
+                              for k, v in ours.state_dict().items()}, strict=True)
+    tokens = torch.randn(5, 6, 32)  # (N, blocks, width): the class token each ln_2 hook saw
+    logit, embedding = ours(tokens)
+    p, z = official(tokens)
+    assert torch.equal(logit, p.reshape(-1)) and torch.equal(embedding, z)
+
+
 @pytest.mark.parametrize("layers,dim,official", [(1, 128, 183937), (2, 1024, 6323201), (4, 1024, 10521601),
                                                  (2, 256, 597761)])
 def test_rine_trainable_parameters_match_the_official_counts(layers, dim, official):
