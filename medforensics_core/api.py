@@ -14,6 +14,7 @@ engine; the command line uses the same ones.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +24,8 @@ import torch
 
 from .errors import CheckpointError, MfxError
 from .interfaces import Detector
+
+log = logging.getLogger(__name__)
 
 __all__ = ["calibrate", "checkpoint_detector_name", "create_detector", "demo_data", "list_detectors",
            "load_detector", "open_images", "read_image", "score"]
@@ -109,7 +112,8 @@ def calibrate(detector: Detector, reals: Sequence[str | os.PathLike] | str | os.
               crop: str = "tiles", aggregate: str = "max", stride: float = 0.5, batch_size: int = 64) -> float:
     """Fix ``detector``'s decision threshold on these real files, scored as :func:`score` scores them with the same
     ``crop`` (``mfx calibrate``). The threshold, its rule and its scoring go into ``detector.train_info``, so
-    ``detector.save(path)`` keeps them; returns the threshold. A bad file raises one error.
+    ``detector.save(path)`` keeps them; returns the threshold. A bad file raises one error. Files under a
+    ``1_fake`` folder (fakes by the dataset layout) are left out, and the count is logged.
 
     Why: a threshold fixed by ``mfx compare`` holds for its validation reals scored by centre crop, not for whole
     images scored by tiles nor for reals of another scanner (docs: "A threshold for your scanner").
@@ -124,6 +128,9 @@ def calibrate(detector: Detector, reals: Sequence[str | os.PathLike] | str | os.
     options = PredictOptions(on_bad="fail", tiles=TileConfig(mode=crop, aggregate=aggregate, stride=stride,
                                                             batch_size=batch_size))
     result, _ = calibrate_files(detector, list(reals), FitContext(device=detector.device), options, fpr)
+    if result.left_out_fakes:
+        log.warning("calibrate: left out %d file(s) under 1_fake folders (fakes by the dataset layout)",
+                    result.left_out_fakes)
     return result.threshold
 
 

@@ -226,12 +226,14 @@ def test_model_selection_keeps_the_last_save_or_the_last_epoch(monkeypatch):
 
 @pytest.fixture(scope="module")
 def scans():
-    """A real 512 px CT slice (pydicom's liver_1frame.dcm) as 8-bit RGB, and the same slice at 256 px."""
+    """A real 512 px head CT slice (pydicom's J2K_pixelrep_mismatch.dcm) as 8-bit RGB, and the same slice at 256 px.
+
+    Not liver_1frame.dcm, which earlier versions used: that file is a DICOM segmentation (a 0/1 liver mask)."""
     from pydicom.data import get_testdata_file
 
     from medforensics_core.data.readers import read_image
 
-    image = read_image(get_testdata_file("liver_1frame.dcm"))
+    image = read_image(get_testdata_file("J2K_pixelrep_mismatch.dcm"))
     image = image.tensor
     array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     big = Image.fromarray(array)

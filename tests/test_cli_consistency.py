@@ -81,6 +81,17 @@ def test_predict_takes_the_detector_from_the_checkpoint(freq_checkpoint, quick_b
     assert wrong.exit_code != 0 and "checkpoint of detector 'freq', not 'cnnspot'" in wrong.output
 
 
+def test_evaluate_reports_the_preset_the_checkpoint_was_trained_with(freq_checkpoint, quick_benchmark, tmp_path):
+    """With --data (so no benchmark default), evaluate names the checkpoint's preset, not 'full'."""
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(cli, ["evaluate", "freq", "--checkpoint", str(freq_checkpoint), "--data",
+                                      str(quick_benchmark), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "loading checkpoint (tiny preset)" in result.output and "preset: tiny" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["preset"] == "tiny" and report["detectors"]["freq"]["preset"] == "tiny"
+
+
 def test_train_accepts_both_set_forms(quick_benchmark, tmp_path):
     for form in ("n_bins=12", "freq.n_bins=12"):
         out = tmp_path / f"{form}.safetensors"

@@ -302,6 +302,32 @@ def test_calibrate_fixes_the_threshold_on_given_reals_as_predict_scores_them(pat
     assert f"{CROP} px tiles" in centre["threshold_warning"] and "mfx calibrate" in centre["threshold_warning"]
 
 
+def test_calibrate_on_a_dataset_folder_leaves_its_fakes_out(patch_checkpoint, tmp_path):
+    """Pointed at a split folder of the 0_real/1_fake layout, calibrate fixes the threshold on the reals alone (as
+    if given the 0_real folder) and says how many fakes it left out; a folder of fakes only is refused."""
+    import medforensics_core as mfx
+
+    split = tmp_path / "val" / "ct" / "noise-patch"
+    split.mkdir(parents=True)
+    real_ct_crops(split / "0_real", 24)
+    (split / "1_fake").mkdir()
+    rng = np.random.default_rng(3)
+    for i, real in enumerate(sorted((split / "0_real").iterdir())[:12]):
+        image = mfx.read_image(real)
+        save_png(plant(image, *(int(v) for v in rng.integers(0, 96 - PATCH, 2)), rng), split / "1_fake" / f"f{i}.png")
+    out = tmp_path / "from-split.safetensors"
+    result = CliRunner().invoke(cli, ["calibrate", "--checkpoint", str(patch_checkpoint), str(tmp_path / "val"),
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "left out 12 file(s) under 1_fake folders" in " ".join(result.output.split())
+    reals_only = mfx.calibrate(mfx.load_detector(patch_checkpoint), [split / "0_real"])
+    assert mfx.load_detector(out).train_info["threshold"] == reals_only
+    assert mfx.load_detector(out).train_info["threshold_rule"].startswith("5% FPR on 24 real frames of 24 files")
+    fakes = CliRunner().invoke(cli, ["calibrate", "--checkpoint", str(patch_checkpoint), str(split / "1_fake"),
+                                     "-o", str(tmp_path / "fakes.safetensors")])
+    assert fakes.exit_code != 0 and "sit under a 1_fake folder" in fakes.output and "Traceback" not in fakes.output
+
+
 def test_calibrate_refuses_too_few_reals_and_an_existing_output_in_one_line(patch_checkpoint, tmp_path):
     real_ct_crops(tmp_path / "few", 5)
     out = tmp_path / "calibrated.safetensors"

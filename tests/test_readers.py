@@ -171,6 +171,14 @@ def test_dicom_without_pixel_data_is_one_line():
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["liver_1frame.dcm", "liver_expb_1frame.dcm"])
+def test_dicom_segmentation_is_refused_in_one_line(name):
+    """A SEG object's pixels are a 0/1 mask (pydicom's liver files: a liver segmentation), not a scan to score."""
+    with pytest.raises(BadInputError, match="DICOM segmentation") as info:
+        read_image(dicom(name))
+    assert "\n" not in str(info.value)
+
+
 def test_truncated_dicom_is_refused():
     with pytest.raises(BadInputError, match="cannot decode DICOM pixel data"):
         read_image(dicom("MR_truncated.dcm"))

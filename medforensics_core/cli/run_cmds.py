@@ -542,7 +542,8 @@ def _print_predictions(verdict: dict, predictions, bad) -> None:
         colour = "red" if p.verdict == "fake" else "green"
         table.add_row(escape(p.path), "" if p.frame is None else str(p.frame), escape(p.modality), f"{p.score:.3f}",
                       f"[{colour}]{p.verdict}[/]")
-    console.print(table)
+    if predictions:  # nothing scored: the skipped lines and the one-line error say it all
+        console.print(table)
     _print_skipped(bad)
 
 
@@ -568,7 +569,8 @@ def calibrate_command(reals, checkpoint, output, fpr, crop, aggregate, stride, o
     The threshold mfx compare stores is fixed on the validation split's reals, each scored by its centre
     crop. On whole images scored by tiles, and on reals of another scanner, it flags more reals than its
     rule says (docs: metrics, "The detector's threshold"). Give real images only (at least 20 frames
-    for --fpr 0.05), and the same --crop/--aggregate/--stride you will predict with.
+    for --fpr 0.05; files under a 1_fake folder are left out), and the same --crop/--aggregate/--stride
+    you will predict with.
 
     \b
     Examples:
@@ -591,6 +593,9 @@ def calibrate_command(reals, checkpoint, output, fpr, crop, aggregate, stride, o
     with RichProgress(console, enabled=console.is_terminal) as progress:
         result, bad = calibrate_files(model, reals, FitContext(device=torch_device, progress=progress), options, fpr)
     _print_skipped(bad)
+    if result.left_out_fakes:
+        console.print(f"[yellow]left out[/] {result.left_out_fakes} file(s) under 1_fake folders: fakes by the "
+                      "dataset layout, so not reals to calibrate on")
     _print_calibration(result, write_calibrated(model, output))
 
 

@@ -532,10 +532,17 @@ def _dicom_errors() -> tuple[type[BaseException], ...]:
             BytesLengthException)
 
 
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+"""SOP class of a DICOM segmentation: its pixels are label values (0/1 per segment), not intensities, so scoring
+one as a scan would score a binary mask; it is refused like a file without pixel data."""
+
+
 def _dicom_header_checked(path: Path, ds, limits: ReadLimits):
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         kind = getattr(ds.get("SOPClassUID"), "name", None) or ds.get("Modality") or "unknown SOP class"
         raise BadInputError(path, f"DICOM without pixel data ({kind})")
+    if str(ds.get("Modality", "")).upper() == "SEG" or str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE:
+        raise BadInputError(path, "a DICOM segmentation (Modality SEG): a label mask drawn on a scan, not the scan")
     for tag in ("Rows", "Columns", "PhotometricInterpretation", "BitsAllocated"):
         if tag not in ds:
             raise BadInputError(path, f"DICOM image lacks {tag}")

@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from ..data.indexers import LABEL_FOLDERS
+from ..data.walk import expand_inputs
 from ..decision import flag_fake
-from ..errors import MfxError
+from ..errors import BadInputError, MfxError
 from ..interfaces import Detector
 from ..metrics import threshold_at_fpr
 from .context import FitContext
@@ -77,6 +79,8 @@ class Calibration:
     counts: dict[str, int]
     flagged_before: dict[str, float]
     flagged_after: dict[str, float]
+    left_out_fakes: int = 0
+    """Files given (inside a folder) under a ``1_fake`` folder: fakes by the dataset layout, not calibrated on."""
 
     @property
     def rule(self) -> str:
@@ -139,18 +143,41 @@ def write_calibrated(detector: Detector, output: Path) -> Path:
     return detector.save(output)
 
 
+FAKE_FOLDER = next(name for name, label in LABEL_FOLDERS.items() if label == 1)
+REAL_FOLDER = next(name for name, label in LABEL_FOLDERS.items() if label == 0)
+
+
+def fake_by_layout(path: Path) -> bool:
+    """Whether a file sits under a ``1_fake`` folder: a fake by the layout every mfx dataset uses.
+
+    Why calibrate leaves such files out: pointed at a dataset's split folder (``val/``), it would otherwise take
+    its fakes for reals and fix a threshold far too high, under a rule that says "5 % of reals".
+    """
+    return FAKE_FOLDER in Path(path).parts
+
+
 def calibrate_files(detector: Detector, reals: Sequence[str | os.PathLike], ctx: FitContext, options: PredictOptions,
                     fpr: float) -> tuple[Calibration, list[tuple[str, str]]]:
     """Score these real files as ``mfx predict`` would (``options``), fix the threshold on them, and set it on the
     detector's ``train_info`` (``detector.save`` then keeps it). The command line and :func:`mfx.calibrate
-    <medforensics_core.api.calibrate>` both come here. Returns the calibration and the bad files skipped."""
+    <medforensics_core.api.calibrate>` both come here. Files under a ``1_fake`` folder are left out
+    (:func:`fake_by_layout`; counted in ``left_out_fakes``). Returns the calibration and the bad files skipped."""
     try:
         previous = checkpoint_threshold(detector)
     except MfxError as exc:  # a NaN or non-numeric stored threshold is exactly what calibrating replaces
         previous = 0.5, f"default 0.5 (the checkpoint's own threshold was unusable: {exc})"
     options = dataclasses.replace(options, threshold=previous[0])
-    predictions, bad = predict_files(detector, list(reals), ctx, options)
+    files, bad = expand_inputs(list(reals))
+    if bad and options.on_bad == "fail":
+        raise BadInputError(*bad[0])
+    reals_only = [f for f in files if not fake_by_layout(f)]
+    if files and not reals_only:
+        raise MfxError(f"all {len(files)} file(s) given sit under a {FAKE_FOLDER} folder (fakes by the dataset "
+                       f"layout); calibrate on reals: give the {REAL_FOLDER} folders")
+    predictions, unreadable = predict_files(detector, reals_only, ctx, options)
     result = calibrate(predictions, fpr, scoring_of(detector, options.tiles), previous)
+    result.left_out_fakes = len(files) - len(reals_only)
+    bad = bad + unreadable
     before = detector.train_info or {}
     detector.train_info = {**before, **result.train_info(before)}
     return result, bad

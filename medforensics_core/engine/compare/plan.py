@@ -261,4 +261,18 @@ def plan_run(options: CompareOptions, progress=None) -> RunPlan:
         if spec.checkpoint is None:
             config = spec.config()  # an unknown preset or key, a value out of range fails here, in one line
             check_plugin_references(config)
+        else:
+            spec.preset = stored_preset(spec.checkpoint) or spec.preset
+    if specs and not options.preset and all(spec.checkpoint for spec in specs) \
+            and len({spec.preset for spec in specs}) == 1:
+        preset = specs[0].preset  # mfx evaluate: the report names the preset the checkpoint was trained with
     return RunPlan(options, specs, data_path, preset, perturbations)
+
+
+def stored_preset(checkpoint: str) -> str | None:
+    """The preset a checkpoint was trained with, from its header (None when it records none)."""
+    from ...checkpoint import load_metadata
+
+    meta = load_metadata(checkpoint)
+    preset = meta.get("preset") if isinstance(meta, dict) else None
+    return str(preset) if preset else None

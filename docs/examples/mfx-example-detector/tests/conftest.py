@@ -1,8 +1,8 @@
 """Fixtures: real CT crops from DICOM files that ship with pydicom, and fakes made by this plugin's generator.
 
 Tests use real medical pixels (never random arrays standing in for images):
-``693_J2KI.dcm`` (a head CT, JPEG 2000) and ``liver_1frame.dcm`` (an abdominal
-CT) from pydicom's test data. Training crops come from the left half of each
+``693_J2KI.dcm`` and ``J2K_pixelrep_mismatch.dcm`` (two head CT slices, JPEG
+2000) from pydicom's test data. Training crops come from the left half of each
 slice and test crops from the right half, so no pixel is in both.
 """
 
@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 CROP = 32
-SOURCES = ("693_J2KI.dcm", "liver_1frame.dcm")
+SOURCES = ("693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")
 MIN_CROP_STD = 0.03  # leave out crops of air/background: they carry no texture to learn from
 
 
