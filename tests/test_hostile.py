@@ -361,6 +361,10 @@ def test_nan_threshold_is_refused_not_a_verdict(dski_checkpoint, tmp_path):
     result = CliRunner().invoke(cli, ["predict", "dski", "--checkpoint", str(dski_checkpoint), "--threshold", "nan",
                                       str(image)])
     assert result.exit_code != 0 and "finite" in result.output, result.output
+    for outside in ("7", "-1"):  # scores are probabilities: such a threshold gives every image one verdict
+        result = CliRunner().invoke(cli, ["predict", "--checkpoint", str(dski_checkpoint), "--threshold", outside,
+                                          str(image)])
+        assert result.exit_code != 0 and "must lie in [0, 1]" in result.output and "Traceback" not in result.output
 
 
 def test_non_finite_scores_are_an_error():

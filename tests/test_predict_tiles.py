@@ -188,6 +188,45 @@ def test_nothing_scored_and_unwritable_explain_dir_fail_in_one_line(patch_checkp
         assert denied.exit_code == 2 and "cannot write" in denied.output
 
 
+def test_a_tiny_image_is_one_line_in_predict_and_index_add_and_the_others_go_on(patch_checkpoint, tmp_path):
+    """A 1x1 PNG beside a real CT: predict scores the CT and skips the PNG; index add (--on-bad skip) adds the CT.
+    Before: DSKI's circular pad raised on the PNG ("unexpected error" in predict, a traceback in index add)."""
+    from pydicom.data import get_testdata_file
+
+    tiny = tmp_path / "one.png"
+    PIL.Image.new("L", (1, 1), 128).save(tiny)
+    ct = get_testdata_file("CT_small.dcm")
+    scored = CliRunner().invoke(cli, ["predict", "--checkpoint", str(patch_checkpoint), str(tiny), ct, "--json"])
+    assert scored.exit_code == 0, scored.output
+    verdict = json.loads(scored.stdout)
+    assert [p["path"] for p in verdict["predictions"]] == [ct]
+    assert verdict["bad"] == [{"path": str(tiny), "reason": "image too small to score (1x1 px; every side needs at "
+                                                            "least 8 px)"}]
+    added = CliRunner().invoke(cli, ["index", "add", str(patch_checkpoint), str(tiny), ct, "--label", "real",
+                                     "--modality", "ct", "--on-bad", "skip", "-o", str(tmp_path / "more.safetensors")])
+    assert added.exit_code == 0 and "Traceback" not in added.output, added.output
+    assert "added 1 real reference(s)" in " ".join(added.output.split()) and "too small" in added.output
+
+
+def test_readers_own_complaints_stay_off_the_terminal_unless_verbose(patch_checkpoint):
+    """pydicom logs a failed decoder with its whole traceback; mfx prints its own one line for the file instead
+    (``-v`` shows the library's words too)."""
+    import subprocess
+    import sys
+
+    from pydicom.data import get_testdata_file
+
+    lossy = get_testdata_file("JPEG-lossy.dcm")  # 12-bit JPEG Extended: no installed decoder takes it
+    run = [sys.executable, "-c", "from medforensics_core.cli import main; main()"]
+    quiet = subprocess.run(run + ["predict", "--checkpoint", str(patch_checkpoint), lossy], capture_output=True,
+                           text=True, timeout=300)
+    assert quiet.returncode != 0 and "cannot decode DICOM pixel data" in quiet.stdout + quiet.stderr
+    assert "Traceback" not in quiet.stdout + quiet.stderr
+    loud = subprocess.run(run + ["-v", "predict", "--checkpoint", str(patch_checkpoint), lossy], capture_output=True,
+                          text=True, timeout=300)
+    assert "Traceback" in loud.stdout + loud.stderr
+
+
 def test_tile_grid_covers_the_image_and_bounds_the_tile_count():
     from medforensics_core.engine.tiles import TileConfig, origins, tile_grid
 
@@ -335,6 +374,12 @@ def test_calibrate_refuses_too_few_reals_and_an_existing_output_in_one_line(patc
                                    "-o", str(out)])
     assert few.exit_code != 0 and "5 real frame(s) scored" in few.output and "at least 20" in few.output
     assert "Traceback" not in few.output and not out.exists()
+    one = str(sorted((tmp_path / "few").iterdir())[0])
+    (tmp_path / "junk.png").write_text("not an image")
+    repeated = CliRunner().invoke(cli, ["calibrate", "--checkpoint", str(patch_checkpoint), *[one] * 20,
+                                        str(tmp_path / "junk.png"), "-o", str(out)])  # one file 20 times: one image
+    assert repeated.exit_code != 0 and "1 real frame(s) scored" in repeated.output and not out.exists()
+    assert "skipped" in repeated.output and "junk.png" in repeated.output  # why so few: the bad file is listed
     import hashlib
 
     before = hashlib.sha256(patch_checkpoint.read_bytes()).hexdigest()

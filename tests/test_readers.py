@@ -6,6 +6,8 @@ scaling the readers document, independently of the reader's code path.
 
 from __future__ import annotations
 
+import warnings
+
 import importlib.util
 import os
 
@@ -154,7 +156,9 @@ def test_multiframe_ybr_frames_are_rgb_and_selectable():
 
 
 def test_multiframe_grey_frame_selection_and_range():
-    path = dicom("emri_small.dcm") if HAVE_PYDICOM_DATA else dicom("rtdose.dcm")  # 10-frame MR, else 15-frame dose
+    if not HAVE_PYDICOM_DATA:  # pydicom's own multi-frame grey files are dose grids, refused as not scans
+        pytest.skip("needs pydicom-data (the demo extra) for a multi-frame grey scan")
+    path = dicom("emri_small.dcm")  # a 10-frame MR
     ds = pydicom.dcmread(path)
     n = int(ds.NumberOfFrames)
     frames = dict(iter_frames(path))
@@ -171,11 +175,31 @@ def test_dicom_without_pixel_data_is_one_line():
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["liver_1frame.dcm", "liver_expb_1frame.dcm"])
-def test_dicom_segmentation_is_refused_in_one_line(name):
-    """A SEG object's pixels are a 0/1 mask (pydicom's liver files: a liver segmentation), not a scan to score."""
-    with pytest.raises(BadInputError, match="DICOM segmentation") as info:
+@pytest.mark.parametrize("name,what", [("liver_1frame.dcm", "DICOM segmentation"),
+                                       ("liver_expb_1frame.dcm", "DICOM segmentation"),
+                                       ("rtdose.dcm", "DICOM dose grid")])
+def test_dicom_objects_that_are_not_scans_are_refused_in_one_line(name, what):
+    """A SEG object's pixels are a 0/1 mask (pydicom's liver files: a liver segmentation), an RTDOSE's are doses:
+    neither is a scan to score."""
+    with pytest.raises(BadInputError, match=what) as info:
         read_image(dicom(name))
+    assert "\n" not in str(info.value)
+
+
+def test_a_nan_rescale_slope_is_one_line_for_that_file(tmp_path):
+    """Finite stored pixels made all-NaN by the header (RescaleSlope "nan") are the file's fault, said in one line
+    (before: NaN pixels reached the model, whose NaN score was blamed on its weights and stopped the batch)."""
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    ds = pydicom.dcmread(dicom("CT_small.dcm"))
+    ds[0x00281053] = DataElement(0x00281053, "DS", "nan")
+    path = tmp_path / "slope_nan.dcm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom: "Invalid value for VR DS"
+        ds.save_as(path)
+    with pytest.raises(BadInputError, match="all NaN/inf after the DICOM rescale") as info:
+        read_image(path)
     assert "\n" not in str(info.value)
 
 

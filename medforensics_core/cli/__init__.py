@@ -106,8 +106,26 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
     level = logging.DEBUG if (debug or verbose > 1) else logging.INFO if verbose else logging.WARNING
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)],
-                        force=True)
+    handler = RichHandler(console=err_console, show_path=False)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    quiet_libraries(handler, debug or verbose > 0)
+
+
+LIBRARY_LOGGERS = ("py.warnings", "pydicom", "nibabel", "PIL")
+"""Loggers of the libraries that read user files, and Python's warnings (captured into ``py.warnings``)."""
+
+
+def quiet_libraries(handler: logging.Handler, verbose: bool) -> None:
+    """Keep the readers' own complaints off the terminal unless ``-v``/``--debug`` asks for them.
+
+    Why: pydicom logs a failed decoder with its whole traceback (``ERROR libjpeg error ...``), NumPy warns
+    ``All-NaN slice`` with a source line, before mfx prints its own one line for the same file (``skipped
+    FILE: reason``). The user gets that one line; ``-v`` shows the libraries' words too.
+    """
+    logging.captureWarnings(True)
+    if not verbose:  # a filter on the terminal's handler: a library may set its own logger's level on import
+        handler.addFilter(lambda record: not any(record.name == name or record.name.startswith(name + ".")
+                                                 for name in LIBRARY_LOGGERS))
 
 
 def main() -> None:

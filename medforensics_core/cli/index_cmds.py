@@ -59,12 +59,13 @@ def iter_images(files: list[Path], on_bad: str = "fail",
 
 
 def _checked_frames(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    from ..data.dataset import check_scorable_size
     from ..data.readers import count_frames, iter_frames
 
     try:
         multi = count_frames(path) > 1
         for index, loaded in iter_frames(path):
-            yield (f"{path}#{index}" if multi else str(path)), loaded.tensor
+            yield (f"{path}#{index}" if multi else str(path)), check_scorable_size(path, loaded.tensor)
     except (MfxError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - an unforeseen reader failure is still that file's failure
@@ -230,9 +231,10 @@ def _manifest_references(path: str) -> References:
 def _read_one(file: Path) -> torch.Tensor:
     """One manifest row's image (``path#N``: that frame); any reader failure as that file's bad-input line."""
     from ..data import read_image
+    from ..data.dataset import check_scorable_size
 
     try:
-        return read_image(file).tensor
+        return check_scorable_size(file, read_image(file).tensor)
     except (MfxError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - an unforeseen reader failure is still that file's failure

@@ -578,7 +578,7 @@ def calibrate_command(reals, checkpoint, output, fpr, crop, aggregate, stride, o
       mfx calibrate --checkpoint dski.safetensors ct/ mr/ --fpr 0.01 --crop center -o dski-1pct.safetensors
     """
     from ..api import load_detector
-    from ..engine.calibrate import calibrate_files, check_output, write_calibrated
+    from ..engine.calibrate import CalibrationRefused, calibrate_files, check_output, write_calibrated
     from ..engine.context import FitContext
     from ..engine.device import resolve_device
     from ..engine.predict import PredictOptions
@@ -590,12 +590,19 @@ def calibrate_command(reals, checkpoint, output, fpr, crop, aggregate, stride, o
     torch_device = resolve_device(device)
     model = load_detector(checkpoint, device=str(torch_device))
     options = PredictOptions(on_bad=on_bad, modality=modality, tiles=tiles)
-    with RichProgress(console, enabled=console.is_terminal) as progress:
-        result, bad = calibrate_files(model, reals, FitContext(device=torch_device, progress=progress), options, fpr)
+    try:
+        with RichProgress(console, enabled=console.is_terminal) as progress:
+            result, bad = calibrate_files(model, reals, FitContext(device=torch_device, progress=progress), options,
+                                          fpr)
+    except CalibrationRefused as exc:
+        _print_skipped(exc.skipped)  # why so few reals were left
+        raise
     _print_skipped(bad)
     if result.left_out_fakes:
         console.print(f"[yellow]left out[/] {result.left_out_fakes} file(s) under 1_fake folders: fakes by the "
                       "dataset layout, so not reals to calibrate on")
+    if result.left_out_repeats:
+        console.print(f"[yellow]left out[/] {result.left_out_repeats} repeated file(s): each file counts once")
     _print_calibration(result, write_calibrated(model, output))
 
 

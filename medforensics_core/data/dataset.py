@@ -33,6 +33,18 @@ MIN_SIDE = 8
 whole batch (frequency and patch detectors need a few pixels each way)."""
 
 
+def check_scorable_size(path: str | Path, image: torch.Tensor) -> torch.Tensor:
+    """``image`` itself, or one bad-input line when a side is below :data:`MIN_SIDE` pixels.
+
+    Why one check for every command: a detector's preprocessing (a circular pad, a spectrum, a 2x2 residual)
+    fails or means nothing on a 1-7 px image; compare, predict, calibrate and ``index add`` say so alike.
+    """
+    if min(image.shape[-2:]) < MIN_SIDE:
+        raise BadInputError(path, f"image too small to score ({image.shape[-1]}x{image.shape[-2]} px; "
+                                  f"every side needs at least {MIN_SIDE} px)")
+    return image
+
+
 def pack(image: torch.Tensor) -> torch.Tensor:
     """Cache form of a decoded image: uint8 when that is lossless (8-bit sources), else float32 unchanged."""
     quantised = (image * 255).round().clamp(0, 255).to(torch.uint8)
@@ -76,11 +88,7 @@ class ImageSet(torch.utils.data.Dataset):
     def _read(self, row: ManifestRow) -> torch.Tensor | None:
         path = row.resolved(self.root)
         try:
-            image = read_image(path).tensor
-            if min(image.shape[-2:]) < MIN_SIDE:  # a detector's preprocessing would fail on it, for every image
-                raise BadInputError(path, f"image too small to score ({image.shape[-1]}x{image.shape[-2]} px; "
-                                          f"every side needs at least {MIN_SIDE} px)")
-            return image
+            return check_scorable_size(path, read_image(path).tensor)
         except BadInputError as exc:
             if self.on_bad == "fail":
                 raise

@@ -533,16 +533,22 @@ def _dicom_errors() -> tuple[type[BaseException], ...]:
 
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-"""SOP class of a DICOM segmentation: its pixels are label values (0/1 per segment), not intensities, so scoring
-one as a scan would score a binary mask; it is refused like a file without pixel data."""
+NOT_SCANS = {
+    "SEG": "a DICOM segmentation (Modality SEG): a label mask drawn on a scan, not the scan",
+    "RTDOSE": "a DICOM dose grid (Modality RTDOSE): radiotherapy dose values computed on a scan, not the scan",
+}
+"""DICOM objects whose pixel data are not an acquired image: a segmentation's pixels are label values (0/1 per
+segment), a dose grid's are doses. Scoring one would score a mask or a dose map as a scan; they are refused like
+files without pixel data."""
 
 
 def _dicom_header_checked(path: Path, ds, limits: ReadLimits):
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         kind = getattr(ds.get("SOPClassUID"), "name", None) or ds.get("Modality") or "unknown SOP class"
         raise BadInputError(path, f"DICOM without pixel data ({kind})")
-    if str(ds.get("Modality", "")).upper() == "SEG" or str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE:
-        raise BadInputError(path, "a DICOM segmentation (Modality SEG): a label mask drawn on a scan, not the scan")
+    modality = "SEG" if str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE else str(ds.get("Modality", "")).upper()
+    if modality in NOT_SCANS:
+        raise BadInputError(path, NOT_SCANS[modality])
     for tag in ("Rows", "Columns", "PhotometricInterpretation", "BitsAllocated"):
         if tag not in ds:
             raise BadInputError(path, f"DICOM image lacks {tag}")
@@ -663,6 +669,11 @@ def _dicom_frame(path: Path, ds, index: int, n_frames: int, window: tuple[float,
             unit = dicom_to_unit(ds, raw, window=window, meta=meta)
     except (ValueError, NotImplementedError, AttributeError, KeyError, IndexError, TypeError) as exc:
         raise BadInputError(path, f"cannot apply the DICOM's LUT/window ({_one_line(exc)})") from None
+    if not np.isfinite(unit).any():  # finite stored values made non-finite by the header (a NaN RescaleSlope)
+        slope, intercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
+        raise BadInputError(path, f"pixel values are all NaN/inf after the DICOM rescale (RescaleSlope {slope}, "
+                                  f"RescaleIntercept {intercept})")
+    unit = _finite_or_fail(path, unit, meta)
     return LoadedImage(_to_rgb_tensor(path, unit), meta)
 
 
@@ -713,7 +724,8 @@ def _grey_dicom_to_unit(ds, raw: np.ndarray, window: tuple[float, float] | None,
     has_lut = bool(ds.get("VOILUTSequence"))
     if not (has_window or has_lut):
         meta["window"] = "min-max"
-        meta["value_range"] = [float(np.nanmin(values)), float(np.nanmax(values))] if values.size else [0.0, 0.0]
+        finite = values[np.isfinite(values)] if values.size else values
+        meta["value_range"] = [float(finite.min()), float(finite.max())] if finite.size else [0.0, 0.0]
         return _min_max(values.astype(np.float64))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

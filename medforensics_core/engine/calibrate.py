@@ -81,6 +81,8 @@ class Calibration:
     flagged_after: dict[str, float]
     left_out_fakes: int = 0
     """Files given (inside a folder) under a ``1_fake`` folder: fakes by the dataset layout, not calibrated on."""
+    left_out_repeats: int = 0
+    """Files given more than once (the same file by another path or link): each counts once."""
 
     @property
     def rule(self) -> str:
@@ -99,6 +101,15 @@ class Calibration:
         replaced.append({"threshold": self.previous, "rule": self.previous_source})
         return {"threshold": self.threshold, "threshold_rule": self.rule, "threshold_fpr": self.fpr,
                 "threshold_scoring": self.scoring, "thresholds_replaced": replaced}
+
+
+class CalibrationRefused(MfxError):
+    """No threshold could be fixed (too few reals scored); ``skipped`` lists the bad files that were passed over,
+    so the user sees why so few were left."""
+
+    def __init__(self, message: str, skipped: list[tuple[str, str]]):
+        super().__init__(message)
+        self.skipped = skipped
 
 
 def calibrate(predictions: Sequence[Prediction], fpr: float, scoring: dict[str, Any],
@@ -156,6 +167,22 @@ def fake_by_layout(path: Path) -> bool:
     return FAKE_FOLDER in Path(path).parts
 
 
+def once_each(files: Sequence[Path]) -> list[Path]:
+    """The files in order, each real file once (the same file named twice, or through a link, is one image).
+
+    Why: the rule's minimum (20 frames at 5 %) counts images; one scan given 20 times would pass it and fix the
+    threshold at that one scan's score.
+    """
+    seen: set[str] = set()
+    out = []
+    for file in files:
+        key = os.path.realpath(file)
+        if key not in seen:
+            seen.add(key)
+            out.append(file)
+    return out
+
+
 def calibrate_files(detector: Detector, reals: Sequence[str | os.PathLike], ctx: FitContext, options: PredictOptions,
                     fpr: float) -> tuple[Calibration, list[tuple[str, str]]]:
     """Score these real files as ``mfx predict`` would (``options``), fix the threshold on them, and set it on the
@@ -170,14 +197,19 @@ def calibrate_files(detector: Detector, reals: Sequence[str | os.PathLike], ctx:
     files, bad = expand_inputs(list(reals))
     if bad and options.on_bad == "fail":
         raise BadInputError(*bad[0])
-    reals_only = [f for f in files if not fake_by_layout(f)]
-    if files and not reals_only:
-        raise MfxError(f"all {len(files)} file(s) given sit under a {FAKE_FOLDER} folder (fakes by the dataset "
+    unique = once_each(files)
+    reals_only = [f for f in unique if not fake_by_layout(f)]
+    if unique and not reals_only:
+        raise MfxError(f"all {len(unique)} file(s) given sit under a {FAKE_FOLDER} folder (fakes by the dataset "
                        f"layout); calibrate on reals: give the {REAL_FOLDER} folders")
     predictions, unreadable = predict_files(detector, reals_only, ctx, options)
-    result = calibrate(predictions, fpr, scoring_of(detector, options.tiles), previous)
-    result.left_out_fakes = len(files) - len(reals_only)
     bad = bad + unreadable
+    try:
+        result = calibrate(predictions, fpr, scoring_of(detector, options.tiles), previous)
+    except MfxError as exc:
+        raise CalibrationRefused(str(exc), bad) from None
+    result.left_out_fakes = len(unique) - len(reals_only)
+    result.left_out_repeats = len(files) - len(unique)
     before = detector.train_info or {}
     detector.train_info = {**before, **result.train_info(before)}
     return result, bad

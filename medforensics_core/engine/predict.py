@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..data.dataset import check_scorable_size
 from ..data.modality import normalise as normalise_modality
 from ..data.modality import resolve as resolve_modality
 from ..data.readers import LoadedImage, count_frames, iter_frames, read_image
@@ -84,13 +85,16 @@ def checkpoint_threshold(detector: Detector, given: float | None = None) -> tupl
 
 
 def _finite_threshold(value, what: str) -> float:
-    """A threshold must be a finite number: NaN would call every image real (``score >= nan`` is False)."""
+    """A threshold must be a number in [0, 1]: NaN would call every image real (``score >= nan`` is False), and
+    scores are fake probabilities, so 7 or -1 would give every image one verdict whatever it is."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise MfxError(f"{what} must be a number, not {value!r}") from None
     if not math.isfinite(number):
         raise MfxError(f"{what} must be a finite number, not {value!r}")
+    if not 0.0 <= number <= 1.0:
+        raise MfxError(f"{what} must lie in [0, 1] (scores are fake probabilities), not {value!r}")
     return number
 
 
@@ -199,7 +203,7 @@ def _score_file(path: Path, scorer: TileScorer, options: PredictOptions, known, 
     for frame, loaded in _frames(path):
         if modality is None:
             modality = resolve_modality(loaded.meta, path, options.modality, known)
-        result = scorer.score(loaded.tensor, modality.name)
+        result = scorer.score(check_scorable_size(path, loaded.tensor), modality.name)
         if not math.isfinite(result.score):  # the model's fault, not the file's: stop, never a verdict on NaN
             raise CheckpointError(f"{scorer.detector.name} gave a non-finite score (NaN/inf) for {path}: "
                                   "its weights are corrupt or its training diverged")
