@@ -208,6 +208,26 @@ def test_a_tiny_image_is_one_line_in_predict_and_index_add_and_the_others_go_on(
     assert "added 1 real reference(s)" in " ".join(added.output.split()) and "too small" in added.output
 
 
+def test_an_interrupted_predict_still_reports_the_files_it_scored(patch_checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C on the third file: the first two are in the JSON (marked interrupted), the exit status is 130."""
+    from medforensics_core.engine import predict as engine_predict
+
+    files = real_ct_crops(tmp_path / "scans", 4)
+    real_score_file, calls = engine_predict._score_file, []
+
+    def interrupted_on_the_third(path, *args):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_score_file(path, *args)
+
+    monkeypatch.setattr(engine_predict, "_score_file", interrupted_on_the_third)
+    result = CliRunner().invoke(cli, ["predict", "--checkpoint", str(patch_checkpoint), *map(str, files), "--json"])
+    assert result.exit_code == 130
+    verdict = json.loads(result.stdout[:result.stdout.rindex("}") + 1])
+    assert verdict["interrupted"] is True and [p["path"] for p in verdict["predictions"]] == list(map(str, files[:2]))
+
+
 def test_readers_own_complaints_stay_off_the_terminal_unless_verbose(patch_checkpoint):
     """pydicom logs a failed decoder with its whole traceback; mfx prints its own one line for the file instead
     (``-v`` shows the library's words too)."""

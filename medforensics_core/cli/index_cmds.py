@@ -246,8 +246,8 @@ def _added_text(added: Counter[tuple[str, str, str]]) -> str:
     if len(added) == 1:
         ((label, generator, modality), n), = added.items()
         return f"{n} {label} reference(s) (generator {escape(generator)}, modality {escape(modality)})"
-    groups = ", ".join(f"{n} {label} {escape(generator)} {escape(modality)}"
-                       for (label, generator, modality), n in sorted(added.items()))
+    groups = ", ".join(f"{n} {label}{'' if label == 'real' else ' ' + escape(generator)} {escape(modality)}"
+                       for (label, generator, modality), n in sorted(added.items()))  # a real's generator is "real"
     return f"{sum(added.values())} reference(s) ({groups})"
 
 

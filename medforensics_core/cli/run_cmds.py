@@ -109,19 +109,36 @@ def data_options(function):
 PRECISION = click.Choice(["fp32", "bf16", "fp16"])
 
 
-def precision_option(function):
+PERTURB_FORMAT = "NAME:STRENGTH, comma-separated; a bare NAME takes the perturbation's default (jpeg = jpeg:75)."
+
+
+def precision_option(function, scoring_only: bool = False):
+    what = "scoring" if scoring_only else "training and scoring"
     return click.option("--precision", type=PRECISION, default=None,
-                        help="Numeric precision of training and scoring (recorded in the report). "
+                        help=f"Numeric precision of {what} (recorded in the report). "
                              "Default: each detector's own (fp32 for the baselines, as their official code).")(function)
+
+
+def scoring_precision_option(function):
+    """``--precision`` of a command that only scores (``mfx evaluate``)."""
+    return precision_option(function, scoring_only=True)
+
+
+WORKERS_HELP = ("Data-loading worker processes (decoding, preprocessing, DSKI's noise statistics), so that a GPU is "
+                "not kept waiting for the CPU. 0 loads in the main process.")
 
 
 def workers_option(function):
     return click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-                        help="Data-loading worker processes (decoding, preprocessing, DSKI's noise statistics), so "
-                             "that a GPU is not kept waiting for the CPU. 0 loads in the main process. Training "
-                             "draws its random augmentation in the workers: a run repeats itself for the same "
-                             "--workers, and differs in those draws from another value; scores of a trained "
-                             "model do not depend on it.")(function)
+                        help=WORKERS_HELP + " Training draws its random augmentation in the workers: a run repeats "
+                             "itself for the same --workers, and differs in those draws from another value; scores "
+                             "of a trained model do not depend on it.")(function)
+
+
+def scoring_workers_option(function):
+    """``--workers`` of a command that only scores: the scores do not depend on it."""
+    return click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                        help=WORKERS_HELP + " The scores do not depend on it.")(function)
 
 
 def random_init_option(function):
@@ -145,7 +162,7 @@ def random_init_option(function):
               help="Use this checkpoint for detector NAME instead of training it (repeatable).")
 @click.option("--set", "settings", multiple=True, metavar="NAME.key=value", help="Override a detector config key.")
 @click.option("--perturb", multiple=True, metavar="jpeg:50,blur:1.5,...",
-              help="Also score test images under these perturbations (robustness).")
+              help="Also score test images under these perturbations (robustness). " + PERTURB_FORMAT)
 @click.option("-o", "--out", default="runs", show_default=True, type=click.Path(path_type=str),
               help="Folder that receives the run directory.")
 @click.option("--resume", type=click.Path(path_type=str), help="Finish an interrupted run (its config.json rules).")
@@ -376,12 +393,13 @@ def train_command(detector, data, device, seed, on_bad, quick, preset, epochs, b
               help="Checkpoint written by mfx train/compare.")
 @data_options
 @click.option("--split", default="test", show_default=True, help="Manifest split to evaluate on.")
-@click.option("--perturb", multiple=True, metavar="jpeg:50,...", help="Also score under these perturbations.")
+@click.option("--perturb", multiple=True, metavar="jpeg:50,...",
+              help="Also score under these perturbations. " + PERTURB_FORMAT)
 @click.option("-o", "--out", type=click.Path(path_type=str),
               help="Run directory to write (default: a new one under runs/).")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for CIs.")
-@precision_option
-@workers_option
+@scoring_precision_option
+@scoring_workers_option
 def evaluate_command(detector, checkpoint, data, device, seed, on_bad, quick, split, perturb, out, n_boot,
                      precision, workers) -> None:
     """Evaluate a trained DETECTOR checkpoint: metrics per modality and generator, with CIs, and a run directory.
@@ -462,7 +480,8 @@ def predict_command(inputs, checkpoint, as_json, threshold, crop, aggregate, str
     from ..engine.calibrate import scoring_mismatch
     from ..engine.context import FitContext
     from ..engine.device import resolve_device
-    from ..engine.predict import PredictOptions, check_explain_dir, checkpoint_threshold, predict_files
+    from ..engine.predict import (PredictionInterrupted, PredictOptions, check_explain_dir, checkpoint_threshold,
+                                  predict_files)
     from ..engine.progress import RichProgress
     from ..engine.tiles import TileConfig
 
@@ -476,18 +495,24 @@ def predict_command(inputs, checkpoint, as_json, threshold, crop, aggregate, str
     value, source = checkpoint_threshold(model, threshold)
     mismatch = scoring_mismatch(model, tiles) if threshold is None else None
     options = PredictOptions(threshold=value, on_bad=on_bad, modality=modality, tiles=tiles, explain=explain)
+    interrupted = None
     with RichProgress(console, enabled=console.is_terminal and not as_json) as progress:
         ctx = FitContext(device=torch_device, progress=progress)
-        predictions, bad = predict_files(model, inputs, ctx, options)
+        try:
+            predictions, bad = predict_files(model, inputs, ctx, options)
+        except PredictionInterrupted as stop:  # show what was scored, then stop as interrupted
+            interrupted, predictions, bad = stop, stop.predictions, stop.bad
         scoring = _scoring_line(model, tiles)
     verdict = {"detector": detector, "checkpoint": checkpoint, "weights": model.weights_status(),
                "weights_info": model.weights_info(), "threshold": value, "threshold_source": source,
                "threshold_warning": mismatch, "scoring": scoring, "predictions": [p.to_dict() for p in predictions],
-               "bad": [{"path": p, "reason": r} for p, r in bad]}
+               "bad": [{"path": p, "reason": r} for p, r in bad], "interrupted": interrupted is not None}
     if as_json:
         click.echo(json.dumps(verdict, indent=2))
     else:
         _print_predictions(verdict, predictions, bad)
+    if interrupted is not None:
+        raise KeyboardInterrupt
     if not predictions:
         raise NothingScored(f"no image was scored ({len(bad)} bad input(s))" if bad else "no image was scored")
 
@@ -547,6 +572,8 @@ def _print_predictions(verdict: dict, predictions, bad) -> None:
     _print_skipped(bad)
 
 
+predict_command.interrupt_hint = ("the files scored before the interruption are listed above (JSON: "
+                                  "\"interrupted\": true); the rest were not scored")
 compare_command.interrupt_hint = ("finished detectors are kept in the run directory named above "
                                   "(finish with mfx compare --resume RUN_DIR)")
 

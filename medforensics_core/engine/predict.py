@@ -160,6 +160,15 @@ class _Explainer:
         return name
 
 
+class PredictionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`predict_files`, carrying the files scored before it (whole files only) and the bad ones
+    met so far, so an interrupted ``mfx predict`` still reports them."""
+
+    def __init__(self, predictions: list[Prediction], bad: list[tuple[str, str]]):
+        super().__init__()
+        self.predictions, self.bad = predictions, bad
+
+
 def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitContext,
                   options: PredictOptions | None = None) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Score every frame of every input; bad inputs are listed (``skip``) or raise (``fail``)."""
@@ -178,6 +187,9 @@ def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitCont
         try:
             try:
                 _score_file(path, scorer, options, known, explainer, predictions)
+            except KeyboardInterrupt:  # keep what was scored: the caller shows it before stopping
+                del predictions[done:]
+                raise PredictionInterrupted(predictions, bad) from None
             except (BadInputError, CheckpointError, KeyboardInterrupt, MemoryError):
                 raise
             except MfxError as exc:  # e.g. a detector that cannot score an image this small: that image's failure
