@@ -19,6 +19,7 @@ protocol fold by fold.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import traceback
@@ -143,17 +144,26 @@ def run_compare(options: CompareOptions, *, console: Console | None = None, prog
     rank, world_size, device = distributed.init_from_env(resolve_device(options.device))
     session = Session(device, rank, world_size, progress, console if rank == 0 else None, resumed=resumed is not None,
                       added=_never_started(options, resumed))
-    run_dir = prepare_run_dir(plan, session, resumed)
-    session.log_path = run_dir.file(LOG_FILE)
-    with run_logging(run_dir, enabled=rank == 0):
-        run_log.info("%s %s", "resuming" if resumed else "starting", options.command or options.detectors)
-        if resumed:
-            session.say(f"resuming [bold]{run_dir.path}[/] (its config.json is the source of truth)")
-        if len(seeds) == 1:
-            report = _run_protocol(_with_seed(plan, seeds[0]), data, folds, run_dir, session)
-        else:
-            report = _run_seeds(plan, data, seeds, run_dir, session)
+    with contextlib.ExitStack() as held:  # rank 0 holds the run directory's lock until the run ends
+        run_dir = prepare_run_dir(plan, session, resumed, hold=held)
+        session.log_path = run_dir.file(LOG_FILE)
+        with run_logging(run_dir, enabled=rank == 0):
+            run_log.info("%s %s", "resuming" if resumed else "starting", options.command or options.detectors)
+            announce_run_dir(run_dir, session)
+            if len(seeds) == 1:
+                report = _run_protocol(_with_seed(plan, seeds[0]), data, folds, run_dir, session)
+            else:
+                report = _run_seeds(plan, data, seeds, run_dir, session)
     return report, run_dir
+
+
+def announce_run_dir(run_dir: RunDir, session: Session) -> None:
+    """Name the run directory before any work: an interrupted run is finished with ``--resume RUN_DIR``, and
+    the interrupt message points back to this line."""
+    if session.resumed:
+        session.say(f"resuming [bold]{escape(str(run_dir.path))}[/] (its config.json is the source of truth)")
+    else:
+        session.say(f"run directory: [bold]{escape(str(run_dir.path))}[/]")
 
 
 def _never_started(options: CompareOptions, resumed: RunDir | None) -> frozenset[str]:

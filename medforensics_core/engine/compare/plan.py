@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class CompareOptions:
     allow: list[str] = dataclasses.field(default_factory=list)  # manifest problems to run with anyway (--allow)
     log: str | None = None  # "tensorboard": per-epoch scalars under RUN_DIR/tensorboard as well as mfx.log
     extends: list[dict[str, Any]] | None = None  # runs this one was extended from (--extend): what each kept
+    checkpoint_sha256: dict[str, str] = dataclasses.field(default_factory=dict)  # detector -> sha256 of its checkpoint
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompareOptions:
@@ -266,7 +268,48 @@ def plan_run(options: CompareOptions, progress=None) -> RunPlan:
     if specs and not options.preset and all(spec.checkpoint for spec in specs) \
             and len({spec.preset for spec in specs}) == 1:
         preset = specs[0].preset  # mfx evaluate: the report names the preset the checkpoint was trained with
-    return RunPlan(options, specs, data_path, preset, perturbations)
+    options = dataclasses.replace(with_absolute_paths(options), checkpoint_sha256=checkpoint_fingerprints(options))
+    for spec in specs:
+        spec.checkpoint = options.checkpoints.get(spec.name)
+    return RunPlan(options, specs, Path(absolute_path(data_path)), preset, perturbations)
+
+
+def absolute_path(path: str | os.PathLike) -> str:
+    """``path`` made absolute against the current directory (symlinks kept, ``..`` folded).
+
+    Why: a run directory records the paths it was given; relative ones would only mean something
+    from the directory the command was started in, and ``--resume`` from elsewhere would not find them.
+    """
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def with_absolute_paths(options: CompareOptions) -> CompareOptions:
+    """The options with data, checkpoints, ``out`` and ``run_dir`` absolute, as a run directory records them."""
+    return dataclasses.replace(
+        options, data=absolute_path(options.data) if options.data else options.data,
+        checkpoints={name: absolute_path(path) for name, path in options.checkpoints.items()},
+        out=absolute_path(options.out) if options.out else options.out,
+        run_dir=absolute_path(options.run_dir) if options.run_dir else options.run_dir)
+
+
+def checkpoint_fingerprints(options: CompareOptions) -> dict[str, str]:
+    """Every checkpoint's sha256, refused in one line when it differs from the one the run recorded.
+
+    Why: a run records a checkpoint by its path; a file replaced at that path would change the metrics of a
+    resumed (or extended) run silently. Checkpoints the run recorded no hash for (older runs) are hashed, not
+    checked.
+    """
+    from ...data.manifest import sha256_file
+
+    found: dict[str, str] = {}
+    for name, path in options.checkpoints.items():
+        found[name] = sha256_file(path)
+        recorded = (options.checkpoint_sha256 or {}).get(name)
+        if recorded and recorded != found[name]:
+            raise CheckpointError(f"{path}: checkpoint of {name} changed since this run recorded it (sha256 "
+                                  f"{found[name][:16]}, recorded {recorded[:16]}); restore that file or start "
+                                  "a new run")
+    return found
 
 
 def stored_preset(checkpoint: str) -> str | None:

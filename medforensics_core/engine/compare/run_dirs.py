@@ -14,7 +14,7 @@ from typing import Any
 from ...errors import MfxError
 from .. import distributed
 from ..rundir import RunDir, new_run_dir
-from .plan import CompareOptions, RunPlan
+from .plan import CompareOptions, RunPlan, absolute_path, with_absolute_paths
 from .report_build import LOG_FILE
 from .session import Session, run_log
 
@@ -40,17 +40,54 @@ def run_logging(run_dir: RunDir, enabled: bool = True) -> Iterator[None]:
         handler.close()
 
 
-def prepare_run_dir(plan: RunPlan, session: Session, resume: RunDir | None) -> RunDir:
-    """A new run directory (or the resumed one), agreed on by every rank; rank 0 writes config.json."""
+RUN_LOCK = ".run"
+"""``locked(RUN_DIR / RUN_LOCK)`` holds ``RUN_DIR/.run.lock`` while a process works in the run."""
+RUN_LOCK_FILE = RUN_LOCK + ".lock"
+
+
+def prepare_run_dir(plan: RunPlan, session: Session, resume: RunDir | None,
+                    hold: contextlib.ExitStack | None = None) -> RunDir:
+    """A new run directory (or the resumed one), agreed on by every rank; rank 0 writes config.json.
+
+    With ``hold``, rank 0 takes the run's lock into it before anything is written, and every rank
+    refuses together when another process holds it (a refusal on rank 0 alone would leave the other
+    ranks waiting in a collective for ever).
+    """
     run_dir = resume
     if session.rank == 0 and run_dir is None:
         run_dir = _fixed_run_dir(plan.options.run_dir) if plan.options.run_dir else \
             new_run_dir(plan.options.out, plan.options.label)
-    path = distributed.broadcast_object(str(run_dir.path) if run_dir is not None else None, session.world_size)
+    refusal = None
+    if session.rank == 0 and hold is not None:
+        try:
+            hold.enter_context(run_lock(run_dir))
+        except MfxError as exc:
+            refusal = str(exc)
+    path, refusal = distributed.broadcast_object(
+        (str(run_dir.path) if run_dir is not None else None, refusal), session.world_size)
+    if refusal:
+        raise MfxError(refusal)
     run_dir = RunDir(path)
     if session.rank == 0 and resume is None:
         run_dir.write_json(CONFIG_FILE, resolved_config(plan))
     return run_dir
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: RunDir) -> Iterator[None]:
+    """Hold ``RUN_DIR/.run.lock`` for the block; refused at once, in one line, while another process holds it.
+
+    Why: two ``--resume`` of one run would train the same detectors and overwrite each other's files.
+    Waiting makes no sense here (the other run may take hours), so a second process is refused, not queued.
+    """
+    from ...locking import locked
+
+    def refuse(_message: str) -> None:
+        raise MfxError(f"{run_dir.path} is in use by another mfx process (it holds "
+                       f"{run_dir.path / RUN_LOCK_FILE}); wait for it to finish, or stop it")
+
+    with locked(run_dir.path / RUN_LOCK, waiting=refuse, timeout=0):
+        yield
 
 
 def _fixed_run_dir(path: str) -> RunDir:
@@ -66,7 +103,7 @@ def resolved_config(plan: RunPlan) -> dict[str, Any]:
     """``config.json``: the options with data path and preset resolved, and every detector's full config."""
     from ...config import config_to_dict
 
-    options = dataclasses.replace(plan.options, data=str(plan.data_path), preset=plan.preset)
+    options = dataclasses.replace(with_absolute_paths(plan.options), data=str(plan.data_path), preset=plan.preset)
     from ...plugins import get_registry
 
     registry = get_registry()
@@ -93,7 +130,7 @@ def load_resume_options(run_dir: str | Path) -> tuple[CompareOptions, RunDir]:
         raise MfxError(f"{folder.file(CONFIG_FILE)}: damaged options ({exc}); cannot resume from it") from None
 
 
-MERGE_MAY_DIFFER = frozenset({"seed", "seeds", "out", "command", "run_dir", "extends"})
+MERGE_MAY_DIFFER = frozenset({"seed", "seeds", "out", "command", "run_dir", "extends", "checkpoint_sha256"})
 """The options in which single-seed runs of one comparison may differ when :func:`merge_seed_runs` joins them."""
 
 
@@ -120,14 +157,16 @@ def merge_seed_runs(run_paths: Sequence[str | Path], out: str | Path) -> RunDir:
     target = new_run_dir(out, f"{first.label}-seeds")
     for (_, folder, _), seed in zip(loaded, seeds):
         shutil.copytree(folder.path, target.path / "seeds" / str(seed),
-                        ignore=shutil.ignore_patterns(CONFIG_FILE, LOG_FILE))
+                        ignore=shutil.ignore_patterns(CONFIG_FILE, LOG_FILE, RUN_LOCK_FILE))
     default_seed = next(f.default for f in dataclasses.fields(CompareOptions) if f.name == "seed")
     # ``seed`` of a multi-seed run only seeds the bootstrap: the value ``--seeds`` records without ``--seed``
     extends = [step for options, _, _ in loaded for step in options.extends or []]  # each job's --extend history
-    options = dataclasses.replace(first, seeds=seeds, seed=default_seed, out=str(out), run_dir=None,
-                                  extends=extends or None,
+    digests = {name: digest for options, _, _ in loaded for name, digest in options.checkpoint_sha256.items()}
+    options = dataclasses.replace(with_absolute_paths(first), seeds=seeds, seed=default_seed, out=absolute_path(out),
+                                  run_dir=None, extends=extends or None, checkpoint_sha256=digests,
                                   command=f"{first.command} [merged: seeds {','.join(map(str, seeds))}]")
-    target.write_json(CONFIG_FILE, {**first_config, "options": dataclasses.asdict(options), "seed": default_seed,
+    target.write_json(CONFIG_FILE, {**first_config, "detectors": _comparable_detectors(first_config),
+                                    "options": dataclasses.asdict(options), "seed": default_seed,
                                     "merged_from": {str(seed): str(folder.path.resolve())
                                                     for (_, folder, _), seed in zip(loaded, seeds)}})
     return target
@@ -140,16 +179,29 @@ def _seed_of_mergeable(run: tuple[CompareOptions, RunDir, dict[str, Any]],
     if len(options.seeds) > 1:
         raise MfxError(f"{folder.path}: already a multi-seed run (seeds {options.seeds}); --merge joins "
                        "single-seed runs")
+    mine, theirs = with_absolute_paths(options), with_absolute_paths(first_options)
     differing = [f.name for f in dataclasses.fields(options)
-                 if f.name not in MERGE_MAY_DIFFER and getattr(options, f.name) != getattr(first_options, f.name)]
+                 if f.name not in MERGE_MAY_DIFFER and getattr(mine, f.name) != getattr(theirs, f.name)]
+    differing += [f"the sha256 of {name}'s checkpoint" for name, digest in options.checkpoint_sha256.items()
+                  if first_options.checkpoint_sha256.get(name, digest) != digest]
     if differing:
         raise MfxError(f"{folder.path}: not the same comparison as {first_dir.path} (differs in "
                        f"{', '.join(differing)}); only the seed may differ")
-    if config.get("detectors") != first_config.get("detectors"):
+    if _comparable_detectors(config) != _comparable_detectors(first_config):
         raise MfxError(f"{folder.path}: its detectors' resolved configs differ from {first_dir.path}'s "
                        "(another mfx version or --set?); runs with different configs are not seeds of one "
                        "comparison")
     return options.seeds[0] if options.seeds else options.seed
+
+
+def _comparable_detectors(config: dict[str, Any]) -> Any:
+    """config.json's detectors with checkpoint paths absolute: runs recorded before paths were made absolute
+    (relative to their working directory) still merge with newer runs of the same checkpoints."""
+    detectors = config.get("detectors")
+    if not isinstance(detectors, dict):
+        return detectors
+    return {name: {**entry, "checkpoint": absolute_path(entry["checkpoint"])}
+            if isinstance(entry, dict) and entry.get("checkpoint") else entry for name, entry in detectors.items()}
 
 
 def extend_run(run_path: str | Path, added: Sequence[str], overrides: dict[str, dict[str, str]],
@@ -195,7 +247,7 @@ def extend_run(run_path: str | Path, added: Sequence[str], overrides: dict[str, 
     return target
 
 
-NOT_COPIED = (CONFIG_FILE, LOG_FILE, "report.json", "report.md", "report.html", "metrics.csv")
+NOT_COPIED = (CONFIG_FILE, LOG_FILE, "report.json", "report.md", "report.html", "metrics.csv", RUN_LOCK_FILE)
 """Left out of an extended copy: written anew for it (a stale report would name only the old detectors)."""
 
 
