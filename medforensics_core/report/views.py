@@ -24,6 +24,9 @@ OVERALL_COLUMNS = (
 )
 THRESHOLD_NOTE = ("TPR = fakes caught, FPR = reals flagged, ACC: all at each detector's threshold (chosen at 5% FPR "
                   "on its validation split, else 0.5; see the detector lines)")
+FOLD_THRESHOLD_NOTE = ("TPR = fakes caught, FPR = reals flagged, ACC: all at the threshold of each fold's detector "
+                       "(chosen at 5% FPR on that fold's validation split, else 0.5; each fold's report lists it)")
+NO_CI_NOTE = "no intervals here: these pool the folds' test scores (each fold's report has its CIs); "
 VIEWS = (
     ("by_modality", "mean_over_modalities", "modality"),
     ("by_generator", "mean_over_generators", "generator"),
@@ -153,11 +156,13 @@ def overall_table(report: dict) -> TableView:
             values[(r, c, 0)] = overall.get(key)
         rows.append(Row(row_name(name, entry), cells))
     seeds = report.get("seeds") or []
+    folds = bool((report.get("holdout") or {}).get("folds"))  # a leave-one-out summary pools several folds
+    shown_ci = any(r.cells and len(r.cells[0]) > 1 for r in rows)
+    intervals = ("each value is the mean over seeds, +- its standard deviation (the per-seed table has each seed's "
+                 "CIs); " if seeds else "AUC and AP with their 95% bootstrap CI; " if shown_ci else NO_CI_NOTE)
     view = TableView("Overall" + (f" (mean +- sd over seeds {', '.join(map(str, seeds))})" if seeds else ""),
                      [h for _, h, _ in OVERALL_COLUMNS], rows,
-                     note=("each value is the mean over seeds, +- its standard deviation (the per-seed table has "
-                           "each seed's CIs); " if seeds else "AUC and AP with their 95% bootstrap CI; ")
-                          + THRESHOLD_NOTE + "; TPR@1%/@5% = best TPR "
+                     note=intervals + (FOLD_THRESHOLD_NOTE if folds else THRESHOLD_NOTE) + "; TPR@1%/@5% = best TPR "
                           "with at most 1%/5% of the test reals flagged; oracle = ACC at the best threshold on the "
                           "test set itself (an upper bound, not comparable with ACC).")
     for c, (key, _, _) in enumerate(OVERALL_COLUMNS):
