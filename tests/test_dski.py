@@ -376,6 +376,26 @@ def test_index_add_refuses_unknown_modality_naming_known_ones(splits, trained, t
         detector.add_references([torch.rand(3, 64, 64)], [1], ["sonar"], ["gan"])
 
 
+def test_index_add_reads_modality_codes_as_predict_does_and_checks_label_and_generator(splits, trained, tmp_path):
+    """``--modality CT`` is ``ct`` (as mfx predict reads a DICOM code); a real with a generator, or a fake whose
+    generator is "real", is refused in one line before anything is written."""
+    from medforensics_core.cli import cli
+
+    detector, path = trained
+    image = str(splits["test"].rows[0].resolved(splits["test"].root))
+    code = detector.known_modalities[0].upper()  # e.g. CT for ct: a DICOM code or the name in capitals
+    out = tmp_path / "coded.safetensors"
+    result = CliRunner().invoke(cli, ["index", "add", str(path), image, "--label", "real", "--modality", code,
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"modality {detector.known_modalities[0]})" in " ".join(result.output.split())
+    for args, said in ((["--label", "real", "--generator", "gan"], "reals have no generator"),
+                       (["--label", "fake", "--generator", "real"], "name the generator")):
+        wrong = CliRunner().invoke(cli, ["index", "add", str(path), image, "--modality", "ct", *args,
+                                         "-o", str(tmp_path / "wrong.safetensors")])
+        assert wrong.exit_code != 0 and said in wrong.output and not (tmp_path / "wrong.safetensors").exists()
+
+
 def test_bank_of_another_backbone_is_refused(trained, tmp_path):
     detector, _ = trained
     bank_path = detector.bank.save(tmp_path / "bank.safetensors")

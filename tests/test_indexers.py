@@ -264,6 +264,21 @@ def test_open_dataset_accepts_csv_folder_and_layout(tmp_path):
     assert len(open_dataset(tmp_path / "data" / "manifest.csv")) == 40
 
 
+def test_a_run_on_a_folder_without_splits_says_how_mfx_cut_it(tmp_path):
+    """Evaluating a folder with no split level scores its test split only: the report says so, with the counts
+    (before, "train 0 / test 10 images" was all a user saw of 44)."""
+    medforensics_tree(tmp_path / "data", with_splits=False, per_folder=5)
+    assert open_dataset(tmp_path / "data").splits_made.startswith("by source")
+    assert open_dataset(tmp_path / "data").split("test").splits_made == ""  # a sub-manifest is not re-described
+    result = CliRunner().invoke(cli, ["compare", "freq", "--data", str(tmp_path / "data"), "--preset", "tiny",
+                                      "--n-boot", "50", "-o", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    report = next((tmp_path / "runs").glob("*/report.json")).read_text()
+    assert "the dataset has no splits of its own: mfx cut it by source" in report
+    counted = open_dataset(tmp_path / "data")
+    assert f"test {len(counted.split('test'))} images" in report
+
+
 def test_cli_index_writes_manifest_and_counts_table(tmp_path):
     medforensics_tree(tmp_path / "data", with_splits=True, per_folder=2)
     out = tmp_path / "elsewhere" / "m.csv"

@@ -149,6 +149,37 @@ def test_print_report_marks_best_and_failed(report_and_data):
     assert max(len(line) for line in plain.splitlines()) <= 120
 
 
+def test_overall_note_says_what_the_table_shows(report_and_data):
+    """A single run's table has CIs and one threshold per detector; a leave-one-out summary pools folds: no
+    intervals, one threshold per fold. The note under the table says which (it once promised CIs it did not show)."""
+    import copy
+
+    from medforensics_core.report.views import overall_table
+
+    report, _ = report_and_data
+    single = overall_table(report).note
+    assert single.startswith("AUC and AP with their 95% bootstrap CI") and "see the detector lines" in single
+    pooled = copy.deepcopy(report)
+    pooled["holdout"] = {"by": "network", "folds": {"a": {}, "b": {}}}
+    for entry in pooled["detectors"].values():
+        for key in [k for k in entry.get("overall", {}) if k.endswith("_ci")]:
+            del entry["overall"][key]
+    note = overall_table(pooled).note
+    assert note.startswith("no intervals here") and "each fold's detector" in note and "bootstrap CI" not in note
+
+
+def test_perturbation_tables_show_the_reals_flagged_beside_the_fakes_caught(report_and_data):
+    """Under a perturbation the reals' scores move too: TPR alone would read a shift of every score as robustness."""
+    from medforensics_core.report.views import perturbation_tables
+
+    report, _ = report_and_data
+    table = perturbation_tables(report)[0]
+    assert table.line_labels == ["AUC", "AP", "TPR", "FPR"] and "FPR = share of its reals flagged" in table.note
+    dski = next(row for row in table.rows if row.name == "dski")
+    overall = report["perturbations"]["jpeg:50"]["dski"]["overall"]
+    assert dski.cells[0][3].text == f"{overall['fpr']:.3f}"
+
+
 def test_overall_table_fits_an_80_column_terminal(report_and_data):
     report, _ = report_and_data
     console = Console(record=True, width=80)

@@ -120,6 +120,7 @@ def index_add(checkpoint: str, images: tuple[str, ...], label: str | None, gener
       mfx index add nn.safetensors support/ct --label fake --generator ldm --modality ct -o adapted.safetensors
       mfx index add dski.safetensors --manifest references.csv -o adapted.safetensors
     """
+    from ..data.modality import normalise as normalise_modality
     from ..engine.progress import RichProgress
     from ..locking import locked
 
@@ -136,6 +137,9 @@ def index_add(checkpoint: str, images: tuple[str, ...], label: str | None, gener
     # load -> add -> save under the destination's lock: a concurrent `index add` waits, then adds to our result
     with locked(destination, waiting=lambda message: err_console.print(f"[yellow]{escape(message)}[/]")):
         detector = load_bank_detector(checkpoint)
+        if manifest_path is None and modality is not None:  # MR, MRI, mri: one name, as mfx predict reads it
+            references = _file_references(images, label, normalise_modality(
+                modality, getattr(detector, "known_modalities", None) or None), generator)
         detector.check_reference_modalities(references.modalities)
         before = len(detector.bank) if detector.bank is not None else 0
         skipped: list[str] = []
@@ -188,6 +192,10 @@ def _file_references(images: tuple[str, ...], label: str | None, modality: str |
 
     if label is None or modality is None:
         raise MfxError("--label and --modality are required with IMAGES (or list the images in a --manifest)")
+    if label == "real" and generator not in (None, "real"):
+        raise MfxError(f"--generator {generator!r} with --label real: reals have no generator (leave it out)")
+    if label == "fake" and generator == "real":
+        raise MfxError("--generator real with --label fake: name the generator that made the fakes")
     if generator is None:
         if label == "fake":
             raise MfxError("--generator is required with --label fake (the generator that made the images)")

@@ -37,4 +37,7 @@ def open_dataset(path: str | os.PathLike, *, val: float = 0.1, test: float = 0.2
     from .splits import assign_splits
 
     result = index_folder(path)
-    return Manifest(assign_splits(result.rows, val=val, test=test, seed=seed), path)
+    rows = assign_splits(result.rows, val=val, test=test, seed=seed)
+    given = {r.split for r in result.rows} - {""}
+    made = "" if given else f"by source (val {val:g}, test {test:g} of the sources, seed {seed})"
+    return Manifest(rows, path, splits_made=made)

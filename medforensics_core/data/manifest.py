@@ -96,6 +96,9 @@ class Manifest:
     #: The columns the manifest file had (``COLUMNS`` for manifests made in memory); lets a protocol say
     #: "the manifest has no network column" rather than "every network is blank".
     columns: tuple[str, ...] = COLUMNS
+    #: How mfx cut a folder that has no splits of its own (``open_dataset``), "" when the splits are the data's:
+    #: a run on such a folder says which share of it each split got.
+    splits_made: str = ""
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -159,6 +159,12 @@ def _cut(data: DataBundle, name: str, options: ProtocolOptions, *, in_test: RowT
     if straddling:
         fold.notes.append(f"{straddling} train/val image(s) share a source with a test image and were left out "
                           "(the manifest's splits cut through those sources)")
+    if data.manifest.splits_made:
+        counts = {name: len(data.split_rows(name).rows) for name in ("train", "val", "test")}
+        fold.notes.append(f"the dataset has no splits of its own: mfx cut it {data.manifest.splits_made} into "
+                          f"train {counts['train']} / val {counts['val']} / test {counts['test']} images; this run "
+                          f"tests on its {options.test_split} split (mfx data index DATA writes the cut to "
+                          "manifest.csv, where it can be edited)")
     return fold
 
 

@@ -16,6 +16,9 @@ LOWER_IS_BETTER = frozenset({"eer", "fpr"})
 #: Metrics shown in each cell of a per-group table, in order (one line each). TPR, not ACC: a generator's
 #: group shares every real image with the other generators, so its ACC is dominated by the reals.
 GROUP_CELL_METRICS = (("auc", "AUC"), ("ap", "AP"), ("tpr", "TPR"))
+#: A perturbation moves the reals' scores too: without FPR, a TPR that rose because every image now looks fake
+#: would read as robustness.
+PERTURBATION_CELL_METRICS = (*GROUP_CELL_METRICS, ("fpr", "FPR"))
 #: Columns of the overall table: (metric key, header, shows CI).
 OVERALL_COLUMNS = (
     ("auc", "AUC", True), ("ap", "AP", True), ("tpr", "TPR", False), ("fpr", "FPR", False),
@@ -171,7 +174,8 @@ def overall_table(report: dict) -> TableView:
 
 
 def group_table(entries: dict[str, dict], view: str, mean_key: str | None, title: str,
-                lead_column: str | None = None) -> TableView:
+                lead_column: str | None = None,
+                metrics: tuple[tuple[str, str], ...] = GROUP_CELL_METRICS) -> TableView:
     """Detectors x groups (plus a mean column); each cell holds AUC, AP and ACC@0.5 on three lines.
 
     ``lead_column`` adds the entry's ``overall`` metrics as the first column (used for perturbations).
@@ -188,17 +192,18 @@ def group_table(entries: dict[str, dict], view: str, mean_key: str | None, title
             sources.append(entry.get(mean_key))
         r = len(rows)
         cells = []
-        for c, metrics in enumerate(sources):
+        for c, group in enumerate(sources):
             cell = []
-            for ln, (key, _) in enumerate(GROUP_CELL_METRICS):
-                value = None if metrics is None else metrics.get(key)
-                cell.append(Line(fmt(value) if metrics is not None else "-"))
+            for ln, (key, _) in enumerate(metrics):
+                value = None if group is None else group.get(key)
+                cell.append(Line(fmt(value) if group is not None else "-"))
                 values[(r, c, ln)] = value
             cells.append(cell)
         rows.append(Row(row_name(name, entry), cells))
-    _mark_best(rows, values, [key for key, _ in GROUP_CELL_METRICS])
-    return TableView(title, columns, rows, line_labels=[label for _, label in GROUP_CELL_METRICS],
-                     note="TPR = share of the group's fakes caught at the detector's threshold; '-' : the "
+    _mark_best(rows, values, [key for key, _ in metrics])
+    flagged = "; FPR = share of its reals flagged" if any(key == "fpr" for key, _ in metrics) else ""
+    return TableView(title, columns, rows, line_labels=[label for _, label in metrics],
+                     note="TPR = share of the group's fakes caught at the detector's threshold" + flagged + "; '-' : the "
                           "detector was not evaluated on this group; n/a : metric not defined (a single-class group "
                           "has no AUC/AP, an all-real group no TPR).")
 
@@ -268,7 +273,8 @@ def perturbation_tables(report: dict) -> list[TableView]:
     tables = []
     for perturbation, entries in (report.get("perturbations") or {}).items():
         tables.append(group_table(entries or {}, "by_modality", None,
-                                  f"Perturbation {perturbation}", lead_column="overall"))
+                                  f"Perturbation {perturbation}", lead_column="overall",
+                                  metrics=PERTURBATION_CELL_METRICS))
     return tables
 
 
