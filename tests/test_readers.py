@@ -203,6 +203,18 @@ def test_a_nan_rescale_slope_is_one_line_for_that_file(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_a_multiframe_dicom_cut_inside_its_pixel_data_says_truncated(tmp_path):
+    """pydicom keeps nothing of a data set cut inside an encapsulated sequence; that is a truncated file, not one
+    "without pixel data"."""
+    whole = open(dicom("SC_rgb_rle_2frame.dcm"), "rb").read()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole[:int(len(whole) * 0.8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom: "End of file reached before delimiter"
+        with pytest.raises(BadInputError, match="truncated DICOM"):
+            read_image(cut)
+
+
 def test_truncated_dicom_is_refused():
     with pytest.raises(BadInputError, match="cannot decode DICOM pixel data"):
         read_image(dicom("MR_truncated.dcm"))
@@ -265,6 +277,17 @@ def test_nifti_all_nan_is_refused(tmp_path):
     path = tmp_path / "nan.nii.gz"
     nibabel.save(nibabel.Nifti1Image(np.full((6, 6, 3), np.nan, np.float32), np.eye(4)), path)
     with pytest.raises(BadInputError, match="all NaN/inf"):
+        read_image(path)
+
+
+def test_colour_nifti_is_one_line_not_an_unexpected_error(tmp_path):
+    """RGB24 voxels are records of three channels: refused by name (before: a DTypePromotionError from NumPy)."""
+    path = tmp_path / "rgb.nii.gz"
+    voxels = np.zeros((8, 8, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    image = nibabel.Nifti1Image(voxels, np.eye(4))
+    image.header.set_data_dtype(voxels.dtype)
+    nibabel.save(image, path)
+    with pytest.raises(BadInputError, match="colour NIfTI voxels"):
         read_image(path)
 
 

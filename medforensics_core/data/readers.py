@@ -544,6 +544,9 @@ files without pixel data."""
 
 def _dicom_header_checked(path: Path, ds, limits: ReadLimits):
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if len(ds) == 0:  # pydicom gives up on a data set cut inside a sequence and keeps nothing of it
+            raise BadInputError(path, "truncated DICOM: no element of the data set could be read (the file ends "
+                                      "inside it)")
         kind = getattr(ds.get("SOPClassUID"), "name", None) or ds.get("Modality") or "unknown SOP class"
         raise BadInputError(path, f"DICOM without pixel data ({kind})")
     modality = "SEG" if str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE else str(ds.get("Modality", "")).upper()
@@ -800,6 +803,9 @@ def _nifti_header(path: Path):
         raise BadInputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
     if not isinstance(img, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
         raise BadInputError(path, f"{type(img).__name__}, not a NIfTI image volume")
+    if img.get_data_dtype().names:  # RGB24/RGBA32 voxels are records of channels, not intensities
+        raise BadInputError(path, f"colour NIfTI voxels ({img.get_data_dtype().names}) are not supported: mfx "
+                                  "reads grey-level volumes (save one channel, or the luminance, as a volume)")
     rotation = np.asarray(img.affine, dtype=np.float64)[:3, :3]
     if not np.isfinite(rotation).all() or abs(float(np.linalg.det(rotation))) < 1e-12:
         raise BadInputError(path, "NIfTI affine is not usable (NaN/inf or singular): the volume cannot be oriented")
