@@ -180,6 +180,19 @@ def test_perturbation_tables_show_the_reals_flagged_beside_the_fakes_caught(repo
     assert dski.cells[0][3].text == f"{overall['fpr']:.3f}"
 
 
+def test_loss_plot_draws_each_detectors_own_validation_metric(monkeypatch):
+    """The baselines validate by accuracy, DSKI by AUC: both dashed curves are drawn (DSKI's was left out)."""
+    from medforensics_core.report import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "_png", lambda figure: drawn.setdefault("figure", figure) and b"")
+    history = {"cnnspot": [{"epoch": e, "loss": 1 / e, "val_acc": 0.5 + e / 10} for e in (1, 2, 3)],
+               "dski": [{"epoch": e, "loss": 2 / e, "val_auc": 0.6 + e / 10} for e in (1, 2, 3)]}
+    plots.loss_png({"detectors": {name: {"status": "ok", "history": rows} for name, rows in history.items()}})
+    labels = [line.get_label() for axes in drawn["figure"].axes for line in axes.get_lines()]
+    assert labels == ["cnnspot loss", "dski loss", "cnnspot val acc", "dski val AUC"]
+
+
 def test_overall_table_fits_an_80_column_terminal(report_and_data):
     report, _ = report_and_data
     console = Console(record=True, width=80)

@@ -158,8 +158,12 @@ def has_history(report: dict) -> bool:
     return any(entry.get("history") for entry in views.detectors(report).values())
 
 
+VALIDATION_KEYS = {"val_acc": "val acc", "val_auc": "val AUC"}
+"""Per-epoch validation metrics a history may record, in order of preference, and their legend names."""
+
+
 def loss_png(report: dict) -> bytes:
-    """Training loss per epoch of every trained detector; validation accuracy dashed where recorded."""
+    """Training loss per epoch of every trained detector; its validation accuracy (or AUC) dashed where recorded."""
     figure = Figure(figsize=(6, 3.6), dpi=110)
     axes = figure.add_subplot()
     other = None
@@ -169,15 +173,16 @@ def loss_png(report: dict) -> bytes:
             continue
         line, = axes.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o", markersize=3,
                           label=f"{name} loss")
-        val = [(r["epoch"], r["val_acc"]) for r in history if r.get("val_acc") is not None]
-        if val:
+        key = next((k for k in VALIDATION_KEYS if any(r.get(k) is not None for r in history)), None)
+        if key is not None:  # what the detector validates with: accuracy (the baselines) or AUC (DSKI)
             other = other or axes.twinx()
-            other.plot(*zip(*val), linestyle="--", color=line.get_color(), label=f"{name} val acc")
+            val = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
+            other.plot(*zip(*val), linestyle="--", color=line.get_color(), label=f"{name} {VALIDATION_KEYS[key]}")
     axes.set(xlabel="epoch", ylabel="training loss", title="Training loss per epoch")
     axes.grid(alpha=0.3)
     handles, labels = axes.get_legend_handles_labels()
     if other is not None:
-        other.set(ylabel="validation accuracy", ylim=(0, 1.02))
+        other.set(ylabel="validation accuracy / AUC", ylim=(0, 1.02))
         more = other.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     if handles:
