@@ -193,6 +193,26 @@ def test_loss_plot_draws_each_detectors_own_validation_metric(monkeypatch):
     assert labels == ["cnnspot loss", "dski loss", "cnnspot val acc", "dski val AUC"]
 
 
+def test_a_long_paired_comparison_breaks_before_vs_in_the_terminal(report_and_data):
+    """"dski +4-shot vs univfd-nn +4-shot" is wider than the name column: it breaks before "vs", never inside
+    the second detector's name (where a fold looked like a second comparison of the same pair)."""
+    import copy
+    import io
+
+    from rich.console import Console
+
+    from medforensics_core.report.tables import print_report
+
+    report = copy.deepcopy(report_and_data[0])
+    report["paired"][0].update(a="dski +4-shot", b="univfd-nn +4-shot")
+    out = io.StringIO()
+    print_report(Console(file=out, width=100, color_system=None), report)
+    lines = out.getvalue().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith("dski +4-shot"))
+    assert lines[first].split()[:2] == ["dski", "+4-shot"] and "vs" not in lines[first].split()[:3]
+    assert lines[first + 1].split()[:3] == ["vs", "univfd-nn", "+4-shot"]
+
+
 def test_overall_table_fits_an_80_column_terminal(report_and_data):
     report, _ = report_and_data
     console = Console(record=True, width=80)

@@ -59,13 +59,19 @@ def render_table(view: views.TableView) -> Table:
     return table
 
 
+def _wrapped_name(name: str) -> str:
+    """A paired comparison's "A vs B" too long for the column breaks before "vs", not inside B's name (a fold
+    after "univfd-nn" read as another comparison of the same pair)."""
+    return name if len(name) <= DETECTOR_COLUMN_MAX else name.replace(" vs ", "\nvs ", 1)
+
+
 def _rich_row(view: views.TableView, row: views.Row) -> list[Text | str]:
     if row.failed is not None:
         name = Text(row.name + "\n")
         name.append(f"FAILED: {row.failed}", style=FAILED_STYLE)
         marks = [Text("FAILED", style=FAILED_STYLE)] + [Text("-")] * max(len(view.columns) - 1, 0)
         return [name] + ([""] if view.line_labels else []) + marks
-    lead: list[Text | str] = [Text(row.name)]
+    lead: list[Text | str] = [Text(_wrapped_name(row.name))]
     if view.line_labels:
         lead.append("\n".join(view.line_labels))
     return lead + [_rich_cell(cell) for cell in row.cells]
