@@ -123,14 +123,18 @@ def bootstrap_info(fold: Fold, options: CompareOptions) -> dict[str, Any]:
 def bootstrap_note(fold: Fold, options: CompareOptions) -> str:
     info = bootstrap_info(fold, options)
     if info["resamples"] == "scans":
-        return (f"{BOOTSTRAP_NOTE} {info['n_clusters']} test scans (the manifest's scan column: "
+        unnamed = info["n_clusters"] - info["n_scans"]  # images with no scan named: each source is its own draw
+        what = (f"{info['n_clusters']} test scans" if not unnamed else
+                f"{info['n_clusters']} test clusters: {info['n_scans']} scans and {unnamed} sources whose scan "
+                "the manifest does not name")
+        return (f"{BOOTSTRAP_NOTE} {what} (the manifest's scan column: "
                 f"{info['n_sources']} sources, {info['n_images']} images; {options.n_boot} resamples): every "
                 "crop and slice of one scan, and the fakes made from them, are drawn together, so the CIs are not "
                 "narrowed by images that share a patient, a scanner and an anatomy")
     return (f"{BOOTSTRAP_NOTE} {info['n_clusters']} test sources, not the {info['n_images']} "
             f"images ({options.n_boot} resamples): a real image and the fakes made from it are drawn together. "
-            "The manifest has no scan column, so sources cut from one scan are resampled apart: if they share "
-            "a patient the CIs are too narrow (add a scan column naming each image's scan or patient)")
+            "The manifest names no scan for these images, so sources cut from one scan are resampled apart: if "
+            "they share a patient the CIs are too narrow (add a scan column naming each image's scan or patient)")
 
 
 def scan_overlap_notes(fold: Fold) -> list[str]:
