@@ -333,6 +333,10 @@ def test_a_freq_checkpoint_saved_before_the_notebook_recipe_keeps_its_recipe():
         ("minmax", False, "linear", True, "lbfgs")
     profile = freq(old).preprocess(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)))
     assert float(profile.min()) == 0.0 and float(profile.max()) == 1.0 and float(profile[0]) == 1.0  # DC on top
+    from medforensics_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="n_bins"):  # a damaged checkpoint config: one line, not a torch error
+        config_from_dict(freq.config_class, {"n_bins": -3})
 
 
 def test_freq_state_is_tensors_matching_sklearn(trained, splits):

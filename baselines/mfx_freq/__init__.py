@@ -68,7 +68,7 @@ class FreqConfig:
     ``batch_size``: images per batch while extracting profiles.
     """
 
-    n_bins: int = 300
+    n_bins: int = dataclasses.field(default=300, metadata={"min": 4})
     normalise_profile: bool = True
     profile_scaling: str = "first"
     drop_dc: bool = True
@@ -76,8 +76,8 @@ class FreqConfig:
     spectrum_extent: str = "corner"
     standardise: bool = False
     solver: str = "liblinear"
-    C: float = 1.0
-    max_iter: int = 1000
+    C: float = dataclasses.field(default=1.0, metadata={"min": 1e-12})
+    max_iter: int = dataclasses.field(default=1000, metadata={"min": 1})
     batch_size: int = 64
 
     legacy_values: ClassVar[dict[str, Any]] = {"profile_scaling": "minmax", "drop_dc": False,
