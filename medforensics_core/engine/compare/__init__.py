@@ -161,9 +161,10 @@ def announce_run_dir(run_dir: RunDir, session: Session) -> None:
     """Name the run directory before any work: an interrupted run is finished with ``--resume RUN_DIR``, and
     the interrupt message points back to this line."""
     if session.resumed:
-        session.say(f"resuming [bold]{escape(str(run_dir.path))}[/] (its config.json is the source of truth)")
+        session.say(f"resuming [bold]{escape(str(run_dir.path))}[/] (its config.json is the source of truth)",
+                    soft_wrap=True)
     else:
-        session.say(f"run directory: [bold]{escape(str(run_dir.path))}[/]")
+        session.say(f"run directory: [bold]{escape(str(run_dir.path))}[/]", soft_wrap=True)
 
 
 def _never_started(options: CompareOptions, resumed: RunDir | None) -> frozenset[str]:

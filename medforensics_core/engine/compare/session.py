@@ -28,6 +28,7 @@ class Session:
     resumed: bool = False
     added: frozenset[str] = frozenset()  # detectors --extend just added: no earlier attempt of theirs exists
 
-    def say(self, message: str) -> None:
+    def say(self, message: str, *, soft_wrap: bool = False) -> None:
+        """Print on rank 0; ``soft_wrap`` keeps a line whole (a path the user copies must not be broken up)."""
         if self.console is not None and self.rank == 0:
-            self.console.print(message)
+            self.console.print(message, soft_wrap=soft_wrap)
