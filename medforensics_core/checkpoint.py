@@ -85,6 +85,10 @@ def _read(path: str | os.PathLike, *, with_tensors: bool) -> tuple[dict[str, tor
         raise CheckpointError(f"{path}: not a readable mfx checkpoint ({type(exc).__name__}: {exc})") from None
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mfx checkpoint (no mfx header)")
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:  # a layout this mfx does not know: reading it anyway could score wrongly
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}; this mfx reads version "
+                              f"{FORMAT_VERSION!r} (written by a newer mfx? pip install -U medforensics)")
     try:
         metadata = json.loads(header["mfx"])
     except (KeyError, json.JSONDecodeError) as exc:

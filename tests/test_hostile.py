@@ -10,6 +10,7 @@ no bomb was decoded.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -521,6 +522,20 @@ def test_hostile_checkpoint_metadata_is_one_line(label, change, dski_checkpoint,
         assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and str(checkpoint) in errors[0], (args, result.output)
+
+
+def test_a_checkpoint_of_an_unknown_format_version_is_one_line(dski_checkpoint, tmp_path):
+    """A layout this mfx does not know (a newer mfx wrote it) is refused by name, not read as if it were version 1."""
+    from safetensors.torch import save
+
+    from medforensics_core.checkpoint import FORMAT, load_tensors
+
+    tensors, meta = load_tensors(dski_checkpoint)
+    future = tmp_path / "future.safetensors"
+    future.write_bytes(save({k: v.contiguous() for k, v in tensors.items()},
+                            metadata={"format": FORMAT, "format_version": "999", "mfx": json.dumps(meta)}))
+    result = CliRunner().invoke(cli, ["predict", "--checkpoint", str(future), str(dski_checkpoint)])
+    assert result.exit_code != 0 and "format version '999'" in result.output and "Traceback" not in result.output
 
 
 def test_predict_scores_a_file_whose_name_holds_a_hash(dski_checkpoint, tmp_path):
