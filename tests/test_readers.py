@@ -280,6 +280,21 @@ def test_nifti_all_nan_is_refused(tmp_path):
         read_image(path)
 
 
+def test_a_pipe_or_a_device_is_not_read_as_an_image(tmp_path):
+    """A FIFO would read as "empty" (or block), /dev/zero as endless zeros: both are "not a regular file", named
+    or met in a folder."""
+    import os
+
+    from medforensics_core.data.walk import expand_inputs
+
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+    with pytest.raises(BadInputError, match="not a regular file"):
+        read_image(fifo)
+    files, bad = expand_inputs([fifo, "/dev/zero"])
+    assert files == [] and [reason for _, reason in bad] == ["not a regular file (a pipe, device or socket)"] * 2
+
+
 def test_colour_nifti_is_one_line_not_an_unexpected_error(tmp_path):
     """RGB24 voxels are records of three channels: refused by name (before: a DTypePromotionError from NumPy)."""
     path = tmp_path / "rgb.nii.gz"

@@ -219,6 +219,8 @@ def _read_head(path: Path, limits: ReadLimits) -> bytes:
         raise BadInputError(path, f"cannot open ({exc.strerror or exc})") from None
     if path.is_dir():
         raise BadInputError(path, "is a folder, not an image file")
+    if not path.is_file():  # a FIFO (size 0) would read as "empty", a device as anything
+        raise BadInputError(path, "not a regular file (a pipe, device or socket)")
     if size == 0:
         raise BadInputError(path, "empty file (0 bytes)")
     if size > limits.max_file_bytes:

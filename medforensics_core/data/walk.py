@@ -54,6 +54,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
             files.extend(found)
         elif path.is_file():
             files.append(path)
+        elif path.exists():  # a FIFO, a device, a socket: reading it could block or never end
+            bad.append((str(path), "not a regular file (a pipe, device or socket)"))
         else:
             bad.append((str(path), "no such file or folder"))
     return files, bad
