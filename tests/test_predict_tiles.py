@@ -208,6 +208,25 @@ def test_a_tiny_image_is_one_line_in_predict_and_index_add_and_the_others_go_on(
     assert "added 1 real reference(s)" in " ".join(added.output.split()) and "too small" in added.output
 
 
+def test_blank_images_and_frames_get_no_verdict(patch_checkpoint, tmp_path):
+    """A flat image carries no evidence: a blank PNG is skipped with its reason, and a two-page TIFF stack whose
+    second page is blank is scored on its first page only (the blank page listed, the file kept)."""
+    blank = tmp_path / "blank.png"
+    PIL.Image.new("L", (96, 96), 0).save(blank)
+    ct = ct_image()[0, :96, :96]
+    pages = [PIL.Image.fromarray((ct.numpy() * 255).round().astype(np.uint8)), PIL.Image.new("L", (96, 96), 40)]
+    stack = tmp_path / "stack.tif"
+    pages[0].save(stack, save_all=True, append_images=pages[1:])
+    result = CliRunner().invoke(cli, ["predict", "--checkpoint", str(patch_checkpoint), str(blank), str(stack),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.stdout)
+    assert [(p["path"], p["frame"]) for p in verdict["predictions"]] == [(str(stack), 0)]
+    assert {b["path"]: b["reason"].split(":")[0] for b in verdict["bad"]} == {
+        str(blank): "blank image (every pixel the same value)",
+        f"{stack} (frame 1)": "blank image (every pixel the same value)"}
+
+
 def test_an_interrupted_predict_still_reports_the_files_it_scored(patch_checkpoint, tmp_path, monkeypatch):
     """Ctrl-C on the third file: the first two are in the JSON (marked interrupted), the exit status is 130."""
     from medforensics_core.engine import predict as engine_predict

@@ -184,9 +184,10 @@ def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitCont
     predictions: list[Prediction] = []
     for path in ctx.track(files, len(files), f"scoring with {detector.name}"):
         done = len(predictions)
+        blank_frames: list[tuple[str, str]] = []  # blank frames of a file whose other frames are scored
         try:
             try:
-                _score_file(path, scorer, options, known, explainer, predictions)
+                _score_file(path, scorer, options, known, explainer, predictions, blank_frames)
             except KeyboardInterrupt:  # keep what was scored: the caller shows it before stopping
                 del predictions[done:]
                 raise PredictionInterrupted(predictions, bad) from None
@@ -205,17 +206,32 @@ def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitCont
             explainer.best = None
             bad.append((exc.path, exc.reason))
             continue
+        bad.extend(blank_frames)
         explainer.finish(path, predictions[done:])
     return predictions, bad
 
 
+BLANK_REASON = "blank image (every pixel the same value): no evidence either way, not scored"
+
+
+def is_blank(image: torch.Tensor) -> bool:
+    """Whether every pixel of ``image`` has one value (an empty scout frame, a flat DICOM): nothing to score."""
+    return bool(image.numel()) and bool(image.amax() == image.amin())
+
+
 def _score_file(path: Path, scorer: TileScorer, options: PredictOptions, known, explainer: _Explainer,
-                predictions: list[Prediction]) -> None:
+                predictions: list[Prediction], bad: list[tuple[str, str]]) -> None:
     modality = None
+    blank: list[int | None] = []
+    scored = 0
     for frame, loaded in _frames(path):
         if modality is None:
             modality = resolve_modality(loaded.meta, path, options.modality, known)
-        result = scorer.score(check_scorable_size(path, loaded.tensor), modality.name)
+        image = check_scorable_size(path, loaded.tensor)
+        if is_blank(image):  # a verdict on it would be noise: freq called a flat DICOM 1.000 "fake"
+            blank.append(frame)
+            continue
+        result = scorer.score(image, modality.name)
         if not math.isfinite(result.score):  # the model's fault, not the file's: stop, never a verdict on NaN
             raise CheckpointError(f"{scorer.detector.name} gave a non-finite score (NaN/inf) for {path}: "
                                   "its weights are corrupt or its training diverged")
@@ -225,3 +241,7 @@ def _score_file(path: Path, scorer: TileScorer, options: PredictOptions, known, 
             modality.name, modality.source, result.centre_score, len(result.tiles),
             [t.to_dict() for t in top]))
         explainer.offer(frame, loaded.tensor, result)
+        scored += 1
+    if blank and not scored:
+        raise BadInputError(path, BLANK_REASON)
+    bad.extend((f"{path} (frame {frame})", BLANK_REASON) for frame in blank)  # the file's other frames stand
