@@ -131,6 +131,8 @@ def calibrate(detector: Detector, reals: Sequence[str | os.PathLike] | str | os.
     if result.left_out_fakes:
         log.warning("calibrate: left out %d file(s) under 1_fake folders (fakes by the dataset layout)",
                     result.left_out_fakes)
+    if result.left_out_repeats:
+        log.warning("calibrate: left out %d repeated file(s): each file counts once", result.left_out_repeats)
     return result.threshold
 
 

@@ -86,6 +86,8 @@ def _read(path: str | os.PathLike, *, with_tensors: bool) -> tuple[dict[str, tor
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mfx checkpoint (no mfx header)")
     version = header.get("format_version")
+    if version is None:
+        raise CheckpointError(f"{path}: damaged checkpoint header (no format_version)")
     if version != FORMAT_VERSION:  # a layout this mfx does not know: reading it anyway could score wrongly
         raise CheckpointError(f"{path}: checkpoint format version {version!r}; this mfx reads version "
                               f"{FORMAT_VERSION!r} (written by a newer mfx? pip install -U medforensics)")

@@ -329,10 +329,21 @@ def test_a_freq_checkpoint_saved_before_the_notebook_recipe_keeps_its_recipe():
     freq = get_registry().detector("freq")
     old = config_from_dict(freq.config_class, {"n_bins": 32, "normalise_profile": True, "spectrum_extent": "corner",
                                                "C": 1.0, "max_iter": 2000, "batch_size": 64})
-    assert (old.profile_scaling, old.drop_dc, old.interpolation, old.standardise, old.solver) == \
-        ("minmax", False, "linear", True, "lbfgs")
-    profile = freq(old).preprocess(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    assert (old.log_scale, old.profile_scaling, old.drop_dc, old.interpolation, old.standardise, old.solver) == \
+        ("power01", "minmax", False, "linear", True, "lbfgs")
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    profile = freq(old).preprocess(image)
     assert float(profile.min()) == 0.0 and float(profile.max()) == 1.0 and float(profile[0]) == 1.0  # DC on top
+    # without min-max scaling the old log power of the [0, 1] image comes back too (not the notebook's 20 ln|F|)
+    from mfx_freq import grey_levels, ring_layout
+
+    grey = grey_levels(image).numpy().astype(np.float64)
+    ring, inside, outer = ring_layout(64, 64)
+    power = np.log(np.abs(np.fft.fft2(grey)) ** 2 + 1e-8)
+    rings = np.bincount(ring, weights=power[inside]) / np.bincount(ring)
+    raw = config_from_dict(freq.config_class, {"n_bins": 32, "normalise_profile": False})
+    np.testing.assert_allclose(freq(raw).preprocess(image).numpy(), np.interp(np.linspace(0, outer, 32),
+                                                                              np.arange(outer + 1), rings), atol=1e-5)
     from medforensics_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="n_bins"):  # a damaged checkpoint config: one line, not a torch error

@@ -98,3 +98,19 @@ def test_train_accepts_both_set_forms(quick_benchmark, tmp_path):
         result = CliRunner().invoke(cli, ["train", "freq", "--quick", "--set", form, "-o", str(out)])
         assert result.exit_code == 0, result.output
         assert mfx.load_detector(out).config.n_bins == 12
+
+
+def test_only_the_readers_complaints_are_kept_off_the_terminal():
+    """pydicom's log and warnings raised while reading a file are hidden without -v; a solver's warning is not."""
+    import logging
+
+    from medforensics_core.cli import about_a_read_file
+
+    def record(name: str, message: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, "x", 1, message, None, None)
+
+    assert about_a_read_file(record("pydicom.pixels", "libjpeg error"))
+    assert about_a_read_file(record("py.warnings", "/site-packages/pydicom/valuerep.py:440: UserWarning: Invalid"))
+    assert about_a_read_file(record("py.warnings", "/work/medforensics_core/data/readers.py:721: RuntimeWarning"))
+    assert not about_a_read_file(record("py.warnings", "/site-packages/sklearn/svm/_base.py: ConvergenceWarning"))
+    assert not about_a_read_file(record("medforensics_core.engine", "skipping x"))

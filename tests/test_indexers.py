@@ -264,6 +264,15 @@ def test_open_dataset_accepts_csv_folder_and_layout(tmp_path):
     assert len(open_dataset(tmp_path / "data" / "manifest.csv")) == 40
 
 
+def test_a_fifo_named_like_an_image_is_not_indexed_and_does_not_hang(tmp_path):
+    """Hashing a FIFO would wait for a writer for ever: it is passed over like any file that is not an image."""
+    medforensics_tree(tmp_path / "data", with_splits=False, per_folder=2)
+    fifo = tmp_path / "data" / "CT" / "ddpm" / "0_real" / "pipe.png"
+    os.mkfifo(fifo)
+    result = index_folder(tmp_path / "data")
+    assert len(result.rows) == 16 and fifo in result.ignored
+
+
 def test_a_run_on_a_folder_without_splits_says_how_mfx_cut_it(tmp_path):
     """Evaluating a folder with no split level scores its test split only: the report says so, with the counts
     (before, "train 0 / test 10 images" was all a user saw of 44)."""

@@ -406,6 +406,13 @@ def test_calibrate_on_a_dataset_folder_leaves_its_fakes_out(patch_checkpoint, tm
     assert fakes.exit_code != 0 and "sit under a 1_fake folder" in fakes.output and "Traceback" not in fakes.output
 
 
+def test_fakes_by_layout_are_found_in_any_case_as_the_indexer_reads_them():
+    from medforensics_core.engine.calibrate import fake_by_layout
+
+    assert fake_by_layout(Path("val/ct/gan/1_fake/a.png")) and fake_by_layout(Path("val/ct/gan/1_Fake/a.png"))
+    assert not fake_by_layout(Path("val/ct/gan/0_real/a.png")) and not fake_by_layout(Path("val/ct/1_fakes/a.png"))
+
+
 def test_calibrate_refuses_too_few_reals_and_an_existing_output_in_one_line(patch_checkpoint, tmp_path):
     real_ct_crops(tmp_path / "few", 5)
     out = tmp_path / "calibrated.safetensors"

@@ -166,6 +166,8 @@ def test_overall_note_says_what_the_table_shows(report_and_data):
             del entry["overall"][key]
     note = overall_table(pooled).note
     assert note.startswith("no intervals here") and "each fold's detector" in note and "bootstrap CI" not in note
+    del pooled["holdout"]  # one run without intervals (--n-boot 0): nothing was pooled
+    assert overall_table(pooled).note.startswith("no intervals (none asked for, or not defined")
 
 
 def test_perturbation_tables_show_the_reals_flagged_beside_the_fakes_caught(report_and_data):

@@ -111,21 +111,30 @@ def cli(ctx: click.Context, debug: bool, verbose: int) -> None:
     quiet_libraries(handler, debug or verbose > 0)
 
 
-LIBRARY_LOGGERS = ("py.warnings", "pydicom", "nibabel", "PIL")
-"""Loggers of the libraries that read user files, and Python's warnings (captured into ``py.warnings``)."""
+READER_LOGGERS = ("pydicom", "nibabel", "PIL")
+"""Loggers of the libraries that read user files."""
+READER_SOURCES = ("/pydicom/", "/nibabel/", "/PIL/", "/medforensics_core/data/")
+"""Where a Python warning about a user's file comes from (the readers, or mfx's own reading code)."""
 
 
 def quiet_libraries(handler: logging.Handler, verbose: bool) -> None:
-    """Keep the readers' own complaints off the terminal unless ``-v``/``--debug`` asks for them.
+    """Keep the file readers' own complaints off the terminal unless ``-v``/``--debug`` asks for them.
 
     Why: pydicom logs a failed decoder with its whole traceback (``ERROR libjpeg error ...``), NumPy warns
-    ``All-NaN slice`` with a source line, before mfx prints its own one line for the same file (``skipped
-    FILE: reason``). The user gets that one line; ``-v`` shows the libraries' words too.
+    ``All-NaN slice`` from the reading code, before mfx prints its own one line for the same file (``skipped
+    FILE: reason``). The user gets that one line; ``-v`` shows the libraries' words too. Other warnings (a
+    solver that did not converge, a torch deprecation) still show.
     """
     logging.captureWarnings(True)
     if not verbose:  # a filter on the terminal's handler: a library may set its own logger's level on import
-        handler.addFilter(lambda record: not any(record.name == name or record.name.startswith(name + ".")
-                                                 for name in LIBRARY_LOGGERS))
+        handler.addFilter(lambda record: not about_a_read_file(record))
+
+
+def about_a_read_file(record: logging.LogRecord) -> bool:
+    """Whether a log record is a reader library's message, or a Python warning raised while reading a file."""
+    if any(record.name == name or record.name.startswith(name + ".") for name in READER_LOGGERS):
+        return True
+    return record.name == "py.warnings" and any(source in str(record.getMessage()) for source in READER_SOURCES)
 
 
 def main() -> None:

@@ -139,7 +139,7 @@ def index_add(checkpoint: str, images: tuple[str, ...], label: str | None, gener
         detector = load_bank_detector(checkpoint)
         if manifest_path is None and modality is not None:  # MR, MRI, mri: one name, as mfx predict reads it
             references = _file_references(images, label, normalise_modality(
-                modality, getattr(detector, "known_modalities", None) or None), generator)
+                modality, getattr(detector, "known_modalities", None) or None), generator, references.files)
         detector.check_reference_modalities(references.modalities)
         before = len(detector.bank) if detector.bank is not None else 0
         skipped: list[str] = []
@@ -183,11 +183,15 @@ class References:
     count: int
     modalities: list[str]
     read: Callable[[str, Callable[[str, str], None]], Iterator[Reference]]
+    files: list[Path] = dataclasses.field(default_factory=list)  # IMAGES expanded (empty for a manifest)
 
 
 def _file_references(images: tuple[str, ...], label: str | None, modality: str | None,
-                     generator: str | None) -> References:
-    """IMAGES (files or folders), every one with the same ``--label``/``--modality``/``--generator``."""
+                     generator: str | None, files: list[Path] | None = None) -> References:
+    """IMAGES (files or folders), every one with the same ``--label``/``--modality``/``--generator``.
+
+    ``files``: IMAGES as an earlier call expanded them (``References.files``), so the folders are walked once
+    (a bad file met in a folder is then the reader's to report, as in the first walk)."""
     from ..data.walk import expand_inputs
 
     if label is None or modality is None:
@@ -200,16 +204,17 @@ def _file_references(images: tuple[str, ...], label: str | None, modality: str |
         if label == "fake":
             raise MfxError("--generator is required with --label fake (the generator that made the images)")
         generator = "real"
-    files, bad = expand_inputs(images)
-    if bad:
-        raise MfxError(f"{bad[0][0]}: {bad[0][1]}")
+    if files is None:
+        files, bad = expand_inputs(images)
+        if bad:
+            raise MfxError(f"{bad[0][0]}: {bad[0][1]}")
     target = 1 if label == "fake" else 0
 
     def read(on_bad: str, skip: Callable[[str, str], None]) -> Iterator[Reference]:
         for source, image in iter_images(files, on_bad, skip):
             yield Reference(source, image, target, modality, generator)
 
-    return References(len(files), [modality], read)
+    return References(len(files), [modality], read, files)
 
 
 def _manifest_references(path: str) -> References:

@@ -222,13 +222,18 @@ def _collect(root: Path, layout: str, modality: str | None) -> tuple[list[tuple[
         fields = _fields_from_parents(root, label_dir, layout, modality)
         for path in _walk_files(label_dir):
             in_label_dirs.add(path)
-            if is_image_file(path):
+            if _indexable(path):
                 placed.append((path, dict(fields, below=path.relative_to(label_dir))))
     ignored = [p for p in _walk_files(root) if p not in in_label_dirs and is_image_file(p)]
-    ignored += [p for p in in_label_dirs if not is_image_file(p)]
+    ignored += [p for p in in_label_dirs if not _indexable(p)]
     for path in ignored:
         log.info("not indexed: %s", path)
     return placed, sorted(ignored)
+
+
+def _indexable(path: Path) -> bool:
+    """An image file by its name, and a regular file: hashing a FIFO named ``scan.png`` would wait for ever."""
+    return is_image_file(path) and path.is_file()
 
 
 def _walk_files(folder: Path) -> Iterator[Path]:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 import struct
@@ -557,12 +558,33 @@ def _dicom_header_checked(path: Path, ds, limits: ReadLimits):
     for tag in ("Rows", "Columns", "PhotometricInterpretation", "BitsAllocated"):
         if tag not in ds:
             raise BadInputError(path, f"DICOM image lacks {tag}")
+    _check_finite_header_numbers(path, ds)
     _check_decode(path, int(ds.Columns), int(ds.Rows), limits, samples=int(ds.get("SamplesPerPixel") or 1),
                   bytes_per_sample=max(1, int(ds.BitsAllocated) // 8))
     _guess_missing_transfer_syntax(ds)
     _check_decoder(path, ds)
     _check_frame_count(path, ds)
     return ds
+
+
+PIXEL_VALUE_TAGS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+"""Header numbers every pixel value goes through: one NaN or inf there turns the whole image NaN or black."""
+
+
+def _check_finite_header_numbers(path: Path, ds) -> None:
+    """Refuse, naming the tag, a rescale or window value that is not a finite number."""
+    for tag in PIXEL_VALUE_TAGS:
+        if tag not in ds or ds[tag].value in (None, ""):
+            continue
+        value = ds[tag].value
+        values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+        try:
+            finite = all(math.isfinite(float(v)) for v in values)
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise BadInputError(path, f"DICOM {tag} is not a finite number ({value}): every pixel value goes "
+                                      "through it")
 
 
 def _check_frame_count(path: Path, ds) -> None:
@@ -676,8 +698,8 @@ def _dicom_frame(path: Path, ds, index: int, n_frames: int, window: tuple[float,
         raise BadInputError(path, f"cannot apply the DICOM's LUT/window ({_one_line(exc)})") from None
     if not np.isfinite(unit).any():  # finite stored values made non-finite by the header (a NaN RescaleSlope)
         slope, intercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
-        raise BadInputError(path, f"pixel values are all NaN/inf after the DICOM rescale (RescaleSlope {slope}, "
-                                  f"RescaleIntercept {intercept})")
+        raise BadInputError(path, f"pixel values are all NaN/inf after the DICOM's LUT/window (RescaleSlope "
+                                  f"{slope}, RescaleIntercept {intercept})")
     unit = _finite_or_fail(path, unit, meta)
     return LoadedImage(_to_rgb_tensor(path, unit), meta)
 

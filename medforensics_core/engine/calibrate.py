@@ -80,7 +80,7 @@ class Calibration:
     flagged_before: dict[str, float]
     flagged_after: dict[str, float]
     left_out_fakes: int = 0
-    """Files given (inside a folder) under a ``1_fake`` folder: fakes by the dataset layout, not calibrated on."""
+    """Files under a ``1_fake`` folder (any case): fakes by the dataset layout, not calibrated on."""
     left_out_repeats: int = 0
     """Files given more than once (the same file by another path or link): each counts once."""
 
@@ -164,7 +164,7 @@ def fake_by_layout(path: Path) -> bool:
     Why calibrate leaves such files out: pointed at a dataset's split folder (``val/``), it would otherwise take
     its fakes for reals and fix a threshold far too high, under a rule that says "5 % of reals".
     """
-    return FAKE_FOLDER in Path(path).parts
+    return any(part.lower() == FAKE_FOLDER for part in Path(path).parts)  # as the indexer reads label folders
 
 
 def once_each(files: Sequence[Path]) -> list[Path]:

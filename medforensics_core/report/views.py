@@ -162,7 +162,8 @@ def overall_table(report: dict) -> TableView:
     folds = bool((report.get("holdout") or {}).get("folds"))  # a leave-one-out summary pools several folds
     shown_ci = any(r.cells and len(r.cells[0]) > 1 for r in rows)
     intervals = ("each value is the mean over seeds, +- its standard deviation (the per-seed table has each seed's "
-                 "CIs); " if seeds else "AUC and AP with their 95% bootstrap CI; " if shown_ci else NO_CI_NOTE)
+                 "CIs); " if seeds else "AUC and AP with their 95% bootstrap CI; " if shown_ci else
+                 NO_CI_NOTE if folds else "no intervals (none asked for, or not defined on this test set); ")
     view = TableView("Overall" + (f" (mean +- sd over seeds {', '.join(map(str, seeds))})" if seeds else ""),
                      [h for _, h, _ in OVERALL_COLUMNS], rows,
                      note=intervals + (FOLD_THRESHOLD_NOTE if folds else THRESHOLD_NOTE) + "; TPR@1%/@5% = best TPR "
