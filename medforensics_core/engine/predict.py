@@ -182,7 +182,19 @@ def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitCont
     scorer = TileScorer(detector, options.tiles, ctx)
     explainer = _Explainer(options.explain, options.threshold)
     predictions: list[Prediction] = []
-    for path in ctx.track(files, len(files), f"scoring with {detector.name}"):
+    try:
+        _score_files(files, scorer, options, known, explainer, predictions, bad, ctx, detector.name)
+    except PredictionInterrupted:
+        raise
+    except KeyboardInterrupt:  # between files (the progress bar, a heat map): every listed file is whole
+        raise PredictionInterrupted(predictions, bad) from None
+    return predictions, bad
+
+
+def _score_files(files: list[Path], scorer: TileScorer, options: PredictOptions, known, explainer: _Explainer,
+                 predictions: list[Prediction], bad: list[tuple[str, str]], ctx: FitContext, name: str) -> None:
+    """Score ``files`` one by one into ``predictions``; a bad file goes to ``bad`` (or raises, ``--on-bad fail``)."""
+    for path in ctx.track(files, len(files), f"scoring with {name}"):
         done = len(predictions)
         blank_frames: list[tuple[str, str]] = []  # blank frames of a file whose other frames are scored
         try:
@@ -208,7 +220,6 @@ def predict_files(detector: Detector, inputs: Sequence[str | Path], ctx: FitCont
             continue
         bad.extend(blank_frames)
         explainer.finish(path, predictions[done:])
-    return predictions, bad
 
 
 BLANK_REASON = "blank image (every pixel the same value): no evidence either way, not scored"
