@@ -271,6 +271,11 @@ def test_a_fifo_named_like_an_image_is_not_indexed_and_does_not_hang(tmp_path):
     os.mkfifo(fifo)
     result = index_folder(tmp_path / "data")
     assert len(result.rows) == 16 and fifo in result.ignored
+    (tmp_path / "data" / "stray.png").write_bytes((tmp_path / "data" / "CT" / "ddpm" / "0_real" / "img0.png")
+                                                  .read_bytes())
+    said = CliRunner().invoke(cli, ["data", "index", str(tmp_path / "data")], env={"COLUMNS": "300"}).output
+    assert f"not indexed {fifo}: not a regular file" in said
+    assert f"not indexed {tmp_path / 'data' / 'stray.png'}: outside a 0_real/1_fake folder" in said
 
 
 def test_a_run_on_a_folder_without_splits_says_how_mfx_cut_it(tmp_path):

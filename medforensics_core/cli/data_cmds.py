@@ -74,11 +74,23 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
     console.print(f"{result.layout} layout{', detected' if layout == 'auto' else ''} "
                   f"({'use --layout to force another' if layout == 'auto' else 'as asked'})", highlight=False)
     for path in result.ignored:
-        console.print(f"[yellow]not indexed[/] {escape(str(path))} (not an image, or outside a 0_real/1_fake folder)",
-                      markup=True, highlight=False)
+        console.print(f"[yellow]not indexed[/] {escape(str(path))}: {_why_not_indexed(path)}", markup=True,
+                      highlight=False)
     for note in result.notes:
         console.print(f"[yellow]note[/] {escape(note)}", markup=True, highlight=False)
     console.print(f"wrote {len(rows)} rows to {escape(str(output))}")
+
+
+def _why_not_indexed(path: Path) -> str:
+    """The reason a file of the dataset folder got no row, as precisely as the file itself tells."""
+    from ..data.readers import IMAGE_SUFFIXES
+    from ..data.walk import is_image_file
+
+    if not path.is_file():
+        return "not a regular file (a pipe, device or socket)"
+    if not is_image_file(path):
+        return f"not an image file name ({' '.join(IMAGE_SUFFIXES)})"
+    return "outside a 0_real/1_fake folder"
 
 
 def _counts_table(rows, title: str) -> Table:
