@@ -265,6 +265,18 @@ def test_nifti_4d_slices_along_each_axis():
     assert torch.equal(read_image(f"{path}#3").tensor, read_image(path, frame=3).tensor)
 
 
+def test_a_4d_nifti_says_once_that_its_first_volume_is_read(tmp_path, caplog):
+    path = tmp_path / "fmri.nii.gz"
+    volumes = np.stack([np.full((16, 16, 4), v, np.float32) for v in (1.0, 2.0, 3.0)], axis=-1)
+    volumes[..., 0] += np.random.default_rng(0).random((16, 16, 4)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(volumes, np.eye(4)), path)
+    with caplog.at_level("WARNING", logger="medforensics_core.data.readers"):
+        frames = [loaded for _, loaded in iter_frames(path)]
+    assert len(frames) == 4 and all(f.meta["time_point"] == 0 for f in frames)
+    said = [r.getMessage() for r in caplog.records if "volumes (time points)" in r.getMessage()]
+    assert said == [f"{path}: 3 volumes (time points) in this NIfTI; mfx reads the first only"]
+
+
 def test_nifti_all_nan_is_refused(tmp_path):
     path = tmp_path / "nan.nii.gz"
     nibabel.save(nibabel.Nifti1Image(np.full((6, 6, 3), np.nan, np.float32), np.eye(4)), path)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import re
@@ -53,6 +54,8 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError, MfxError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 """Suffixes the folder indexers accept (plus extension-less files that carry the DICOM preamble)."""
@@ -922,6 +925,12 @@ def _nifti_volume(path_text: str, size: int, mtime_ns: int,
     return data, float(low), float(high), int((~finite).sum())
 
 
+@functools.lru_cache(maxsize=256)
+def _say_first_time_point(path: str, volumes: int) -> None:
+    """Once per file: a 4-D (or higher) NIfTI is read at its first volume only, which the user should know."""
+    log.warning("%s: %d volumes (time points) in this NIfTI; mfx reads the first only", path, volumes)
+
+
 def _read_nifti(path: Path, frame: int | None, axis: int, window: Any, limits: ReadLimits) -> LoadedImage:
     _check_axis(path, axis)
     img = _nifti_header(path)
@@ -946,6 +955,9 @@ def _read_nifti(path: Path, frame: int | None, axis: int, window: Any, limits: R
     meta = {"format": "nifti", "frame": index, "n_frames": shape[axis], "axis": axis,
             "shape": list(img.shape), "dtype": str(img.get_data_dtype()), "scaling": scaling,
             "value_range": [low, high]}
+    if len(img.shape) > 3 and int(np.prod(img.shape[3:])) > 1:
+        meta["time_point"] = 0
+        _say_first_time_point(str(path), int(np.prod(img.shape[3:])))
     if nonfinite:
         meta["nonfinite_pixels"] = nonfinite
     return LoadedImage(_to_rgb_tensor(path, unit.astype(np.float32)), meta)
