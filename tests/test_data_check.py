@@ -91,7 +91,7 @@ def test_check_names_every_bad_file_with_its_reason(seeded):
 def test_check_json_lists_the_same_files(seeded):
     result = CliRunner().invoke(cli, ["data", "check", str(seeded), "--json"])
     assert result.exit_code == 1
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # the log (a 4-D NIfTI read at its first volume) goes to stderr
     reasons = {Path(issue["path"]).name: issue["reason"] for issue in report["bad"]}
     assert set(reasons) == set(BAD_FILES)
     assert all(BAD_FILES[name] in reason for name, reason in reasons.items())
@@ -101,7 +101,7 @@ def test_check_json_lists_the_same_files(seeded):
 def test_check_stops_at_first_bad_with_on_bad_fail(seeded):
     result = CliRunner().invoke(cli, ["data", "check", str(seeded), "--on-bad", "fail", "--json"])
     assert result.exit_code == 1
-    assert len(json.loads(result.output)["bad"]) == 1
+    assert len(json.loads(result.stdout)["bad"]) == 1
 
 
 def test_check_of_a_clean_manifest_exits_zero_and_catches_changed_files(seeded, tmp_path):
@@ -118,7 +118,7 @@ def test_check_of_a_clean_manifest_exits_zero_and_catches_changed_files(seeded, 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(seeded / "good.png")  # changed after indexing
     changed = CliRunner().invoke(cli, ["data", "check", str(seeded / "clean.csv"), "--json"])
     assert changed.exit_code == 1
-    assert json.loads(changed.output)["bad"][0]["reason"].startswith("sha256 differs")
+    assert json.loads(changed.stdout)["bad"][0]["reason"].startswith("sha256 differs")
     unhashed = CliRunner().invoke(cli, ["data", "check", str(seeded / "clean.csv"), "--no-hash"])
     assert unhashed.exit_code == 0
 
@@ -135,7 +135,7 @@ def test_check_notes_scans_in_two_splits_without_failing(seeded):
     assert "note: 1 of 2 scans have images in more than one split (e.g. patient-1 in test, train)" in result.output
     rows[1].scan = "patient-3"
     write_manifest(rows, seeded / "scans.csv")
-    clean = json.loads(CliRunner().invoke(cli, ["data", "check", str(seeded / "scans.csv"), "--json"]).output)
+    clean = json.loads(CliRunner().invoke(cli, ["data", "check", str(seeded / "scans.csv"), "--json"]).stdout)
     assert clean["notes"] == [] and clean["bad_count"] == 0
 
 

@@ -274,7 +274,7 @@ def test_a_4d_nifti_says_once_that_its_first_volume_is_read(tmp_path, caplog):
         frames = [loaded for _, loaded in iter_frames(path)]
     assert len(frames) == 4 and all(f.meta["time_point"] == 0 for f in frames)
     said = [r.getMessage() for r in caplog.records if "volumes (time points)" in r.getMessage()]
-    assert said == [f"{path}: 3 volumes (time points) in this NIfTI; mfx reads the first only"]
+    assert said == [f"a NIfTI of 3 volumes (time points): mfx reads the first only, in {path}"]
 
 
 def test_nifti_all_nan_is_refused(tmp_path):

@@ -75,7 +75,7 @@ def index_command(root: Path, output: Path | None, layout: str, modality: str | 
                   f"({'use --layout to force another' if layout == 'auto' else 'as asked'})", highlight=False)
     for path in result.ignored:
         console.print(f"[yellow]not indexed[/] {escape(str(path))}: {_why_not_indexed(path)}", markup=True,
-                      highlight=False)
+                      highlight=False, soft_wrap=True)  # a path is never broken across lines
     for note in result.notes:
         console.print(f"[yellow]note[/] {escape(note)}", markup=True, highlight=False)
     console.print(f"wrote {len(rows)} rows to {escape(str(output))}")

@@ -928,7 +928,7 @@ def _nifti_volume(path_text: str, size: int, mtime_ns: int,
 @functools.lru_cache(maxsize=256)
 def _say_first_time_point(path: str, volumes: int) -> None:
     """Once per file: a 4-D (or higher) NIfTI is read at its first volume only, which the user should know."""
-    log.warning("%s: %d volumes (time points) in this NIfTI; mfx reads the first only", path, volumes)
+    log.warning("a NIfTI of %d volumes (time points): mfx reads the first only, in %s", volumes, path)
 
 
 def _read_nifti(path: Path, frame: int | None, axis: int, window: Any, limits: ReadLimits) -> LoadedImage:
