@@ -699,11 +699,7 @@ def _dicom_frame(path: Path, ds, index: int, n_frames: int, window: tuple[float,
             unit = dicom_to_unit(ds, raw, window=window, meta=meta)
     except (ValueError, NotImplementedError, AttributeError, KeyError, IndexError, TypeError) as exc:
         raise BadInputError(path, f"cannot apply the DICOM's LUT/window ({_one_line(exc)})") from None
-    if not np.isfinite(unit).any():  # finite stored values made non-finite by the header (a NaN RescaleSlope)
-        slope, intercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
-        raise BadInputError(path, f"pixel values are all NaN/inf after the DICOM's LUT/window (RescaleSlope "
-                                  f"{slope}, RescaleIntercept {intercept})")
-    unit = _finite_or_fail(path, unit, meta)
+    unit = _finite_or_fail(path, unit, meta)  # header numbers are checked before; any other NaN path is here
     return LoadedImage(_to_rgb_tensor(path, unit), meta)
 
 

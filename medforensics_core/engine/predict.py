@@ -203,7 +203,7 @@ def _score_files(files: list[Path], scorer: TileScorer, options: PredictOptions,
             except KeyboardInterrupt:  # keep what was scored: the caller shows it before stopping
                 del predictions[done:]
                 raise PredictionInterrupted(predictions, bad) from None
-            except (BadInputError, CheckpointError, KeyboardInterrupt, MemoryError):
+            except (BadInputError, CheckpointError, MemoryError):
                 raise
             except MfxError as exc:  # e.g. a detector that cannot score an image this small: that image's failure
                 raise BadInputError(path, str(exc)) from exc
@@ -234,7 +234,7 @@ def _score_file(path: Path, scorer: TileScorer, options: PredictOptions, known, 
                 predictions: list[Prediction], bad: list[tuple[str, str]]) -> None:
     modality = None
     blank: list[int | None] = []
-    scored = 0
+    before = len(predictions)
     for frame, loaded in _frames(path):
         if modality is None:
             modality = resolve_modality(loaded.meta, path, options.modality, known)
@@ -252,7 +252,6 @@ def _score_file(path: Path, scorer: TileScorer, options: PredictOptions, known, 
             modality.name, modality.source, result.centre_score, len(result.tiles),
             [t.to_dict() for t in top]))
         explainer.offer(frame, loaded.tensor, result)
-        scored += 1
-    if blank and not scored:
+    if blank and len(predictions) == before:
         raise BadInputError(path, BLANK_REASON)
     bad.extend((f"{path} (frame {frame})", BLANK_REASON) for frame in blank)  # the file's other frames stand
